@@ -1,0 +1,188 @@
+"""The checkpoint format: one safetensors file, tensors as tensors, everything else as JSON.
+
+    tensors   "model.<name>"  the network's state dict
+              "state.<path>"  tensors of the training state (optimizer moments, RNG, hidden)
+    metadata  "format"   = "charrnn-checkpoint"
+              "version"  = FORMAT_VERSION
+              "model"    = ModelConfig as JSON
+              "vocab"    = Vocabulary as JSON
+              "info"     = JSON: training config, validation loss, corpus name and size, ...
+              "state"    = JSON skeleton of the training state, tensors replaced by
+                           {"__tensor__": "<path>"} (absent in inference-only checkpoints)
+
+Loading never unpickles (safetensors is a JSON header plus raw buffers), so a downloaded
+checkpoint cannot run code. Saving is atomic: temp file in the same directory, fsync, rename.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from model.config import ModelConfig
+from model.network import CharRNN
+from model.vocab import Vocabulary
+
+FORMAT_NAME = "charrnn-checkpoint"
+FORMAT_VERSION = 1
+_TENSOR_KEY = "__tensor__"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded, with the reason in one line."""
+
+
+@dataclass
+class Checkpoint:
+    config: ModelConfig
+    vocab: Vocabulary
+    weights: dict[str, Tensor]
+    info: dict[str, Any] = field(default_factory=dict)
+    # Anything needed to resume training exactly: nested dicts/lists of JSON values and
+    # tensors. None in an inference-only checkpoint.
+    training_state: dict[str, Any] | None = None
+
+    @classmethod
+    def from_model(
+        cls,
+        model: CharRNN,
+        vocab: Vocabulary,
+        info: dict[str, Any] | None = None,
+        training_state: dict[str, Any] | None = None,
+    ) -> Checkpoint:
+        weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        return cls(model.config, vocab, weights, dict(info or {}), training_state)
+
+    def build_model(self, device: torch.device | str = "cpu") -> CharRNN:
+        """The network with these weights, in eval mode, on `device`."""
+        model = CharRNN(self.config)
+        model.load_state_dict(self.weights)
+        return model.to(device).eval()
+
+
+def save_checkpoint(checkpoint: Checkpoint, path: Path | str) -> None:
+    path = Path(path)
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in checkpoint.weights.items()}
+    metadata = {
+        "format": FORMAT_NAME,
+        "version": str(FORMAT_VERSION),
+        "model": json.dumps(checkpoint.config.to_json()),
+        "vocab": json.dumps(checkpoint.vocab.to_json()),
+        "info": json.dumps(checkpoint.info),
+    }
+    if checkpoint.training_state is not None:
+        skeleton, state_tensors = flatten_tensors(checkpoint.training_state, "state")
+        tensors.update(state_tensors)
+        metadata["state"] = json.dumps(skeleton)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp_name, metadata=metadata)
+        with open(tmp_name, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def load_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> Checkpoint:
+    """Read a checkpoint onto `device`. Raises CheckpointError with a one-line reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        raise CheckpointError(
+            f"{path} is a pickle/torch.save file; only safetensors checkpoints are loaded, "
+            "because unpickling can run arbitrary code"
+        )
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as reader:
+            metadata = reader.metadata() or {}
+            tensors = {key: reader.get_tensor(key) for key in reader.keys()}  # noqa: SIM118
+    except Exception as error:  # safetensors raises several types for damaged files
+        raise CheckpointError(f"{path} is not a readable safetensors file (truncated?): {error}")
+    if metadata.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path} is not a char-rnn checkpoint (no '{FORMAT_NAME}' header)")
+    version = metadata.get("version")
+    if version != str(FORMAT_VERSION):
+        raise CheckpointError(
+            f"{path} has checkpoint format version {version}; this build reads version "
+            f"{FORMAT_VERSION}"
+        )
+    try:
+        config = ModelConfig.from_json(json.loads(metadata["model"]))
+        vocab = Vocabulary.from_json(json.loads(metadata["vocab"]))
+        info = json.loads(metadata.get("info", "{}"))
+        state = None
+        if "state" in metadata:
+            state = unflatten_tensors(json.loads(metadata["state"]), tensors)
+    except (KeyError, ValueError, TypeError) as error:
+        raise CheckpointError(f"{path} has a damaged header: {error}") from error
+    if config.vocab_size != len(vocab):
+        raise CheckpointError(
+            f"{path}: model vocab_size {config.vocab_size} != vocabulary size {len(vocab)}"
+        )
+    weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    return Checkpoint(config, vocab, weights, info, state)
+
+
+def flatten_tensors(value: Any, prefix: str) -> tuple[Any, dict[str, Tensor]]:
+    """Split a nested structure into a JSON skeleton and a flat {path: tensor} dict."""
+    tensors: dict[str, Tensor] = {}
+
+    def walk(node: Any, path: str) -> Any:
+        if isinstance(node, Tensor):
+            tensors[path] = node.detach().cpu().contiguous()
+            return {_TENSOR_KEY: path}
+        if isinstance(node, dict):
+            return {"__dict__": [[walk(k, f"{path}.k{n}"), walk(v, f"{path}.{n}")]
+                                 for n, (k, v) in enumerate(node.items())]}
+        if isinstance(node, list | tuple):
+            items = [walk(v, f"{path}.{n}") for n, v in enumerate(node)]
+            return {"__tuple__": items} if isinstance(node, tuple) else items
+        return node
+
+    return walk(value, prefix), tensors
+
+
+def unflatten_tensors(skeleton: Any, tensors: dict[str, Tensor]) -> Any:
+    """The inverse of flatten_tensors (dict keys keep their types: int stays int)."""
+    if isinstance(skeleton, dict):
+        if _TENSOR_KEY in skeleton:
+            return tensors[skeleton[_TENSOR_KEY]]
+        if "__dict__" in skeleton:
+            return {unflatten_tensors(k, tensors): unflatten_tensors(v, tensors)
+                    for k, v in skeleton["__dict__"]}
+        if "__tuple__" in skeleton:
+            return tuple(unflatten_tensors(v, tensors) for v in skeleton["__tuple__"])
+    if isinstance(skeleton, list):
+        return [unflatten_tensors(v, tensors) for v in skeleton]
+    return skeleton
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename itself durable (POSIX); harmless where directories can't be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,166 @@
+"""The character-level RNN: one-hot(V) → stacked LSTM/GRU/RNN → dropout → Linear(H, V).
+
+The one-hot product of the first layer is computed as a row gather of that layer's input
+weights: one_hot(x)·W_ihᵀ == W_ihᵀ[x]. Same function, same parameters, no V-wide matmul.
+The parameters live in a stock nn.LSTM/GRU/RNN with input size V, so a state dict is
+interchangeable with an explicit one-hot model's.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.config import ModelConfig
+from model.lstm_kernel import lstm_recurrence
+
+# Hidden state: (h, c) for an LSTM, (h,) otherwise; each (num_layers, B, H).
+Hidden = tuple[Tensor, ...]
+LstmImpl = Literal["fused", "torch"]
+LSTM_IMPLS: tuple[str, ...] = ("fused", "torch")
+
+_RNN_MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+_LIBRARY_FUNCTIONS = {"lstm": torch.lstm, "gru": torch.gru, "rnn": torch.rnn_tanh}
+
+
+class CharRNN(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        between_layers = config.dropout if config.num_layers > 1 else 0.0
+        self.rnn = _RNN_MODULES[config.cell](
+            config.vocab_size, config.hidden_size, config.num_layers, dropout=between_layers
+        )
+        self.head = nn.Linear(config.hidden_size, config.vocab_size)
+        # How the recurrence runs, not what it computes: "fused" gathers the first layer's
+        # input and runs the hand-written kernel (CPU); "torch" feeds an explicit one-hot
+        # to PyTorch's own kernels (cuDNN on GPU). Both give the same function.
+        self.impl: LstmImpl = "fused"
+
+    def init_hidden(self, batch_size: int, device: torch.device | str | None = None) -> Hidden:
+        """A zero state for `batch_size` independent streams."""
+        weight = self.head.weight
+        shape = (self.config.num_layers, batch_size, self.config.hidden_size)
+        count = 2 if self.config.cell == "lstm" else 1
+        return tuple(
+            torch.zeros(shape, dtype=weight.dtype, device=device or weight.device)
+            for _ in range(count)
+        )
+
+    def forward(self, ids: Tensor, hidden: Hidden | None = None) -> tuple[Tensor, Hidden]:
+        """ids (B, T) int64 → logits (B, T, V) and the state after the last step."""
+        if hidden is None:
+            hidden = self.init_hidden(ids.shape[0], ids.device)
+        ids_time_major = ids.t()  # (T, B): the recurrence walks the first axis
+        if self.impl == "torch":
+            outputs, hidden = self._library_layers(ids_time_major, hidden)
+        elif self.config.cell == "lstm":
+            outputs, hidden = self._fused_lstm(ids_time_major, hidden)
+        else:
+            outputs, hidden = self._gathered_first_layer(ids_time_major, hidden)
+        logits = self.head(dropout(outputs, self.config.dropout, self.training))  # (T, B, V)
+        return logits.transpose(0, 1), hidden
+
+    def layer_weights(self, layer: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(W_ih, W_hh, b_ih, b_hh) of one layer, in PyTorch's gate layout."""
+        return tuple(
+            getattr(self.rnn, f"{name}_l{layer}")
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        )
+
+    def first_layer_input(self, ids: Tensor, with_hidden_bias: bool) -> Tensor:
+        """one_hot(ids)·W_ihᵀ + b_ih (+ b_hh) as a gather: ids (...) → (..., G·H)."""
+        weight_ih, _, bias_ih, bias_hh = self.layer_weights(0)
+        bias = bias_ih + bias_hh if with_hidden_bias else bias_ih
+        return F.embedding(ids, weight_ih.t()) + bias
+
+    def _fused_lstm(self, ids: Tensor, hidden: Hidden) -> tuple[Tensor, Hidden]:
+        h0, c0 = hidden
+        steps, batch = ids.shape
+        layer_input = ids
+        final_h, final_c = [], []
+        for layer in range(self.config.num_layers):
+            weight_ih, weight_hh, bias_ih, bias_hh = self.layer_weights(layer)
+            bias = (bias_ih + bias_hh).unsqueeze(1)  # (4H, 1)
+            if layer == 0:
+                # The one-hot product as a gather of W_ih's columns: (4H, T·B)
+                projection = weight_ih.index_select(1, ids.reshape(-1)) + bias
+            else:
+                # All steps' input projections in one GEMM: (4H, H)·(H, T·B)
+                flat = layer_input.permute(1, 0, 2).reshape(self.config.hidden_size, -1)
+                projection = torch.addmm(bias, weight_ih, flat)
+            projection = projection.view(-1, steps, batch).transpose(0, 1)  # (T, 4H, B)
+            outputs, h_last, c_last = lstm_recurrence(
+                projection, h0[layer].t(), c0[layer].t(), weight_hh
+            )  # outputs (T, H, B)
+            final_h.append(h_last.t())
+            final_c.append(c_last.t())
+            is_last = layer == self.config.num_layers - 1
+            layer_input = outputs if is_last else self._between_layers(outputs)
+        return layer_input.transpose(1, 2), (torch.stack(final_h), torch.stack(final_c))
+
+    def _gathered_first_layer(self, ids: Tensor, hidden: Hidden) -> tuple[Tensor, Hidden]:
+        """GRU/RNN: gathered first layer stepped in Python, PyTorch's kernel for the rest."""
+        (h0,) = hidden
+        _, weight_hh, _, bias_hh = self.layer_weights(0)
+        projection = self.first_layer_input(ids, with_hidden_bias=False)  # (T, B, G·H)
+        h = h0[0]
+        outputs = []
+        for step_input in projection:
+            recurrent = torch.addmm(bias_hh, h, weight_hh.t())  # (B, G·H)
+            h = _gru_step(step_input, recurrent, h) if self.config.cell == "gru" else torch.tanh(
+                step_input + recurrent
+            )
+            outputs.append(h)
+        first = torch.stack(outputs)  # (T, B, H)
+        if self.config.num_layers == 1:
+            return first, (h.unsqueeze(0),)
+        params = [w for layer in range(1, self.config.num_layers) for w in self.layer_weights(layer)]
+        function = _LIBRARY_FUNCTIONS[self.config.cell]
+        rest, h_rest = function(
+            self._between_layers(first), h0[1:].contiguous(), params, True,
+            self.config.num_layers - 1, self.config.dropout, self.training, False, False,
+        )
+        return rest, (torch.cat([h.unsqueeze(0), h_rest]),)
+
+    def _library_layers(self, ids: Tensor, hidden: Hidden) -> tuple[Tensor, Hidden]:
+        """An explicit one-hot input through PyTorch's own multi-layer kernel."""
+        one_hot = F.one_hot(ids, self.config.vocab_size).to(self.head.weight.dtype)  # (T, B, V)
+        params = [w for layer in range(self.config.num_layers) for w in self.layer_weights(layer)]
+        function = _LIBRARY_FUNCTIONS[self.config.cell]
+        state = list(hidden) if self.config.cell == "lstm" else hidden[0]
+        result = function(
+            one_hot, state, params, True, self.config.num_layers,
+            self.rnn.dropout, self.training, False, False,
+        )
+        return result[0], tuple(result[1:])
+
+    def _between_layers(self, outputs: Tensor) -> Tensor:
+        return dropout(outputs, self.config.dropout, self.training)
+
+
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Inverted dropout, as F.dropout, with the mask drawn by `rand` (about twice as fast
+    as F.dropout's bernoulli_ on the CPU). Uses the global generator, so it is seedable."""
+    if not training or p == 0.0:
+        return x
+    keep = torch.rand_like(x) >= p
+    return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
+
+
+def _gru_step(step_input: Tensor, recurrent: Tensor, h: Tensor) -> Tensor:
+    """PyTorch's GRU cell on precomputed projections; gate order (r, z, n)."""
+    in_r, in_z, in_n = step_input.chunk(3, dim=1)
+    rec_r, rec_z, rec_n = recurrent.chunk(3, dim=1)
+    reset = torch.sigmoid(in_r + rec_r)
+    update = torch.sigmoid(in_z + rec_z)
+    candidate = torch.tanh(in_n + reset * rec_n)
+    return candidate + update * (h - candidate)
+
+
+def detach_hidden(hidden: Hidden) -> Hidden:
+    """Cut the graph between truncated-BPTT chunks; the values carry on."""
+    return tuple(h.detach() for h in hidden)

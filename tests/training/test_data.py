@@ -1,0 +1,229 @@
+import io
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from model.vocab import Vocabulary
+from training import data
+from training.data import PrepareConfig, PreparedMeta, load_prepared, prepare
+from training.errors import DataError
+
+# Tiny corpora: no minimum length beyond one character per split, and chunks of a few
+# characters so every test crosses chunk boundaries.
+SMALL = PrepareConfig(min_chars=1, min_val_chars=1, chunk_chars=7)
+
+
+def _write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def _decoded(corpus):
+    return corpus.vocab.decode(corpus.train.tolist()) + corpus.vocab.decode(corpus.val.tolist())
+
+
+def test_round_trip_split_and_meta(tmp_path):
+    text = "To be, or not to be: that is the question.\n" * 5  # 215 characters
+    out = tmp_path / "prepared"
+    meta = prepare([_write(tmp_path / "hamlet.txt", text)], out, SMALL, progress=False)
+
+    corpus = load_prepared(out)
+    assert _decoded(corpus) == text
+    assert (meta.train_size, meta.val_size) == (193, 22)  # val: the last round(0.1 * 215)
+    assert corpus.vocab.decode(corpus.val.tolist()) == text[-22:]
+    assert isinstance(corpus.train, np.memmap) and not corpus.train.flags.writeable
+    assert corpus.vocab == Vocabulary.from_text(text)
+    assert corpus.meta == json.loads((out / "meta.json").read_text())
+    assert corpus.meta == {
+        "format": "charrnn-data",
+        "version": 1,
+        "vocab": corpus.vocab.to_json(),
+        "dtype": "uint8",
+        "train_size": 193,
+        "val_size": 22,
+        "corpus": "hamlet.txt",
+        "source_chars": 215,
+        "val_fraction": 0.1,
+        "unknown_count": 0,
+    }
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hamlet.txt", "prepared"]
+
+
+def test_several_files_are_joined_with_newlines(tmp_path):
+    inputs = [_write(tmp_path / "a.txt", "first"), _write(tmp_path / "b.txt", "second\n")]
+    meta = prepare(inputs, tmp_path / "out", SMALL, progress=False)
+    assert meta.corpus == "a.txt+b.txt"
+    assert _decoded(load_prepared(tmp_path / "out")) == "first\nsecond\n"
+
+
+def test_large_vocabulary_uses_uint16_little_endian(tmp_path):
+    text = "".join(chr(0x400 + i) for i in range(300)) * 2
+    prepare([_write(tmp_path / "wide.txt", text)], tmp_path / "out", SMALL, progress=False)
+    corpus = load_prepared(tmp_path / "out")
+    assert corpus.meta["dtype"] == "uint16" and corpus.train.dtype == np.dtype("<u2")
+    assert np.frombuffer((tmp_path / "out" / "train.bin").read_bytes()[:4], "<u2").tolist() == [
+        0,
+        1,
+    ]
+    assert _decoded(corpus) == text
+
+
+def test_stdin(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("piped ✓ text\n".encode())))
+    meta = prepare(["-"], tmp_path / "out", SMALL, progress=False)
+    assert meta.corpus == "stdin"
+    assert _decoded(load_prepared(tmp_path / "out")) == "piped ✓ text\n"
+
+
+def test_directory_with_glob(tmp_path):
+    (tmp_path / "src" / "deep").mkdir(parents=True)
+    _write(tmp_path / "src" / "deep" / "b.txt", "bee\n")
+    _write(tmp_path / "src" / "a.txt", "ay\n")
+    _write(tmp_path / "src" / "c.log", "skipped\n")
+    config = PrepareConfig(min_chars=1, min_val_chars=1, glob="*.txt")
+    prepare([str(tmp_path / "src")], tmp_path / "out", config, progress=False)
+    assert _decoded(load_prepared(tmp_path / "out")) == "ay\nbee\n"
+
+
+def test_min_count_maps_rare_characters_to_unknown(tmp_path):
+    text = "aaaa bbbb cccc xyz é\n" * 2  # x, y, z, é and the newline seen twice each
+    config = PrepareConfig(min_chars=1, min_val_chars=1, min_count=3)
+    meta = prepare([_write(tmp_path / "t.txt", text)], tmp_path / "out", config, progress=False)
+    corpus = load_prepared(tmp_path / "out")
+    assert corpus.vocab.unknown == "\ufffd"
+    assert corpus.vocab.chars == (" ", "a", "b", "c", "\ufffd")
+    assert meta.unknown_count == corpus.meta["unknown_count"] == 10
+    assert _decoded(corpus) == "aaaa bbbb cccc \ufffd\ufffd\ufffd \ufffd\ufffd" * 2
+
+
+def test_max_vocab_keeps_the_most_frequent(tmp_path):
+    text = "aaaaa bbbb ccc dd e\n"  # space 4, then by count: a b c d; newline and e once
+    config = PrepareConfig(min_chars=1, min_val_chars=1, max_vocab=4)
+    meta = prepare([_write(tmp_path / "t.txt", text)], tmp_path / "out", config, progress=False)
+    assert meta.vocab.chars == (" ", "a", "b", "\ufffd")
+    assert meta.unknown_count == 3 + 2 + 1 + 1  # c, d, e, newline
+
+
+def test_literal_replacement_character_is_not_counted_as_mapped(tmp_path):
+    text = "aaa\ufffd b\n"
+    config = PrepareConfig(min_chars=1, min_val_chars=1, min_count=2)
+    meta = prepare([_write(tmp_path / "t.txt", text)], tmp_path / "out", config, progress=False)
+    assert meta.vocab.chars == ("a", "\ufffd")
+    assert meta.unknown_count == 3  # space, b, newline
+
+
+@pytest.mark.parametrize(
+    ("text", "config", "message"),
+    [
+        ("", SMALL, r"e\.txt: empty input"),
+        ("x" * 100, PrepareConfig(min_chars=200), r"e\.txt: too short: 100 characters leave 90"),
+        ("x" * 100, PrepareConfig(min_chars=1, min_val_chars=11), "validation split"),
+        ("abc\n", PrepareConfig(min_chars=1, min_val_chars=1, min_count=5), "leaves no char"),
+    ],
+)
+def test_unusable_text_leaves_nothing_behind(tmp_path, text, config, message):
+    with pytest.raises(DataError, match=message):
+        prepare([_write(tmp_path / "e.txt", text)], tmp_path / "out", config, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["e.txt"]
+
+
+def test_failure_while_writing_keeps_the_old_data(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    prepare([_write(tmp_path / "old.txt", "old text\n")], out, SMALL, progress=False)
+
+    def crash(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(data, "_write_json", crash)
+    with pytest.raises(OSError, match="disk full"):
+        prepare([_write(tmp_path / "new.txt", "new text\n")], out, SMALL, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.txt", "old.txt", "out"]
+    assert _decoded(load_prepared(out)) == "old text\n"
+
+
+def test_replaces_prepared_data_but_nothing_else(tmp_path):
+    out = tmp_path / "out"
+    prepare([_write(tmp_path / "a.txt", "first\n")], out, SMALL, progress=False)
+    prepare([_write(tmp_path / "b.txt", "second\n")], out, SMALL, progress=False)
+    assert _decoded(load_prepared(out)) == "second\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt", "out"]
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(DataError, match="mine: exists and is not a prepared-data directory"):
+        prepare([str(tmp_path / "a.txt")], tmp_path / "mine", SMALL, progress=False)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+@pytest.fixture
+def prepared(tmp_path):
+    out = tmp_path / "out"
+    prepare([_write(tmp_path / "t.txt", "some text to load\n")], out, SMALL, progress=False)
+    return out
+
+
+def _edit_meta(path, **changes):
+    meta = json.loads((path / "meta.json").read_text())
+    meta.update(changes)
+    (path / "meta.json").write_text(json.dumps(meta))
+
+
+def test_load_errors(prepared, tmp_path):
+    with pytest.raises(DataError, match="nowhere: no prepared-data directory"):
+        load_prepared(tmp_path / "nowhere")
+    with pytest.raises(DataError, match=r"no meta\.json"):
+        load_prepared(tmp_path)
+    (prepared / "train.bin").write_bytes(b"\0" * 3)
+    with pytest.raises(DataError, match=r"train\.bin: 3 bytes, but meta.json says 16 ids"):
+        load_prepared(prepared)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"format": "something-else"}, "not a charrnn-data file"),
+        ({"version": 2}, "format version 2 is not supported"),
+        ({"dtype": "uint16"}, "malformed.*does not fit"),
+        ({"vocab": {"chars": "abc"}}, "malformed"),
+        ({"train_size": None}, "malformed"),
+    ],
+)
+def test_load_rejects_other_meta(prepared, changes, message):
+    _edit_meta(prepared, **changes)
+    with pytest.raises(DataError, match=message):
+        load_prepared(prepared)
+
+
+def test_load_rejects_garbled_meta(prepared):
+    (prepared / "meta.json").write_text('{"format": "charrnn-data", ')
+    with pytest.raises(DataError, match=r"meta\.json: not valid JSON"):
+        load_prepared(prepared)
+
+
+def test_meta_json_round_trip():
+    meta = PreparedMeta(Vocabulary(("a", "\ufffd"), unknown="\ufffd"), 9, 1, "x", 0.1, 4)
+    assert PreparedMeta.from_json(meta.to_json()) == meta
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"val_fraction": 0.0},
+        {"val_fraction": 1.0},
+        {"encoding": "no-such-codec"},
+        {"encoding": "utf-9"},
+        {"encoding": "base64"},
+        {"glob": ""},
+        {"max_vocab": 1},
+        {"min_count": 0},
+        {"min_chars": 0},
+        {"chunk_chars": 0},
+    ],
+)
+def test_config_validation(changes):
+    PrepareConfig(encoding="UTF-8")
+    PrepareConfig(encoding="Latin-1")
+    with pytest.raises(ValueError):
+        PrepareConfig(**changes)
