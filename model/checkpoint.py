@@ -114,7 +114,9 @@ def load_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> Che
             metadata = reader.metadata() or {}
             tensors = {key: reader.get_tensor(key) for key in reader.keys()}  # noqa: SIM118
     except Exception as error:  # safetensors raises several types for damaged files
-        raise CheckpointError(f"{path} is not a readable safetensors file (truncated?): {error}")
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file (truncated?): {error}"
+        ) from error
     if metadata.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path} is not a char-rnn checkpoint (no '{FORMAT_NAME}' header)")
     version = metadata.get("version")
@@ -149,8 +151,12 @@ def flatten_tensors(value: Any, prefix: str) -> tuple[Any, dict[str, Tensor]]:
             tensors[path] = node.detach().cpu().contiguous()
             return {_TENSOR_KEY: path}
         if isinstance(node, dict):
-            return {"__dict__": [[walk(k, f"{path}.k{n}"), walk(v, f"{path}.{n}")]
-                                 for n, (k, v) in enumerate(node.items())]}
+            return {
+                "__dict__": [
+                    [walk(k, f"{path}.k{n}"), walk(v, f"{path}.{n}")]
+                    for n, (k, v) in enumerate(node.items())
+                ]
+            }
         if isinstance(node, list | tuple):
             items = [walk(v, f"{path}.{n}") for n, v in enumerate(node)]
             return {"__tuple__": items} if isinstance(node, tuple) else items
@@ -165,8 +171,10 @@ def unflatten_tensors(skeleton: Any, tensors: dict[str, Tensor]) -> Any:
         if _TENSOR_KEY in skeleton:
             return tensors[skeleton[_TENSOR_KEY]]
         if "__dict__" in skeleton:
-            return {unflatten_tensors(k, tensors): unflatten_tensors(v, tensors)
-                    for k, v in skeleton["__dict__"]}
+            return {
+                unflatten_tensors(k, tensors): unflatten_tensors(v, tensors)
+                for k, v in skeleton["__dict__"]
+            }
         if "__tuple__" in skeleton:
             return tuple(unflatten_tensors(v, tensors) for v in skeleton["__tuple__"])
     if isinstance(skeleton, list):

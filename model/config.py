@@ -42,6 +42,9 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, data: dict) -> ModelConfig:
-        known = {k: data[k] for k in ("vocab_size", "hidden_size", "num_layers", "dropout", "cell")
-                 if k in data}
+        known = {
+            k: data[k]
+            for k in ("vocab_size", "hidden_size", "num_layers", "dropout", "cell")
+            if k in data
+        }
         return cls(**known)

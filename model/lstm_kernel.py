@@ -77,7 +77,9 @@ class LSTMRecurrence(torch.autograd.Function):
             grad_c.addcmul_(grad_h, cell_from_h[t])
             step = grad_gates[t]  # (4H, B)
             torch.mul(
-                from_cell[t].view(3, hidden, batch), grad_c, out=step[: 3 * hidden].view(3, hidden, batch)
+                from_cell[t].view(3, hidden, batch),
+                grad_c,
+                out=step[: 3 * hidden].view(3, hidden, batch),
             )
             torch.mul(grad_h, output_from_h[t], out=step[3 * hidden :])
             grad_c.mul_(f[t])

@@ -111,18 +111,29 @@ class CharRNN(nn.Module):
         outputs = []
         for step_input in projection:
             recurrent = torch.addmm(bias_hh, h, weight_hh.t())  # (B, G·H)
-            h = _gru_step(step_input, recurrent, h) if self.config.cell == "gru" else torch.tanh(
-                step_input + recurrent
+            h = (
+                _gru_step(step_input, recurrent, h)
+                if self.config.cell == "gru"
+                else torch.tanh(step_input + recurrent)
             )
             outputs.append(h)
         first = torch.stack(outputs)  # (T, B, H)
         if self.config.num_layers == 1:
             return first, (h.unsqueeze(0),)
-        params = [w for layer in range(1, self.config.num_layers) for w in self.layer_weights(layer)]
+        params = [
+            w for layer in range(1, self.config.num_layers) for w in self.layer_weights(layer)
+        ]
         function = _LIBRARY_FUNCTIONS[self.config.cell]
         rest, h_rest = function(
-            self._between_layers(first), h0[1:].contiguous(), params, True,
-            self.config.num_layers - 1, self.config.dropout, self.training, False, False,
+            self._between_layers(first),
+            h0[1:].contiguous(),
+            params,
+            True,
+            self.config.num_layers - 1,
+            self.config.dropout,
+            self.training,
+            False,
+            False,
         )
         return rest, (torch.cat([h.unsqueeze(0), h_rest]),)
 
@@ -133,8 +144,15 @@ class CharRNN(nn.Module):
         function = _LIBRARY_FUNCTIONS[self.config.cell]
         state = list(hidden) if self.config.cell == "lstm" else hidden[0]
         result = function(
-            one_hot, state, params, True, self.config.num_layers,
-            self.rnn.dropout, self.training, False, False,
+            one_hot,
+            state,
+            params,
+            True,
+            self.config.num_layers,
+            self.rnn.dropout,
+            self.training,
+            False,
+            False,
         )
         return result[0], tuple(result[1:])
 

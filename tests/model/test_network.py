@@ -1,0 +1,121 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model.config import ModelConfig
+from model.network import CharRNN, detach_hidden, dropout
+
+REFERENCE = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
+
+
+def explicit_one_hot_reference(model: CharRNN) -> torch.nn.Module:
+    """A stock nn.LSTM/GRU/RNN fed an explicit one-hot input, sharing the model's weights."""
+    config = model.config
+    reference = REFERENCE[config.cell](
+        config.vocab_size, config.hidden_size, config.num_layers, batch_first=True
+    )
+    reference.load_state_dict({k[4:]: v for k, v in model.state_dict().items() if k[:4] == "rnn."})
+    return reference
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("num_layers", [1, 2, 3])
+@pytest.mark.parametrize("impl", ["fused", "torch"])
+def test_gathered_input_matches_explicit_one_hot(cell, num_layers, impl):
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=13, hidden_size=24, num_layers=num_layers, cell=cell))
+    model.impl = impl
+    model.eval()
+    reference = explicit_one_hot_reference(model)
+    ids = torch.randint(0, 13, (3, 11))
+    hidden = tuple(torch.randn_like(h) for h in model.init_hidden(3))
+
+    logits, new_hidden = model(ids, hidden)
+
+    ref_out, ref_hidden = reference(
+        F.one_hot(ids, 13).float(), hidden if cell == "lstm" else hidden[0]
+    )
+    ref_hidden = ref_hidden if cell == "lstm" else (ref_hidden,)
+    assert logits.shape == (3, 11, 13)
+    torch.testing.assert_close(logits, model.head(ref_out), atol=1e-5, rtol=0)
+    for ours, theirs in zip(new_hidden, ref_hidden, strict=True):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_default_lstm_gradients_match_nn_lstm():
+    torch.manual_seed(1)
+    model = CharRNN(ModelConfig(vocab_size=17, hidden_size=32, num_layers=2, dropout=0.0))
+    reference = explicit_one_hot_reference(model)
+    ids = torch.randint(0, 17, (4, 9))
+    targets = torch.randint(0, 17, (4, 9))
+
+    logits, _ = model(ids)
+    F.cross_entropy(logits.reshape(-1, 17), targets.reshape(-1)).backward()
+    ref_out, _ = reference(F.one_hot(ids, 17).float())
+    ref_logits = F.linear(ref_out, model.head.weight.detach(), model.head.bias.detach())
+    F.cross_entropy(ref_logits.reshape(-1, 17), targets.reshape(-1)).backward()
+
+    for name, param in reference.named_parameters():
+        ours = getattr(model.rnn, name).grad
+        torch.testing.assert_close(ours, param.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_default_config_is_the_product_model():
+    config = ModelConfig(vocab_size=65)
+    model = CharRNN(config)
+    assert (config.hidden_size, config.num_layers, config.dropout, config.cell) == (
+        256,
+        2,
+        0.5,
+        "lstm",
+    )
+    assert model.rnn.weight_ih_l0.shape == (4 * 256, 65)  # one-hot input of size V
+    assert model.head.weight.shape == (65, 256)
+
+
+def test_dropout_only_in_training_mode():
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=7, hidden_size=8))
+    ids = torch.randint(0, 7, (2, 5))
+    model.eval()
+    first, _ = model(ids)
+    second, _ = model(ids)
+    assert torch.equal(first, second)
+    model.train()
+    noisy, _ = model(ids)
+    assert not torch.allclose(noisy, first)
+
+
+def test_dropout_zeroes_about_p_and_rescales():
+    torch.manual_seed(0)
+    x = torch.ones(100_000)
+    out = dropout(x, 0.5, training=True)
+    assert abs((out == 0).float().mean().item() - 0.5) < 0.01
+    assert set(out.unique().tolist()) == {0.0, 2.0}
+    assert dropout(x, 0.5, training=False) is x
+
+
+def test_hidden_state_carries_information_across_calls():
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=5, hidden_size=8, dropout=0.0)).eval()
+    ids = torch.randint(0, 5, (2, 10))
+    whole, _ = model(ids)
+    first, hidden = model(ids[:, :6])
+    rest, _ = model(ids[:, 6:], detach_hidden(hidden))
+    torch.testing.assert_close(torch.cat([first, rest], dim=1), whole, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"vocab_size": 0},
+        {"hidden_size": 0},
+        {"num_layers": 0},
+        {"dropout": 1.0},
+        {"dropout": -0.1},
+        {"cell": "lstmx"},
+    ],
+)
+def test_config_rejects_bad_values(bad):
+    with pytest.raises(ValueError):
+        ModelConfig(**{"vocab_size": 5, **bad})
