@@ -129,6 +129,8 @@ class PreparedMeta:
             raise ValueError(f"dtype {data['dtype']!r} does not fit the vocabulary")
         if min(meta.train_size, meta.val_size) < 0:
             raise ValueError("negative split size")
+        if data.get("source_chars", meta.source_chars) != meta.source_chars:
+            raise ValueError("source_chars is not train_size + val_size")
         return meta
 
 

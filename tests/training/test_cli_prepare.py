@@ -16,9 +16,11 @@ def test_prepare_prints_a_summary(tmp_path, capsys):
     (tmp_path / "t.txt").write_text("abcdefghij" * 10)  # 100 chars: train 90, val 10
     out = tmp_path / "out"
     argv = [str(tmp_path / "t.txt"), "--out", str(out), "--batch-size", "2", "--seq-len", "4"]
-    assert _run([*argv, "--no-progress"]) == 0
-    line = capsys.readouterr().out.strip()
+    assert _run(argv) == 0  # progress bars on, but stderr is no terminal: none shown
+    captured = capsys.readouterr()
+    line = captured.out.strip()
     assert line == f"prepared t.txt: 100 chars, vocab 10 (uint8), train 90, val 10 -> {out}"
+    assert captured.err == ""
     assert len(load_prepared(out).train) == 90
 
 

@@ -188,6 +188,7 @@ def test_load_errors(prepared, tmp_path):
         ({"dtype": "uint16"}, "malformed.*does not fit"),
         ({"vocab": {"chars": "abc"}}, "malformed"),
         ({"train_size": None}, "malformed"),
+        ({"source_chars": 1}, "malformed.*source_chars"),
     ],
 )
 def test_load_rejects_other_meta(prepared, changes, message):
