@@ -14,7 +14,6 @@ import torch
 from torch import Tensor
 
 from model.network import CharRNN
-from model.stepper import Stepper
 from model.vocab import Vocabulary
 
 MAX_SEED = 2**63 - 1
@@ -49,32 +48,37 @@ def resolve_seed(seed: int | None) -> int:
     return secrets.randbelow(MAX_SEED) if seed is None else seed
 
 
-def top_k_filter(logits: Tensor, top_k: int | None) -> Tensor:
-    """logits (..., V) with all but the k largest set to -inf."""
-    if top_k is None or top_k >= logits.shape[-1]:
-        return logits
-    threshold = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-    return logits.masked_fill(logits < threshold, float("-inf"))
+def sorted_filtered_probs(
+    logits: Tensor, temperature: Tensor, top_k: Tensor, top_p: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Temperature, top-k, then top-p, each per row: logits (n, V) → probabilities sorted
+    from the most likely character (n, V) and the order that sorts them (n, V).
+
+    temperature (n,) > 0; top_k (n,) in [1, V]; top_p (n,) in (0, 1]. Filtered-out
+    characters get probability 0; the rest are renormalised.
+    """
+    scaled = logits.float() / temperature.unsqueeze(1)
+    sorted_logits, order = torch.sort(scaled, dim=1, descending=True, stable=True)
+    rank = torch.arange(logits.shape[1])
+    sorted_logits = sorted_logits.masked_fill(rank >= top_k.unsqueeze(1), float("-inf"))
+    probs = torch.softmax(sorted_logits, dim=1)
+    # Nucleus: drop a character once the more likely ones already reach top_p; the most
+    # likely one always stays.
+    before = torch.cumsum(probs, dim=1) - probs
+    probs = probs.masked_fill(before >= top_p.unsqueeze(1), 0.0)
+    return probs / probs.sum(dim=1, keepdim=True), order
 
 
-def top_p_filter(logits: Tensor, top_p: float) -> Tensor:
-    """logits (..., V) keeping the smallest most-likely set whose probability ≥ top_p."""
-    if top_p >= 1.0:
-        return logits
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-    probs = torch.softmax(sorted_logits, dim=-1)
-    # Drop a character when the ones more likely than it already reach top_p; the most
-    # likely character always stays.
-    before = torch.cumsum(probs, dim=-1) - probs
-    drop_sorted = before >= top_p
-    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-    return logits.masked_fill(drop, float("-inf"))
-
-
-def next_char_probs(logits: Tensor, config: SamplingConfig) -> Tensor:
-    """Temperature, top-k, then top-p: logits (..., V) → probabilities (..., V)."""
-    scaled = logits.float() / config.temperature
-    return torch.softmax(top_p_filter(top_k_filter(scaled, config.top_k), config.top_p), dim=-1)
+def sample_rows(
+    logits: Tensor, temperature: Tensor, top_k: Tensor, top_p: Tensor, uniform: Tensor
+) -> Tensor:
+    """One character per row by inverse-CDF sampling with the caller's uniform numbers
+    (n,) in [0, 1): deterministic given them, so each row can bring its own random stream."""
+    probs, order = sorted_filtered_probs(logits, temperature, top_k, top_p)
+    cdf = torch.cumsum(probs, dim=1)  # (n, V)
+    picked = (cdf < uniform.to(cdf.dtype).unsqueeze(1) * cdf[:, -1:]).sum(dim=1)
+    picked = picked.clamp_(max=logits.shape[1] - 1)
+    return order.gather(1, picked.unsqueeze(1)).squeeze(1)
 
 
 def prime_ids(vocab: Vocabulary, prime: str, skip_unknown: bool = False) -> list[int]:
@@ -86,23 +90,20 @@ def prime_ids(vocab: Vocabulary, prime: str, skip_unknown: bool = False) -> list
     return [vocab.encode("\n")[0] if "\n" in vocab else 0]
 
 
-@torch.no_grad()
 def generate(
     model: CharRNN, vocab: Vocabulary, prime: str, config: SamplingConfig
 ) -> Iterator[str]:
     """Yield `config.length` characters continuing `prime`, one at a time.
 
     The prime goes through the network in one forward pass; then each sampled character is
-    fed back with the carried hidden state. `config.seed` must be set (see resolve_seed)
-    for the text to be repeatable; None draws a fresh seed.
+    fed back with the carried hidden state. This is the service's batched decoder with a
+    single row, so the same seed gives the same text here and from the service.
     """
-    stepper = Stepper(model)
-    device = model.head.weight.device
-    generator = torch.Generator().manual_seed(resolve_seed(config.seed))
-    ids = torch.tensor([prime_ids(vocab, prime, config.skip_unknown)], device=device)  # (1, T)
-    logits, hidden = stepper.prime(ids)  # (1, V)
+    from model.decoder import BatchDecoder  # the decoder builds on this module's sampler
+
+    decoder = BatchDecoder(model, capacity=1)
+    decoder.add(prime_ids(vocab, prime, config.skip_unknown), config, resolve_seed(config.seed))
     for _ in range(config.length):
-        probs = next_char_probs(logits[0].cpu(), config)  # (V,)
-        next_id = torch.multinomial(probs, 1, generator=generator)  # (1,)
-        yield vocab.chars[int(next_id)]
-        logits, hidden = stepper.step(next_id.to(device), hidden)
+        next_id = decoder.sample()
+        yield vocab.chars[int(next_id[0])]
+        decoder.advance(next_id)

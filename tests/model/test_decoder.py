@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+import torch
+
+from model.config import ModelConfig
+from model.decoder import MIN_ROWS, BatchDecoder, UniformStream
+from model.network import CharRNN
+from model.sampling import SamplingConfig
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return CharRNN(ModelConfig(vocab_size=23, hidden_size=32, num_layers=2)).eval()
+
+
+def decode_alone(model, prime, config, seed, length):
+    decoder = BatchDecoder(model, capacity=1)
+    decoder.add(prime, config, seed)
+    out = []
+    for _ in range(length):
+        ids = decoder.sample()
+        out.append(int(ids[0]))
+        decoder.advance(ids)
+    return out
+
+
+def test_seeded_stream_is_identical_alone_and_among_30_others(model):
+    config = SamplingConfig(temperature=0.9, top_k=10, top_p=0.95)
+    alone = decode_alone(model, [1, 2, 3], config, seed=42, length=120)
+
+    rng = np.random.default_rng(0)
+    decoder = BatchDecoder(model, capacity=40)
+    # Others join before and after, with other settings, and some leave midway.
+    others = [
+        decoder.add(
+            rng.integers(0, 23, size=int(rng.integers(1, 9))).tolist(),
+            SamplingConfig(temperature=float(rng.uniform(0.3, 2.0))),
+            seed=n,
+        )
+        for n in range(15)
+    ]
+    assert others == list(range(15))
+    target = decoder.add([1, 2, 3], config, seed=42)
+    owners = {row: ("other", row) for row in range(15)}
+    owners[target] = ("target", 0)
+    ours = []
+    for step in range(120):
+        if step == 5:
+            for n in range(15):
+                owners[decoder.add([n % 23], SamplingConfig(top_p=0.5), seed=100 + n)] = ("late", n)
+        ids = decoder.sample()
+        decoder.advance(ids)
+        for row in range(decoder.size):
+            if owners[row][0] == "target":
+                ours.append(int(ids[row]))
+        if step in (10, 40):  # some leave; the last row moves into the hole
+            for row in (0, 3, 7):
+                moved = decoder.remove(row)
+                if moved is not None:
+                    owners[row] = owners.pop(moved)
+                else:
+                    owners.pop(row)
+    assert ours == alone
+
+
+def test_different_seeds_give_different_text(model):
+    config = SamplingConfig()
+    assert decode_alone(model, [1], config, 1, 60) != decode_alone(model, [1], config, 2, 60)
+
+
+def test_uniform_stream_blocks_continue_one_sequence():
+    stream = UniformStream(7)
+    blocks = torch.cat([stream.block(64), stream.block(64)])
+    direct = np.random.Generator(np.random.PCG64(7)).random(128)
+    assert np.array_equal(blocks.numpy(), direct)
+
+
+def test_capacity_and_removal(model):
+    decoder = BatchDecoder(model, capacity=2)
+    decoder.add([1], SamplingConfig(), 1)
+    decoder.add([2], SamplingConfig(), 2)
+    assert decoder.full
+    with pytest.raises(RuntimeError):
+        decoder.add([3], SamplingConfig(), 3)
+    assert decoder.remove(0) == 1 and decoder.size == 1
+    assert decoder.remove(0) is None and decoder.size == 0
+    with pytest.raises(IndexError):
+        decoder.remove(0)
+
+
+def test_pads_small_batches(model):
+    decoder = BatchDecoder(model, capacity=2)
+    assert decoder.hidden[0].shape[1] == MIN_ROWS
