@@ -1,0 +1,168 @@
+import dataclasses
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.checkpoint import load_checkpoint
+from training.__main__ import main
+from training.config import TrainConfig
+from training.data import PrepareConfig, load_prepared, prepare
+from training.loop import Trainer, TrainHooks
+
+TEXT = "the quick brown fox jumps over the lazy dog.\n" * 40  # 1,800 characters
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    (root / "fox.txt").write_text(TEXT)
+    config = PrepareConfig(min_chars=1, min_val_chars=1)
+    prepare([str(root / "fox.txt")], root / "data", config, progress=False)
+    return root / "data"
+
+
+def _config(data_dir, out_dir, **changes):
+    # Dropout on, two layers and a cosine schedule: every piece of state an exact resume
+    # must restore is in use. 25 batches an epoch, so the run crosses an epoch boundary.
+    values = {
+        "hidden_size": 16,
+        "num_layers": 2,
+        "dropout": 0.3,
+        "batch_size": 4,
+        "seq_len": 16,
+        "lr": 1e-2,
+        "warmup_steps": 3,
+        "eval_every": 10,
+        "max_steps": 34,
+        "threads": 1,
+        "sample_length": 5,
+    }
+    return TrainConfig(data_dir, out_dir, **(values | changes))
+
+
+def _weights(run):
+    return load_checkpoint(run / "last.safetensors").weights
+
+
+def _assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+def _numbers(run):
+    skip = {"elapsed_seconds", "chars_per_second"}
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in skip} for line in lines]
+
+
+def test_stop_and_resume_equals_one_run_bit_for_bit(tmp_path, data_dir):
+    corpus = load_prepared(data_dir)
+    whole = Trainer(_config(data_dir, tmp_path / "whole"), corpus, progress=False).run()
+    assert whole.epoch > 1
+
+    config = _config(data_dir, tmp_path / "split")
+    first = Trainer(config, corpus, progress=False)
+    first.hooks = TrainHooks(should_stop=lambda: first.counters.step >= 13)  # mid-epoch
+    assert first.run().stop_reason == "interrupted"
+    checkpoint = load_checkpoint(tmp_path / "split" / "last.safetensors")
+    second = Trainer(config, corpus, resume=checkpoint, progress=False).run()
+
+    assert (second.step, second.tokens, second.epoch) == (whole.step, whole.tokens, whole.epoch)
+    assert second.best_val_loss == whole.best_val_loss
+    _assert_same_weights(_weights(tmp_path / "whole"), _weights(tmp_path / "split"))
+    assert _numbers(tmp_path / "whole") == _numbers(tmp_path / "split")
+
+
+def test_seeded_runs_repeat_exactly(tmp_path, data_dir):
+    corpus = load_prepared(data_dir)
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        config = _config(data_dir, tmp_path / name, seed=seed, max_steps=6, sample_length=0)
+        Trainer(config, corpus, progress=False).run()
+    _assert_same_weights(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
+    a, c = _weights(tmp_path / "a"), _weights(tmp_path / "c")
+    assert not torch.equal(a["head.weight"], c["head.weight"])
+
+
+def test_resume_refuses_a_different_shape_or_an_inference_checkpoint(tmp_path, data_dir):
+    corpus = load_prepared(data_dir)
+    config = _config(data_dir, tmp_path / "run", max_steps=2, sample_length=0)
+    Trainer(config, corpus, progress=False).run()
+    last = load_checkpoint(tmp_path / "run" / "last.safetensors")
+    with pytest.raises(ValueError, match="cannot change batch_size when resuming"):
+        Trainer(config.with_changes(batch_size=2), corpus, resume=last)
+    other = dataclasses.replace(corpus, meta=corpus.meta | {"source_chars": 99})
+    with pytest.raises(ValueError, match="holds 99 characters, the run was trained on 1800"):
+        Trainer(config, other, resume=last)
+    best = load_checkpoint(tmp_path / "run" / "best.safetensors")
+    with pytest.raises(ValueError, match="no training state"):
+        Trainer(config, corpus, resume=best)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_the_printed_command_resumes(tmp_path, data_dir):
+    run = tmp_path / "run"
+    flags = [
+        "--hidden-size",
+        "16",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "16",
+        "--threads",
+        "1",
+        "--eval-every",
+        "2",
+        "--sample-length",
+        "0",
+        "--no-progress",
+    ]
+    command = [
+        sys.executable,
+        "-m",
+        "training",
+        "train",
+        str(data_dir),
+        "--out",
+        str(run),
+        "--max-steps",
+        "100000",
+        *flags,
+    ]
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        metrics = run / "metrics.jsonl"
+        while not (metrics.exists() and metrics.read_text()) and process.poll() is None:
+            assert time.monotonic() < deadline, "no evaluation within 120 s"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 143, err
+    last_line = err.strip().splitlines()[-1]
+    assert f"resume with: {sys.executable} -m training train --resume {run}" in last_line
+    stopped = load_checkpoint(run / "last.safetensors").info["step"]
+    assert stopped >= 2 and f"stopped at step {stopped}" in last_line
+
+    assert main(["train", "--resume", str(run), "--max-steps", str(stopped + 3)]) == 0
+    resumed = load_checkpoint(run / "last.safetensors")
+    assert resumed.info["step"] == stopped + 3
+    assert resumed.training_state["counters"]["position"]["batch"] == (stopped + 3) % 25

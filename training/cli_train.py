@@ -1,0 +1,161 @@
+"""The `train` sub-command: flags in, a TrainConfig and a Trainer run, one summary line out.
+
+Ctrl-C or SIGTERM stop the run after the current step, save last.safetensors and print the
+command that resumes it; the exit status is then 130 (SIGINT) or 143 (SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from model.checkpoint import Checkpoint, load_checkpoint
+from model.config import CELLS
+from training.config import LSTM_IMPL_CHOICES, OPTIMIZERS, SCHEDULES, TrainConfig
+from training.data import load_prepared
+from training.evaluate import bits_per_char
+from training.loop import Trainer, TrainHooks, TrainResult
+from training.run_dir import resume_path
+from training.signals import stop_on_signals
+from training.state import resumed_config
+
+
+def _optional(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        return None if text.strip().lower() in ("none", "off") else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value"
+    return parse
+
+
+# Every TrainConfig field but the two paths: (flag type, extra add_argument options, help).
+_OPTIONS: dict[str, tuple[Callable[[str], Any], dict[str, Any], str]] = {
+    "hidden_size": (int, {}, "LSTM units per layer"),
+    "num_layers": (int, {}, "stacked recurrent layers"),
+    "dropout": (float, {}, "dropout between layers and before the output layer"),
+    "cell": (str, {"choices": CELLS}, "recurrent cell"),
+    "batch_size": (int, {}, "parallel streams (columns of the corpus) per batch"),
+    "seq_len": (int, {}, "characters per stream per step (truncated-BPTT length)"),
+    "lr": (float, {}, "peak learning rate"),
+    "optimizer": (str, {"choices": OPTIMIZERS}, "optimizer"),
+    "weight_decay": (float, {}, "decoupled weight decay of the weight matrices"),
+    "betas": (float, {"nargs": 2, "metavar": ("BETA1", "BETA2")}, "Adam betas"),
+    "schedule": (str, {"choices": SCHEDULES}, "learning-rate schedule after the warm-up"),
+    "warmup_steps": (int, {}, "steps of linear warm-up to the peak rate"),
+    "min_lr_ratio": (float, {}, "cosine floor as a fraction of --lr"),
+    "grad_clip": (_optional(float), {}, "max gradient norm ('none': no clipping)"),
+    "max_epochs": (_optional(int), {}, "stop after this many passes over the data"),
+    "max_steps": (_optional(int), {}, "stop after this many optimizer steps"),
+    "max_minutes": (_optional(float), {}, "stop after this much wall-clock time"),
+    "eval_every": (int, {}, "steps between evaluations"),
+    "eval_batches": (_optional(int), {}, "validation batches per evaluation ('none': all)"),
+    "patience": (_optional(int), {}, "stop after this many evaluations without improvement"),
+    "seed": (int, {}, "random seed (initialisation, dropout, samples)"),
+    "device": (str, {}, "auto, cpu, cuda, cuda:N or mps"),
+    "lstm_impl": (str, {"choices": LSTM_IMPL_CHOICES}, "LSTM kernel: auto picks by device"),
+    "threads": (_optional(int), {}, "CPU threads for PyTorch ('none': PyTorch's default)"),
+    "sample_prime": (str, {}, "text the evaluation samples start from"),
+    "sample_length": (int, {}, "characters sampled at each evaluation (0: none)"),
+    "sample_temperature": (float, {}, "temperature of those samples"),
+}
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "data_dir",
+        nargs="?",
+        type=Path,
+        metavar="DATA_DIR",
+        help="a prepared-data directory (from `prepare`); optional with --resume",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="RUN_DIR",
+        help="the run directory to write; with --resume, defaults to the resumed run's",
+    )
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue a run exactly where it stopped: its directory or a last.safetensors; "
+        "options given change the saved config (not the model or batch shape)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    for name, (kind, extra, text) in _OPTIONS.items():
+        default = defaults[name]
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else repr(default)
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=kind,
+            default=argparse.SUPPRESS,
+            help=f"{text} (default: {shown})",
+            **extra,
+        )
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train with the parsed options; 0 when done, 2 on bad input, 130/143 when stopped by
+    SIGINT/SIGTERM (after saving last.safetensors)."""
+    given = {name: getattr(args, name) for name in _OPTIONS if hasattr(args, name)}
+    try:
+        config, checkpoint = _config(args, given)
+        corpus = load_prepared(config.data_dir)
+        with stop_on_signals() as stop:
+            hooks = TrainHooks(should_stop=stop)
+            trainer = Trainer(config, corpus, checkpoint, not args.no_progress, hooks)
+            result = trainer.run()
+    except (ValueError, OSError) as error:  # DataError and CheckpointError included
+        return _fail(error)
+    if result.stop_reason == "interrupted":
+        command = shlex.join(
+            [sys.executable, "-m", "training", "train", "--resume", str(result.run_dir)]
+        )
+        print(
+            f"stopped at step {result.step}, saved {trainer.run_dir.last}; resume with: {command}",
+            file=sys.stderr,
+        )
+        return stop.exit_code
+    print(_summary(result))
+    return 0
+
+
+def _config(
+    args: argparse.Namespace, given: dict[str, Any]
+) -> tuple[TrainConfig, Checkpoint | None]:
+    """The run's config and the checkpoint it resumes (None for a new run). Paths are made
+    absolute so a run can be resumed from any working directory."""
+    data_dir = args.data_dir.resolve() if args.data_dir else None
+    if args.resume is None:
+        if data_dir is None or args.out is None:
+            raise ValueError("train needs DATA_DIR and --out RUN_DIR (or --resume RUN_DIR)")
+        return TrainConfig(data_dir, args.out.resolve(), **given), None
+    path = resume_path(args.resume)
+    checkpoint = load_checkpoint(path)
+    changes = {**given, "out_dir": (args.out or path.parent).resolve()}
+    if data_dir is not None:  # the data moved: the saved position still means the same text
+        changes["data_dir"] = data_dir
+    return resumed_config(checkpoint, **changes), checkpoint
+
+
+def _summary(result: TrainResult) -> str:
+    best = "-"
+    if result.best_val_loss is not None:
+        bits = bits_per_char(result.best_val_loss)
+        best = f"{result.best_val_loss:.4f} nats/char ({bits:.4f} bits/char)"
+    return (
+        f"done ({result.stop_reason.replace('_', ' ')}): step {result.step}, epoch "
+        f"{result.epoch:.2f}, best val loss {best} -> {result.run_dir}"
+    )
+
+
+def _fail(error: BaseException) -> int:
+    print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+    return 2

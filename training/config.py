@@ -1,0 +1,147 @@
+"""The training recipe: every default of a training run in one place, checked on creation."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from model.config import ModelConfig
+from model.device import DEVICE_CHOICES
+from model.network import LSTM_IMPLS
+
+OPTIMIZERS: tuple[str, ...] = ("adamw", "adam")
+SCHEDULES: tuple[str, ...] = ("cosine", "constant")
+LSTM_IMPL_CHOICES: tuple[str, ...] = ("auto", *LSTM_IMPLS)
+# What a resumed run cannot change: the weights' shapes, the optimizer state's meaning, and
+# the batch layout that the saved data position and hidden state refer to.
+FIXED_ON_RESUME: tuple[str, ...] = (
+    "hidden_size",
+    "num_layers",
+    "dropout",
+    "cell",
+    "batch_size",
+    "seq_len",
+    "optimizer",
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Training stops at whichever of max_epochs, max_steps and
+    max_minutes comes first; at least one must be set."""
+
+    data_dir: Path  # a prepared-data directory (`python -m training prepare`)
+    out_dir: Path  # the run directory: config, metrics, checkpoints, loss plot
+    # The network (model.config.ModelConfig).
+    hidden_size: int = 256  # units per recurrent layer
+    num_layers: int = 2  # stacked recurrent layers
+    dropout: float = 0.5  # between the layers and before the output layer
+    cell: str = "lstm"  # "lstm", "gru" or "rnn"
+    # Batches (training.batches).
+    batch_size: int = 64  # parallel streams: the corpus is cut into this many columns
+    seq_len: int = 128  # steps of backpropagation through time per batch
+    # Optimizer (training.optimizer).
+    lr: float = 3e-3  # peak learning rate, reached at the end of the warm-up
+    optimizer: str = "adamw"  # "adamw" (decoupled weight decay) or "adam"
+    weight_decay: float = 0.0  # on the weight matrices only, never the biases
+    # beta2 0.99 rather than 0.999: the second moment follows a character model's quickly
+    # shrinking gradients more closely.
+    betas: tuple[float, float] = (0.9, 0.99)
+    # Learning-rate schedule (training.schedule).
+    schedule: str = "cosine"  # "cosine": decay to min_lr_ratio·lr at the horizon; "constant"
+    warmup_steps: int = 100  # linear warm-up from lr/warmup_steps to lr (0: none)
+    min_lr_ratio: float = 0.1  # the cosine's floor as a fraction of lr
+    grad_clip: float | None = 1.0  # max global gradient norm; None: no clipping
+    # Limits; None: no limit from that one. The first to come stops the run, and the
+    # smallest known in steps is the cosine's horizon (max_minutes: measured, see schedule).
+    max_epochs: int | None = None  # passes over the training split
+    max_steps: int | None = None  # optimizer steps
+    max_minutes: float | None = None  # wall-clock, evaluations included, summed over resumes
+    # Evaluation on the held-out split.
+    eval_every: int = 500  # steps between evaluations (one more always runs at the end)
+    eval_batches: int | None = None  # cap on validation batches per evaluation; None: all
+    patience: int | None = None  # stop after this many evaluations without a better val loss
+    # Reproducibility and hardware.
+    seed: int = 1337  # initialisation, dropout and samples: same seed, same run on a CPU
+    device: str = "auto"  # "auto" → CUDA, then MPS, then CPU; or "cpu", "cuda:1", ...
+    lstm_impl: str = "auto"  # "fused" (hand-written, CPU), "torch" (cuDNN); auto: by device
+    threads: int | None = None  # torch.set_num_threads during training; None: leave as is
+    # The sample shown and logged at each evaluation.
+    sample_prime: str = ""  # "" starts as after a newline
+    sample_length: int = 200  # characters; 0: no sample
+    sample_temperature: float = 0.8
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        object.__setattr__(self, "out_dir", Path(self.out_dir))
+        object.__setattr__(self, "betas", tuple(self.betas))
+        self.model_config(vocab_size=1)  # the network's own checks
+        _at_least(self, 1, "batch_size", "seq_len", "eval_every")
+        _at_least(self, 0, "warmup_steps", "sample_length", "seed")
+        _at_least(
+            self, 1, "max_epochs", "max_steps", "eval_batches", "patience", "threads", optional=True
+        )
+        _choice(self.optimizer, OPTIMIZERS, "optimizer")
+        _choice(self.schedule, SCHEDULES, "schedule")
+        _choice(self.lstm_impl, LSTM_IMPL_CHOICES, "lstm_impl")
+        _choice(self.device.split(":")[0].strip().lower(), DEVICE_CHOICES, "device")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be ≥ 0, got {self.weight_decay}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(
+                f"grad_clip must be > 0 (or None for no clipping), got {self.grad_clip}"
+            )
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
+        if self.max_epochs is None and self.max_steps is None and self.max_minutes is None:
+            raise ValueError(
+                "set at least one of max_epochs, max_steps or max_minutes: training needs an end"
+            )
+        if not self.sample_temperature > 0:
+            raise ValueError(f"sample_temperature must be > 0, got {self.sample_temperature}")
+        if self.cell != "lstm" and self.lstm_impl == "fused":
+            raise ValueError(f"lstm_impl 'fused' is the LSTM kernel; cell is {self.cell!r}")
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        return ModelConfig(vocab_size, self.hidden_size, self.num_layers, self.dropout, self.cell)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["data_dir"], data["out_dir"] = str(self.data_dir), str(self.out_dir)
+        data["betas"] = list(self.betas)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainConfig:
+        """Raises ValueError for unknown fields or values out of range."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown training config fields: {', '.join(unknown)}")
+        return cls(**data)
+
+    def with_changes(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields replaced, checked again."""
+        return replace(self, **changes)
+
+
+def _at_least(config: TrainConfig, low: int, *names: str, optional: bool = False) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value is None and optional:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}")
+
+
+def _choice(value: str, choices: tuple[str, ...], name: str) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")

@@ -1,0 +1,109 @@
+"""Scoring a model on held-out text: the loop's validation loss and `eval` on any text.
+
+Both count nats per predicted character (mean cross-entropy), and bits per char =
+nats / ln 2; perplexity = e^nats.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from model.checkpoint import Checkpoint
+from model.device import preferred_lstm_impl
+from model.network import CharRNN, detach_hidden
+from training.batches import ColumnBatches
+
+EVAL_SEQ_LEN = 256  # window length when scoring a text; the state carries across windows
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    nats_per_char: float
+    bits_per_char: float
+    perplexity: float
+    chars: int  # characters scored (predictions)
+    oov_chars: int  # characters not in the vocabulary, left out of the text before scoring
+
+    @classmethod
+    def from_total(cls, nats: float, chars: int, oov_chars: int = 0) -> EvalResult:
+        mean = nats / chars if chars else float("nan")
+        return cls(mean, bits_per_char(mean), math.exp(mean), chars, oov_chars)
+
+
+def bits_per_char(nats_per_char: float) -> float:
+    return nats_per_char / math.log(2)
+
+
+@torch.no_grad()
+def total_loss(
+    model: CharRNN, batches: ColumnBatches, max_batches: int | None = None
+) -> tuple[float, int]:
+    """(summed nats, predictions) over the first `max_batches` windows (None: all), from a
+    zero state carried across windows. Runs in eval mode (no dropout) and restores the
+    model's mode after."""
+    was_training = model.training
+    model.eval()
+    device = model.head.weight.device
+    hidden = model.init_hidden(batches.batch_size, device)
+    nats, count = 0.0, 0
+    try:
+        for index in range(min(len(batches), max_batches or len(batches))):
+            inputs, targets = (t.to(device) for t in batches.window(index))  # (B, T) each
+            logits, hidden = model(inputs, hidden)  # (B, T, V)
+            hidden = detach_hidden(hidden)
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum")
+            nats += loss.item()  # summed in float64 on the host
+            count += targets.numel()
+    finally:
+        model.train(was_training)
+    return nats, count
+
+
+def validation_loss(
+    model: CharRNN, batches: ColumnBatches, max_batches: int | None = None
+) -> float:
+    """Mean nats per character on the held-out windows (what the loop reports)."""
+    nats, count = total_loss(model, batches, max_batches)
+    return nats / count
+
+
+def evaluate_text(
+    checkpoint: Checkpoint,
+    text: str,
+    device: torch.device | str = "cpu",
+    seq_len: int = EVAL_SEQ_LEN,
+) -> EvalResult:
+    """Score `text` as one stream, every character after the first predicted from all
+    before it.
+
+    The rule for characters outside the vocabulary (not one of `vocab.chars`): they are
+    counted in `oov_chars` and removed from the text before scoring, so the text is scored
+    as if they were not there. A vocabulary's unknown symbol (U+FFFD) written in the text
+    is in the vocabulary and scored like any other character. Raises ValueError when fewer
+    than two characters are left."""
+    vocab = checkpoint.vocab
+    kept = [c for c in text if c in vocab]
+    if len(kept) < 2:
+        raise ValueError(
+            f"need at least 2 in-vocabulary characters to score, got {len(kept)} "
+            f"({len(text) - len(kept)} out of vocabulary)"
+        )
+    ids = np.asarray(vocab.encode("".join(kept)), dtype=np.int64)
+    model = checkpoint.build_model(device)
+    model.impl = preferred_lstm_impl(torch.device(device))
+    batches = ColumnBatches(ids, batch_size=1, seq_len=seq_len, drop_last=False)
+    nats, count = total_loss(model, batches)
+    return EvalResult.from_total(nats, count, len(text) - len(kept))
+
+
+def combine_results(results: Sequence[EvalResult]) -> EvalResult:
+    """Several texts' results as one, weighted by characters scored."""
+    chars = sum(r.chars for r in results)
+    nats = sum(r.nats_per_char * r.chars for r in results)
+    return EvalResult.from_total(nats, chars, sum(r.oov_chars for r in results))

@@ -1,0 +1,171 @@
+"""What a training checkpoint holds beyond the weights: the counters of the run, and the
+optimizer, RNG and hidden state an exact resume needs (all saved as tensors and JSON by
+model.checkpoint, never pickled)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from model.checkpoint import Checkpoint, CheckpointError
+from model.network import Hidden
+from training.batches import BatchPosition
+from training.config import FIXED_ON_RESUME, TrainConfig
+from training.data import PreparedCorpus
+
+STATE_FORMAT = "charrnn-train-state"
+STATE_VERSION = 1
+
+
+@dataclass
+class RunCounters:
+    """Where a run is. Mutable: the loop advances it step by step."""
+
+    step: int = 0  # optimizer steps done
+    position: BatchPosition = field(default_factory=BatchPosition)  # the next batch
+    tokens: int = 0  # training predictions seen
+    elapsed_seconds: float = 0.0  # wall-clock of all sessions before the current one
+    best_val_loss: float | None = None
+    last_val_loss: float | None = None  # of the latest evaluation
+    evals_since_best: int = 0  # evaluations in a row without a new best (for patience)
+    last_eval_step: int | None = None
+    horizon_estimate: int | None = None  # steps that fit in max_minutes, once measured
+    train_loss_sum: float = 0.0  # summed batch losses since the last evaluation
+    train_loss_steps: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "position": self.position.to_json(),
+            "tokens": self.tokens,
+            "elapsed_seconds": self.elapsed_seconds,
+            "best_val_loss": self.best_val_loss,
+            "last_val_loss": self.last_val_loss,
+            "evals_since_best": self.evals_since_best,
+            "last_eval_step": self.last_eval_step,
+            "horizon_estimate": self.horizon_estimate,
+            "train_loss_sum": self.train_loss_sum,
+            "train_loss_steps": self.train_loss_steps,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunCounters:
+        values = dict(data)
+        values["position"] = BatchPosition.from_json(data["position"])
+        return cls(**values)
+
+
+def training_state(
+    counters: RunCounters, optimizer: torch.optim.Optimizer, hidden: Hidden
+) -> dict[str, Any]:
+    """The checkpoint's training_state: everything but the weights that the next step
+    depends on. `hidden` is the state carried into the next batch, (L, B, H) each."""
+    return {
+        "format": STATE_FORMAT,
+        "version": STATE_VERSION,
+        "counters": counters.to_json(),
+        "optimizer": optimizer.state_dict(),
+        "rng": rng_state(),
+        "hidden": [h.detach().cpu() for h in hidden],
+    }
+
+
+def resumed_config(checkpoint: Checkpoint, **changes: Any) -> TrainConfig:
+    """The config of the run that wrote `checkpoint`, with `changes` (a longer max_steps, a
+    new out_dir, ...). Raises CheckpointError when it holds none, ValueError for bad changes."""
+    try:
+        saved = TrainConfig.from_json(checkpoint.info["train_config"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"no usable training config in the checkpoint ({error})") from None
+    return saved.with_changes(**changes)
+
+
+def check_resumable(checkpoint: Checkpoint, config: TrainConfig, corpus: PreparedCorpus) -> None:
+    """Raise ValueError unless `config` and `corpus` can continue `checkpoint`'s run: a
+    training state is there, nothing in FIXED_ON_RESUME changed, and the data is the same
+    (vocabulary and size, so the saved position means the same text)."""
+    if checkpoint.training_state is None:
+        raise ValueError("the checkpoint has no training state (only last.safetensors has)")
+    saved = TrainConfig.from_json(checkpoint.info.get("train_config", {}))
+    for name in FIXED_ON_RESUME:
+        if getattr(saved, name) != getattr(config, name):
+            raise ValueError(
+                f"cannot change {name} when resuming (the run has {getattr(saved, name)!r}, "
+                f"asked for {getattr(config, name)!r})"
+            )
+    if checkpoint.vocab != corpus.vocab:
+        raise ValueError("the checkpoint's vocabulary differs from the prepared data's")
+    chars, run_chars = corpus.meta.get("source_chars"), checkpoint.info.get("corpus_chars")
+    if chars != run_chars:
+        raise ValueError(
+            f"the prepared data holds {chars} characters, the run was trained on {run_chars}: "
+            "not the same data"
+        )
+
+
+def restore_training_state(
+    state: dict[str, Any], optimizer: torch.optim.Optimizer, device: torch.device
+) -> tuple[RunCounters, Hidden, dict[str, Any]]:
+    """Load the optimizer from `state`; return the counters, the hidden state on `device`
+    and the RNG states (for `set_rng_state` when the run starts). Raises ValueError for a
+    state this code did not write."""
+    if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
+        raise ValueError(
+            f"training state of format {state.get('format')!r} version {state.get('version')!r};"
+            f" this build resumes {STATE_FORMAT!r} version {STATE_VERSION}"
+        )
+    try:
+        counters = RunCounters.from_json(state["counters"])
+        optimizer.load_state_dict(state["optimizer"])
+        hidden = tuple(h.to(device) for h in state["hidden"])
+        rng = dict(state["rng"])
+    except (KeyError, TypeError, RuntimeError) as error:
+        raise ValueError(f"damaged training state: {error}") from error
+    return counters, hidden, rng
+
+
+def rng_state() -> dict[str, Any]:
+    """The generators that training draws from: the CPU one (initialisation, and dropout
+    on the CPU) and, once used, CUDA's and MPS's (dropout there)."""
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    mps = getattr(torch, "mps", None)
+    if mps is not None and torch.backends.mps.is_available():
+        state["mps"] = mps.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "mps" in state and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(state["mps"])
+
+
+def checkpoint_info(
+    config: TrainConfig,
+    counters: RunCounters,
+    epoch: float,
+    elapsed_seconds: float,
+    corpus_meta: dict[str, Any],
+) -> dict[str, Any]:
+    """The checkpoint's `info`: how these weights came about, for people and the app. The
+    validation loss is the latest evaluation's (nats/char)."""
+    val_loss = counters.last_val_loss
+    return {
+        "train_config": config.to_json(),
+        "val_loss": val_loss,
+        "val_bits_per_char": None if val_loss is None else val_loss / math.log(2),
+        "step": counters.step,
+        "epoch": epoch,
+        "tokens": counters.tokens,
+        "corpus": corpus_meta.get("corpus"),
+        "corpus_chars": corpus_meta.get("source_chars"),
+        "elapsed_seconds": elapsed_seconds,
+        "torch_version": torch.__version__,
+    }
