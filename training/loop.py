@@ -121,6 +121,7 @@ class Trainer:
         self.history = self.run_dir.keep_metrics_up_to(counters.step)
         self._start = time.monotonic()
         self._elapsed_before = counters.elapsed_seconds
+        self._session_first_step = counters.step
         # Summed on the device (float32: MPS has no float64) and read only when shown.
         self._loss_sum = torch.tensor(counters.train_loss_sum, device=self.device)
         self._interval = (time.monotonic(), counters.tokens)  # for chars/s
@@ -209,6 +210,19 @@ class Trainer:
         self.horizon = self._horizon()
         self.progress.set_total(self.horizon)
 
+    def _refine_horizon(self) -> None:
+        """Re-estimate a time-limited run's horizon from the whole session's pace, evaluations
+        included, so the cosine ends close to the clock (the first estimate saw no eval)."""
+        steps = self.counters.step - self._session_first_step
+        if self.config.max_minutes is None or self.counters.horizon_estimate is None or steps < 1:
+            return
+        seconds_per_step = (self._elapsed() - self._elapsed_before) / steps
+        self.counters.horizon_estimate = estimate_horizon(
+            self.counters.step, self._elapsed(), seconds_per_step, self.config.max_minutes
+        )
+        self.horizon = self._horizon()
+        self.progress.set_total(self.horizon)
+
     def _evaluate(self) -> None:
         counters = self.counters
         val_loss = validation_loss(self.model, self.val_batches, self.config.eval_batches)
@@ -238,6 +252,7 @@ class Trainer:
         self.run_dir.append_metrics(record)
         self.history.append(asdict(record))
         plot_losses(self.history, self.run_dir.plot)
+        self._refine_horizon()
         self._save_last()
         self.progress.evaluated(record, self.horizon)
         if self.hooks.on_evaluation is not None:
