@@ -40,9 +40,11 @@ class EngineConfig:
     max_admit_per_step: int = 32  # primes run between two steps, so a burst can't stall others
 
     def __post_init__(self) -> None:
-        for name in ("max_active", "max_queue", "max_admit_per_step"):
+        for name in ("max_active", "max_admit_per_step"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_queue < 0:
+            raise ValueError(f"max_queue must be at least 0, got {self.max_queue}")
 
 
 @dataclass
@@ -134,6 +136,10 @@ class Job:
             if not self.done:
                 self.cancel()
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the engine has finished with the job; True if it has."""
+        return self._done.wait(timeout)
+
     def wait_text(self, timeout: float | None = None) -> str:
         """Block until finished and return all the text (for synchronous callers)."""
         if not self._done.wait(timeout):
@@ -168,7 +174,9 @@ class DecodingEngine:
         return len(self._queue)
 
     def start(self) -> None:
+        """Start the decoding thread (idempotent; a stopped engine can start again)."""
         if self._thread is None:
+            self._stopping = False
             self._thread = threading.Thread(target=self._run, name="decoding-engine", daemon=True)
             self._thread.start()
 
@@ -187,7 +195,8 @@ class DecodingEngine:
             job._finish()
             return job
         with self._wakeup:
-            if len(self._queue) >= self.config.max_queue:
+            free_rows = self.config.max_active - len(self._rows)
+            if len(self._queue) >= self.config.max_queue + max(0, free_rows):
                 raise EngineBusy(f"{len(self._queue)} requests already waiting")
             self._queue.append(job)
             self._wakeup.notify()
@@ -245,10 +254,12 @@ class DecodingEngine:
             job._finish()
 
     def _fail_all(self, extra: list[Job], message: str) -> None:
-        for job in [*self._rows, *extra, *self._queue]:
-            if not job.done:
-                job._finish(message)
+        with self._wakeup:
+            jobs = [*self._rows, *extra, *self._queue]
+            self._queue.clear()
         while self.decoder.size:
             self.decoder.remove(self.decoder.size - 1)
         self._rows.clear()
-        self._queue.clear()
+        for job in jobs:  # after the rows are free, so a woken caller sees them free
+            if not job.done:
+                job._finish(message)

@@ -88,6 +88,7 @@ def save_checkpoint(checkpoint: Checkpoint, path: Path | str) -> None:
     os.close(fd)
     try:
         save_file(tensors, tmp_name, metadata=metadata)
+        os.chmod(tmp_name, _default_file_mode())  # mkstemp's 0600 would hide it from a container
         with open(tmp_name, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
@@ -180,6 +181,13 @@ def unflatten_tensors(skeleton: Any, tensors: dict[str, Tensor]) -> Any:
     if isinstance(skeleton, list):
         return [unflatten_tensors(v, tensors) for v in skeleton]
     return skeleton
+
+
+def _default_file_mode() -> int:
+    """The mode open() would give a new file: 0666 less the process umask."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _fsync_directory(directory: Path) -> None:

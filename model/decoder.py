@@ -79,8 +79,11 @@ class BatchDecoder:
         """Run a prime through the network and give its state a row; returns the row."""
         if self.full:
             raise RuntimeError("decoder is full")
+        if not prime:
+            raise ValueError("a prime needs at least one character (see prime_ids)")
         device = self.logits.device
-        logits, hidden = self.stepper.prime(torch.tensor([prime], device=device))  # (1, V)
+        ids = torch.tensor([prime], dtype=torch.long, device=device)  # (1, T)
+        logits, hidden = self.stepper.prime(ids)  # (1, V)
         row = self.size
         for buffer, state in zip(self.hidden, hidden, strict=True):
             buffer[:, row] = state[:, 0]

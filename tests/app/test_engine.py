@@ -97,9 +97,9 @@ def test_leaving_the_async_iterator_cancels(engine):
 
 def test_bounded_queue(model):
     engine = DecodingEngine(model, VOCAB, EngineConfig(max_active=1, max_queue=2))
-    # Not started: nothing leaves the queue.
-    engine.submit([0], SamplingConfig(length=5), 1)
-    engine.submit([0], SamplingConfig(length=5), 2)
+    # Not started: nothing leaves the queue; one request can take the free row, two wait.
+    for seed in range(3):
+        engine.submit([0], SamplingConfig(length=5), seed)
     with pytest.raises(EngineBusy):
         engine.submit([0], SamplingConfig(length=5), 3)
 

@@ -1,3 +1,4 @@
+import os
 import pickle
 
 import pytest
@@ -123,3 +124,12 @@ def test_loads_onto_requested_device(tmp_path, tiny):
     path = tmp_path / "c.safetensors"
     save_checkpoint(Checkpoint.from_model(model, vocab), path)
     assert load_checkpoint(path, device="cpu").build_model("cpu").head.weight.device.type == "cpu"
+
+
+def test_saved_file_is_readable_like_any_new_file(tmp_path, tiny):
+    model, vocab = tiny
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(Checkpoint.from_model(model, vocab), path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -1,0 +1,119 @@
+"""The FastAPI application: `create_app(settings)` builds it; its lifespan loads the model.
+
+Two ways to serve it, both ending at once with a one-line error on a bad checkpoint:
+
+    python -m app [--port 8000 ...]     options override the environment (app/__main__.py)
+    uvicorn app.main:app                settings from the environment only
+
+`app` is not made at import: the module's __getattr__ builds it when uvicorn asks for it,
+so `import app.main` stays cheap and side-effect free. Both entry points load the model
+before the port is bound (`serving_app`); a bare `create_app(settings)` loads it in the
+lifespan instead (tests, `uvicorn --factory app.main:create_app`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
+import torch
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from app.engine import EngineConfig
+from app.errors import engine_busy, validation_error
+from app.generation import EngineBusy, TextGenerator
+from app.routes import router
+from app.schemas import Limits
+from app.settings import Settings
+
+# uvicorn configures this logger, so our lines come out in its stream and format.
+logger = logging.getLogger("uvicorn.error")
+
+DESCRIPTION = """
+Character-level LSTM text generation. `POST /generate` returns the text at once;
+`/generate/stream` (POST with a JSON body, or GET with query parameters for a browser's
+`EventSource`) sends it as server-sent events while it is sampled. Every response reports
+the seed it used: pass it back to get the same text again.
+"""
+
+
+def load_generator(settings: Settings) -> TextGenerator:
+    """The model the settings name, on their device. Raises CheckpointError / ValueError."""
+    limits = Limits(
+        max_length=settings.max_length,
+        max_prime_length=settings.max_prime_length,
+        default_length=settings.default_length,
+    )
+    torch.set_num_threads(settings.torch_threads)  # process-wide: the service owns the process
+    engine = EngineConfig(max_active=settings.max_active, max_queue=settings.max_queue)
+    return TextGenerator.load(settings.checkpoint, settings.device, limits, engine)
+
+
+def create_app(settings: Settings | None = None, generator: TextGenerator | None = None) -> FastAPI:
+    """The service. The lifespan loads the model `settings` name, unless `generator` is
+    given already loaded."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loaded = generator
+        if loaded is None:
+            try:
+                loaded = await anyio.to_thread.run_sync(load_generator, settings)
+            except (ValueError, OSError) as error:  # bad checkpoint, device, or unreadable file
+                logger.error("cannot load the model: %s", error)
+                raise SystemExit(1) from None
+        logger.info("serving %s on %s", loaded.checkpoint_path, loaded.device)
+        loaded.start()
+        app.state.generator = loaded
+        try:
+            yield
+        finally:
+            app.state.generator = None
+            await anyio.to_thread.run_sync(loaded.stop_all)
+
+    app = FastAPI(
+        title="char-rnn text generation",
+        description=DESCRIPTION,
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.generator = None
+    app.include_router(router)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(EngineBusy, engine_busy)
+    return app
+
+
+def serving_app(**overrides: object) -> FastAPI:
+    """For entry points: settings from the environment (`overrides` on top) and the model
+    loaded now, or the process ends with a one-line error (SystemExit prints it)."""
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as error:
+        raise SystemExit(f"error: {one_line(error)}") from None
+    try:
+        generator = load_generator(settings)
+    except (ValueError, OSError) as error:  # bad checkpoint, device, or unreadable file
+        raise SystemExit(f"error: cannot load the model: {error}") from None
+    return create_app(settings, generator)
+
+
+def one_line(error: ValidationError) -> str:
+    """'port: Input should be less than or equal to 65535; ...' from a settings error."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in item['loc']) or 'settings'}: {item['msg']}"
+        for item in error.errors()
+    )
+
+
+def __getattr__(name: str) -> FastAPI:
+    """`app.main.app`, built on access, for `uvicorn app.main:app`."""
+    if name == "app":
+        return serving_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,141 @@
+"""HTTP routes: translate requests into TextGenerator calls and results into responses.
+
+Server-sent events use FastAPI's own EventSourceResponse, which also sets
+`Cache-Control: no-cache` and `X-Accel-Buffering: no` and sends keep-alive comments:
+
+    event: chars            (any number of these; data is a JSON string of 1+ chars)
+    data: "To be, or no"
+
+    event: done             (last; data is GenerationStats as JSON)
+    data: {"chars": 200, ...}
+
+or, when generation fails after the stream began, a final `event: error`.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads these annotations at runtime,
+# and the dependency made inside _running refers to a local name.
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from app.generation import Generation, InvalidRequest, Job, TextGenerator
+from app.schemas import GenerateRequest, GenerateResponse, Health, ModelInfo, StreamError
+
+logger = logging.getLogger("uvicorn.error")
+
+router = APIRouter()
+
+NOT_LOADED = {503: {"description": "The model is not loaded (starting or stopping)"}}
+
+
+def get_generator(request: Request) -> TextGenerator:
+    generator: TextGenerator | None = getattr(request.app.state, "generator", None)
+    if generator is None:
+        raise HTTPException(status_code=503, detail="the model is not loaded")
+    return generator
+
+
+Generator = Annotated[TextGenerator, Depends(get_generator)]
+
+
+def _validate(generator: TextGenerator, request: GenerateRequest, source: str) -> Job:
+    """The generator's checks, reported like FastAPI's own 422s: loc = (source, field)."""
+    try:
+        return generator.validate(request)
+    except InvalidRequest as error:
+        detail: dict[str, Any] = {
+            "type": error.kind,
+            "loc": (source, error.field),
+            "msg": error.message,
+            "input": error.value,
+        }
+        if error.ctx:
+            detail["ctx"] = error.ctx
+        raise RequestValidationError([detail]) from None
+
+
+def body_job(generator: Generator, body: GenerateRequest) -> Job:
+    return _validate(generator, body, "body")
+
+
+def query_job(generator: Generator, query: Annotated[GenerateRequest, Query()]) -> Job:
+    return _validate(generator, query, "query")
+
+
+BodyJob = Annotated[Job, Depends(body_job)]
+
+
+def _running(job_dependency: Callable[..., Job]) -> Callable[..., AsyncIterator[Generation]]:
+    """A dependency giving the job's Generation and closing it when the response ends."""
+
+    async def dependency(
+        generator: Generator, job: Annotated[Job, Depends(job_dependency)]
+    ) -> AsyncIterator[Generation]:
+        # FastAPI runs this teardown once the response is over for any reason: finished, or
+        # the client went away (Starlette sees http.disconnect and cancels the stream). So
+        # the worker thread stops even if the event generator is never resumed.
+        generation = generator.stream(job)
+        try:
+            yield generation
+        finally:
+            generation.close()
+
+    return dependency
+
+
+BodyGeneration = Annotated[Generation, Depends(_running(body_job))]
+QueryGeneration = Annotated[Generation, Depends(_running(query_job))]
+
+
+async def events(generation: Generation) -> AsyncIterator[ServerSentEvent]:
+    """chars events as the text is produced, then done with the stats (or error)."""
+    try:
+        async for chunk in generation:
+            yield ServerSentEvent(event="chars", data=chunk)
+    except Exception as error:
+        logger.exception("generation failed mid-stream")
+        message = str(error) or type(error).__name__
+        yield ServerSentEvent(event="error", data=StreamError(message=message))
+        return
+    yield ServerSentEvent(event="done", data=generation.stats)
+
+
+@router.get("/health", responses=NOT_LOADED, tags=["service"])
+async def health(_: Generator) -> Health:
+    """200 once the model is loaded and requests can be served."""
+    return Health()
+
+
+@router.get("/model", responses=NOT_LOADED, tags=["service"])
+async def model_info(generator: Generator) -> ModelInfo:
+    """The served network: architecture, vocabulary, training results, request limits."""
+    return generator.describe()
+
+
+@router.post("/generate", responses=NOT_LOADED, tags=["generate"])
+async def generate(generator: Generator, job: BodyJob) -> GenerateResponse:
+    """Generate `length` characters continuing `prime`, all at once."""
+    text, stats = await generator.generate(job)
+    return GenerateResponse(text=text, prime=job.prime, stats=stats)
+
+
+@router.post(
+    "/generate/stream", response_class=EventSourceResponse, responses=NOT_LOADED, tags=["generate"]
+)
+async def stream_post(generation: BodyGeneration) -> AsyncIterator[ServerSentEvent]:
+    """Stream the text as server-sent events (`chars`…, then `done` with the stats)."""
+    async for event in events(generation):
+        yield event
+
+
+@router.get(
+    "/generate/stream", response_class=EventSourceResponse, responses=NOT_LOADED, tags=["generate"]
+)
+async def stream_get(generation: QueryGeneration) -> AsyncIterator[ServerSentEvent]:
+    """As POST, with the fields as query parameters, for a browser's EventSource."""
+    async for event in events(generation):
+        yield event

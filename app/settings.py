@@ -1,0 +1,63 @@
+"""The service's settings, read from environment variables (no prefix: CHECKPOINT, PORT, ...).
+
+`python -m app` options override them; see app/__main__.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from model.device import DEVICE_CHOICES
+
+# The model the repository ships, wherever the service is started from.
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "shakespeare.safetensors"
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+
+
+class Settings(BaseSettings):
+    """Every knob of the service, with its default, validated on creation."""
+
+    model_config = SettingsConfigDict(frozen=True, case_sensitive=False, extra="ignore")
+
+    checkpoint: Path = Field(DEFAULT_CHECKPOINT, description="the safetensors checkpoint to serve")
+    device: str = Field("auto", description="auto (CUDA, then MPS, then CPU), cpu, cuda[:N], mps")
+    host: str = Field("127.0.0.1", min_length=1)
+    port: int = Field(8000, ge=1, le=65535)
+    max_length: int = Field(2000, ge=1, description="most characters one request may generate")
+    max_prime_length: int = Field(2000, ge=0, description="most characters of one prime")
+    default_length: int = Field(200, ge=1, description="characters generated when none are asked")
+    log_level: LogLevel = "info"
+    # The decoding engine (app/engine.py): rows decoded together, and requests that may wait
+    # for a row; past both, requests get 503 with Retry-After.
+    max_active: int = Field(256, ge=1, description="requests decoded together in one batch")
+    max_queue: int = Field(1024, ge=0, description="requests waiting for a free row")
+    # One intra-op thread leaves the other core to the HTTP event loop; on a 2-core box that
+    # beats two threads fighting it (idle OpenMP workers spin on the cores the loop needs).
+    torch_threads: int = Field(1, ge=1, description="PyTorch intra-op threads")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        # Only the name is checked here; whether that device exists is known at load time.
+        value = value.strip().lower()
+        if value.split(":")[0] not in DEVICE_CHOICES:
+            raise ValueError(f"must be one of {', '.join(DEVICE_CHOICES)} (cuda:N allowed)")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_case_level(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _default_within_max(self) -> Settings:
+        if self.default_length > self.max_length:
+            raise ValueError(
+                f"default_length ({self.default_length}) exceeds max_length ({self.max_length})"
+            )
+        return self

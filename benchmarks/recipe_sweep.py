@@ -1,0 +1,73 @@
+"""Which training recipe gives the lowest validation loss per CPU-minute (default model)?
+
+    python benchmarks/recipe_sweep.py [--minutes 2.5] [--recipes default,b32,...]
+
+Trains the default model (2×256 LSTM, dropout 0.5) with each recipe for the same
+wall-clock budget on tiny Shakespeare (first 90 % train, last 10 % validation) and prints
+the best validation loss of each; writes benchmarks/results/recipe_sweep.md. Run on a
+quiet machine: every recipe gets the same minutes, so its speed counts as much as its
+loss per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from time_to_loss import RESULTS, ROOT, train_ours
+
+from training.data import PrepareConfig, prepare
+
+RECIPES: dict[str, dict] = {
+    "seed-recipe": dict(
+        batch_size=128,
+        seq_len=100,
+        lr=1e-3,
+        optimizer="adam",
+        schedule="constant",
+        warmup_steps=0,
+        grad_clip=5.0,
+        betas=(0.9, 0.999),
+    ),
+    "default": {},
+    "b32": dict(batch_size=32),
+    "t64": dict(seq_len=64),
+    "lr5e-3": dict(lr=5e-3),
+    "b128-lr4e-3": dict(batch_size=128, lr=4e-3),
+    "lr2e-3": dict(lr=2e-3),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--text", type=Path, default=ROOT.parent / "shared/data/tinyshakespeare.txt"
+    )
+    parser.add_argument("--minutes", type=float, default=2.5)
+    parser.add_argument("--recipes", default=",".join(RECIPES))
+    parser.add_argument("--eval-every", type=int, default=100)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as data_dir:
+        prepare([str(args.text)], Path(data_dir), PrepareConfig(), progress=False)
+        for name in args.recipes.split(","):
+            print(f"{name}: {RECIPES[name] or 'the defaults'}", flush=True)
+            curve = train_ours(Path(data_dir), args.minutes, args.eval_every, **RECIPES[name])
+            rows.append((name, RECIPES[name], min(v for _, v in curve)))
+    lines = [
+        f"# Recipe sweep: best validation loss within {args.minutes:g} minutes",
+        "",
+        "| recipe | changes from the defaults | best val nats/char |",
+        "|---|---|--:|",
+    ]
+    lines += [f"| {n} | {r or '—'} | {v:.4f} |" for n, r, v in rows]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "recipe_sweep.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    best = min(rows, key=lambda row: row[2])
+    print(f"best recipe within {args.minutes:g} min: {best[0]} ({best[2]:.4f} nats/char)")
+
+
+if __name__ == "__main__":
+    main()

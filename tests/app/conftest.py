@@ -1,0 +1,130 @@
+"""Shared fixtures: a tiny untrained checkpoint, the generator serving it, an HTTP client of
+the app (through httpx's ASGI transport, lifespan included), and an SSE parser."""
+
+from __future__ import annotations
+
+import json
+import string
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import torch
+
+from app.generation import TextGenerator
+from app.main import create_app, load_generator
+from app.settings import Settings
+from model.checkpoint import Checkpoint, save_checkpoint
+from model.config import ModelConfig
+from model.network import CharRNN
+from model.vocab import Vocabulary
+
+CORPUS = string.ascii_letters + " .,;:!?'\n"
+INFO = {"val_loss": 1.25, "val_bits_per_char": 1.8, "corpus": "tiny", "corpus_chars": 12345}
+
+Event = tuple[str, Any]  # (event name, JSON-decoded data)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Sample with one intra-op thread, as a loaded CI box runs B=1 steps ~10× faster that
+    way (idle OpenMP workers spin on the cores the sampler needs); restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # what uvicorn runs; the app's hand-off uses asyncio directly
+
+
+@pytest.fixture(scope="session")
+def vocab() -> Vocabulary:
+    return Vocabulary.from_text(CORPUS)
+
+
+@pytest.fixture(scope="session")
+def checkpoint_path(tmp_path_factory: pytest.TempPathFactory, vocab: Vocabulary) -> Path:
+    """An untrained 2×16 LSTM: its text is noise, but every API path works with it."""
+    model = CharRNN(ModelConfig(vocab_size=len(vocab), hidden_size=16, num_layers=2))
+    path = tmp_path_factory.mktemp("checkpoints") / "tiny.safetensors"
+    save_checkpoint(Checkpoint.from_model(model, vocab, info=INFO), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def settings(checkpoint_path: Path) -> Settings:
+    return Settings(
+        checkpoint=checkpoint_path,
+        device="cpu",
+        max_length=300,
+        max_prime_length=50,
+        default_length=40,
+    )
+
+
+@pytest.fixture(scope="session")
+def generator(settings: Settings) -> TextGenerator:
+    return load_generator(settings)
+
+
+@pytest.fixture
+async def client(settings: Settings, generator: TextGenerator) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the app, its lifespan entered (ASGITransport alone does not run it)."""
+    app = create_app(settings, generator)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            yield http
+
+
+def parse_sse(text: str) -> list[Event]:
+    """(event, data) pairs of an event stream; comments (keep-alives) skipped."""
+    events = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        name, data = "message", []
+        for line in block.split("\n"):
+            field, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if field == "event":
+                name = value
+            elif field == "data":
+                data.append(value)
+        if data:
+            events.append((name, json.loads("\n".join(data))))
+    return events
+
+
+@pytest.fixture(scope="session")
+def sse() -> Callable[[str], list[Event]]:
+    """The event-stream parser (a fixture, since tests/ is not a package)."""
+    return parse_sse
+
+
+Script = Callable[[str, bool], None]
+
+
+@pytest.fixture
+def scripted_decoder(
+    generator: TextGenerator, vocab: Vocabulary, monkeypatch: pytest.MonkeyPatch
+) -> Script:
+    """Make the engine emit `text` (to a single request), then fail if `fail` is set."""
+
+    def script(text: str, fail: bool = False) -> None:
+        ids = iter(vocab.encode(text))
+
+        def sample() -> torch.Tensor:
+            try:
+                return torch.tensor([next(ids)])
+            except StopIteration:
+                if fail:
+                    raise RuntimeError("out of memory") from None
+                return torch.tensor([0])
+
+        monkeypatch.setattr(generator.engine.decoder, "sample", sample)
+
+    return script

@@ -1,0 +1,85 @@
+"""The service under real uvicorn: app.main:app made from the environment, streamed over
+TCP with httpx, and a client that hangs up mid-stream."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+import app.main
+
+Parse = Callable[[str], list[tuple[str, Any]]]
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint_path: Path) -> Iterator[tuple[FastAPI, str]]:
+    """(app, base URL) of a uvicorn server on a free port, in a thread of this process."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CHECKPOINT", str(checkpoint_path))
+        patch.setenv("DEVICE", "cpu")
+        patch.setenv("MAX_LENGTH", str(10**7))  # long enough to still be running at hang-up
+        application = app.main.app
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(application, log_level="warning", timeout_graceful_shutdown=2)
+    runner = uvicorn.Server(config)
+    thread = threading.Thread(target=runner.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    deadline = time.monotonic() + 20
+    while not runner.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    yield application, base_url
+    runner.should_exit = True
+    thread.join(10)
+    sock.close()
+
+
+def test_health_and_stream_over_tcp(server: tuple[FastAPI, str], sse: Parse) -> None:
+    _, base_url = server
+    body = {"prime": "hello", "length": 150, "seed": 21}
+    with httpx.Client(base_url=base_url, timeout=20) as client:
+        assert client.get("/health").json() == {"status": "ok"}
+        expected = client.post("/generate", json=body).json()["text"]
+        for method, options in (("GET", {"params": body}), ("POST", {"json": body})):
+            with client.stream(method, "/generate/stream", **options) as response:
+                assert response.status_code == 200
+                assert response.headers["content-type"].startswith("text/event-stream")
+                events = sse("".join(response.iter_text()))
+            text = "".join(data for name, data in events if name == "chars")
+            assert text == expected, method
+            assert events[-1][0] == "done" and events[-1][1]["chars"] == 150
+
+
+def test_hanging_up_stops_the_generation(server: tuple[FastAPI, str]) -> None:
+    application, base_url = server
+    generator = application.state.generator
+    params = {"length": 10**6}
+    with (
+        httpx.Client(base_url=base_url, timeout=20) as client,
+        client.stream("GET", "/generate/stream", params=params) as response,
+    ):
+        lines = response.iter_lines()
+        first = [next(lines) for _ in range(4)]
+        assert first[0] == "event: chars" and json.loads(first[1][len("data: ") :])
+        assert generator.active == 1
+        # The event loop is not blocked by the running generation.
+        started = time.monotonic()
+        assert httpx.get(f"{base_url}/health").status_code == 200
+        assert time.monotonic() - started < 2
+    # Leaving the block closed the connection mid-stream.
+    deadline = time.monotonic() + 1.0
+    while generator.active and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert generator.active == 0

