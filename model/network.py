@@ -78,29 +78,29 @@ class CharRNN(nn.Module):
         return F.embedding(ids, weight_ih.t()) + bias
 
     def _fused_lstm(self, ids: Tensor, hidden: Hidden) -> tuple[Tensor, Hidden]:
+        """First layer: gathered input + the hand-written kernel; the layers above it take a
+        dense input, where PyTorch's own kernel (oneDNN) is the fastest we measured."""
         h0, c0 = hidden
-        steps, batch = ids.shape
-        layer_input = ids
-        final_h, final_c = [], []
-        for layer in range(self.config.num_layers):
-            weight_ih, weight_hh, bias_ih, bias_hh = self.layer_weights(layer)
-            bias = (bias_ih + bias_hh).unsqueeze(1)  # (4H, 1)
-            if layer == 0:
-                # The one-hot product as a gather of W_ih's columns: (4H, T·B)
-                projection = weight_ih.index_select(1, ids.reshape(-1)) + bias
-            else:
-                # All steps' input projections in one GEMM: (4H, H)·(H, T·B)
-                flat = layer_input.permute(1, 0, 2).reshape(self.config.hidden_size, -1)
-                projection = torch.addmm(bias, weight_ih, flat)
-            projection = projection.view(-1, steps, batch).transpose(0, 1)  # (T, 4H, B)
-            outputs, h_last, c_last = lstm_recurrence(
-                projection, h0[layer].t(), c0[layer].t(), weight_hh
-            )  # outputs (T, H, B)
-            final_h.append(h_last.t())
-            final_c.append(c_last.t())
-            is_last = layer == self.config.num_layers - 1
-            layer_input = outputs if is_last else self._between_layers(outputs)
-        return layer_input.transpose(1, 2), (torch.stack(final_h), torch.stack(final_c))
+        weight_ih, weight_hh, bias_ih, bias_hh = self.layer_weights(0)
+        # The one-hot product as a gather of W_ih's columns: (4H, T·B) → (T, 4H, B)
+        projection = weight_ih.index_select(1, ids.reshape(-1)) + (bias_ih + bias_hh).unsqueeze(1)
+        projection = projection.view(-1, *ids.shape).transpose(0, 1)
+        outputs, h_first, c_first = lstm_recurrence(projection, h0[0].t(), c0[0].t(), weight_hh)
+        outputs = outputs.transpose(1, 2)  # (T, H, B) → (T, B, H)
+        if self.config.num_layers == 1:
+            return outputs, (h_first.t().unsqueeze(0), c_first.t().unsqueeze(0))
+        params = [
+            w for layer in range(1, self.config.num_layers) for w in self.layer_weights(layer)
+        ]
+        upper, h_rest, c_rest = torch.lstm(
+            self._between_layers(outputs).contiguous(),
+            [h0[1:].contiguous(), c0[1:].contiguous()],
+            params, True, self.config.num_layers - 1, self.config.dropout, self.training,
+            False, False,
+        )  # fmt: skip
+        h_all = torch.cat([h_first.t().unsqueeze(0), h_rest])
+        c_all = torch.cat([c_first.t().unsqueeze(0), c_rest])
+        return upper, (h_all, c_all)
 
     def _gathered_first_layer(self, ids: Tensor, hidden: Hidden) -> tuple[Tensor, Hidden]:
         """GRU/RNN: gathered first layer stepped in Python, PyTorch's kernel for the rest."""
