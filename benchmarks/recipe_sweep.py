@@ -47,13 +47,15 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=2.5)
     parser.add_argument("--recipes", default=",".join(RECIPES))
     parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as data_dir:
         prepare([str(args.text)], Path(data_dir), PrepareConfig(), progress=False)
         for name in args.recipes.split(","):
             print(f"{name}: {RECIPES[name] or 'the defaults'}", flush=True)
-            curve = train_ours(Path(data_dir), args.minutes, args.eval_every, **RECIPES[name])
+            recipe = {**RECIPES[name], "threads": args.threads}
+            curve = train_ours(Path(data_dir), args.minutes, args.eval_every, **recipe)
             rows.append((name, RECIPES[name], min(v for _, v in curve)))
     lines = [
         f"# Recipe sweep: best validation loss within {args.minutes:g} minutes",

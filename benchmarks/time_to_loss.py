@@ -119,15 +119,18 @@ def main() -> None:
     parser.add_argument("--ours-eval-every", type=int, default=150, help="steps")
     parser.add_argument("--baseline-eval-every", type=int, default=100, help="steps")
     parser.add_argument("--name", default="time_to_loss", help="result file name")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (both runs)")
     args = parser.parse_args()
     curves: dict[str, Curve] = {}
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as data_dir:
         prepare([str(args.text)], Path(data_dir), PrepareConfig(), progress=False)
         for run in args.runs.split(","):
             print(f"{run}: {args.minutes:g} minutes", flush=True)
             if run == "ours":
                 curves["ours (default recipe)"] = train_ours(
-                    Path(data_dir), args.minutes, args.ours_eval_every
+                    Path(data_dir), args.minutes, args.ours_eval_every, threads=args.threads
                 )
             else:
                 curves["seed baseline"] = train_baseline(
