@@ -39,7 +39,10 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin app
+# A fixed uid/gid, named numerically in USER below, so a host or orchestrator can tell the
+# user is not root without reading the image's /etc/passwd.
+RUN groupadd --gid 10001 app \
+    && useradd --create-home --uid 10001 --gid app --shell /usr/sbin/nologin app
 WORKDIR /app
 
 # Dependencies first: this layer is rebuilt only when pyproject.toml, README.md (its
@@ -54,13 +57,13 @@ RUN --mount=type=bind,from=wheels,source=/wheels,target=/app/docker-wheels \
 
 # The shipped checkpoint (CHECKPOINT points elsewhere to serve another one, e.g. mounted).
 # Owned by the service's user: save_checkpoint writes files readable by their owner only.
-COPY --chown=app:app checkpoints/ checkpoints/
+COPY --chown=10001:10001 checkpoints/ checkpoints/
 COPY app/ app/
 COPY model/ model/
 COPY training/ training/
 
 ENV CHECKPOINT=/app/checkpoints/shakespeare.safetensors
-USER app
+USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["/app/.venv/bin/python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4)"]

@@ -34,7 +34,16 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {key: value for key, value in vars(args).items() if value is not None}
     app = serving_app(**overrides)
     settings = app.state.settings
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,  # the app writes its own, as JSON lines (app/access_log.py)
+        # Running streams get this long to finish after SIGTERM; the lifespan then waits
+        # (as long again at most) for what is still queued, and stops the engine.
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+    )
 
 
 if __name__ == "__main__":

@@ -164,6 +164,7 @@ class DecodingEngine:
         self._thread: threading.Thread | None = None
         self.chars_generated = 0
         self.steps = 0
+        self.jobs_failed = 0  # ended by an error (a failed step, or a stop while running)
 
     @property
     def active(self) -> int:
@@ -262,4 +263,5 @@ class DecodingEngine:
         self._rows.clear()
         for job in jobs:  # after the rows are free, so a woken caller sees them free
             if not job.done:
+                self.jobs_failed += 1
                 job._finish(message)

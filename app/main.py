@@ -13,7 +13,9 @@ lifespan instead (tests, `uvicorn --factory app.main:create_app`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,11 +23,16 @@ import anyio.to_thread
 import torch
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from pydantic import ValidationError
 
-from app.engine import EngineConfig
+from app import openai_routes, playground
+from app.access_log import AccessLogMiddleware, configure_access_logger
+from app.body_limit import BodyLimitMiddleware
+from app.engine import DecodingEngine, EngineConfig
 from app.errors import engine_busy, validation_error
 from app.generation import EngineBusy, TextGenerator
+from app.metrics import Metrics, MetricsMiddleware
 from app.routes import router
 from app.schemas import Limits
 from app.settings import Settings
@@ -37,7 +44,9 @@ DESCRIPTION = """
 Character-level LSTM text generation. `POST /generate` returns the text at once;
 `/generate/stream` (POST with a JSON body, or GET with query parameters for a browser's
 `EventSource`) sends it as server-sent events while it is sampled. Every response reports
-the seed it used: pass it back to get the same text again.
+the seed it used: pass it back to get the same text again. `/v1/completions` and
+`/v1/models` speak OpenAI's API (characters for tokens); `/` is a playground page and
+`/metrics` has Prometheus metrics. With API_KEY set, send `Authorization: Bearer <key>`.
 """
 
 
@@ -73,8 +82,12 @@ def create_app(settings: Settings | None = None, generator: TextGenerator | None
         try:
             yield
         finally:
+            # New work is refused (503) while running streams get the grace period.
+            app.state.draining = True
+            await drain(loaded, settings.shutdown_grace_seconds)
             app.state.generator = None
             await anyio.to_thread.run_sync(loaded.stop_all)
+            app.state.draining = False
 
     app = FastAPI(
         title="char-rnn text generation",
@@ -84,10 +97,42 @@ def create_app(settings: Settings | None = None, generator: TextGenerator | None
     )
     app.state.settings = settings
     app.state.generator = None
+    app.state.draining = False
+    app.state.metrics = Metrics(lambda: engine_of(app))
     app.include_router(router)
+    app.include_router(openai_routes.router)
+    app.include_router(playground.router)
+    playground.mount_static(app)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(EngineBusy, engine_busy)
+    # Each add wraps the ones before: the access log sees every response, 413s included.
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    if settings.access_log:
+        app.add_middleware(AccessLogMiddleware)
     return app
+
+
+def engine_of(app: FastAPI) -> DecodingEngine | None:
+    generator: TextGenerator | None = app.state.generator
+    return generator.engine if generator is not None else None
+
+
+async def drain(generator: TextGenerator, grace_seconds: float) -> None:
+    """Wait until the engine has no running or waiting request, or the grace has passed."""
+    if generator.active:
+        logger.info("waiting up to %gs for %d generations", grace_seconds, generator.active)
+    deadline = time.monotonic() + grace_seconds
+    while generator.active and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
 
 
 def serving_app(**overrides: object) -> FastAPI:
@@ -101,6 +146,8 @@ def serving_app(**overrides: object) -> FastAPI:
         generator = load_generator(settings)
     except (ValueError, OSError) as error:  # bad checkpoint, device, or unreadable file
         raise SystemExit(f"error: cannot load the model: {error}") from None
+    if settings.access_log:
+        configure_access_logger()
     return create_app(settings, generator)
 
 

@@ -18,24 +18,35 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
+from app.auth import PROTECTED, UNAUTHORIZED
+from app.errors import RETRY_AFTER_SECONDS
 from app.generation import Generation, InvalidRequest, Job, TextGenerator
+from app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from app.schemas import GenerateRequest, GenerateResponse, Health, ModelInfo, StreamError
 
 logger = logging.getLogger("uvicorn.error")
 
 router = APIRouter()
 
-NOT_LOADED = {503: {"description": "The model is not loaded (starting or stopping)"}}
+NOT_LOADED = {503: {"description": "The model is not loaded, or the service is stopping"}}
+GUARDED = {**NOT_LOADED, **UNAUTHORIZED}
 
 
 def get_generator(request: Request) -> TextGenerator:
     generator: TextGenerator | None = getattr(request.app.state, "generator", None)
     if generator is None:
         raise HTTPException(status_code=503, detail="the model is not loaded")
+    if getattr(request.app.state, "draining", False):
+        # Shutting down: running streams finish, new work goes to another replica.
+        raise HTTPException(
+            status_code=503,
+            detail="the service is shutting down; retry shortly",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
     return generator
 
 
@@ -110,13 +121,19 @@ async def health(_: Generator) -> Health:
     return Health()
 
 
-@router.get("/model", responses=NOT_LOADED, tags=["service"])
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics (app/metrics.py); public, like /health: counts only."""
+    return Response(request.app.state.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+
+@router.get("/model", responses=GUARDED, dependencies=PROTECTED, tags=["service"])
 async def model_info(generator: Generator) -> ModelInfo:
     """The served network: architecture, vocabulary, training results, request limits."""
     return generator.describe()
 
 
-@router.post("/generate", responses=NOT_LOADED, tags=["generate"])
+@router.post("/generate", responses=GUARDED, dependencies=PROTECTED, tags=["generate"])
 async def generate(generator: Generator, job: BodyJob) -> GenerateResponse:
     """Generate `length` characters continuing `prime`, all at once."""
     text, stats = await generator.generate(job)
@@ -124,7 +141,11 @@ async def generate(generator: Generator, job: BodyJob) -> GenerateResponse:
 
 
 @router.post(
-    "/generate/stream", response_class=EventSourceResponse, responses=NOT_LOADED, tags=["generate"]
+    "/generate/stream",
+    response_class=EventSourceResponse,
+    responses=GUARDED,
+    dependencies=PROTECTED,
+    tags=["generate"],
 )
 async def stream_post(generation: BodyGeneration) -> AsyncIterator[ServerSentEvent]:
     """Stream the text as server-sent events (`chars`…, then `done` with the stats)."""
@@ -133,7 +154,11 @@ async def stream_post(generation: BodyGeneration) -> AsyncIterator[ServerSentEve
 
 
 @router.get(
-    "/generate/stream", response_class=EventSourceResponse, responses=NOT_LOADED, tags=["generate"]
+    "/generate/stream",
+    response_class=EventSourceResponse,
+    responses=GUARDED,
+    dependencies=PROTECTED,
+    tags=["generate"],
 )
 async def stream_get(generation: QueryGeneration) -> AsyncIterator[ServerSentEvent]:
     """As POST, with the fields as query parameters, for a browser's EventSource."""

@@ -6,10 +6,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from model.device import DEVICE_CHOICES
 
@@ -39,6 +39,21 @@ class Settings(BaseSettings):
     # One intra-op thread leaves the other core to the HTTP event loop; on a 2-core box that
     # beats two threads fighting it (idle OpenMP workers spin on the cores the loop needs).
     torch_threads: int = Field(1, ge=1, description="PyTorch intra-op threads")
+    # Operations (app/auth.py, app/body_limit.py, app/access_log.py, app/main.py).
+    api_key: SecretStr | None = Field(
+        None,
+        description="when set, every route but /, /static, /health, /metrics and the docs "
+        "needs `Authorization: Bearer <key>`",
+    )
+    # NoDecode: a plain comma-separated list, not the JSON pydantic-settings expects.
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="origins allowed to call the API from a browser, comma-separated"
+    )
+    max_body_bytes: int = Field(64 * 1024, ge=1, description="largest request body (else 413)")
+    shutdown_grace_seconds: float = Field(
+        10.0, ge=0, description="on shutdown, how long running streams may take to finish"
+    )
+    access_log: bool = Field(True, description="one JSON line per request on stdout")
 
     @field_validator("device")
     @classmethod
@@ -47,6 +62,19 @@ class Settings(BaseSettings):
         value = value.strip().lower()
         if value.split(":")[0] not in DEVICE_CHOICES:
             raise ValueError(f"must be one of {', '.join(DEVICE_CHOICES)} (cuda:N allowed)")
+        return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: object) -> object:
+        # API_KEY= (set but empty, as compose files often leave it) means no key.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(origin.strip() for origin in value.split(",") if origin.strip())
         return value
 
     @field_validator("log_level", mode="before")

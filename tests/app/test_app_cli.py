@@ -25,6 +25,7 @@ def served(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         calls.update(options, app=application)
 
     monkeypatch.setattr(cli.uvicorn, "run", fake_run)
+    monkeypatch.setenv("ACCESS_LOG", "false")  # keep the JSON log's handler off stdout here
     return calls
 
 
@@ -36,8 +37,19 @@ def test_options_override_the_environment(
     monkeypatch.setenv("HOST", "0.0.0.0")
     cli.main(["--checkpoint", str(checkpoint_path), "--device", "cpu", "--port", "9002"])
     assert (served["host"], served["port"], served["log_level"]) == ("0.0.0.0", 9002, "info")
+    # The app writes its own JSON access log; streams get the grace period on shutdown.
+    assert served["access_log"] is False
+    assert served["timeout_graceful_shutdown"] == 10.0
     settings = served["app"].state.settings
     assert settings.max_length == 900 and settings.checkpoint == checkpoint_path
+
+
+def test_grace_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, checkpoint_path: Path, served: dict[str, Any]
+) -> None:
+    monkeypatch.setenv("SHUTDOWN_GRACE_SECONDS", "3")
+    cli.main(["--checkpoint", str(checkpoint_path), "--device", "cpu"])
+    assert served["timeout_graceful_shutdown"] == 3.0
 
 
 def test_max_length_option(checkpoint_path: Path, served: dict[str, Any]) -> None:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
+import torch
+from conftest import Event, parse_sse
 from fastapi import FastAPI
 
 import app.main
+from app.generation import TextGenerator
 from app.main import create_app
 from app.schemas import GenerateRequest
 from app.settings import Settings
@@ -35,6 +41,7 @@ async def test_app_is_made_from_the_environment(
     monkeypatch.setenv("CHECKPOINT", str(checkpoint_path))
     monkeypatch.setenv("DEVICE", "cpu")
     monkeypatch.setenv("MAX_LENGTH", "777")
+    monkeypatch.setenv("ACCESS_LOG", "false")
     application = app.main.app
     assert isinstance(application, FastAPI)
     assert application.state.settings.max_length == 777
@@ -91,3 +98,84 @@ async def test_shutdown_stops_running_generations(settings: Settings) -> None:
         generation = generator.stream(job)
         await generation.__anext__()
     assert generator.active == 0
+
+
+def slow_engine(generator: TextGenerator, monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Make each decoding step take `seconds`, so a stream outlasts the shutdown's start."""
+    sample = generator.engine.decoder.sample
+
+    def slow_sample() -> torch.Tensor:
+        time.sleep(seconds)
+        return sample()
+
+    monkeypatch.setattr(generator.engine.decoder, "sample", slow_sample)
+
+
+async def stream_during_shutdown(
+    settings: Settings, generator: TextGenerator, grace: float, length: int
+) -> tuple[list[Event], list[httpx.Response], float]:
+    """Start a stream, shut the app down meanwhile, and try new requests while it drains:
+    (the stream's events, the refused responses, seconds the shutdown took)."""
+    application = create_app(
+        settings.model_copy(update={"shutdown_grace_seconds": grace}), generator
+    )
+    context = application.router.lifespan_context(application)
+    await context.__aenter__()
+    async with asgi_client(application) as client:
+        body = {"length": length, "seed": 1}
+        streaming = asyncio.create_task(client.post("/generate/stream", json=body))
+        with anyio.fail_after(5):
+            while not generator.active:
+                await anyio.sleep(0.005)
+        started = time.perf_counter()
+        stopping = asyncio.create_task(context.__aexit__(None, None, None))
+        with anyio.fail_after(5):
+            while not application.state.draining:
+                await anyio.sleep(0.005)
+        refused = [await client.post("/generate", json={"length": 5}), await client.get("/health")]
+        events = parse_sse((await streaming).text)
+        await stopping
+    return events, refused, time.perf_counter() - started
+
+
+async def test_shutdown_lets_running_streams_finish(
+    settings: Settings, generator: TextGenerator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slow_engine(generator, monkeypatch, 0.002)  # 150 chars: about 0.3 s
+    events, refused, _ = await stream_during_shutdown(settings, generator, 5.0, 150)
+    assert events[-1][0] == "done" and events[-1][1]["chars"] == 150
+    for response in refused:  # new work goes elsewhere meanwhile
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert "shutting down" in response.json()["detail"]
+
+
+async def test_shutdown_waits_no_longer_than_the_grace(
+    settings: Settings, generator: TextGenerator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slow_engine(generator, monkeypatch, 0.01)  # 300 chars: about 3 s
+    events, _, seconds = await stream_during_shutdown(settings, generator, 0.2, 300)
+    assert seconds < 1.5
+    assert events[-1] == ("error", {"message": "the service is shutting down"})
+    assert generator.active == 0
+
+
+async def test_cors_origins(settings: Settings, generator: TextGenerator) -> None:
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type",
+    }
+    allowed = settings.model_copy(update={"cors_origins": ("https://ok.example",)})
+    async with asgi_client(create_app(allowed, generator)) as client:
+        ok = await client.options(
+            "/generate", headers={"Origin": "https://ok.example", **preflight}
+        )
+        assert ok.status_code == 200
+        assert ok.headers["access-control-allow-origin"] == "https://ok.example"
+        assert "authorization" in ok.headers["access-control-allow-headers"].lower()
+        other = await client.options(
+            "/generate", headers={"Origin": "https://evil.example", **preflight}
+        )
+        assert "access-control-allow-origin" not in other.headers
+    async with asgi_client(create_app(settings, generator)) as client:  # none by default
+        response = await client.get("/health", headers={"Origin": "https://ok.example"})
+        assert "access-control-allow-origin" not in response.headers

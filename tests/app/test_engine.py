@@ -143,3 +143,4 @@ def test_stop_fails_waiting_jobs(model):
     engine.stop()
     with pytest.raises(RuntimeError, match="shutting down"):
         job.wait_text(1)
+    assert engine.jobs_failed == 1

@@ -4,8 +4,6 @@ TCP with httpx, and a client that hangs up mid-stream."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
+from conftest import running_server
 from fastapi import FastAPI
 
 import app.main
@@ -28,22 +26,10 @@ def server(checkpoint_path: Path) -> Iterator[tuple[FastAPI, str]]:
         patch.setenv("CHECKPOINT", str(checkpoint_path))
         patch.setenv("DEVICE", "cpu")
         patch.setenv("MAX_LENGTH", str(10**7))  # long enough to still be running at hang-up
+        patch.setenv("ACCESS_LOG", "false")  # no JSON lines on the test's stdout
         application = app.main.app
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(application, log_level="warning", timeout_graceful_shutdown=2)
-    runner = uvicorn.Server(config)
-    thread = threading.Thread(target=runner.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    deadline = time.monotonic() + 20
-    while not runner.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield application, base_url
-    runner.should_exit = True
-    thread.join(10)
-    sock.close()
+    with running_server(application) as base_url:
+        yield application, base_url
 
 
 def test_health_and_stream_over_tcp(server: tuple[FastAPI, str], sse: Parse) -> None:

@@ -18,6 +18,11 @@ VARIABLES = [
     "MAX_PRIME_LENGTH",
     "DEFAULT_LENGTH",
     "LOG_LEVEL",
+    "API_KEY",
+    "CORS_ORIGINS",
+    "MAX_BODY_BYTES",
+    "SHUTDOWN_GRACE_SECONDS",
+    "ACCESS_LOG",
 ]
 
 
@@ -41,6 +46,28 @@ def test_defaults() -> None:
         200,
     )
     assert settings.log_level == "info"
+    assert (settings.api_key, settings.cors_origins) == (None, ())
+    assert (settings.max_body_bytes, settings.shutdown_grace_seconds) == (65536, 10.0)
+    assert settings.access_log is True
+
+
+def test_operations_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("API_KEY", "s3cret")
+    monkeypatch.setenv("CORS_ORIGINS", "https://a.example, http://localhost:3000,")
+    monkeypatch.setenv("MAX_BODY_BYTES", "1024")
+    monkeypatch.setenv("SHUTDOWN_GRACE_SECONDS", "2.5")
+    monkeypatch.setenv("ACCESS_LOG", "false")
+    settings = Settings()
+    assert settings.api_key is not None and settings.api_key.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(settings)  # never printed in a log or a traceback
+    assert settings.cors_origins == ("https://a.example", "http://localhost:3000")
+    assert (settings.max_body_bytes, settings.shutdown_grace_seconds) == (1024, 2.5)
+    assert settings.access_log is False
+
+
+def test_an_empty_api_key_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("API_KEY", "  ")
+    assert Settings().api_key is None
 
 
 def test_environment_without_prefix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -81,6 +108,9 @@ def test_arguments_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         ("DEVICE", "tpu"),
         ("LOG_LEVEL", "loud"),
         ("HOST", ""),
+        ("MAX_BODY_BYTES", "0"),
+        ("SHUTDOWN_GRACE_SECONDS", "-1"),
+        ("ACCESS_LOG", "sometimes"),
     ],
 )
 def test_invalid_values_are_refused(

@@ -1,0 +1,182 @@
+"""OpenAI-compatible routes, so OpenAI's clients work unchanged with base_url=.../v1:
+
+    POST /v1/completions      text completions, whole or streamed (`data: {...}`, `data: [DONE]`)
+    GET  /v1/models           the one served model; GET /v1/models/{id} for it alone
+
+Their errors use OpenAI's shape, {"error": {"message", "type", "param", "code"}}, with
+OpenAI's statuses (400 for a bad parameter, not FastAPI's 422), so the clients raise
+their usual BadRequestError, AuthenticationError, NotFoundError, ...
+"""
+
+# No `from __future__ import annotations`: FastAPI reads these annotations at runtime.
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
+
+from app.auth import PROTECTED
+from app.completions import CompletionRun
+from app.errors import RETRY_AFTER_SECONDS
+from app.generation import EngineBusy, InvalidRequest
+from app.openai_schemas import (
+    Completion,
+    CompletionRequest,
+    ErrorBody,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+)
+from app.routes import Generator
+
+logger = logging.getLogger("uvicorn.error")
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in [
+        (400, "A parameter is invalid (`param` names it)"),
+        (401, "API_KEY is set and the request lacks it"),
+        (404, "No such model"),
+        (503, "At capacity, not loaded, or shutting down (see Retry-After)"),
+    ]
+}
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    body = ErrorResponse(error=ErrorBody(message=message, type=kind, param=param, code=code))
+    # ensure_ascii: an echoed prompt may hold a lone surrogate, which UTF-8 cannot carry.
+    text = json.dumps(body.model_dump(), ensure_ascii=True)
+    return Response(text, status, headers=headers, media_type="application/json")
+
+
+class OpenAIError(Exception):
+    """An error these routes answer as is (e.g. 404 model_not_found)."""
+
+    def __init__(self, status: int, message: str, param: str | None, code: str):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+class OpenAIRoute(APIRoute):
+    """Renders this router's errors, dependencies' included, in OpenAI's shape."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def openai_handler(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except OpenAIError as error:
+                return error_response(
+                    error.status, error.message, param=error.param, code=error.code
+                )
+            except RequestValidationError as error:
+                return invalid_parameters(error)
+            except InvalidRequest as error:
+                return error_response(400, error.message, param=error.field, code=error.kind)
+            except EngineBusy as error:
+                retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+                message = f"the server is at capacity ({error}); retry shortly"
+                return error_response(503, message, code="overloaded", headers=retry)
+            except HTTPException as error:
+                code = "invalid_api_key" if error.status_code == 401 else None
+                return error_response(
+                    error.status_code, str(error.detail), code=code, headers=error.headers
+                )
+
+        return openai_handler
+
+
+def invalid_parameters(error: RequestValidationError) -> Response:
+    """400 naming the first bad parameter (`max_tokens`, `stop.1`, ...) and all messages."""
+    params, messages = [], []
+    for item in error.errors():
+        loc = [str(part) for part in item["loc"][1:]] if item["loc"][:1] == ("body",) else []
+        params.append(".".join(loc) or None)
+        messages.append(f"{'.'.join(loc) or 'body'}: {item['msg']}")
+    return error_response(400, "; ".join(messages), param=params[0], code="invalid_value")
+
+
+router = APIRouter(
+    prefix="/v1",
+    route_class=OpenAIRoute,
+    dependencies=PROTECTED,
+    responses=ERRORS,
+    tags=["openai"],
+)
+
+
+def model_card(generator: Generator) -> ModelCard:
+    path = generator.checkpoint_path
+    created = int(path.stat().st_mtime) if path.is_file() else 0
+    return ModelCard(id=generator.name, created=created)
+
+
+async def completion_run(
+    generator: Generator, body: CompletionRequest
+) -> AsyncIterator[CompletionRun]:
+    """The request's jobs, queued; cancelled when the response ends, however it ends."""
+    if body.model != generator.name:
+        message = f"The model `{body.model}` does not exist; this server has `{generator.name}`"
+        raise OpenAIError(404, message, "model", "model_not_found")
+    run = CompletionRun.start(generator, body)
+    try:
+        yield run
+    finally:
+        run.close()
+
+
+async def stream_events(run: CompletionRun) -> AsyncIterator[str]:
+    try:
+        async for chunk in run.chunks():
+            yield f"data: {chunk.model_dump_json()}\n\n"
+    except Exception as error:  # after the 200 went out: OpenAI's clients raise on this
+        logger.exception("completion failed mid-stream")
+        body = ErrorResponse(error=ErrorBody(message=str(error), type="server_error"))
+        yield f"data: {body.model_dump_json()}\n\n"
+        return
+    yield "data: [DONE]\n\n"
+
+
+@router.post(
+    "/completions",
+    response_model=Completion,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "stream: true"}},
+)
+async def completions(run: Annotated[CompletionRun, Depends(completion_run)]) -> Any:
+    """Complete the prompt(s): a Completion, or with `stream: true` server-sent chunks."""
+    if run.request.stream:
+        return StreamingResponse(
+            stream_events(run), media_type="text/event-stream", headers=STREAM_HEADERS
+        )
+    try:
+        return await run.collect()
+    except RuntimeError as error:  # the engine failed a job (see DecodingEngine._fail_all)
+        logger.exception("completion failed")
+        return error_response(500, str(error), code="generation_failed")
+
+
+@router.get("/models")
+async def list_models(card: Annotated[ModelCard, Depends(model_card)]) -> ModelList:
+    return ModelList(data=[card])
+
+
+@router.get("/models/{model}")
+async def retrieve_model(model: str, card: Annotated[ModelCard, Depends(model_card)]) -> ModelCard:
+    if model != card.id:
+        raise OpenAIError(404, f"The model `{model}` does not exist", "model", "model_not_found")
+    return card
