@@ -27,6 +27,9 @@ class Vocabulary:
     # Optional stand-in for characters left out of the vocabulary (rare characters cut by
     # `prepare --max-vocab/--min-count`); when set, unknown characters encode to it.
     unknown: str | None = None
+    # Optional document separator (`prepare --documents/--doc-per-line`): the character
+    # written before every document, so a model learns where documents start and end.
+    separator: str | None = None
     _index: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -38,6 +41,10 @@ class Vocabulary:
             raise ValueError("vocabulary characters must be unique")
         if self.unknown is not None and self.unknown not in self.chars:
             raise ValueError("the unknown symbol must be one of the vocabulary's characters")
+        if self.separator is not None and self.separator not in self.chars:
+            raise ValueError("the document separator must be one of the vocabulary's characters")
+        if self.separator is not None and self.separator == self.unknown:
+            raise ValueError("the document separator cannot also be the unknown symbol")
         object.__setattr__(self, "_index", {c: i for i, c in enumerate(self.chars)})
 
     @classmethod
@@ -80,10 +87,12 @@ class Vocabulary:
         return "".join(self.chars[i] for i in ids)
 
     def to_json(self) -> dict:
-        return {"chars": list(self.chars), "unknown": self.unknown}
+        return {"chars": list(self.chars), "unknown": self.unknown, "separator": self.separator}
 
     @classmethod
     def from_json(cls, data: dict) -> Vocabulary:
         if not isinstance(data, dict) or not isinstance(data.get("chars"), list):
             raise ValueError("vocabulary must be an object with a 'chars' list")
-        return cls(tuple(data["chars"]), unknown=data.get("unknown"))
+        return cls(
+            tuple(data["chars"]), unknown=data.get("unknown"), separator=data.get("separator")
+        )

@@ -20,12 +20,21 @@ column b+1, so every id but the first is a target exactly once.
                [q r s t]          [r s t u]    [u v w x]          [v w x y]
 
 The ids stay where they are (a read-only memmap is fine): each window reads only its own
-(B, T + 1) slice and converts that to int64.
+(B, T + 1) slice and converts that to int64. A memmap of a whole file is read with pread,
+one small read per column, not through its mapping: on a fault the kernel maps whole
+page-cache folios into the process (up to 2 MB each on ext4 with large folios), so reading
+64 columns of a 200 MB file through the mapping added ~130 MB to the process's RSS, and a
+pass over an epoch would map the whole file. With pread the RSS does not grow with the
+corpus (benchmarks/train_memory.py); the page cache still serves the reads.
 """
 
 from __future__ import annotations
 
+import copy
+import mmap
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -63,6 +72,13 @@ class ColumnBatches:
             writeable=False,
         )
 
+        self._first_column = 0  # of the layout: a share (`columns`) starts further on
+        # (path, byte offset of id 0) when the ids are a whole file's memmap; None: in memory
+        whole_file = isinstance(ids, np.memmap) and isinstance(ids.base, mmap.mmap)
+        self._file = (Path(ids.filename), ids.offset) if whole_file else None
+        if not hasattr(os, "preadv"):  # not on Windows: read through the mapping there
+            self._file = None
+
     def __len__(self) -> int:
         return self.num_batches
 
@@ -71,14 +87,45 @@ class ColumnBatches:
         """Targets in one pass over all windows: B·L, or B·T·num_batches with drop_last."""
         return self.batch_size * min(self.column_len, self.num_batches * self.seq_len)
 
-    def window(self, index: int) -> tuple[Tensor, Tensor]:
-        """Batch `index`: inputs (B, T) and targets (B, T), int64, targets shifted by one."""
+    def window(self, index: int, pin_memory: bool = False) -> tuple[Tensor, Tensor]:
+        """Batch `index`: inputs (B, T) and targets (B, T), int64, targets shifted by one.
+        `pin_memory`: in page-locked memory, so a copy to a CUDA device can be asynchronous
+        (needs CUDA)."""
         if not 0 <= index < self.num_batches:
             raise IndexError(f"batch {index} out of range [0, {self.num_batches})")
         start = index * self.seq_len
         stop = min(start + self.seq_len, self.column_len)
-        block = torch.from_numpy(np.array(self._columns[:, start : stop + 1], dtype=np.int64))
+        rows = self._read(start, stop + 1)  # (B, T + 1) ids in the stored dtype
+        block = torch.empty(rows.shape, dtype=torch.int64, pin_memory=pin_memory)
+        block.numpy()[...] = rows  # the one read and conversion, straight into the block
         return block[:, :-1], block[:, 1:]  # (B, T) each
+
+    def columns(self, part: slice) -> ColumnBatches:
+        """The same windows restricted to the columns `part` (a data-parallel rank's share
+        of the batch): window k of the result is rows `part` of window k."""
+        kept = range(self.batch_size)[part]
+        if kept.step != 1:
+            raise ValueError(f"a share of the columns must be contiguous, got {part}")
+        shard = copy.copy(self)
+        shard._columns = self._columns[part]
+        shard.batch_size = len(kept)
+        shard._first_column = self._first_column + kept.start
+        return shard
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        """(B, stop - start) ids: positions [start, stop) of every column."""
+        if self._file is None:
+            return self._columns[:, start:stop]
+        path, first_id = self._file
+        rows = np.empty((self.batch_size, stop - start), dtype=self._columns.dtype)
+        itemsize = rows.dtype.itemsize
+        with path.open("rb", buffering=0) as file:
+            for row in range(self.batch_size):
+                column = self._first_column + row
+                offset = first_id + (column * self.column_len + start) * itemsize
+                if os.preadv(file.fileno(), [rows[row]], offset) != rows[row].nbytes:
+                    raise OSError(f"{path}: shorter than its ids (changed while training?)")
+        return rows
 
 
 def validation_batches(ids: np.ndarray, batch_size: int, seq_len: int) -> ColumnBatches:

@@ -76,6 +76,22 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_SEQ_LEN,
         help="the training sequence length, for the same check (default: %(default)s)",
     )
+    documents = parser.add_mutually_exclusive_group()
+    documents.add_argument(
+        "--documents",
+        dest="documents",
+        action="store_const",
+        const="file",
+        help="each input file is a document: the documents are joined with the separator "
+        "U+241E '␞', which stands before each one and joins the vocabulary",
+    )
+    documents.add_argument(
+        "--doc-per-line",
+        dest="documents",
+        action="store_const",
+        const="line",
+        help="each non-empty line is a document (line endings become the separator)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
 
 
@@ -90,6 +106,7 @@ def run_prepare(args: argparse.Namespace) -> int:
             min_count=args.min_count,
             min_chars=args.batch_size * args.seq_len + 1,
             min_val_chars=args.seq_len + 1,
+            documents=args.documents,
         )
     except ValueError as error:  # an option out of range, e.g. --val-fraction 1.5
         return _fail(error)
@@ -98,8 +115,9 @@ def run_prepare(args: argparse.Namespace) -> int:
     except DataError as error:
         return _fail(error)
     unknown = f", {meta.unknown_count:,} mapped to U+FFFD" if meta.unknown_count else ""
+    documents = f" in {meta.document_count:,} documents" if meta.documents else ""
     print(
-        f"prepared {meta.corpus}: {meta.source_chars:,} chars, vocab {len(meta.vocab)} "
+        f"prepared {meta.corpus}: {meta.source_chars:,} chars{documents}, vocab {len(meta.vocab)} "
         f"({meta.dtype.name}{unknown}), train {meta.train_size:,}, val {meta.val_size:,} "
         f"-> {args.out}"
     )

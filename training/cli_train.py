@@ -2,6 +2,9 @@
 
 Ctrl-C or SIGTERM stop the run after the current step, save last.safetensors and print the
 command that resumes it; the exit status is then 130 (SIGINT) or 143 (SIGTERM).
+
+Under torchrun (`torchrun --nproc-per-node N -m training train ...`) every process runs
+this command as one rank of a data-parallel run (training.distributed); rank 0 prints.
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ from typing import Any
 
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.config import CELLS
+from model.device import resolve_device
 from training.config import LSTM_IMPL_CHOICES, OPTIMIZERS, SCHEDULES, TrainConfig
 from training.data import load_prepared
+from training.distributed import DEFAULT_TIMEOUT_SECONDS, DistributedError, process_group
 from training.evaluate import bits_per_char
 from training.loop import Trainer, TrainHooks, TrainResult
+from training.precision import PRECISIONS
 from training.run_dir import resume_path
 from training.signals import stop_on_signals
 from training.state import resumed_config
@@ -59,6 +65,11 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], dict[str, Any], str]] = {
     "device": (str, {}, "auto, cpu, cuda, cuda:N or mps"),
     "lstm_impl": (str, {"choices": LSTM_IMPL_CHOICES}, "LSTM kernel: auto picks by device"),
     "threads": (_optional(int), {}, "CPU threads for PyTorch ('none': PyTorch's default)"),
+    "precision": (
+        str,
+        {"choices": PRECISIONS},
+        "fp32; bf16 or fp16 (mixed precision, CUDA with lstm_impl torch only)",
+    ),
     "sample_prime": (str, {}, "text the evaluation samples start from"),
     "sample_length": (int, {}, "characters sampled at each evaluation (0: none)"),
     "sample_temperature": (float, {}, "temperature of those samples"),
@@ -87,6 +98,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "options given change the saved config (not the model or batch shape)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_SECONDS,
+        metavar="SECONDS",
+        help="under torchrun: how long a rank waits for the others before failing "
+        "(default: %(default)g)",
+    )
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     for name, (kind, extra, text) in _OPTIONS.items():
         default = defaults[name]
@@ -108,22 +127,27 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         config, checkpoint = _config(args, given)
         corpus = load_prepared(config.data_dir)
-        with stop_on_signals() as stop:
+        device = resolve_device(config.device)
+        with process_group(device, args.dist_timeout) as dist, stop_on_signals() as stop:
             hooks = TrainHooks(should_stop=stop)
-            trainer = Trainer(config, corpus, checkpoint, not args.no_progress, hooks)
+            trainer = Trainer(config, corpus, checkpoint, not args.no_progress, hooks, dist)
             result = trainer.run()
-    except (ValueError, OSError) as error:  # DataError and CheckpointError included
+    except (ValueError, OSError, DistributedError) as error:  # DataError, CheckpointError
         return _fail(error)
     if result.stop_reason == "interrupted":
-        command = shlex.join(
-            [sys.executable, "-m", "training", "train", "--resume", str(result.run_dir)]
-        )
-        print(
-            f"stopped at step {result.step}, saved {trainer.run_dir.last}; resume with: {command}",
-            file=sys.stderr,
-        )
-        return stop.exit_code
-    print(_summary(result))
+        launch = [sys.executable]
+        if dist.enabled:  # the same number of processes continues the dropout streams
+            launch = ["torchrun", f"--nproc-per-node={dist.world_size}"]
+        command = shlex.join([*launch, "-m", "training", "train", "--resume", str(result.run_dir)])
+        if dist.is_main:
+            print(
+                f"stopped at step {result.step}, saved {trainer.run_dir.last}; resume with: "
+                f"{command}",
+                file=sys.stderr,
+            )
+        return stop.exit_code if stop() else 130  # else another rank was asked to stop
+    if dist.is_main:
+        print(_summary(result))
     return 0
 
 

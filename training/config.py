@@ -10,6 +10,7 @@ from typing import Any
 from model.config import ModelConfig
 from model.device import DEVICE_CHOICES
 from model.network import LSTM_IMPLS
+from training.precision import PRECISIONS
 
 OPTIMIZERS: tuple[str, ...] = ("adamw", "adam")
 SCHEDULES: tuple[str, ...] = ("cosine", "constant")
@@ -68,8 +69,11 @@ class TrainConfig:
     device: str = "auto"  # "auto" → CUDA, then MPS, then CPU; or "cpu", "cuda:1", ...
     lstm_impl: str = "auto"  # "fused" (hand-written, CPU), "torch" (cuDNN); auto: by device
     threads: int | None = None  # torch.set_num_threads during training; None: leave as is
+    # "fp32"; on CUDA also "bf16" or "fp16" (autocast and loss scaling), which need the
+    # "torch" recurrence (training.precision)
+    precision: str = "fp32"
     # The sample shown and logged at each evaluation.
-    sample_prime: str = ""  # "" starts as after a newline
+    sample_prime: str = ""  # "" starts as after a newline (documents: at a document's start)
     sample_length: int = 200  # characters; 0: no sample
     sample_temperature: float = 0.8
 
@@ -86,6 +90,7 @@ class TrainConfig:
         _choice(self.optimizer, OPTIMIZERS, "optimizer")
         _choice(self.schedule, SCHEDULES, "schedule")
         _choice(self.lstm_impl, LSTM_IMPL_CHOICES, "lstm_impl")
+        _choice(self.precision, PRECISIONS, "precision")
         _choice(self.device.split(":")[0].strip().lower(), DEVICE_CHOICES, "device")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
@@ -109,6 +114,8 @@ class TrainConfig:
             raise ValueError(f"sample_temperature must be > 0, got {self.sample_temperature}")
         if self.cell != "lstm" and self.lstm_impl == "fused":
             raise ValueError(f"lstm_impl 'fused' is the LSTM kernel; cell is {self.cell!r}")
+        if self.precision != "fp32" and self.lstm_impl == "fused":
+            raise ValueError(f"precision {self.precision} needs lstm_impl 'torch' or 'auto'")
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(vocab_size, self.hidden_size, self.num_layers, self.dropout, self.cell)

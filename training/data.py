@@ -9,6 +9,9 @@ A prepared-data directory holds
 with ids of the smallest unsigned type that fits the vocabulary (uint8 up to 256 characters),
 read back with np.memmap so a corpus never needs to fit in memory.
 
+With `documents` ("file" or "line") the text is the inputs' documents, each preceded by a
+separator character that joins the vocabulary and meta.json (see training.documents).
+
 `prepare` streams the input twice in chunks, so its memory is bounded whatever the corpus
 size: pass 1 counts every code point (the vocabulary and the split point follow from the
 counts), pass 2 maps each chunk through a code point -> id table and appends to the files.
@@ -18,11 +21,7 @@ from __future__ import annotations
 
 import encodings
 import json
-import os
-import secrets
-import shutil
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,14 +29,15 @@ import numpy as np
 from tqdm import tqdm
 
 from model.vocab import Vocabulary
+from training.atomic_dir import atomic_directory, write_json
+from training.documents import DOCUMENT_MODES, SEPARATOR, text_chunks
+from training.encode import count_code_points, write_ids
 from training.errors import DataError
-from training.sources import Corpus, open_corpus
+from training.sources import open_corpus
+from training.vocab_choice import choose_vocabulary, id_table
 
 FORMAT = "charrnn-data"
 VERSION = 1
-UNKNOWN = "\ufffd"  # stands in for characters cut from the vocabulary
-_CODE_POINTS = 0x110000  # every Unicode code point: the size of the count and id tables
-Advance = Callable[[int], object]  # a progress bar's update(bytes read)
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,9 @@ class PrepareConfig:
     """The fewest validation characters accepted: one sequence, seq_len + 1."""
     chunk_chars: int = 4 * 1024 * 1024
     """Characters (bytes, for files) processed at a time; bounds memory."""
+    documents: str | None = None
+    """"file": each input file is a document, "line": each line is; the documents are
+    joined with a separator character (training.documents). None: the text as it is."""
 
     def __post_init__(self) -> None:
         if not 0 < self.val_fraction < 1:
@@ -77,6 +80,9 @@ class PrepareConfig:
         for name in ("min_count", "min_chars", "min_val_chars", "chunk_chars"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.documents is not None and self.documents not in DOCUMENT_MODES:
+            modes = ", ".join(DOCUMENT_MODES)
+            raise ValueError(f"documents must be one of {modes} or None, got {self.documents!r}")
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,10 @@ class PreparedMeta:
     val_fraction: float
     unknown_count: int = 0
     """Characters of the text mapped to the unknown symbol by a vocabulary cut."""
+    documents: str | None = None
+    """How the text was cut into documents ("file", "line"), None when it was not."""
+    document_count: int = 0
+    """Documents in the text (separators written), 0 without documents."""
 
     @property
     def source_chars(self) -> int:
@@ -112,6 +122,9 @@ class PreparedMeta:
             "source_chars": self.source_chars,
             "val_fraction": self.val_fraction,
             "unknown_count": self.unknown_count,
+            "documents": self.documents,
+            "separator": self.vocab.separator,
+            "document_count": self.document_count,
         }
 
     @classmethod
@@ -124,6 +137,8 @@ class PreparedMeta:
             corpus=str(data["corpus"]),
             val_fraction=float(data["val_fraction"]),
             unknown_count=int(data.get("unknown_count", 0)),
+            documents=data.get("documents"),
+            document_count=int(data.get("document_count", 0)),
         )
         if data["dtype"] != meta.dtype.name:
             raise ValueError(f"dtype {data['dtype']!r} does not fit the vocabulary")
@@ -131,6 +146,8 @@ class PreparedMeta:
             raise ValueError("negative split size")
         if data.get("source_chars", meta.source_chars) != meta.source_chars:
             raise ValueError("source_chars is not train_size + val_size")
+        if (meta.documents is None) != (meta.vocab.separator is None):
+            raise ValueError("documents and the vocabulary's separator disagree")
         return meta
 
 
@@ -160,23 +177,21 @@ def prepare(
         with tqdm(
             desc="counting", total=corpus.size_bytes, unit="B", unit_scale=True, disable=show
         ) as bar:
-            counts = _count_code_points(corpus, config.chunk_chars, bar.update)
+            counts = count_code_points(
+                text_chunks(corpus, config.chunk_chars, config.documents), bar.update
+            )
         meta, table = _plan(counts, corpus.name, config)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        # A hidden sibling on the same file system, so the final rename is atomic; made with
-        # os.mkdir (not mkdtemp's 0700) so the result gets the usual umask permissions.
-        tmp = out_dir.parent / f".{out_dir.name}.tmp-{secrets.token_hex(4)}"
-        tmp.mkdir()
-        try:
-            with tqdm(
+        with (
+            atomic_directory(out_dir) as tmp,
+            tqdm(
                 desc="encoding", total=corpus.size_bytes, unit="B", unit_scale=True, disable=show
-            ) as bar:
-                _write_ids(corpus, config.chunk_chars, table, meta, tmp, bar.update)
-            _write_json(tmp / "meta.json", meta.to_json())
-            _replace_dir(tmp, out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            ) as bar,
+        ):
+            chunks = text_chunks(corpus, config.chunk_chars, config.documents)
+            write_ids(
+                chunks, table, meta.train_size, meta.source_chars, meta.corpus, tmp, bar.update
+            )
+            write_json(tmp / "meta.json", meta.to_json())
     return meta
 
 
@@ -209,29 +224,16 @@ def load_prepared(path: Path) -> PreparedCorpus:
     return PreparedCorpus(train=train, val=val, vocab=meta.vocab, meta=data)
 
 
-def _code_points(text: str) -> np.ndarray:
-    """(len(text),) uint32 code points, without a Python loop over characters."""
-    return np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
-
-
-def _count_code_points(corpus: Corpus, chunk_chars: int, advance: Advance) -> np.ndarray:
-    """Pass 1: (0x110000,) int64 occurrences of every code point in the corpus."""
-    counts = np.zeros(_CODE_POINTS, dtype=np.int64)
-    for text, nbytes in corpus.chunks(chunk_chars):
-        # bincount's output reaches only the chunk's largest code point: add that prefix.
-        chunk_counts = np.bincount(_code_points(text))
-        counts[: len(chunk_counts)] += chunk_counts
-        advance(nbytes)
-    return counts
-
-
 def _plan(counts: np.ndarray, name: str, config: PrepareConfig) -> tuple[PreparedMeta, np.ndarray]:
     """The vocabulary, split and code point -> id table that follow from pass 1's counts.
     Raises DataError for an input too short to train on."""
     total = int(counts.sum())
     if total == 0:
         raise DataError(f"{name}: empty input, no characters to prepare")
-    vocab, unknown_count = _choose_vocabulary(counts, config, name)
+    separator = None if config.documents is None else SEPARATOR
+    vocab, unknown_count = choose_vocabulary(
+        counts, name, config.max_vocab, config.min_count, separator
+    )
     val_size = round(total * config.val_fraction)
     train_size = total - val_size
     if train_size < config.min_chars:
@@ -245,75 +247,17 @@ def _plan(counts: np.ndarray, name: str, config: PrepareConfig) -> tuple[Prepare
             f"characters) holds {val_size:,}, fewer than the {config.min_val_chars:,} one "
             f"validation sequence needs"
         )
-    meta = PreparedMeta(vocab, train_size, val_size, name, config.val_fraction, unknown_count)
-    # (0x110000,) ids by code point; every code point left out maps to the unknown id.
-    table = np.zeros(_CODE_POINTS, dtype=meta.dtype)
-    if vocab.unknown is not None:
-        table[:] = vocab.chars.index(vocab.unknown)
-    table[[ord(c) for c in vocab.chars]] = np.arange(len(vocab), dtype=meta.dtype)
-    return meta, table
-
-
-def _choose_vocabulary(
-    counts: np.ndarray, config: PrepareConfig, name: str
-) -> tuple[Vocabulary, int]:
-    """The vocabulary and how many characters of the text its cut maps to the unknown
-    symbol (0 without a cut)."""
-    present = np.flatnonzero(counts)  # code points in the text, ascending
-    kept = present[counts[present] >= config.min_count]
-    over = config.max_vocab is not None and len(kept) > config.max_vocab
-    if len(kept) == len(present) and not over:
-        return Vocabulary(tuple(map(chr, present))), 0
-    unknown_point = ord(UNKNOWN)
-    kept = kept[kept != unknown_point]  # U+FFFD in the text stays, as the unknown symbol
-    if config.max_vocab is not None and len(kept) > config.max_vocab - 1:
-        # The most frequent first, ties by code point so the cut is deterministic.
-        order = np.lexsort((kept, -counts[kept]))
-        kept = np.sort(kept[order[: config.max_vocab - 1]])
-    if len(kept) == 0:
-        raise DataError(
-            f"{name}: min_count {config.min_count} leaves no character in the vocabulary"
-        )
-    mapped = int(counts.sum() - counts[kept].sum() - counts[unknown_point])
-    chars = tuple(map(chr, sorted([*kept.tolist(), unknown_point])))
-    return Vocabulary(chars, unknown=UNKNOWN), mapped
-
-
-def _write_ids(
-    corpus: Corpus,
-    chunk_chars: int,
-    table: np.ndarray,
-    meta: PreparedMeta,
-    tmp: Path,
-    advance: Advance,
-) -> None:
-    """Pass 2: encode every chunk and append it to train.bin, then, past the split point,
-    to val.bin."""
-    train_left = meta.train_size
-    written = 0
-    with (tmp / "train.bin").open("wb") as train, (tmp / "val.bin").open("wb") as val:
-        for text, nbytes in corpus.chunks(chunk_chars):
-            ids = table[_code_points(text)]  # (len(text),) ids in the on-disk dtype
-            head = ids[:train_left]
-            train.write(head.data)
-            val.write(ids[len(head) :].data)
-            train_left -= len(head)
-            written += len(ids)
-            advance(nbytes)
-        if written != meta.source_chars:
-            raise DataError(f"{meta.corpus}: the input changed while it was being prepared")
-        for file in (train, val):
-            file.flush()
-            os.fsync(file.fileno())  # on disk before the rename makes the directory visible
-
-
-def _write_json(path: Path, data: dict) -> None:
-    # One top-level key a line: readable, and the vocabulary stays on one line.
-    lines = (f" {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" for k, v in data.items())
-    with path.open("w", encoding="utf-8") as file:
-        file.write("{\n" + ",\n".join(lines) + "\n}\n")
-        file.flush()
-        os.fsync(file.fileno())
+    meta = PreparedMeta(
+        vocab,
+        train_size,
+        val_size,
+        name,
+        config.val_fraction,
+        unknown_count,
+        config.documents,
+        0 if separator is None else int(counts[ord(separator)]),
+    )
+    return meta, id_table(vocab, meta.dtype)
 
 
 def _is_prepared_dir(path: Path) -> bool:
@@ -330,18 +274,6 @@ def _check_replaceable(out_dir: Path) -> None:
     if out_dir.is_dir() and (not any(out_dir.iterdir()) or _is_prepared_dir(out_dir)):
         return
     raise DataError(f"{out_dir}: exists and is not a prepared-data directory; not replacing it")
-
-
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    # A directory cannot be renamed over a non-empty one: move the old one aside first.
-    # A crash between the two renames leaves no out_dir, never a mix of old and new files.
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.replace(out_dir, old / "data")
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
 
 
 def _map_ids(path: Path, size: int, dtype: np.dtype) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Scoring a model on held-out text: the loop's validation loss and `eval` on any text.
+"""Scoring a model on held-out text: the loop's validation loss (and the sample it logs)
+and `eval` on any text.
 
 Both count nats per predicted character (mean cross-entropy), and bits per char =
 nats / ln 2; perplexity = e^nats.
@@ -16,8 +17,13 @@ import torch.nn.functional as F
 
 from model.checkpoint import Checkpoint
 from model.device import preferred_lstm_impl
+from model.documents import document_prime
 from model.network import CharRNN, detach_hidden
+from model.sampling import SamplingConfig, generate
+from model.vocab import Vocabulary
 from training.batches import ColumnBatches
+from training.config import TrainConfig
+from training.distributed import Distributed
 
 EVAL_SEQ_LEN = 256  # window length when scoring a text; the state carries across windows
 
@@ -66,11 +72,39 @@ def total_loss(
 
 
 def validation_loss(
-    model: CharRNN, batches: ColumnBatches, max_batches: int | None = None
+    model: CharRNN,
+    batches: ColumnBatches,
+    max_batches: int | None = None,
+    dist: Distributed | None = None,
 ) -> float:
-    """Mean nats per character on the held-out windows (what the loop reports)."""
-    nats, count = total_loss(model, batches, max_batches)
+    """Mean nats per character on the held-out windows (what the loop reports). In a
+    data-parallel run `batches` holds this rank's share of the columns (maybe none) and
+    the mean is over all ranks' predictions: a collective, every rank calls it."""
+    nats, count = total_loss(model, batches, max_batches) if batches.batch_size else (0.0, 0)
+    if dist is not None:
+        nats, count = dist.sum_floats([nats, count], model.head.weight.device)
     return nats / count
+
+
+def evaluation_sample(model: CharRNN, vocab: Vocabulary, config: TrainConfig) -> str:
+    """The sample logged at an evaluation: config.sample_length characters after
+    config.sample_prime, seeded, so samples of one run differ only by the weights. A model
+    of documents starts it as at the start of a document."""
+    if config.sample_length == 0:
+        return ""
+    sampling = SamplingConfig(
+        length=config.sample_length,
+        temperature=config.sample_temperature,
+        seed=config.seed,
+        skip_unknown=True,
+    )
+    prime = document_prime(config.sample_prime, vocab)
+    was_training = model.training
+    try:
+        text = "".join(generate(model, vocab, prime, sampling))
+    finally:
+        model.train(was_training)  # generation switched it to eval mode
+    return config.sample_prime + text
 
 
 def evaluate_text(

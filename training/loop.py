@@ -2,28 +2,35 @@
 
 Knows nothing of the command line: a Trainer takes a TrainConfig, a prepared corpus and,
 to continue a run, its last checkpoint; hooks let a caller stop it (signals) or watch it.
+
+In a data-parallel run (training.distributed) every rank runs this loop on its own columns
+in lockstep: all ranks step, evaluate their share of the validation columns and take part
+in saving (the hidden state and RNG states are gathered); rank 0 alone reports, samples and
+writes the run directory.
 """
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from model.checkpoint import Checkpoint, save_checkpoint
 from model.device import preferred_lstm_impl, resolve_device
-from model.network import CharRNN, detach_hidden
-from model.sampling import SamplingConfig, generate
+from model.network import CharRNN
 from training.batches import split_batches
 from training.config import TrainConfig
 from training.data import PreparedCorpus
-from training.evaluate import bits_per_char, validation_loss
+from training.distributed import Distributed
+from training.evaluate import bits_per_char, evaluation_sample, validation_loss
+from training.limits import reason_code, reason_from_code, stop_reason
 from training.optimizer import build_optimizer, set_hyperparameters
 from training.plot import plot_losses
+from training.precision import MixedPrecision
 from training.progress import TrainingProgress, start_line
 from training.run_dir import EvalRecord, RunDirectory
 from training.runtime import torch_threads, tune_allocator
@@ -33,15 +40,17 @@ from training.state import (
     check_resumable,
     checkpoint_info,
     restore_training_state,
-    set_rng_state,
+    rng_state,
+    seed_generators,
     training_state,
 )
+from training.step import TrainStep
 
 
 @dataclass(frozen=True)
 class TrainHooks:
     should_stop: Callable[[], bool] | None = None  # polled after each step: True saves, stops
-    on_evaluation: Callable[[EvalRecord], None] | None = None  # after each evaluation
+    on_evaluation: Callable[[EvalRecord], None] | None = None  # after each one, on rank 0
 
 
 @dataclass(frozen=True)
@@ -65,34 +74,47 @@ class Trainer:
         resume: Checkpoint | None = None,
         progress: bool = True,
         hooks: TrainHooks | None = None,
+        dist: Distributed | None = None,
     ):
         """Raises ValueError for a corpus too small for the batch shape, an unusable device
-        or a checkpoint that does not fit the config and corpus."""
+        or precision, a batch that does not split over the ranks of `dist` (None: one
+        process), or a checkpoint that does not fit the config and corpus."""
         self.config, self.corpus = config, corpus
         self.hooks = hooks or TrainHooks()
-        self.show_progress = progress
-        self.device = resolve_device(config.device)
+        self.dist = dist = dist or Distributed()
+        self.show_progress = progress and dist.is_main
+        self.device = dist.training_device(resolve_device(config.device))
         self.run_dir = RunDirectory(config.out_dir)
-        self.train_batches, self.val_batches = split_batches(
+        train_batches, val_batches = split_batches(
             corpus.train, corpus.val, config.batch_size, config.seq_len
         )
+        self.columns = dist.batch_columns(config.batch_size)  # this rank's, of the batch
+        self.train_batches = train_batches.columns(self.columns)
+        self.val_batches = val_batches.columns(dist.share(val_batches.batch_size))
         with torch.random.fork_rng(devices=[]):  # seeded initialisation, caller's RNG kept
-            torch.manual_seed(config.seed)
+            torch.manual_seed(config.seed)  # the same on every rank: identical weights
             self.model = CharRNN(config.model_config(len(corpus.vocab)))
         self.model.impl = (
             preferred_lstm_impl(self.device) if config.lstm_impl == "auto" else config.lstm_impl
         )
+        self.precision = MixedPrecision(config.precision, self.device, self.model.impl)
         self.model.to(self.device).train()
         self.optimizer = build_optimizer(self.model, config)
+        self.train_step = TrainStep(
+            self.model, self.optimizer, self.precision, dist, config.grad_clip
+        )
         self.counters = RunCounters()
-        self.hidden = self.model.init_hidden(config.batch_size, self.device)
+        self.hidden = self.model.init_hidden(self.train_batches.batch_size, self.device)
         self._rng: dict | None = None  # None: seed the generators afresh at the start
         if resume is not None:
             check_resumable(resume, config, corpus)
             self.model.load_state_dict(resume.weights)
-            self.counters, self.hidden, self._rng = restore_training_state(
-                resume.training_state, self.optimizer, self.device
+            restored = restore_training_state(
+                resume.training_state, self.optimizer, self.device, dist.rank, dist.world_size
             )
+            self.counters, self._rng = restored.counters, restored.rng
+            self.hidden = tuple(h[:, self.columns].contiguous() for h in restored.hidden)
+            self.precision.load_state_dict(restored.grad_scaler)
             set_hyperparameters(self.optimizer, config)  # the config's, not the saved ones
         elif self.run_dir.last.exists():
             raise ValueError(
@@ -109,16 +131,14 @@ class Trainer:
         tune_allocator()
         devices = [self.device] if self.device.type == "cuda" else []
         with torch_threads(self.config.threads), torch.random.fork_rng(devices=devices):
-            if self._rng is None:
-                torch.manual_seed(self.config.seed)
-            else:
-                set_rng_state(self._rng)
+            seed_generators(self._rng, self.config.seed, self.dist.rank, self.counters.step)
             return self._train()
 
     def _train(self) -> TrainResult:
-        counters, config = self.counters, self.config
-        self.run_dir.write_config(config)
-        self.history = self.run_dir.keep_metrics_up_to(counters.step)
+        counters, config, main = self.counters, self.config, self.dist.is_main
+        if main:
+            self.run_dir.write_config(config)
+        self.history = self.run_dir.keep_metrics_up_to(counters.step) if main else []
         self._start = time.monotonic()
         self._elapsed_before = counters.elapsed_seconds
         self._session_first_step = counters.step
@@ -126,12 +146,12 @@ class Trainer:
         self._loss_sum = torch.tensor(counters.train_loss_sum, device=self.device)
         self._interval = (time.monotonic(), counters.tokens)  # for chars/s
         self._saved_step = -1
-        self.progress = TrainingProgress(counters.step, self.horizon, self.show_progress)
-        self.progress.write(
-            start_line(
-                self.model, self.device, len(self.train_batches), counters.step, self.horizon
-            )
-        )
+        # Ranks other than 0 report to nowhere.
+        stream = None if main else io.StringIO()
+        self.progress = TrainingProgress(counters.step, self.horizon, self.show_progress, stream)
+        batches, ranks = len(self.train_batches), self.dist.world_size
+        line = start_line(self.model, self.device, batches, counters.step, self.horizon, ranks)
+        self.progress.write(line)
         probe = StepTimer(counters.step)
         try:
             stop = self._stop_reason()
@@ -163,24 +183,18 @@ class Trainer:
         """One optimizer step on the next batch."""
         counters, config = self.counters, self.config
         if counters.position.batch == 0:  # a new epoch starts from a zero state
-            self.hidden = self.model.init_hidden(config.batch_size, self.device)
-        inputs, targets = self.train_batches.window(counters.position.batch)  # (B, T) each
-        inputs, targets = inputs.to(self.device), targets.to(self.device)
+            self.hidden = self.model.init_hidden(self.train_batches.batch_size, self.device)
+        # (b, T) each, b = this rank's columns; pinned, so the copy to a GPU is asynchronous
+        pin = self.device.type == "cuda"
+        inputs, targets = self.train_batches.window(counters.position.batch, pin_memory=pin)
         self.lr = learning_rate(counters.step, config, self.horizon)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
-        logits, hidden = self.model(inputs, self.hidden)  # (B, T, V)
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())  # mean over B·T
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
-        self.optimizer.step()
-        self.hidden = detach_hidden(hidden)  # values carry on, the graph stops here
-        self._loss_sum += loss.detach()
+        loss, self.hidden = self.train_step(inputs, targets, self.hidden)
+        self._loss_sum += loss
         counters.step += 1
         counters.train_loss_steps += 1
-        counters.tokens += targets.numel()
+        counters.tokens += targets.numel() * self.dist.world_size
         counters.position = counters.position.advance(len(self.train_batches))
         if self.progress.wants_numbers():
             self.progress.advance(self._train_loss(), self._chars_per_second())
@@ -188,44 +202,34 @@ class Trainer:
             self.progress.advance()
 
     def _stop_reason(self) -> str | None:
-        counters, config = self.counters, self.config
-        if config.max_steps is not None and counters.step >= config.max_steps:
-            return "max_steps"
-        if config.max_epochs is not None and counters.position.epoch >= config.max_epochs:
-            return "max_epochs"
-        if config.max_minutes is not None and self._elapsed() >= config.max_minutes * 60:
-            return "max_minutes"
-        if config.patience is not None and counters.evals_since_best >= config.patience:
-            return "early_stopping"
-        if self.hooks.should_stop is not None and self.hooks.should_stop():
-            return "interrupted"
-        return None
+        """Why to stop now, agreed by all ranks (a collective: every rank calls it)."""
+        requested = self.hooks.should_stop is not None and self.hooks.should_stop()
+        reason = stop_reason(self.config, self.counters, self._elapsed(), requested)
+        return reason_from_code(self.dist.max_int(reason_code(reason), self.device))
 
-    def _estimate_horizon(self, seconds_per_step: float) -> None:
-        if self.config.max_minutes is None or self.counters.horizon_estimate is not None:
+    def _estimate_horizon(self, seconds_per_step: float | None = None) -> None:
+        """A time-limited run's horizon: first from the probe's `seconds_per_step`, then at
+        each evaluation (None) refined from the whole session's pace, evaluations included,
+        so the cosine ends close to the clock. Rank 0's clock decides, so every rank
+        follows the same learning rates."""
+        counters, max_minutes = self.counters, self.config.max_minutes
+        steps = counters.step - self._session_first_step
+        first = seconds_per_step is not None
+        if max_minutes is None or (counters.horizon_estimate is None) != first or steps < 1:
             return
-        self.counters.horizon_estimate = estimate_horizon(
-            self.counters.step, self._elapsed(), seconds_per_step, self.config.max_minutes
-        )
-        self.horizon = self._horizon()
-        self.progress.set_total(self.horizon)
-
-    def _refine_horizon(self) -> None:
-        """Re-estimate a time-limited run's horizon from the whole session's pace, evaluations
-        included, so the cosine ends close to the clock (the first estimate saw no eval)."""
-        steps = self.counters.step - self._session_first_step
-        if self.config.max_minutes is None or self.counters.horizon_estimate is None or steps < 1:
-            return
-        seconds_per_step = (self._elapsed() - self._elapsed_before) / steps
-        self.counters.horizon_estimate = estimate_horizon(
-            self.counters.step, self._elapsed(), seconds_per_step, self.config.max_minutes
-        )
+        if seconds_per_step is None:
+            seconds_per_step = (self._elapsed() - self._elapsed_before) / steps
+        estimate = estimate_horizon(counters.step, self._elapsed(), seconds_per_step, max_minutes)
+        counters.horizon_estimate = self.dist.broadcast_int(estimate, self.device)
         self.horizon = self._horizon()
         self.progress.set_total(self.horizon)
 
     def _evaluate(self) -> None:
-        counters = self.counters
-        val_loss = validation_loss(self.model, self.val_batches, self.config.eval_batches)
+        counters, main = self.counters, self.dist.is_main
+        with self.precision.autocast():
+            val_loss = validation_loss(
+                self.model, self.val_batches, self.config.eval_batches, self.dist
+            )
         record = EvalRecord(
             step=counters.step,
             epoch=self._epoch(),
@@ -236,60 +240,43 @@ class Trainer:
             val_bits_per_char=bits_per_char(val_loss),
             lr=self.lr,
             chars_per_second=self._chars_per_second(),
-            sample=self._sample(),
+            sample=evaluation_sample(self.model, self.corpus.vocab, self.config) if main else "",
         )
-        counters.last_val_loss = val_loss
-        improved = counters.best_val_loss is None or val_loss < counters.best_val_loss
-        if improved:
-            counters.best_val_loss, counters.evals_since_best = val_loss, 0
-        else:
-            counters.evals_since_best += 1
-        if improved or not self.run_dir.best.exists():
-            save_checkpoint(self._checkpoint(with_state=False), self.run_dir.best)
-        counters.last_eval_step = counters.step
-        counters.train_loss_steps = 0
+        improved = counters.record_evaluation(val_loss)
+        if main and (improved or not self.run_dir.best.exists()):
+            save_checkpoint(self._checkpoint(), self.run_dir.best)
         self._loss_sum.zero_()
-        self.run_dir.append_metrics(record)
-        self.history.append(asdict(record))
-        plot_losses(self.history, self.run_dir.plot)
-        self._refine_horizon()
+        if main:
+            self.run_dir.append_metrics(record)
+            self.history.append(asdict(record))
+            plot_losses(self.history, self.run_dir.plot)
+        self._estimate_horizon()
         self._save_last()
         self.progress.evaluated(record, self.horizon)
-        if self.hooks.on_evaluation is not None:
+        if main and self.hooks.on_evaluation is not None:
             self.hooks.on_evaluation(record)
         self._interval = (time.monotonic(), counters.tokens)  # evaluation time not counted
 
-    def _sample(self) -> str:
-        config = self.config
-        if config.sample_length == 0:
-            return ""
-        sampling = SamplingConfig(
-            length=config.sample_length,
-            temperature=config.sample_temperature,
-            seed=config.seed,
-            skip_unknown=True,
-        )
-        try:
-            text = "".join(generate(self.model, self.corpus.vocab, config.sample_prime, sampling))
-        finally:
-            self.model.train()  # generation switched it to eval mode
-        return config.sample_prime + text
-
-    def _checkpoint(self, with_state: bool) -> Checkpoint:
-        counters = self.counters
+    def _checkpoint(self, state: dict | None = None) -> Checkpoint:
         info = checkpoint_info(
-            self.config, counters, self._epoch(), self._elapsed(), self.corpus.meta
+            self.config, self.counters, self._epoch(), self._elapsed(), self.corpus.meta
         )
-        state = None
-        if with_state:
-            snapshot = replace(
-                counters, elapsed_seconds=self._elapsed(), train_loss_sum=float(self._loss_sum)
-            )
-            state = training_state(snapshot, self.optimizer, self.hidden)
         return Checkpoint.from_model(self.model, self.corpus.vocab, info, state)
 
     def _save_last(self) -> None:
-        save_checkpoint(self._checkpoint(with_state=True), self.run_dir.last)
+        """last.safetensors with the training state: every rank hands over its hidden-state
+        columns and RNG states (a collective), rank 0 writes."""
+        hidden = self.dist.gather_hidden(self.hidden)  # each (L, B, H)
+        rank_rngs = self.dist.gather_objects(rng_state())
+        if self.dist.is_main:
+            counters = replace(
+                self.counters,
+                elapsed_seconds=self._elapsed(),
+                train_loss_sum=float(self._loss_sum),
+            )
+            scaler = self.precision.state_dict()
+            state = training_state(counters, self.optimizer, hidden, rank_rngs, scaler)
+            save_checkpoint(self._checkpoint(state), self.run_dir.last)
         self._saved_step = self.counters.step
 
     def _horizon(self) -> int | None:

@@ -83,13 +83,15 @@ def start_line(
     batches_per_epoch: int,
     step: int,
     horizon: int | None,
+    processes: int = 1,
 ) -> str:
     """What is about to train, e.g. "training 0.80M parameters (lstm, fused) on cpu,
-    136 batches an epoch, from step 0 of 5000"."""
+    136 batches an epoch, from step 0 of 5000" ("on cpu × 4 processes" data-parallel)."""
     parameters = sum(p.numel() for p in model.parameters()) / 1e6
     config = model.config
+    where = f"{device.type} × {processes} processes" if processes > 1 else f"{device}"
     return (
-        f"training {parameters:.2f}M parameters ({config.cell}, {model.impl}) on {device}, "
+        f"training {parameters:.2f}M parameters ({config.cell}, {model.impl}) on {where}, "
         f"{batches_per_epoch} batches an epoch, from step {step}"
         + (f" of {horizon}" if horizon else " (horizon measured after the first steps)")
     )

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from model.checkpoint import Checkpoint, CheckpointError
@@ -36,6 +37,18 @@ class RunCounters:
     train_loss_sum: float = 0.0  # summed batch losses since the last evaluation
     train_loss_steps: int = 0
 
+    def record_evaluation(self, val_loss: float) -> bool:
+        """Count an evaluation at the current step (the training loss restarts); True when
+        it is the best so far."""
+        self.last_val_loss, self.last_eval_step = val_loss, self.step
+        self.train_loss_steps = 0
+        improved = self.best_val_loss is None or val_loss < self.best_val_loss
+        if improved:
+            self.best_val_loss, self.evals_since_best = val_loss, 0
+        else:
+            self.evals_since_best += 1
+        return improved
+
     def to_json(self) -> dict[str, Any]:
         return {
             "step": self.step,
@@ -59,18 +72,31 @@ class RunCounters:
 
 
 def training_state(
-    counters: RunCounters, optimizer: torch.optim.Optimizer, hidden: Hidden
+    counters: RunCounters,
+    optimizer: torch.optim.Optimizer,
+    hidden: Hidden,
+    rank_rngs: list[dict[str, Any]] | None = None,
+    grad_scaler: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The checkpoint's training_state: everything but the weights that the next step
-    depends on. `hidden` is the state carried into the next batch, (L, B, H) each."""
-    return {
+    depends on. `hidden` is the state carried into the next batch, (L, B, H) each, all
+    ranks' columns together in a data-parallel run. `rank_rngs`: every rank's RNG states
+    in a data-parallel run (default: this process's). `grad_scaler`: the loss scale of
+    mixed precision."""
+    rank_rngs = rank_rngs or [rng_state()]
+    state = {
         "format": STATE_FORMAT,
         "version": STATE_VERSION,
         "counters": counters.to_json(),
         "optimizer": optimizer.state_dict(),
-        "rng": rng_state(),
+        "rng": rank_rngs[0],
         "hidden": [h.detach().cpu() for h in hidden],
     }
+    if len(rank_rngs) > 1:  # ranks 1.. (each tensor once: safetensors refuses duplicates)
+        state["other_rngs"] = rank_rngs[1:]
+    if grad_scaler is not None:
+        state["grad_scaler"] = grad_scaler
+    return state
 
 
 def resumed_config(checkpoint: Checkpoint, **changes: Any) -> TrainConfig:
@@ -106,12 +132,27 @@ def check_resumable(checkpoint: Checkpoint, config: TrainConfig, corpus: Prepare
         )
 
 
+@dataclass(frozen=True)
+class RestoredState:
+    """What a resumed run continues from, besides the weights and the optimizer."""
+
+    counters: RunCounters
+    hidden: Hidden  # the full state, each (L, B, H), on the training device
+    rng: dict[str, Any] | None  # this rank's RNG states; None: the world size changed
+    grad_scaler: dict[str, Any] | None  # the loss scale of a mixed-precision run
+
+
 def restore_training_state(
-    state: dict[str, Any], optimizer: torch.optim.Optimizer, device: torch.device
-) -> tuple[RunCounters, Hidden, dict[str, Any]]:
-    """Load the optimizer from `state`; return the counters, the hidden state on `device`
-    and the RNG states (for `set_rng_state` when the run starts). Raises ValueError for a
-    state this code did not write."""
+    state: dict[str, Any],
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+) -> RestoredState:
+    """Load the optimizer from `state` and return the rest (the RNG states are for
+    `set_rng_state` when the run starts). A run resumed on another number of processes
+    gets no RNG states: its dropout streams cannot continue, and start afresh. Raises
+    ValueError for a state this code did not write."""
     if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
         raise ValueError(
             f"training state of format {state.get('format')!r} version {state.get('version')!r};"
@@ -121,10 +162,11 @@ def restore_training_state(
         counters = RunCounters.from_json(state["counters"])
         optimizer.load_state_dict(state["optimizer"])
         hidden = tuple(h.to(device) for h in state["hidden"])
-        rng = dict(state["rng"])
+        rank_rngs = [state["rng"], *state.get("other_rngs", [])]
+        rng = dict(rank_rngs[rank]) if len(rank_rngs) == world_size else None
     except (KeyError, TypeError, RuntimeError) as error:
         raise ValueError(f"damaged training state: {error}") from error
-    return counters, hidden, rng
+    return RestoredState(counters, hidden, rng, state.get("grad_scaler"))
 
 
 def rng_state() -> dict[str, Any]:
@@ -137,6 +179,19 @@ def rng_state() -> dict[str, Any]:
     if mps is not None and torch.backends.mps.is_available():
         state["mps"] = mps.get_rng_state()
     return state
+
+
+def seed_generators(saved: dict[str, Any] | None, seed: int, rank: int, step: int) -> None:
+    """Set the generators a run draws dropout from: the saved states of a resumed run;
+    else `seed + rank`, a stream of its own for each data-parallel rank (just `seed` on one
+    process); else (resumed on another number of ranks, whose saved streams do not map)
+    a seed mixed from seed, rank and step."""
+    if saved is not None:
+        set_rng_state(saved)
+    elif step == 0:
+        torch.manual_seed(seed + rank)
+    else:
+        torch.manual_seed(int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0]))
 
 
 def set_rng_state(state: dict[str, Any]) -> None:

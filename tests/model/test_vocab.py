@@ -45,3 +45,15 @@ def test_json_round_trip():
 def test_invalid_vocabularies(chars):
     with pytest.raises(ValueError):
         Vocabulary(chars)
+
+
+def test_separator_round_trip_and_checks():
+    vocab = Vocabulary(("a", "\u241e", "\ufffd"), unknown="\ufffd", separator="\u241e")
+    assert Vocabulary.from_json(vocab.to_json()) == vocab
+    assert vocab.to_json()["separator"] == "\u241e"
+    assert Vocabulary.from_json({"chars": ["a"]}).separator is None  # older files
+    assert vocab != Vocabulary(vocab.chars, unknown="\ufffd")
+    with pytest.raises(ValueError, match="separator must be one of"):
+        Vocabulary(("a",), separator="\u241e")
+    with pytest.raises(ValueError, match="cannot also be the unknown"):
+        Vocabulary(("a", "\ufffd"), unknown="\ufffd", separator="\ufffd")

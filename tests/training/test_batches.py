@@ -85,3 +85,33 @@ def test_position_advances_rolls_over_and_round_trips():
     assert BatchPosition.from_json(position.to_json()) == position
     with pytest.raises(ValueError):
         BatchPosition(-1, 0)
+
+
+def test_columns_are_a_share_of_the_same_layout():
+    ids = np.arange(41, dtype=np.uint16)
+    whole = ColumnBatches(ids, batch_size=4, seq_len=3)
+    part = whole.columns(slice(2, 4))
+    assert (len(part), part.batch_size) == (len(whole), 2)
+    for k in range(len(whole)):
+        inputs, targets = whole.window(k)
+        part_inputs, part_targets = part.window(k)
+        assert torch.equal(part_inputs, inputs[2:4]) and torch.equal(part_targets, targets[2:4])
+    assert part.predictions * 2 == whole.predictions
+    assert whole.columns(slice(1, 1)).batch_size == 0
+
+
+def test_a_memory_mapped_file_reads_the_same_windows(tmp_path):
+    ids = np.random.default_rng(0).integers(0, 300, size=1001).astype("<u2")
+    path = tmp_path / "ids.bin"
+    path.write_bytes(b"\0" * 6 + ids.tobytes())  # ids from byte 6, as a header would put them
+    mapped = np.memmap(path, dtype="<u2", mode="r", offset=6, shape=(1001,))
+    in_memory, from_file = ColumnBatches(ids, 8, 10), ColumnBatches(mapped, 8, 10)
+    assert from_file._file is not None  # the pread path
+    for whole, read in (
+        (in_memory, from_file),
+        (in_memory.columns(slice(3, 6)), from_file.columns(slice(3, 6))),
+    ):
+        for k in range(len(whole)):
+            assert all(
+                torch.equal(a, b) for a, b in zip(whole.window(k), read.window(k), strict=True)
+            )

@@ -63,3 +63,16 @@ def test_missing_input(tmp_path, capsys):
 def test_bad_numbers_are_usage_errors(tmp_path):
     with pytest.raises(SystemExit):
         _run(["t.txt", "--out", str(tmp_path), "--batch-size", "0"])
+
+
+def test_document_flags(tmp_path, capsys):
+    (tmp_path / "t.txt").write_text("one\ntwo\nthree\n" * 4)
+    argv = [str(tmp_path / "t.txt"), "--out", str(tmp_path / "out"), "--no-progress"]
+    argv += ["--batch-size", "1", "--seq-len", "1"]
+    assert _run([*argv, "--doc-per-line"]) == 0
+    assert "in 12 documents" in capsys.readouterr().out
+    assert load_prepared(tmp_path / "out").meta["documents"] == "line"
+    assert _run([*argv, "--documents"]) == 0
+    assert load_prepared(tmp_path / "out").meta["document_count"] == 1
+    with pytest.raises(SystemExit):
+        _run([*argv, "--documents", "--doc-per-line"])

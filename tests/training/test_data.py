@@ -47,6 +47,9 @@ def test_round_trip_split_and_meta(tmp_path):
         "source_chars": 215,
         "val_fraction": 0.1,
         "unknown_count": 0,
+        "documents": None,
+        "separator": None,
+        "document_count": 0,
     }
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hamlet.txt", "prepared"]
 
@@ -136,7 +139,7 @@ def test_failure_while_writing_keeps_the_old_data(tmp_path, monkeypatch):
     def crash(*args):
         raise OSError("disk full")
 
-    monkeypatch.setattr(data, "_write_json", crash)
+    monkeypatch.setattr(data, "write_json", crash)
     with pytest.raises(OSError, match="disk full"):
         prepare([_write(tmp_path / "new.txt", "new text\n")], out, SMALL, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new.txt", "old.txt", "out"]

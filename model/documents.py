@@ -1,0 +1,32 @@
+"""Documents in generated text: a model trained on data prepared with `--documents` or
+`--doc-per-line` writes its vocabulary's separator character where a document ends (the
+same character stands before every document in the training text).
+
+    training text   ␞first document␞second document␞third ...
+    a sample        "and so it ended.␞Another one beg"  →  "and so it ended.", ended
+"""
+
+from __future__ import annotations
+
+from model.vocab import Vocabulary
+
+
+def truncate_at_separator(text: str, vocab: Vocabulary) -> tuple[str, bool]:
+    """`text` up to (not including) the first document separator, and whether there was
+    one, i.e. whether the document ended. A vocabulary without a separator never ends a
+    document: (text, False)."""
+    if vocab.separator is None:
+        return text, False
+    end = text.find(vocab.separator)
+    if end < 0:
+        return text, False
+    return text[:end], True
+
+
+def document_prime(prime: str, vocab: Vocabulary) -> str:
+    """The prime that makes a document-trained model begin a new document with `prime`:
+    the separator in front of it (what the model saw before every document). Unchanged
+    for a vocabulary without a separator, or a prime that already starts with it."""
+    if vocab.separator is None or prime.startswith(vocab.separator):
+        return prime
+    return vocab.separator + prime
