@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -38,6 +39,10 @@ class EngineConfig:
     max_active: int = 256  # rows decoded together
     max_queue: int = 1024  # requests waiting for a row
     max_admit_per_step: int = 32  # primes run between two steps, so a burst can't stall others
+    # Least time between two chunks of one stream. Each chunk costs the event loop an HTTP
+    # write, and the loop shares the GIL with the decoding thread: waiting a little lets the
+    # characters of several steps go out as one event. 0: a chunk per wake-up.
+    min_chunk_interval: float = 0.02
 
     def __post_init__(self) -> None:
         for name in ("max_active", "max_admit_per_step"):
@@ -45,6 +50,8 @@ class EngineConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_queue < 0:
             raise ValueError(f"max_queue must be at least 0, got {self.max_queue}")
+        if self.min_chunk_interval < 0:
+            raise ValueError(f"min_chunk_interval must be ≥ 0, got {self.min_chunk_interval}")
 
 
 @dataclass
@@ -112,12 +119,17 @@ class Job:
             self._pending.clear()
         return chunk
 
-    async def chunks(self) -> AsyncIterator[str]:
+    async def chunks(self, min_interval: float = 0.0) -> AsyncIterator[str]:
         """Characters as they are made, coalesced: each item holds all chars made since the
-        previous one. Leaving the loop early (a client disconnect) cancels the job."""
+        previous one, and items come at most every `min_interval` seconds. Leaving the loop
+        early (a client disconnect) cancels the job."""
         loop = asyncio.get_running_loop()
+        last_yield = -math.inf
         try:
             while True:
+                wait = last_yield + min_interval - loop.time()
+                if wait > 0 and not self.done:
+                    await asyncio.sleep(wait)  # let a few steps' chars gather into one item
                 event = asyncio.Event()
                 with self._lock:
                     ready = bool(self._pending)
@@ -127,6 +139,7 @@ class Job:
                     await event.wait()
                 chunk = self._take()
                 if chunk:
+                    last_yield = loop.time()
                     yield chunk
                 elif self.done:
                     if self.error:

@@ -217,7 +217,7 @@ class Generation:
         self.job = job
         self._name = generator.name
         self._engine_job = engine_job
-        self._chunks = engine_job.chunks()
+        self._chunks = engine_job.chunks(generator.engine.config.min_chunk_interval)
         self._closed = False
 
     def __aiter__(self) -> Generation:

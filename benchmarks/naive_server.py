@@ -95,7 +95,14 @@ def main() -> None:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1, as our service: two spin against the event loop)",
+    )
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     uvicorn.run(build_app(args.checkpoint), host=args.host, port=args.port, log_level="warning")
 
 

@@ -17,6 +17,7 @@ Rows are kept dense: rows [0, n) are live; removing a row moves the last one int
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,8 +25,9 @@ import torch
 from torch import Tensor
 
 from model.network import CharRNN
-from model.sampling import SamplingConfig, sample_rows
+from model.sampling import SamplingConfig, prime_ids, resolve_seed, sample_rows
 from model.stepper import Stepper
+from model.vocab import Vocabulary
 
 MIN_ROWS = 8
 UNIFORM_BLOCK = 64
@@ -146,3 +148,20 @@ class BatchDecoder:
         hidden = tuple(buffer[:, :padded] for buffer in self.hidden)
         logits, _ = self.stepper.step(step_ids.to(self.logits.device), hidden)
         self.logits[:padded] = logits
+
+
+def generate(
+    model: CharRNN, vocab: Vocabulary, prime: str, config: SamplingConfig
+) -> Iterator[str]:
+    """Yield `config.length` characters continuing `prime`, one at a time.
+
+    The prime goes through the network in one forward pass; then each sampled character is
+    fed back with the carried hidden state. This is the service's batched decoder with a
+    single row, so the same seed gives the same text here and from the service.
+    """
+    decoder = BatchDecoder(model, capacity=1)
+    decoder.add(prime_ids(vocab, prime, config.skip_unknown), config, resolve_seed(config.seed))
+    for _ in range(config.length):
+        next_id = decoder.sample()
+        yield vocab.chars[int(next_id[0])]
+        decoder.advance(next_id)

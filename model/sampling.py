@@ -1,4 +1,4 @@
-"""Sampling: pure filters over logits, and the char-by-char generation loop.
+"""Sampling: the settings of a request and pure functions from logits to characters.
 
 Randomness comes only from an explicit torch.Generator seeded per request, and sampling
 happens on the CPU, so the same seed gives the same text wherever the network runs.
@@ -7,13 +7,11 @@ happens on the CPU, so the same seed gives the same text wherever the network ru
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from model.network import CharRNN
 from model.vocab import Vocabulary
 
 MAX_SEED = 2**63 - 1
@@ -88,22 +86,3 @@ def prime_ids(vocab: Vocabulary, prime: str, skip_unknown: bool = False) -> list
     if ids:
         return ids
     return [vocab.encode("\n")[0] if "\n" in vocab else 0]
-
-
-def generate(
-    model: CharRNN, vocab: Vocabulary, prime: str, config: SamplingConfig
-) -> Iterator[str]:
-    """Yield `config.length` characters continuing `prime`, one at a time.
-
-    The prime goes through the network in one forward pass; then each sampled character is
-    fed back with the carried hidden state. This is the service's batched decoder with a
-    single row, so the same seed gives the same text here and from the service.
-    """
-    from model.decoder import BatchDecoder  # the decoder builds on this module's sampler
-
-    decoder = BatchDecoder(model, capacity=1)
-    decoder.add(prime_ids(vocab, prime, config.skip_unknown), config, resolve_seed(config.seed))
-    for _ in range(config.length):
-        next_id = decoder.sample()
-        yield vocab.chars[int(next_id[0])]
-        decoder.advance(next_id)

@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 from model.checkpoint import load_checkpoint
+from model.decoder import generate
 from model.device import preferred_lstm_impl, resolve_device
-from model.sampling import SamplingConfig, generate, prime_ids, resolve_seed
+from model.sampling import SamplingConfig, prime_ids, resolve_seed
 
 
 def add_sample_arguments(parser: argparse.ArgumentParser) -> None:

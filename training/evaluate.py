@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from model.checkpoint import Checkpoint
+from model.decoder import generate
 from model.device import preferred_lstm_impl
 from model.documents import document_prime
 from model.network import CharRNN, detach_hidden
-from model.sampling import SamplingConfig, generate
+from model.sampling import SamplingConfig
 from model.vocab import Vocabulary
 from training.batches import ColumnBatches
 from training.config import TrainConfig

@@ -6,8 +6,9 @@ import torch
 
 from app.engine import DecodingEngine, EngineBusy, EngineConfig
 from model.config import ModelConfig
+from model.decoder import generate
 from model.network import CharRNN
-from model.sampling import SamplingConfig, generate
+from model.sampling import SamplingConfig
 from model.vocab import Vocabulary
 
 VOCAB = Vocabulary.from_text("abcdefghijklmnopqrstuvwxyz .,\n")

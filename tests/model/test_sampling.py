@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from model.config import ModelConfig
+from model.decoder import generate
 from model.network import CharRNN
 from model.sampling import (
     SamplingConfig,
-    generate,
     prime_ids,
     resolve_seed,
     sample_rows,
