@@ -56,7 +56,7 @@ RUN --mount=type=bind,from=wheels,source=/wheels,target=/app/docker-wheels \
     && EXTRAS="" bash scripts/setup.sh
 
 # The shipped checkpoint (CHECKPOINT points elsewhere to serve another one, e.g. mounted).
-# Owned by the service's user: save_checkpoint writes files readable by their owner only.
+# Owned by the service's user, so it can read them whatever mode they were copied with.
 COPY --chown=10001:10001 checkpoints/ checkpoints/
 COPY app/ app/
 COPY model/ model/

@@ -36,6 +36,8 @@ RECIPES: dict[str, dict] = {
     "lr5e-3": dict(lr=5e-3),
     "b128-lr4e-3": dict(batch_size=128, lr=4e-3),
     "lr2e-3": dict(lr=2e-3),
+    "lr6e-3": dict(lr=6e-3),
+    "b32-lr5e-3": dict(batch_size=32, lr=5e-3),
 }
 
 
