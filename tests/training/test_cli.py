@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 
 from training.__main__ import main
 
@@ -21,14 +20,6 @@ SMALL = [
     "--sample-length",
     "10",
 ]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

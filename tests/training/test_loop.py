@@ -12,15 +12,6 @@ from training.loop import Trainer, TrainHooks
 TEXT = "the quick brown fox jumps over the lazy dog.\n" * 80  # 3,600 characters
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The machines these run on are small and shared: one thread is the fastest there.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
