@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import torch
+
+from training.data import PrepareConfig, prepare
 
 
 @pytest.fixture(autouse=True)
@@ -16,3 +19,26 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+FOX = "the quick brown fox jumps over the lazy dog.\n"
+
+
+def prepare_fox(root: Path, repeats: int) -> Path:
+    """A prepared-data directory of `repeats` fox sentences (45 characters each)."""
+    (root / "fox.txt").write_text(FOX * repeats)
+    config = PrepareConfig(min_chars=1, min_val_chars=1)
+    prepare([str(root / "fox.txt")], root / "data", config, progress=False)
+    return root / "data"
+
+
+@pytest.fixture(scope="session")
+def fox_data() -> Callable[[Path, int], Path]:
+    """`prepare_fox`, for a module that needs another size of the corpus."""
+    return prepare_fox
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """1,800 characters of fox sentences, prepared once per test module."""
+    return prepare_fox(tmp_path_factory.mktemp("corpus"), 40)

@@ -14,12 +14,11 @@ import torch
 from model.checkpoint import load_checkpoint
 from training.__main__ import main
 from training.config import TrainConfig
-from training.data import PrepareConfig, load_prepared, prepare
+from training.data import load_prepared
 from training.distributed import Distributed
 from training.loop import Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
-TEXT = "the quick brown fox jumps over the lazy dog.\n" * 40  # 1,800 characters
 # Dropout 0 so the ranks' RNG streams do not matter; a constant rate after the warm-up so a
 # run stopped at step 3 and resumed to 6 follows the same rates as one run to 6.
 OPTIONS = {
@@ -35,14 +34,6 @@ OPTIONS = {
     "threads": 1,
     "sample_length": 5,
 }
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    (root / "fox.txt").write_text(TEXT)
-    prepare([str(root / "fox.txt")], root / "data", PrepareConfig(min_chars=1, min_val_chars=1))
-    return root / "data"
 
 
 def _free_port() -> int:

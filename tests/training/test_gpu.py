@@ -11,22 +11,13 @@ from model.checkpoint import load_checkpoint
 from model.config import ModelConfig
 from model.network import CharRNN
 from training.config import TrainConfig
-from training.data import PrepareConfig, load_prepared, prepare
+from training.data import load_prepared
 from training.loop import Trainer
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
-TEXT = "the quick brown fox jumps over the lazy dog.\n" * 40
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    (root / "fox.txt").write_text(TEXT)
-    prepare([str(root / "fox.txt")], root / "data", PrepareConfig(min_chars=1, min_val_chars=1))
-    return root / "data"
 
 
 @pytest.fixture

@@ -6,19 +6,15 @@ import torch
 
 from model.checkpoint import load_checkpoint
 from training.config import TrainConfig
-from training.data import PrepareConfig, load_prepared, prepare
+from training.data import load_prepared
 from training.loop import Trainer, TrainHooks
 
-TEXT = "the quick brown fox jumps over the lazy dog.\n" * 80  # 3,600 characters
+TEXT = "the quick brown fox jumps over the lazy dog.\n" * 80  # what `corpus` prepares
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    (root / "fox.txt").write_text(TEXT)
-    config = PrepareConfig(min_chars=1, min_val_chars=1)
-    prepare([str(root / "fox.txt")], root / "data", config, progress=False)
-    return load_prepared(root / "data")
+def corpus(tmp_path_factory, fox_data):
+    return load_prepared(fox_data(tmp_path_factory.mktemp("corpus"), 80))
 
 
 def _config(tmp_path, run="run", **changes):

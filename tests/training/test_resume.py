@@ -12,20 +12,10 @@ import torch
 from model.checkpoint import load_checkpoint
 from training.__main__ import main
 from training.config import TrainConfig
-from training.data import PrepareConfig, load_prepared, prepare
+from training.data import load_prepared
 from training.loop import Trainer, TrainHooks
 
-TEXT = "the quick brown fox jumps over the lazy dog.\n" * 40  # 1,800 characters
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    (root / "fox.txt").write_text(TEXT)
-    config = PrepareConfig(min_chars=1, min_val_chars=1)
-    prepare([str(root / "fox.txt")], root / "data", config, progress=False)
-    return root / "data"
 
 
 def _config(data_dir, out_dir, **changes):
