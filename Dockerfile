@@ -62,7 +62,13 @@ COPY app/ app/
 COPY model/ model/
 COPY training/ training/
 
-ENV CHECKPOINT=/app/checkpoints/shakespeare.safetensors
+# Compile the decoding kernels (numba) now, into a cache the service's user owns: a start
+# then loads them in a second instead of compiling for ~15 s. On another CPU model numba
+# finds the cache stale and recompiles into the same folder.
+ENV CHECKPOINT=/app/checkpoints/shakespeare.safetensors \
+    NUMBA_CACHE_DIR=/app/.numba-cache
+RUN /app/.venv/bin/python -c "from model.checkpoint import load_checkpoint; from model.decoder import BatchDecoder; BatchDecoder(load_checkpoint('$CHECKPOINT').build_model(), 1)" \
+    && chown -R 10001:10001 /app/.numba-cache
 USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \

@@ -31,7 +31,7 @@ def key_matches(settings: Settings, given: str | None) -> bool:
     return given is not None and secrets.compare_digest(given.encode(), expected)
 
 
-def require_api_key(request: Request, credentials: Credentials) -> None:
+async def require_api_key(request: Request, credentials: Credentials) -> None:
     """401 unless the request carries the configured key (a no-op when none is set)."""
     settings: Settings = request.app.state.settings
     given = credentials.credentials if credentials is not None else None

@@ -21,10 +21,10 @@ import collections
 import math
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from model.decoder import BatchDecoder
+from model.decoder import BatchDecoder, Request
 from model.network import CharRNN
 from model.sampling import SamplingConfig
 from model.vocab import Vocabulary
@@ -39,19 +39,27 @@ class EngineConfig:
     max_active: int = 256  # rows decoded together
     max_queue: int = 1024  # requests waiting for a row
     max_admit_per_step: int = 32  # primes run between two steps, so a burst can't stall others
+    # Threads that share a step's rows (the CPU kernel releases the GIL). Two on a 2-core
+    # machine: the event loop needs little CPU next to the kernel.
+    decode_threads: int = 1
     # Least time between two chunks of one stream. Each chunk costs the event loop an HTTP
     # write, and the loop shares the GIL with the decoding thread: waiting a little lets the
     # characters of several steps go out as one event. 0: a chunk per wake-up.
     min_chunk_interval: float = 0.02
+    # Chunks per second across all streams: with many streams each one's interval
+    # stretches (active / this), so the event loop's HTTP writes stay bounded and each
+    # write carries more characters. 0: no such bound.
+    max_chunks_per_second: float = 1000.0
 
     def __post_init__(self) -> None:
-        for name in ("max_active", "max_admit_per_step"):
+        for name in ("max_active", "max_admit_per_step", "decode_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_queue < 0:
             raise ValueError(f"max_queue must be at least 0, got {self.max_queue}")
-        if self.min_chunk_interval < 0:
-            raise ValueError(f"min_chunk_interval must be ≥ 0, got {self.min_chunk_interval}")
+        for name in ("min_chunk_interval", "max_chunks_per_second"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -119,15 +127,23 @@ class Job:
             self._pending.clear()
         return chunk
 
-    async def chunks(self, min_interval: float = 0.0) -> AsyncIterator[str]:
+    async def chunks(
+        self,
+        min_interval: float | Callable[[], float] = 0.0,
+        keepalive: float | None = None,
+    ) -> AsyncIterator[str]:
         """Characters as they are made, coalesced: each item holds all chars made since the
-        previous one, and items come at most every `min_interval` seconds. Leaving the loop
-        early (a client disconnect) cancels the job."""
+        previous one, and items come at most every `min_interval` seconds (a number, or a
+        function asked before each item). The first item goes out as soon as it is ready.
+        With `keepalive`, an empty item comes after that many seconds without characters
+        (say, while waiting for a row). Leaving the loop early (a client disconnect)
+        cancels the job."""
         loop = asyncio.get_running_loop()
+        interval = min_interval if callable(min_interval) else lambda: min_interval
         last_yield = -math.inf
         try:
             while True:
-                wait = last_yield + min_interval - loop.time()
+                wait = last_yield + interval() - loop.time()
                 if wait > 0 and not self.done:
                     await asyncio.sleep(wait)  # let a few steps' chars gather into one item
                 event = asyncio.Event()
@@ -136,7 +152,11 @@ class Job:
                     if not ready and not self.done:
                         self._waiter = (loop, event)
                 if not ready and not self.done:
-                    await event.wait()
+                    try:
+                        await asyncio.wait_for(event.wait(), keepalive)
+                    except TimeoutError:
+                        yield ""
+                        continue
                 chunk = self._take()
                 if chunk:
                     last_yield = loop.time()
@@ -169,7 +189,7 @@ class DecodingEngine:
     def __init__(self, model: CharRNN, vocab: Vocabulary, config: EngineConfig):
         self.vocab = vocab
         self.config = config
-        self.decoder = BatchDecoder(model, config.max_active)
+        self.decoder = BatchDecoder(model, config.max_active, threads=config.decode_threads)
         self._rows: list[Job] = []  # job of each live decoder row
         self._queue: collections.deque[Job] = collections.deque()
         self._wakeup = threading.Condition()
@@ -182,6 +202,13 @@ class DecodingEngine:
     @property
     def active(self) -> int:
         return len(self._rows)
+
+    def chunk_interval(self) -> float:
+        """Least seconds between two chunks of one stream, given how many are active."""
+        config = self.config
+        if config.max_chunks_per_second == 0:
+            return config.min_chunk_interval
+        return max(config.min_chunk_interval, self.active / config.max_chunks_per_second)
 
     @property
     def queued(self) -> int:
@@ -238,12 +265,15 @@ class DecodingEngine:
         return [self._queue.popleft() for _ in range(count)]
 
     def _admit(self, jobs: list[Job]) -> None:
+        live = []
         for job in jobs:
             if job.cancelled:
                 job._finish()
-                continue
-            self.decoder.add(job.prime, job.config, job.stats.seed)
-            self._rows.append(job)
+            else:
+                live.append(job)
+        # Their primes run through the network together, one character per step for all.
+        self.decoder.add_many([Request(job.prime, job.config, job.stats.seed) for job in live])
+        self._rows.extend(live)
 
     def _step(self) -> None:
         ids = self.decoder.sample()  # (n,)

@@ -153,13 +153,14 @@ class TextGenerator:
         )
         return Job(self.vocab.decode(ids), config)
 
-    def stream(self, job: Job) -> Generation:
-        """Queue the job in the engine; its text as it is produced. Raises EngineBusy when
-        the waiting queue is full. Call `close()` when done (routes do it in a teardown)."""
+    def stream(self, job: Job, keepalive: float | None = None) -> Generation:
+        """Queue the job in the engine; its text as it is produced (with `keepalive`, an
+        empty chunk after that many seconds without text). Raises EngineBusy when the
+        waiting queue is full. Call `close()` when done (routes do it in a teardown)."""
         self.engine.start()
         prime = prime_ids(self.vocab, job.prime)  # an empty prime starts after a newline
         engine_job = self.engine.submit(prime, job.config, job.config.seed)
-        return Generation(self, job, engine_job)
+        return Generation(self, job, engine_job, keepalive)
 
     async def generate(self, job: Job) -> tuple[str, GenerationStats]:
         """The whole text at once, through the same path as `stream`."""
@@ -213,11 +214,17 @@ class TextGenerator:
 class Generation:
     """One job's text, chunk by chunk: an async iterator of str; `stats` once it has ended."""
 
-    def __init__(self, generator: TextGenerator, job: Job, engine_job: EngineJob):
+    def __init__(
+        self,
+        generator: TextGenerator,
+        job: Job,
+        engine_job: EngineJob,
+        keepalive: float | None = None,
+    ):
         self.job = job
         self._name = generator.name
         self._engine_job = engine_job
-        self._chunks = engine_job.chunks(generator.engine.config.min_chunk_interval)
+        self._chunks = engine_job.chunks(generator.engine.chunk_interval, keepalive)
         self._closed = False
 
     def __aiter__(self) -> Generation:

@@ -14,6 +14,7 @@ lifespan instead (tests, `uvicorn --factory app.main:create_app`).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -58,7 +59,11 @@ def load_generator(settings: Settings) -> TextGenerator:
         default_length=settings.default_length,
     )
     torch.set_num_threads(settings.torch_threads)  # process-wide: the service owns the process
-    engine = EngineConfig(max_active=settings.max_active, max_queue=settings.max_queue)
+    engine = EngineConfig(
+        max_active=settings.max_active,
+        max_queue=settings.max_queue,
+        decode_threads=settings.decode_threads,
+    )
     return TextGenerator.load(settings.checkpoint, settings.device, limits, engine)
 
 
@@ -78,6 +83,10 @@ def create_app(settings: Settings | None = None, generator: TextGenerator | None
                 raise SystemExit(1) from None
         logger.info("serving %s on %s", loaded.checkpoint_path, loaded.device)
         loaded.start()
+        # The libraries and the model are loaded for good: keep their millions of objects
+        # out of the garbage collector's full passes, which otherwise stall the event loop
+        # for ~0.3 s at the first burst of requests.
+        gc.freeze()
         app.state.generator = loaded
         try:
             yield

@@ -16,10 +16,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
+from app import sse
 from app.auth import PROTECTED
 from app.completions import CompletionRun
 from app.errors import RETRY_AFTER_SECONDS
@@ -45,7 +45,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (503, "At capacity, not loaded, or shutting down (see Retry-After)"),
     ]
 }
-STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def error_response(
@@ -120,7 +119,7 @@ router = APIRouter(
 )
 
 
-def model_card(generator: Generator) -> ModelCard:
+async def model_card(generator: Generator) -> ModelCard:
     path = generator.checkpoint_path
     created = int(path.stat().st_mtime) if path.is_file() else 0
     return ModelCard(id=generator.name, created=created)
@@ -155,14 +154,12 @@ async def stream_events(run: CompletionRun) -> AsyncIterator[str]:
 @router.post(
     "/completions",
     response_model=Completion,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "stream: true"}},
+    responses={200: {"content": {sse.MEDIA_TYPE: {}}, "description": "stream: true"}},
 )
 async def completions(run: Annotated[CompletionRun, Depends(completion_run)]) -> Any:
     """Complete the prompt(s): a Completion, or with `stream: true` server-sent chunks."""
     if run.request.stream:
-        return StreamingResponse(
-            stream_events(run), media_type="text/event-stream", headers=STREAM_HEADERS
-        )
+        return sse.response(stream_events(run))
     try:
         return await run.collect()
     except RuntimeError as error:  # the engine failed a job (see DecodingEngine._fail_all)

@@ -1,7 +1,7 @@
 """HTTP routes: translate requests into TextGenerator calls and results into responses.
 
-Server-sent events use FastAPI's own EventSourceResponse, which also sets
-`Cache-Control: no-cache` and `X-Accel-Buffering: no` and sends keep-alive comments:
+The streams are server-sent events (app/sse.py), with `Cache-Control: no-cache`,
+`X-Accel-Buffering: no`, and a `: ping` comment after 15 s without an event:
 
     event: chars            (any number of these; data is a JSON string of 1+ chars)
     data: "To be, or no"
@@ -14,14 +14,16 @@ or, when generation fails after the stream began, a final `event: error`.
 
 # No `from __future__ import annotations` here: FastAPI reads these annotations at runtime,
 # and the dependency made inside _running refers to a local name.
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.sse import EventSourceResponse, ServerSentEvent
+from starlette.responses import StreamingResponse
 
+from app import sse
 from app.auth import PROTECTED, UNAUTHORIZED
 from app.errors import RETRY_AFTER_SECONDS
 from app.generation import Generation, InvalidRequest, Job, TextGenerator
@@ -36,7 +38,7 @@ NOT_LOADED = {503: {"description": "The model is not loaded, or the service is s
 GUARDED = {**NOT_LOADED, **UNAUTHORIZED}
 
 
-def get_generator(request: Request) -> TextGenerator:
+async def get_generator(request: Request) -> TextGenerator:
     generator: TextGenerator | None = getattr(request.app.state, "generator", None)
     if generator is None:
         raise HTTPException(status_code=503, detail="the model is not loaded")
@@ -69,11 +71,11 @@ def _validate(generator: TextGenerator, request: GenerateRequest, source: str) -
         raise RequestValidationError([detail]) from None
 
 
-def body_job(generator: Generator, body: GenerateRequest) -> Job:
+async def body_job(generator: Generator, body: GenerateRequest) -> Job:
     return _validate(generator, body, "body")
 
 
-def query_job(generator: Generator, query: Annotated[GenerateRequest, Query()]) -> Job:
+async def query_job(generator: Generator, query: Annotated[GenerateRequest, Query()]) -> Job:
     return _validate(generator, query, "query")
 
 
@@ -89,7 +91,7 @@ def _running(job_dependency: Callable[..., Job]) -> Callable[..., AsyncIterator[
         # FastAPI runs this teardown once the response is over for any reason: finished, or
         # the client went away (Starlette sees http.disconnect and cancels the stream). So
         # the worker thread stops even if the event generator is never resumed.
-        generation = generator.stream(job)
+        generation = generator.stream(job, keepalive=sse.KEEPALIVE_SECONDS)
         try:
             yield generation
         finally:
@@ -102,17 +104,21 @@ BodyGeneration = Annotated[Generation, Depends(_running(body_job))]
 QueryGeneration = Annotated[Generation, Depends(_running(query_job))]
 
 
-async def events(generation: Generation) -> AsyncIterator[ServerSentEvent]:
+async def events(generation: Generation) -> AsyncIterator[str]:
     """chars events as the text is produced, then done with the stats (or error)."""
     try:
         async for chunk in generation:
-            yield ServerSentEvent(event="chars", data=chunk)
+            if chunk:
+                yield sse.event("chars", json.dumps(chunk, ensure_ascii=False))
+            else:  # nothing new for a while (queued for a row): keep the connection open
+                yield sse.KEEPALIVE
     except Exception as error:
         logger.exception("generation failed mid-stream")
         message = str(error) or type(error).__name__
-        yield ServerSentEvent(event="error", data=StreamError(message=message))
+        yield sse.event("error", StreamError(message=message).model_dump_json())
         return
-    yield ServerSentEvent(event="done", data=generation.stats)
+    assert generation.stats is not None  # set once the engine has finished the job
+    yield sse.event("done", generation.stats.model_dump_json())
 
 
 @router.get("/health", responses=NOT_LOADED, tags=["service"])
@@ -142,25 +148,23 @@ async def generate(generator: Generator, job: BodyJob) -> GenerateResponse:
 
 @router.post(
     "/generate/stream",
-    response_class=EventSourceResponse,
-    responses=GUARDED,
+    response_class=StreamingResponse,
+    responses={200: sse.DOCS, **GUARDED},
     dependencies=PROTECTED,
     tags=["generate"],
 )
-async def stream_post(generation: BodyGeneration) -> AsyncIterator[ServerSentEvent]:
+async def stream_post(generation: BodyGeneration) -> StreamingResponse:
     """Stream the text as server-sent events (`chars`…, then `done` with the stats)."""
-    async for event in events(generation):
-        yield event
+    return sse.response(events(generation))
 
 
 @router.get(
     "/generate/stream",
-    response_class=EventSourceResponse,
-    responses=GUARDED,
+    response_class=StreamingResponse,
+    responses={200: sse.DOCS, **GUARDED},
     dependencies=PROTECTED,
     tags=["generate"],
 )
-async def stream_get(generation: QueryGeneration) -> AsyncIterator[ServerSentEvent]:
+async def stream_get(generation: QueryGeneration) -> StreamingResponse:
     """As POST, with the fields as query parameters, for a browser's EventSource."""
-    async for event in events(generation):
-        yield event
+    return sse.response(events(generation))

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     # One intra-op thread leaves the other core to the HTTP event loop; on a 2-core box that
     # beats two threads fighting it (idle OpenMP workers spin on the cores the loop needs).
     torch_threads: int = Field(1, ge=1, description="PyTorch intra-op threads")
+    decode_threads: int = Field(
+        2, ge=1, description="threads that share a decoding step's rows (CPU kernel)"
+    )
     # Operations (app/auth.py, app/body_limit.py, app/access_log.py, app/main.py).
     api_key: SecretStr | None = Field(
         None,

@@ -5,12 +5,9 @@ Each row of the batch is one stream with its own hidden state, its own sampling 
 same text whether it is decoded alone or beside any number of others:
 
 - Its random numbers come from its own PCG64 generator (numpy), drawn in blocks.
-- The network's GEMMs always run on at least MIN_ROWS rows: MKL computes each row of an
-  (M, K)·(K, N) product bit-identically for every M ≥ 8, but takes other code paths (with
-  another summation order) below that. Padding costs a little at batch 1, and buys
-  seeds that are exact whatever else is being served.
-- Primes run through the network one request at a time (a batch of 1 has one shape,
-  whoever else is waiting), then the request's state is copied into a free row.
+- Its network numbers do not depend on the other rows: see model/row_state.py (the
+  compiled CPU kernel is row-invariant by construction; the torch path pads its GEMMs).
+- Sampling runs on the CPU, row by row, in a compiled kernel (model/kernels.py).
 
 Rows are kept dense: rows [0, n) are live; removing a row moves the last one into its place.
 """
@@ -21,16 +18,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from torch import Tensor
 
+from model.kernels import sample_rows
 from model.network import CharRNN
-from model.sampling import SamplingConfig, prime_ids, resolve_seed, sample_rows
-from model.stepper import Stepper
+from model.row_state import KernelRows, RowState, TorchRows, kernel_supported
+from model.sampling import SamplingConfig, prime_ids, resolve_seed
 from model.vocab import Vocabulary
 
-MIN_ROWS = 8
 UNIFORM_BLOCK = 64
+BACKENDS = ("auto", "kernel", "torch")
 
 
 class UniformStream:
@@ -39,66 +35,80 @@ class UniformStream:
     def __init__(self, seed: int):
         self._generator = np.random.Generator(np.random.PCG64(seed))
 
-    def block(self, size: int = UNIFORM_BLOCK) -> Tensor:
-        return torch.from_numpy(self._generator.random(size))
+    def block(self, size: int = UNIFORM_BLOCK) -> np.ndarray:
+        return self._generator.random(size)
 
 
-@dataclass
-class RowSettings:
-    temperature: float
-    top_k: int | None
-    top_p: float
+@dataclass(frozen=True)
+class Request:
+    """What a row needs to start: prime ids, sampling settings and the resolved seed."""
+
+    prime: list[int]
+    config: SamplingConfig
+    seed: int
 
 
 class BatchDecoder:
-    """Fixed-capacity decoding state for up to `capacity` streams."""
+    """Fixed-capacity decoding state for up to `capacity` streams.
 
-    def __init__(self, model: CharRNN, capacity: int):
+    backend: "kernel" (the compiled CPU LSTM step), "torch" (any device or cell), or
+    "auto": the kernel where it applies (a float32 LSTM on the CPU), torch elsewhere.
+    threads: how many threads the kernel may split a step's rows over.
+    """
+
+    def __init__(self, model: CharRNN, capacity: int, backend: str = "auto", threads: int = 1):
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
-        self.model = model.eval()
-        self.stepper = Stepper(model)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        model = model.eval()
+        use_kernel = backend == "kernel" or (backend == "auto" and kernel_supported(model))
+        self.backend = "kernel" if use_kernel else "torch"
+        self.state: RowState = (
+            KernelRows(model, capacity, threads) if use_kernel else TorchRows(model, capacity)
+        )
         self.capacity = capacity
-        rows = max(capacity, MIN_ROWS)
-        device = model.head.weight.device
         vocab_size = model.config.vocab_size
-        self.hidden = model.init_hidden(rows, device)  # each (L, rows, H)
-        self.logits = torch.zeros(rows, vocab_size, device=device)  # next-char logits per row
-        self.temperature = torch.ones(rows)
-        self.top_k = torch.full((rows,), vocab_size, dtype=torch.long)
-        self.top_p = torch.ones(rows)
-        self.uniforms = torch.zeros(rows, UNIFORM_BLOCK, dtype=torch.float64)
-        self.uniform_pos = torch.zeros(rows, dtype=torch.long)
-        self.streams: list[UniformStream | None] = [None] * rows
+        self.vocab_size = vocab_size
+        self.temperature = np.ones(capacity)
+        self.top_k = np.full(capacity, vocab_size, dtype=np.int64)
+        self.top_p = np.ones(capacity)
+        self.uniforms = np.zeros((capacity, UNIFORM_BLOCK))
+        self.uniform_pos = np.zeros(capacity, dtype=np.int64)
+        self.streams: list[UniformStream | None] = [None] * capacity
+        self._ids = np.zeros(capacity, dtype=np.int64)
         self.size = 0  # live rows
+        self.sample()  # compiles the sampling kernel now (or loads it from numba's cache)
 
     @property
     def full(self) -> bool:
         return self.size >= self.capacity
 
-    @torch.no_grad()
     def add(self, prime: list[int], config: SamplingConfig, seed: int) -> int:
         """Run a prime through the network and give its state a row; returns the row."""
-        if self.full:
+        return self.add_many([Request(prime, config, seed)])[0]
+
+    def add_many(self, requests: list[Request]) -> list[int]:
+        """Start several requests at once (their primes run together); returns their rows."""
+        if self.size + len(requests) > self.capacity:
             raise RuntimeError("decoder is full")
-        if not prime:
+        if any(not request.prime for request in requests):
             raise ValueError("a prime needs at least one character (see prime_ids)")
-        device = self.logits.device
-        ids = torch.tensor([prime], dtype=torch.long, device=device)  # (1, T)
-        logits, hidden = self.stepper.prime(ids)  # (1, V)
-        row = self.size
-        for buffer, state in zip(self.hidden, hidden, strict=True):
-            buffer[:, row] = state[:, 0]
-        self.logits[row] = logits[0]
-        self.temperature[row] = config.temperature
-        self.top_k[row] = config.top_k or self.logits.shape[1]
-        self.top_p[row] = config.top_p
-        stream = UniformStream(seed)
-        self.streams[row] = stream
-        self.uniforms[row] = stream.block()
-        self.uniform_pos[row] = 0
-        self.size += 1
-        return row
+        rows = list(range(self.size, self.size + len(requests)))
+        if not rows:
+            return rows
+        self.state.prime(rows, [request.prime for request in requests])
+        for row, request in zip(rows, requests, strict=True):
+            config = request.config
+            self.temperature[row] = config.temperature
+            self.top_k[row] = config.top_k or self.vocab_size
+            self.top_p[row] = config.top_p
+            stream = UniformStream(request.seed)
+            self.streams[row] = stream
+            self.uniforms[row] = stream.block()
+            self.uniform_pos[row] = 0
+        self.size += len(rows)
+        return rows
 
     def remove(self, row: int) -> int | None:
         """Free a row; the last live row moves into it. Returns the moved row's old index."""
@@ -107,47 +117,42 @@ class BatchDecoder:
             raise IndexError(f"row {row} is not live")
         moved = None
         if row != last:
-            for buffer in self.hidden:
-                buffer[:, row] = buffer[:, last]
-            for tensor in (
-                self.logits,
+            self.state.move(last, row)
+            for array in (
                 self.temperature,
                 self.top_k,
                 self.top_p,
                 self.uniforms,
                 self.uniform_pos,
             ):
-                tensor[row] = tensor[last]
+                array[row] = array[last]
             self.streams[row] = self.streams[last]
             moved = last
         self.streams[last] = None
         self.size -= 1
         return moved
 
-    @torch.no_grad()
-    def sample(self) -> Tensor:
-        """Draw the next character of every live row: → ids (n,)."""
+    def sample(self) -> np.ndarray:
+        """Draw the next character of every live row: → ids (n,) int64."""
         n = self.size
-        rows = torch.arange(n)
-        uniform = self.uniforms[rows, self.uniform_pos[:n]]  # (n,)
-        self.uniform_pos[:n] += 1
-        for row in (self.uniform_pos[:n] == UNIFORM_BLOCK).nonzero().flatten().tolist():
+        sample_rows(
+            n,
+            self.state.logits(n),
+            self.temperature,
+            self.top_k,
+            self.top_p,
+            self.uniforms,
+            self.uniform_pos,
+            self._ids,
+        )
+        for row in np.flatnonzero(self.uniform_pos[:n] == UNIFORM_BLOCK).tolist():
             self.uniforms[row] = self.streams[row].block()
             self.uniform_pos[row] = 0
-        return sample_rows(
-            self.logits[:n].cpu(), self.temperature[:n], self.top_k[:n], self.top_p[:n], uniform
-        )
+        return self._ids[:n].copy()
 
-    @torch.no_grad()
-    def advance(self, ids: Tensor) -> None:
+    def advance(self, ids: np.ndarray) -> None:
         """Feed each live row its sampled character: ids (n,) → new logits."""
-        n = self.size
-        padded = max(n, MIN_ROWS)
-        step_ids = torch.zeros(padded, dtype=torch.long)
-        step_ids[:n] = ids
-        hidden = tuple(buffer[:, :padded] for buffer in self.hidden)
-        logits, _ = self.stepper.step(step_ids.to(self.logits.device), hidden)
-        self.logits[:padded] = logits
+        self.state.advance(self.size, ids)
 
 
 def generate(
@@ -155,8 +160,8 @@ def generate(
 ) -> Iterator[str]:
     """Yield `config.length` characters continuing `prime`, one at a time.
 
-    The prime goes through the network in one forward pass; then each sampled character is
-    fed back with the carried hidden state. This is the service's batched decoder with a
+    The prime runs through the network first; then each sampled character is fed back with
+    the carried hidden state. This is the service's batched decoder with a
     single row, so the same seed gives the same text here and from the service.
     """
     decoder = BatchDecoder(model, capacity=1)
