@@ -276,8 +276,7 @@ class DecodingEngine:
         self._rows.extend(live)
 
     def _step(self) -> None:
-        ids = self.decoder.sample()  # (n,)
-        self.decoder.advance(ids)
+        ids = self.decoder.step()  # (n,)
         chars = self.vocab.chars
         leaving = []
         for row, (job, char_id) in enumerate(zip(self._rows, ids.tolist(), strict=True)):

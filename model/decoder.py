@@ -21,7 +21,7 @@ import numpy as np
 
 from model.kernels import sample_rows
 from model.network import CharRNN
-from model.row_state import KernelRows, RowState, TorchRows, kernel_supported
+from model.row_state import KernelRows, RowState, Sampling, TorchRows, kernel_supported
 from model.sampling import SamplingConfig, prime_ids, resolve_seed
 from model.vocab import Vocabulary
 
@@ -135,20 +135,29 @@ class BatchDecoder:
     def sample(self) -> np.ndarray:
         """Draw the next character of every live row: → ids (n,) int64."""
         n = self.size
-        sample_rows(
-            n,
-            self.state.logits(n),
-            self.temperature,
-            self.top_k,
-            self.top_p,
-            self.uniforms,
-            self.uniform_pos,
-            self._ids,
-        )
-        for row in np.flatnonzero(self.uniform_pos[:n] == UNIFORM_BLOCK).tolist():
+        sample_rows(n, self.state.logits(n), *self._sampling(), self._ids)
+        self._refill_uniforms()
+        return self._ids[:n].copy()
+
+    def step(self) -> np.ndarray:
+        """sample() then advance() with the characters drawn: → ids (n,). On the CPU kernel
+        both run in one compiled call per thread."""
+        if not isinstance(self.state, KernelRows):
+            ids = self.sample()
+            self.advance(ids)
+            return ids
+        n = self.size
+        self.state.sample_and_advance(n, self._sampling(), self._ids)
+        self._refill_uniforms()
+        return self._ids[:n].copy()
+
+    def _sampling(self) -> Sampling:
+        return self.temperature, self.top_k, self.top_p, self.uniforms, self.uniform_pos
+
+    def _refill_uniforms(self) -> None:
+        for row in np.flatnonzero(self.uniform_pos[: self.size] == UNIFORM_BLOCK).tolist():
             self.uniforms[row] = self.streams[row].block()
             self.uniform_pos[row] = 0
-        return self._ids[:n].copy()
 
     def advance(self, ids: np.ndarray) -> None:
         """Feed each live row its sampled character: ids (n,) → new logits."""

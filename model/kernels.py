@@ -178,6 +178,22 @@ def filtered_probs(logits, temperature, top_k, top_p):
     return probs, order
 
 
+@njit(inline="always", **JIT)
+def _sample_row(r, logits, temperature, top_k, top_p, uniforms, positions):
+    probs, order = filtered_probs(logits[r], temperature[r], top_k[r], top_p[r])
+    target = uniforms[r, positions[r]]
+    positions[r] += 1
+    cumulative = 0.0
+    picked = 0
+    for i in range(probs.shape[0]):
+        cumulative += probs[i]
+        if probs[i] > 0.0:
+            picked = i
+        if cumulative > target:
+            break
+    return order[picked]
+
+
 @njit(**JIT)
 def sample_rows(count, logits, temperature, top_k, top_p, uniforms, positions, out):
     """Draw one character for each of rows [0, count) by inverse-CDF sampling.
@@ -188,15 +204,51 @@ def sample_rows(count, logits, temperature, top_k, top_p, uniforms, positions, o
     uniforms, so each row can bring its own random stream.
     """
     for r in range(count):
-        probs, order = filtered_probs(logits[r], temperature[r], top_k[r], top_p[r])
-        target = uniforms[r, positions[r]]
-        positions[r] += 1
-        cumulative = 0.0
-        picked = 0
-        for i in range(probs.shape[0]):
-            cumulative += probs[i]
-            if probs[i] > 0.0:
-                picked = i
-            if cumulative > target:
-                break
-        out[r] = order[picked]
+        out[r] = _sample_row(r, logits, temperature, top_k, top_p, uniforms, positions)
+
+
+@njit(**JIT)
+def sample_and_step(
+    rows,
+    temperature,
+    top_k,
+    top_p,
+    uniforms,
+    positions,
+    out,
+    input_table,
+    recurrent0,
+    upper_input,
+    upper_recurrent,
+    upper_bias,
+    head_weight,
+    head_bias,
+    h,
+    c,
+    gates,
+    logits,
+    spare,
+):
+    """sample_rows, then lstm_rows_step with the characters drawn, for the given rows
+    (m,) int64: one call per decoding step (and per thread)."""
+    ids = np.empty(rows.shape[0], dtype=np.int64)
+    for p in range(rows.shape[0]):
+        r = rows[p]
+        ids[p] = _sample_row(r, logits, temperature, top_k, top_p, uniforms, positions)
+        out[r] = ids[p]
+    lstm_rows_step(
+        rows,
+        ids,
+        input_table,
+        recurrent0,
+        upper_input,
+        upper_recurrent,
+        upper_bias,
+        head_weight,
+        head_bias,
+        h,
+        c,
+        gates,
+        logits,
+        spare,
+    )

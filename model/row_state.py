@@ -15,18 +15,22 @@ Rows are addressed by index; the caller (model/decoder.py) keeps live rows dense
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import numpy as np
 import torch
 
-from model.kernels import lstm_rows_step
+from model.kernels import lstm_rows_step, sample_and_step
 from model.network import CharRNN
 from model.stepper import Stepper
 
 MIN_ROWS = 8
 ROWS_PER_THREAD = 8  # fewer rows than this per thread: not worth a hand-off
+# Each row's sampling settings and random numbers, as model/kernels.py's sample_rows takes
+# them: temperature, top_k, top_p, uniforms, positions.
+Sampling = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 class RowState(Protocol):
@@ -100,11 +104,12 @@ class KernelRows:
         # Compile now (or load the compiled code from numba's cache), not on a first request.
         self._step(self._all_rows[:0], self._all_rows[:0])
 
-    def _step(self, rows: np.ndarray, ids: np.ndarray) -> None:
+    def _in_parts(self, rows: np.ndarray, work: Callable[[np.ndarray, int], None]) -> None:
+        """work(rows of a part, its scratch row) for each part of `rows`, the parts at once."""
         count = len(rows)
         parts = min(self.threads, count // ROWS_PER_THREAD)
         if parts < 2:
-            self._run(rows, ids, self.gates.shape[0] - 1)
+            work(rows, self.gates.shape[0] - 1)
             return
         # Even part sizes, so that only the last part has an unpaired row.
         bounds = [2 * (count * part // (2 * parts)) for part in range(parts)] + [count]
@@ -112,17 +117,30 @@ class KernelRows:
         assert self._pool is not None
         first, *others = itertools.pairwise(bounds)
         helpers = [
-            self._pool.submit(self._run, rows[start:end], ids[start:end], spare + part)
+            self._pool.submit(work, rows[start:end], spare + part)
             for part, (start, end) in enumerate(others, start=1)
         ]
-        self._run(rows[: first[1]], ids[: first[1]], spare)
+        work(rows[: first[1]], spare)
         for helper in helpers:
             helper.result()
 
-    def _run(self, rows: np.ndarray, ids: np.ndarray, spare: int) -> None:
-        lstm_rows_step(
-            rows,
-            ids,
+    def _step(self, rows: np.ndarray, ids: np.ndarray) -> None:
+        def work(positions: np.ndarray, spare: int) -> None:  # a part of rows, and their ids
+            lstm_rows_step(rows[positions], ids[positions], *self._network(), spare)
+
+        self._in_parts(np.arange(len(rows)), work)
+
+    def sample_and_advance(self, count: int, sampling: Sampling, out: np.ndarray) -> None:
+        """Draw each of rows [0, count)'s next character into out (R,) with the compiled
+        sampler (model/kernels.py: sample_rows), then advance the rows with them."""
+
+        def work(rows: np.ndarray, spare: int) -> None:
+            sample_and_step(rows, *sampling, out, *self._network(), spare)
+
+        self._in_parts(self._all_rows[:count], work)
+
+    def _network(self) -> tuple[np.ndarray, ...]:
+        return (
             self.input_table,
             self.recurrent0,
             self.upper_input,
@@ -134,7 +152,6 @@ class KernelRows:
             self.c,
             self.gates,
             self._logits,
-            spare,
         )
 
     def prime(self, rows: list[int], primes: list[list[int]]) -> None:

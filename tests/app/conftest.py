@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import torch
 import uvicorn
@@ -167,14 +168,14 @@ def scripted_decoder(
     def script(text: str, fail: bool = False) -> None:
         ids = iter(vocab.encode(text))
 
-        def sample() -> torch.Tensor:
+        def step() -> np.ndarray:
             try:
-                return torch.tensor([next(ids)])
+                return np.array([next(ids)])
             except StopIteration:
                 if fail:
                     raise RuntimeError("out of memory") from None
-                return torch.tensor([0])
+                return np.array([0])
 
-        monkeypatch.setattr(generator.engine.decoder, "sample", sample)
+        monkeypatch.setattr(generator.engine.decoder, "step", step)
 
     return script

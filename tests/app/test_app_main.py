@@ -9,8 +9,8 @@ from pathlib import Path
 
 import anyio
 import httpx
+import numpy as np
 import pytest
-import torch
 from conftest import Event, parse_sse
 from fastapi import FastAPI
 
@@ -102,13 +102,13 @@ async def test_shutdown_stops_running_generations(settings: Settings) -> None:
 
 def slow_engine(generator: TextGenerator, monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
     """Make each decoding step take `seconds`, so a stream outlasts the shutdown's start."""
-    sample = generator.engine.decoder.sample
+    step = generator.engine.decoder.step
 
-    def slow_sample() -> torch.Tensor:
+    def slow_step() -> np.ndarray:
         time.sleep(seconds)
-        return sample()
+        return step()
 
-    monkeypatch.setattr(generator.engine.decoder, "sample", slow_sample)
+    monkeypatch.setattr(generator.engine.decoder, "step", slow_step)
 
 
 async def stream_during_shutdown(

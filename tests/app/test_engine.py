@@ -116,16 +116,16 @@ def test_more_requests_than_rows_all_complete(model):
 
 
 def test_a_failing_step_fails_its_jobs_and_the_engine_carries_on(engine, monkeypatch):
-    original = engine.decoder.advance
+    original = engine.decoder.step
     calls = {"n": 0}
 
-    def flaky(ids):
+    def flaky():
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("boom")
-        return original(ids)
+        return original()
 
-    monkeypatch.setattr(engine.decoder, "advance", flaky)
+    monkeypatch.setattr(engine.decoder, "step", flaky)
     failed = engine.submit([1], SamplingConfig(length=50), 1)
     with pytest.raises(RuntimeError, match="boom"):
         failed.wait_text(10)
@@ -145,3 +145,31 @@ def test_stop_fails_waiting_jobs(model):
     with pytest.raises(RuntimeError, match="shutting down"):
         job.wait_text(1)
     assert engine.jobs_failed == 1
+
+
+def test_chunk_interval_stretches_with_the_number_of_streams(model):
+    config = EngineConfig(max_active=50, min_chunk_interval=0.02, max_chunks_per_second=100)
+    engine = DecodingEngine(model, VOCAB, config)
+    assert engine.chunk_interval() == 0.02
+    engine.start()
+    try:
+        jobs = [engine.submit([1], SamplingConfig(length=10**6), n) for n in range(50)]
+        wait_until(lambda: engine.active == 50)
+        assert engine.chunk_interval() == pytest.approx(0.5)  # 50 streams / 100 chunks/s
+    finally:
+        for job in jobs:
+            job.cancel()
+        engine.stop()
+    unbounded = DecodingEngine(model, VOCAB, EngineConfig(max_chunks_per_second=0))
+    assert unbounded.chunk_interval() == EngineConfig().min_chunk_interval
+
+
+def test_keepalive_gives_empty_chunks_while_nothing_comes(model):
+    engine = DecodingEngine(model, VOCAB, EngineConfig())  # not started: no chars ever
+    job = engine.submit([1], SamplingConfig(length=5), 1)
+
+    async def first_two():
+        chunks = job.chunks(keepalive=0.02)
+        return [await anext(chunks), await anext(chunks)]
+
+    assert asyncio.run(first_two()) == ["", ""]

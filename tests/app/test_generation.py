@@ -74,9 +74,10 @@ async def test_stream_coalesces_ready_chars(generator: TextGenerator) -> None:
     generation = generator.stream(job(80))
     chunks = [await generation.__anext__()]
     generation.join()  # a slow consumer: everything produced meanwhile comes as one chunk
-    chunks += [chunk async for chunk in generation]
-    assert "".join(chunks) == expected
-    assert len(chunks) == 2
+    rest = [chunk async for chunk in generation]
+    assert "".join(chunks + rest) == expected
+    # (rest is empty when the engine made all 80 chars before the first read)
+    assert len(rest) <= 1
     assert generation.stats is not None and generation.stats.chars == 80
 
 

@@ -116,3 +116,17 @@ def test_backend_choice(model):
         BatchDecoder(model, capacity=1, backend="fast")
     with pytest.raises(ValueError, match="float32 LSTM"):
         BatchDecoder(gru, capacity=1, backend="kernel")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_step_is_sample_then_advance(model, backend, threads):
+    configs = [SamplingConfig(top_k=3), SamplingConfig(temperature=0.7, top_p=0.8)]
+    requests = [Request([n % 23, 2], configs[n % 2], seed=n) for n in range(20)]
+    fused = BatchDecoder(model, capacity=20, backend=backend, threads=threads)
+    apart = BatchDecoder(model, capacity=20, backend=backend)
+    fused.add_many(requests)
+    apart.add_many(requests)
+    for _ in range(70):  # past a block of uniform numbers (64)
+        ids = apart.sample()
+        apart.advance(ids)
+        assert np.array_equal(fused.step(), ids)
