@@ -8,11 +8,11 @@ code paths (and summation orders) for different M, so a stream's numbers would d
 how many others share its step, and a seed would not give the same text alone and in a
 crowd. MKL is row-invariant only from M = 8, which costs 8 rows of work for one stream.
 Here every output element is the same chain of fused multiply-adds, in the same order,
-whatever the batch: rows go through in pairs (the pair shares each weight load; a lone row
-is paired with a spare scratch row), and the k loop is unrolled by 4 with a fixed
-association. Plain floating-point semantics (only FMA contraction is allowed, no
-reassociation) make that hold by construction; tests/model/test_kernels.py checks it
-bit for bit.
+whatever the batch: rows go through in pairs (the pair shares each weight load; the last
+row of an odd count goes alone through a loop with the same expression), and the k loop is
+unrolled by 4 with a fixed association. Plain floating-point semantics (only FMA
+contraction is allowed, no reassociation) make that hold by construction;
+tests/model/test_kernels.py checks it bit for bit.
 """
 
 from __future__ import annotations
@@ -73,6 +73,31 @@ def _accumulate_pair(x, weight, out, a, b):
 
 
 @njit(inline="always", **JIT)
+def _accumulate_one(x, weight, out, a):
+    """out[a] += x[a] · weight: the same expression per element as _accumulate_pair, so a
+    row's numbers are the same whether it has a partner or not."""
+    inner, width = weight.shape
+    unrolled = inner - inner % 4
+    for k in range(0, unrolled, 4):
+        xa0, xa1, xa2, xa3 = x[a, k], x[a, k + 1], x[a, k + 2], x[a, k + 3]
+        for j in range(width):
+            w0, w1, w2, w3 = weight[k, j], weight[k + 1, j], weight[k + 2, j], weight[k + 3, j]
+            out[a, j] += ((xa0 * w0 + xa1 * w1) + xa2 * w2) + xa3 * w3
+    for k in range(unrolled, inner):
+        xa = x[a, k]
+        for j in range(width):
+            out[a, j] += xa * weight[k, j]
+
+
+@njit(inline="always", **JIT)
+def _accumulate(x, weight, out, a, b, paired):
+    if paired:
+        _accumulate_pair(x, weight, out, a, b)
+    else:
+        _accumulate_one(x, weight, out, a)
+
+
+@njit(inline="always", **JIT)
 def _tanh(x):
     x = min(max(x, -TANH_CLAMP), TANH_CLAMP)
     x2 = x * x
@@ -105,7 +130,6 @@ def lstm_rows_step(
     c,
     gates,
     logits,
-    spare,
 ):
     """Advance the given rows by one character each, in place.
 
@@ -113,24 +137,26 @@ def lstm_rows_step(
     input_table (V, 4H): W_ih0ᵀ + both layer-0 biases (the one-hot product as a lookup);
     recurrent0 (H, 4H): W_hh0ᵀ; upper_input, upper_recurrent (L-1, H, 4H): W_ihᵀ and
     W_hhᵀ of the layers above; upper_bias (L-1, 4H); head_weight (H, V); head_bias (V).
-    h, c (L, R, H), gates (R, 4H), logits (R, V): state rows; row `spare` is scratch, the
-    partner of an unpaired row. Gate order i, f, g, o as in torch.nn.LSTM.
+    h, c (L, R, H), gates (R, 4H), logits (R, V): the state rows. Gate order i, f, g, o as in
+    torch.nn.LSTM.
     """
     layers, hidden = h.shape[0], h.shape[2]
     count = rows.shape[0]
     for layer in range(layers):
         for p in range(0, count, 2):
+            paired = p + 1 < count
             a = rows[p]
-            b = rows[p + 1] if p + 1 < count else spare
+            b = rows[p + 1] if paired else a
             if layer == 0:
                 gates[a, :] = input_table[ids[p]]
-                gates[b, :] = input_table[ids[p + 1] if p + 1 < count else 0]
-                _accumulate_pair(h[0], recurrent0, gates, a, b)
+                if paired:
+                    gates[b, :] = input_table[ids[p + 1]]
+                _accumulate(h[0], recurrent0, gates, a, b, paired)
             else:
                 gates[a, :] = upper_bias[layer - 1]
                 gates[b, :] = upper_bias[layer - 1]
-                _accumulate_pair(h[layer - 1], upper_input[layer - 1], gates, a, b)
-                _accumulate_pair(h[layer], upper_recurrent[layer - 1], gates, a, b)
+                _accumulate(h[layer - 1], upper_input[layer - 1], gates, a, b, paired)
+                _accumulate(h[layer], upper_recurrent[layer - 1], gates, a, b, paired)
         for p in range(count):
             r = rows[p]
             for j in range(hidden):
@@ -143,11 +169,12 @@ def lstm_rows_step(
                 h[layer, r, j] = out_gate * _tanh(cell)
     top = h[layers - 1]
     for p in range(0, count, 2):
+        paired = p + 1 < count
         a = rows[p]
-        b = rows[p + 1] if p + 1 < count else spare
+        b = rows[p + 1] if paired else a
         logits[a, :] = head_bias
         logits[b, :] = head_bias
-        _accumulate_pair(top, head_weight, logits, a, b)
+        _accumulate(top, head_weight, logits, a, b, paired)
 
 
 @njit(**JIT)
@@ -227,7 +254,6 @@ def sample_and_step(
     c,
     gates,
     logits,
-    spare,
 ):
     """sample_rows, then lstm_rows_step with the characters drawn, for the given rows
     (m,) int64: one call per decoding step (and per thread)."""
@@ -250,5 +276,4 @@ def sample_and_step(
         c,
         gates,
         logits,
-        spare,
     )

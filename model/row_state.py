@@ -90,9 +90,7 @@ class KernelRows:
                 self.upper_bias[index] = array(b_ih + b_hh)
             self.head_weight = array(model.head.weight.t())  # (H, V)
             self.head_bias = array(model.head.bias)
-        # + a scratch row per thread, the partner of an unpaired row (only the last part
-        # can have an odd count, but each part owning one keeps that simple to see).
-        rows = capacity + threads
+        rows = capacity
         self.h = np.zeros((layers, rows, hidden), np.float32)
         self.c = np.zeros_like(self.h)
         self.gates = np.zeros((rows, gate_width), np.float32)
@@ -104,29 +102,24 @@ class KernelRows:
         # Compile now (or load the compiled code from numba's cache), not on a first request.
         self._step(self._all_rows[:0], self._all_rows[:0])
 
-    def _in_parts(self, rows: np.ndarray, work: Callable[[np.ndarray, int], None]) -> None:
-        """work(rows of a part, its scratch row) for each part of `rows`, the parts at once."""
+    def _in_parts(self, rows: np.ndarray, work: Callable[[np.ndarray], None]) -> None:
+        """work(a part of rows) for each part of `rows`, the parts at once."""
         count = len(rows)
         parts = min(self.threads, count // ROWS_PER_THREAD)
         if parts < 2:
-            work(rows, self.gates.shape[0] - 1)
+            work(rows)
             return
-        # Even part sizes, so that only the last part has an unpaired row.
-        bounds = [2 * (count * part // (2 * parts)) for part in range(parts)] + [count]
-        spare = self.gates.shape[0] - parts
+        bounds = [count * part // parts for part in range(parts + 1)]
         assert self._pool is not None
         first, *others = itertools.pairwise(bounds)
-        helpers = [
-            self._pool.submit(work, rows[start:end], spare + part)
-            for part, (start, end) in enumerate(others, start=1)
-        ]
-        work(rows[: first[1]], spare)
+        helpers = [self._pool.submit(work, rows[start:end]) for start, end in others]
+        work(rows[first[0] : first[1]])
         for helper in helpers:
             helper.result()
 
     def _step(self, rows: np.ndarray, ids: np.ndarray) -> None:
-        def work(positions: np.ndarray, spare: int) -> None:  # a part of rows, and their ids
-            lstm_rows_step(rows[positions], ids[positions], *self._network(), spare)
+        def work(positions: np.ndarray) -> None:  # a part of rows, and their ids
+            lstm_rows_step(rows[positions], ids[positions], *self._network())
 
         self._in_parts(np.arange(len(rows)), work)
 
@@ -134,8 +127,8 @@ class KernelRows:
         """Draw each of rows [0, count)'s next character into out (R,) with the compiled
         sampler (model/kernels.py: sample_rows), then advance the rows with them."""
 
-        def work(rows: np.ndarray, spare: int) -> None:
-            sample_and_step(rows, *sampling, out, *self._network(), spare)
+        def work(rows: np.ndarray) -> None:
+            sample_and_step(rows, *sampling, out, *self._network())
 
         self._in_parts(self._all_rows[:count], work)
 
