@@ -4,7 +4,7 @@
 
 Trains the default model (2×256 LSTM, dropout 0.5) with each recipe for the same
 wall-clock budget on tiny Shakespeare (first 90 % train, last 10 % validation) and prints
-the best validation loss of each; writes benchmarks/results/recipe_sweep.md. Run on a
+the best validation loss of each; writes benchmarks/results/<--name>.md. Run on a
 quiet machine: every recipe gets the same minutes, so its speed counts as much as its
 loss per step.
 """
@@ -38,6 +38,10 @@ RECIPES: dict[str, dict] = {
     "lr2e-3": dict(lr=2e-3),
     "lr6e-3": dict(lr=6e-3),
     "b32-lr5e-3": dict(batch_size=32, lr=5e-3),
+    "b32-lr6e-3": dict(batch_size=32, lr=6e-3),
+    "b32-t64": dict(batch_size=32, seq_len=64),
+    "lr1e-2": dict(lr=1e-2),
+    "b32-lr8e-3": dict(batch_size=32, lr=8e-3),
 }
 
 
@@ -50,6 +54,7 @@ def main() -> None:
     parser.add_argument("--recipes", default=",".join(RECIPES))
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
+    parser.add_argument("--name", default="recipe_sweep", help="result file name")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as data_dir:
@@ -67,7 +72,7 @@ def main() -> None:
     ]
     lines += [f"| {n} | {r or '—'} | {v:.4f} |" for n, r, v in rows]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "recipe_sweep.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     best = min(rows, key=lambda row: row[2])
     print(f"best recipe within {args.minutes:g} min: {best[0]} ({best[2]:.4f} nats/char)")

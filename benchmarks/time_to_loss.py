@@ -14,6 +14,7 @@ as benchmarks/results/time_to_loss.md; the last line printed is the key figure.
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from naive_seed import SeedTrainer, get_batches
 
-from training.config import TrainConfig
+from training.config import TrainConfig, preset
 from training.data import PrepareConfig, load_prepared, prepare
 from training.loop import Trainer, TrainHooks
 from training.run_dir import EvalRecord
@@ -32,7 +33,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 Curve = list[tuple[float, float]]  # (elapsed seconds, validation nats/char)
 
 
-def train_ours(data_dir: Path, minutes: float, eval_every: int, **recipe) -> Curve:
+def train_ours(
+    data_dir: Path, minutes: float, eval_every: int, keep: Path | None = None, **recipe
+) -> Curve:
     curve: Curve = []
 
     def record(evaluation: EvalRecord) -> None:
@@ -52,9 +55,12 @@ def train_ours(data_dir: Path, minutes: float, eval_every: int, **recipe) -> Cur
             sample_length=0,
             **recipe,
         )
-        Trainer(
+        trainer = Trainer(
             config, load_prepared(data_dir), progress=False, hooks=TrainHooks(on_evaluation=record)
-        ).run()
+        )
+        trainer.run()
+        if keep is not None:  # the best checkpoint (lowest validation loss) of the run
+            shutil.copyfile(trainer.run_dir.best, keep)
     return curve
 
 
@@ -120,6 +126,10 @@ def main() -> None:
     parser.add_argument("--baseline-eval-every", type=int, default=100, help="steps")
     parser.add_argument("--name", default="time_to_loss", help="result file name")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (both runs)")
+    parser.add_argument(
+        "--preset", default="default", help="our run's preset (training.config.PRESETS)"
+    )
+    parser.add_argument("--keep", type=Path, help="copy our run's best checkpoint here")
     args = parser.parse_args()
     curves: dict[str, Curve] = {}
     if args.threads:
@@ -129,8 +139,13 @@ def main() -> None:
         for run in args.runs.split(","):
             print(f"{run}: {args.minutes:g} minutes", flush=True)
             if run == "ours":
-                curves["ours (default recipe)"] = train_ours(
-                    Path(data_dir), args.minutes, args.ours_eval_every, threads=args.threads
+                curves[f"ours ({args.preset} preset)"] = train_ours(
+                    Path(data_dir),
+                    args.minutes,
+                    args.ours_eval_every,
+                    keep=args.keep,
+                    threads=args.threads,
+                    **preset(args.preset),
                 )
             else:
                 curves["seed baseline"] = train_baseline(

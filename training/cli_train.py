@@ -20,7 +20,14 @@ from typing import Any
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.config import CELLS
 from model.device import resolve_device
-from training.config import LSTM_IMPL_CHOICES, OPTIMIZERS, SCHEDULES, TrainConfig
+from training.config import (
+    LSTM_IMPL_CHOICES,
+    OPTIMIZERS,
+    PRESETS,
+    SCHEDULES,
+    TrainConfig,
+    preset,
+)
 from training.data import load_prepared
 from training.distributed import DEFAULT_TIMEOUT_SECONDS, DistributedError, process_group
 from training.evaluate import bits_per_char
@@ -97,6 +104,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="continue a run exactly where it stopped: its directory or a last.safetensors; "
         "options given change the saved config (not the model or batch shape)",
     )
+    parser.add_argument(
+        "--preset",
+        choices=tuple(PRESETS),
+        help="start from a named set of settings (flags given too override it): "
+        + "; ".join(f"{name}: {values or 'the defaults'}" for name, values in PRESETS.items()),
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--dist-timeout",
@@ -160,7 +173,10 @@ def _config(
     if args.resume is None:
         if data_dir is None or args.out is None:
             raise ValueError("train needs DATA_DIR and --out RUN_DIR (or --resume RUN_DIR)")
-        return TrainConfig(data_dir, args.out.resolve(), **given), None
+        settings = {**preset(args.preset or "default"), **given}
+        return TrainConfig(data_dir, args.out.resolve(), **settings), None
+    if args.preset is not None:
+        raise ValueError("--preset starts a new run; a resumed run keeps its saved settings")
     path = resume_path(args.resume)
     checkpoint = load_checkpoint(path)
     changes = {**given, "out_dir": (args.out or path.parent).resolve()}

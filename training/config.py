@@ -28,6 +28,21 @@ FIXED_ON_RESUME: tuple[str, ...] = (
 )
 
 
+# Named starting points (`train --preset NAME`); flags given next to a preset override it.
+# "default" is TrainConfig's own defaults: the 2×256 model, dropout 0.5, the tuned recipe.
+# "quality": a larger network for a longer run (benchmarks/results/time_to_loss_quality.md).
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "quality": {"hidden_size": 512, "dropout": 0.25, "batch_size": 32, "lr": 3e-3},
+}
+
+
+def preset(name: str) -> dict[str, Any]:
+    """The TrainConfig fields a preset sets; ValueError naming the choices otherwise."""
+    _choice(name, tuple(PRESETS), "preset")
+    return dict(PRESETS[name])
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run. Training stops at whichever of max_epochs, max_steps and

@@ -118,6 +118,8 @@ def test_sample_streams_repeatable_text(trained, capsys):
         (["train", "--resume", "{run}/best.safetensors"], ["no training state"]),
         (["train", "--resume", "{run}", "--seq-len", "8"], ["cannot change seq_len"]),
         (["train", "--resume", "{tmp}/nothing"], ["checkpoint not found"]),
+        (["train", "--resume", "{run}", "--preset", "quality"], ["--preset starts a new run"]),
+        (["train", "{data}", "--preset", "huge"], ["invalid choice: 'huge'"]),
         (["train", "{data}", "--out", "{tmp}/r", "--lr", "fast"], ["invalid float value"]),
         (["train", "{data}", "--bogus"], ["unrecognized arguments: --bogus"]),
         (["eval", "{run}/best.safetensors", "{tmp}/missing.txt"], ["missing.txt: no such file"]),
@@ -139,3 +141,13 @@ def test_help_exits_0(capsys):
     assert main(["train", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--max-minutes" in out and "(default: 64)" in out and "--resume RUN_DIR" in out
+
+
+def test_a_preset_sets_defaults_that_flags_override(trained, capsys):
+    run = trained / "preset-run"
+    argv = ["train", str(trained / "data"), "--out", str(run), "--preset", "quality"]
+    argv += ["--hidden-size", "8", "--batch-size", "4", "--seq-len", "16", "--max-steps", "1"]
+    assert main([*argv, "--sample-length", "0", "--no-progress"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert (config["dropout"], config["lr"]) == (0.25, 0.003)  # from the preset
+    assert (config["hidden_size"], config["batch_size"]) == (8, 4)  # from the flags

@@ -1,9 +1,10 @@
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from training.config import TrainConfig
+from training.config import TrainConfig, preset
 
 
 def _config(**changes):
@@ -49,3 +50,12 @@ def test_unknown_fields_in_json_are_refused():
     data = _config().to_json() | {"learning_rate": 1.0}
     with pytest.raises(ValueError, match="unknown training config fields: learning_rate"):
         TrainConfig.from_json(data)
+
+
+def test_presets():
+    assert preset("default") == {}
+    quality = preset("quality")
+    assert quality["hidden_size"] > TrainConfig.hidden_size
+    assert set(quality) <= {f.name for f in fields(TrainConfig)}
+    with pytest.raises(ValueError, match="preset"):
+        preset("huge")
