@@ -42,6 +42,8 @@ RECIPES: dict[str, dict] = {
     "b32-t64": dict(batch_size=32, seq_len=64),
     "lr1e-2": dict(lr=1e-2),
     "b32-lr8e-3": dict(batch_size=32, lr=8e-3),
+    "t32": dict(seq_len=32),
+    "b128-t32": dict(batch_size=128, seq_len=32),
 }
 
 

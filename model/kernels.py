@@ -116,30 +116,19 @@ def _sigmoid(x):
 
 
 @njit(**JIT)
-def lstm_rows_step(
-    rows,
-    ids,
-    input_table,
-    recurrent0,
-    upper_input,
-    upper_recurrent,
-    upper_bias,
-    head_weight,
-    head_bias,
-    h,
-    c,
-    gates,
-    logits,
-):
+def lstm_rows_step(rows, ids, weights, h, c, gates, logits):
     """Advance the given rows by one character each, in place.
 
     rows (m,) int64: state rows to advance; ids (m,) int64: their input characters.
-    input_table (V, 4H): W_ih0ᵀ + both layer-0 biases (the one-hot product as a lookup);
-    recurrent0 (H, 4H): W_hh0ᵀ; upper_input, upper_recurrent (L-1, H, 4H): W_ihᵀ and
-    W_hhᵀ of the layers above; upper_bias (L-1, 4H); head_weight (H, V); head_bias (V).
+    weights: (input_table (V, 4H): W_ih0ᵀ + both layer-0 biases, the one-hot product as a
+    lookup; recurrent0 (H, 4H): W_hh0ᵀ; upper_input, upper_recurrent (L-1, H, 4H): W_ihᵀ
+    and W_hhᵀ of the layers above; upper_bias (L-1, 4H); head_weight (H, V); head_bias
+    (V)).
     h, c (L, R, H), gates (R, 4H), logits (R, V): the state rows. Gate order i, f, g, o as in
     torch.nn.LSTM.
     """
+    input_table, recurrent0, upper_input, upper_recurrent, upper_bias = weights[:5]
+    head_weight, head_bias = weights[5:]
     layers, hidden = h.shape[0], h.shape[2]
     count = rows.shape[0]
     for layer in range(layers):
@@ -236,24 +225,7 @@ def sample_rows(count, logits, temperature, top_k, top_p, uniforms, positions, o
 
 @njit(**JIT)
 def sample_and_step(
-    rows,
-    temperature,
-    top_k,
-    top_p,
-    uniforms,
-    positions,
-    out,
-    input_table,
-    recurrent0,
-    upper_input,
-    upper_recurrent,
-    upper_bias,
-    head_weight,
-    head_bias,
-    h,
-    c,
-    gates,
-    logits,
+    rows, temperature, top_k, top_p, uniforms, positions, out, weights, h, c, gates, logits
 ):
     """sample_rows, then lstm_rows_step with the characters drawn, for the given rows
     (m,) int64: one call per decoding step (and per thread)."""
@@ -262,18 +234,4 @@ def sample_and_step(
         r = rows[p]
         ids[p] = _sample_row(r, logits, temperature, top_k, top_p, uniforms, positions)
         out[r] = ids[p]
-    lstm_rows_step(
-        rows,
-        ids,
-        input_table,
-        recurrent0,
-        upper_input,
-        upper_recurrent,
-        upper_bias,
-        head_weight,
-        head_bias,
-        h,
-        c,
-        gates,
-        logits,
-    )
+    lstm_rows_step(rows, ids, weights, h, c, gates, logits)

@@ -132,8 +132,11 @@ class KernelRows:
 
         self._in_parts(self._all_rows[:count], work)
 
-    def _network(self) -> tuple[np.ndarray, ...]:
-        return (
+    def _network(
+        self,
+    ) -> tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The kernel's arguments after the rows: the weights, then the state buffers."""
+        weights = (
             self.input_table,
             self.recurrent0,
             self.upper_input,
@@ -141,11 +144,8 @@ class KernelRows:
             self.upper_bias,
             self.head_weight,
             self.head_bias,
-            self.h,
-            self.c,
-            self.gates,
-            self._logits,
         )
+        return weights, self.h, self.c, self.gates, self._logits
 
     def prime(self, rows: list[int], primes: list[list[int]]) -> None:
         # All primes advance together, one character per step; a row drops out when its

@@ -150,4 +150,4 @@ def test_a_preset_sets_defaults_that_flags_override(trained, capsys):
     assert main([*argv, "--sample-length", "0", "--no-progress"]) == 0
     config = json.loads((run / "config.json").read_text())
     assert (config["dropout"], config["lr"]) == (0.25, 0.003)  # from the preset
-    assert (config["hidden_size"], config["batch_size"]) == (8, 4)  # from the flags
+    assert (config["hidden_size"], config["seq_len"]) == (8, 16)  # from the flags
