@@ -14,7 +14,6 @@ as benchmarks/results/time_to_loss.md; the last line printed is the key figure.
 from __future__ import annotations
 
 import argparse
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -33,9 +32,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 Curve = list[tuple[float, float]]  # (elapsed seconds, validation nats/char)
 
 
-def train_ours(
-    data_dir: Path, minutes: float, eval_every: int, keep: Path | None = None, **recipe
-) -> Curve:
+def train_ours(data_dir: Path, minutes: float, eval_every: int, **recipe) -> Curve:
     curve: Curve = []
 
     def record(evaluation: EvalRecord) -> None:
@@ -55,12 +52,9 @@ def train_ours(
             sample_length=0,
             **recipe,
         )
-        trainer = Trainer(
+        Trainer(
             config, load_prepared(data_dir), progress=False, hooks=TrainHooks(on_evaluation=record)
-        )
-        trainer.run()
-        if keep is not None:  # the best checkpoint (lowest validation loss) of the run
-            shutil.copyfile(trainer.run_dir.best, keep)
+        ).run()
     return curve
 
 
@@ -129,7 +123,6 @@ def main() -> None:
     parser.add_argument(
         "--preset", default="default", help="our run's preset (training.config.PRESETS)"
     )
-    parser.add_argument("--keep", type=Path, help="copy our run's best checkpoint here")
     args = parser.parse_args()
     curves: dict[str, Curve] = {}
     if args.threads:
@@ -143,7 +136,6 @@ def main() -> None:
                     Path(data_dir),
                     args.minutes,
                     args.ours_eval_every,
-                    keep=args.keep,
                     threads=args.threads,
                     **preset(args.preset),
                 )

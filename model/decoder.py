@@ -142,10 +142,6 @@ class BatchDecoder:
     def step(self) -> np.ndarray:
         """sample() then advance() with the characters drawn: → ids (n,). On the CPU kernel
         both run in one compiled call per thread."""
-        if not isinstance(self.state, KernelRows):
-            ids = self.sample()
-            self.advance(ids)
-            return ids
         n = self.size
         self.state.sample_and_advance(n, self._sampling(), self._ids)
         self._refill_uniforms()

@@ -22,7 +22,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from model.kernels import lstm_rows_step, sample_and_step
+from model.kernels import lstm_rows_step, sample_and_step, sample_rows
 from model.network import CharRNN
 from model.stepper import Stepper
 
@@ -45,6 +45,10 @@ class RowState(Protocol):
 
     def logits(self, count: int) -> np.ndarray:
         """Next-character logits of rows [0, count): (count, V) float32 on the CPU."""
+
+    def sample_and_advance(self, count: int, sampling: Sampling, out: np.ndarray) -> None:
+        """Draw each of rows [0, count)'s next character into out (R,) with the compiled
+        sampler (model/kernels.py: sample_rows), then advance the rows with them."""
 
 
 def kernel_supported(model: CharRNN) -> bool:
@@ -124,9 +128,7 @@ class KernelRows:
         self._in_parts(np.arange(len(rows)), work)
 
     def sample_and_advance(self, count: int, sampling: Sampling, out: np.ndarray) -> None:
-        """Draw each of rows [0, count)'s next character into out (R,) with the compiled
-        sampler (model/kernels.py: sample_rows), then advance the rows with them."""
-
+        # Both in one compiled call per thread.
         def work(rows: np.ndarray) -> None:
             sample_and_step(rows, *sampling, out, *self._network())
 
@@ -206,3 +208,7 @@ class TorchRows:
 
     def logits(self, count: int) -> np.ndarray:
         return self._logits[:count].float().cpu().numpy()
+
+    def sample_and_advance(self, count: int, sampling: Sampling, out: np.ndarray) -> None:
+        sample_rows(count, self.logits(count), *sampling, out)
+        self.advance(count, out[:count])
