@@ -35,6 +35,7 @@ from model.vocab import Vocabulary
 FORMAT_NAME = "charrnn-checkpoint"
 FORMAT_VERSION = 1
 _TENSOR_KEY = "__tensor__"
+_PICKLE_PROTOCOLS = {bytes([protocol]) for protocol in range(2, 6)}  # pickle's PROTO opcode
 
 
 class CheckpointError(ValueError):
@@ -103,9 +104,7 @@ def load_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> Che
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-    if head[:2] == b"PK" or head[:1] == b"\x80":
+    if _looks_like_pickle(path):
         raise CheckpointError(
             f"{path} is a pickle/torch.save file; only safetensors checkpoints are loaded, "
             "because unpickling can run arbitrary code"
@@ -141,6 +140,23 @@ def load_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> Che
         )
     weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     return Checkpoint(config, vocab, weights, info, state)
+
+
+def _looks_like_pickle(path: Path) -> bool:
+    """True for torch.save zips and raw pickles, judged from the first bytes only.
+
+    A safetensors file starts with its header's length (u64, little-endian) and then the
+    JSON header's "{"; that length's low byte can be 0x80 or its first two bytes "PK", so
+    the safetensors layout is recognised first and the pickle/zip magic is checked after.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if head[8:9] == b"{":
+        # Safetensors' layout. Anything else that gets past here is still only parsed as
+        # safetensors (and refused as unreadable), never unpickled: this check only words
+        # the message.
+        return False
+    return head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in _PICKLE_PROTOCOLS)
 
 
 def flatten_tensors(value: Any, prefix: str) -> tuple[Any, dict[str, Tensor]]:

@@ -133,3 +133,27 @@ def test_saved_file_is_readable_like_any_new_file(tmp_path, tiny):
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("first_bytes", [b"\x80", b"PK"])
+def test_safetensors_whose_header_length_looks_like_pickle_magic_loads(tmp_path, tiny, first_bytes):
+    # The header's length leads the file (u64 LE); pad the info until its low bytes spell
+    # pickle's PROTO opcode or the zip magic, which once made a valid checkpoint refused.
+    model, vocab = tiny
+    path = tmp_path / "c.safetensors"
+
+    def save_padded(padding: int) -> int:
+        save_checkpoint(Checkpoint.from_model(model, vocab, {"pad": "x" * padding}), path)
+        return int.from_bytes(path.read_bytes()[:8], "little")
+
+    target = int.from_bytes(first_bytes, "little")
+    modulus = 256 ** len(first_bytes)
+    base = save_padded(0)
+    estimate = (target - base) % modulus  # each pad char adds one header byte (then aligned)
+    for padding in range(max(0, estimate - 8), estimate + 9):
+        if save_padded(padding) % modulus == target:
+            break
+    else:
+        pytest.fail(f"no padding made the file start with {first_bytes!r}")
+    assert path.read_bytes()[: len(first_bytes)] == first_bytes
+    assert load_checkpoint(path).info["pad"] == "x" * padding
