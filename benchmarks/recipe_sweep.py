@@ -44,6 +44,9 @@ RECIPES: dict[str, dict] = {
     "b32-lr8e-3": dict(batch_size=32, lr=8e-3),
     "t32": dict(seq_len=32),
     "b128-t32": dict(batch_size=128, seq_len=32),
+    "floor0": dict(min_lr_ratio=0.0),
+    "b32-floor0": dict(batch_size=32, min_lr_ratio=0.0),
+    "lr8e-3": dict(lr=8e-3),
 }
 
 
