@@ -47,6 +47,11 @@ RECIPES: dict[str, dict] = {
     "floor0": dict(min_lr_ratio=0.0),
     "b32-floor0": dict(batch_size=32, min_lr_ratio=0.0),
     "lr8e-3": dict(lr=8e-3),
+    "lr1.5e-2": dict(lr=1.5e-2),
+    "lr2e-2": dict(lr=2e-2),
+    "b32-lr1e-2": dict(batch_size=32, lr=1e-2),
+    "t16": dict(seq_len=16),
+    "warmup300": dict(warmup_steps=300),
 }
 
 
@@ -71,6 +76,8 @@ def main() -> None:
             rows.append((name, RECIPES[name], min(v for _, v in curve)))
     lines = [
         f"# Recipe sweep: best validation loss within {args.minutes:g} minutes",
+        "",
+        f"Evaluated every {args.eval_every} steps and at the end, in the budget.",
         "",
         "| recipe | changes from the defaults | best val nats/char |",
         "|---|---|--:|",

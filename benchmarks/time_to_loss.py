@@ -116,7 +116,7 @@ def main() -> None:
     )
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--runs", default="ours,baseline")
-    parser.add_argument("--ours-eval-every", type=int, default=150, help="steps")
+    parser.add_argument("--ours-eval-every", type=int, default=500, help="steps")
     parser.add_argument("--baseline-eval-every", type=int, default=100, help="steps")
     parser.add_argument("--name", default="time_to_loss", help="result file name")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (both runs)")

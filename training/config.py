@@ -61,7 +61,7 @@ class TrainConfig:
     # (benchmarks/results/recipe_sweep_10min_*.md); the state still carries across batches.
     seq_len: int = 32  # steps of backpropagation through time per batch
     # Optimizer (training.optimizer).
-    lr: float = 6e-3  # peak rate after the warm-up (best of benchmarks/recipe_sweep.py)
+    lr: float = 1e-2  # peak rate after the warm-up (best of benchmarks/recipe_sweep.py)
     optimizer: str = "adamw"  # "adamw" (decoupled weight decay) or "adam"
     weight_decay: float = 0.0  # on the weight matrices only, never the biases
     # beta2 0.99 rather than 0.999: the second moment follows a character model's quickly
