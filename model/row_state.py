@@ -79,26 +79,33 @@ class KernelRows:
         def array(tensor: torch.Tensor) -> np.ndarray:
             return np.ascontiguousarray(tensor.detach().numpy(), dtype=np.float32)
 
+        gate_width = 4 * hidden
+        upper_input = np.zeros((layers - 1, hidden, gate_width), np.float32)
+        upper_recurrent = np.zeros_like(upper_input)
+        upper_bias = np.zeros((layers - 1, gate_width), np.float32)
         with torch.no_grad():
             weight_ih, weight_hh, bias_ih, bias_hh = model.layer_weights(0)
-            self.input_table = array(weight_ih.t() + bias_ih + bias_hh)  # (V, 4H)
-            self.recurrent0 = array(weight_hh.t())  # (H, 4H)
-            upper = [model.layer_weights(layer) for layer in range(1, layers)]
-            gate_width = 4 * hidden
-            self.upper_input = np.zeros((layers - 1, hidden, gate_width), np.float32)
-            self.upper_recurrent = np.zeros_like(self.upper_input)
-            self.upper_bias = np.zeros((layers - 1, gate_width), np.float32)
-            for index, (w_ih, w_hh, b_ih, b_hh) in enumerate(upper):
-                self.upper_input[index] = array(w_ih.t())
-                self.upper_recurrent[index] = array(w_hh.t())
-                self.upper_bias[index] = array(b_ih + b_hh)
-            self.head_weight = array(model.head.weight.t())  # (H, V)
-            self.head_bias = array(model.head.bias)
+            for index in range(layers - 1):
+                w_ih, w_hh, b_ih, b_hh = model.layer_weights(index + 1)
+                upper_input[index] = array(w_ih.t())
+                upper_recurrent[index] = array(w_hh.t())
+                upper_bias[index] = array(b_ih + b_hh)
+            # The kernels' weights argument, in their order (model/kernels.py).
+            self._weights = (
+                array(weight_ih.t() + bias_ih + bias_hh),  # (V, 4H): the one-hot product
+                array(weight_hh.t()),  # (H, 4H)
+                upper_input,
+                upper_recurrent,
+                upper_bias,
+                array(model.head.weight.t()),  # (H, V)
+                array(model.head.bias),
+            )
         rows = capacity
         self.h = np.zeros((layers, rows, hidden), np.float32)
         self.c = np.zeros_like(self.h)
         self.gates = np.zeros((rows, gate_width), np.float32)
         self._logits = np.zeros((rows, vocab), np.float32)
+        self._buffers = (self.h, self.c, self.gates, self._logits)  # updated in place
         self._all_rows = np.arange(capacity, dtype=np.int64)
         self.threads = threads
         # Its idle threads end when the pool is garbage-collected with these rows.
@@ -123,31 +130,16 @@ class KernelRows:
 
     def _step(self, rows: np.ndarray, ids: np.ndarray) -> None:
         def work(positions: np.ndarray) -> None:  # a part of rows, and their ids
-            lstm_rows_step(rows[positions], ids[positions], *self._network())
+            lstm_rows_step(rows[positions], ids[positions], self._weights, *self._buffers)
 
         self._in_parts(np.arange(len(rows)), work)
 
     def sample_and_advance(self, count: int, sampling: Sampling, out: np.ndarray) -> None:
         # Both in one compiled call per thread.
         def work(rows: np.ndarray) -> None:
-            sample_and_step(rows, *sampling, out, *self._network())
+            sample_and_step(rows, *sampling, out, self._weights, *self._buffers)
 
         self._in_parts(self._all_rows[:count], work)
-
-    def _network(
-        self,
-    ) -> tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The kernel's arguments after the rows: the weights, then the state buffers."""
-        weights = (
-            self.input_table,
-            self.recurrent0,
-            self.upper_input,
-            self.upper_recurrent,
-            self.upper_bias,
-            self.head_weight,
-            self.head_bias,
-        )
-        return weights, self.h, self.c, self.gates, self._logits
 
     def prime(self, rows: list[int], primes: list[list[int]]) -> None:
         # All primes advance together, one character per step; a row drops out when its
