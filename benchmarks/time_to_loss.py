@@ -32,7 +32,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 Curve = list[tuple[float, float]]  # (elapsed seconds, validation nats/char)
 
 
-def train_ours(data_dir: Path, minutes: float, eval_every: int, **recipe) -> Curve:
+def train_ours(data_dir: Path, minutes: float | None, eval_every: int, **recipe) -> Curve:
     curve: Curve = []
 
     def record(evaluation: EvalRecord) -> None:

@@ -52,6 +52,7 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], dict[str, Any], str]] = {
     "num_layers": (int, {}, "stacked recurrent layers"),
     "dropout": (float, {}, "dropout between layers and before the output layer"),
     "cell": (str, {"choices": CELLS}, "recurrent cell"),
+    "forget_bias": (float, {}, "the LSTM forget gates' bias at initialisation"),
     "batch_size": (int, {}, "parallel streams (columns of the corpus) per batch"),
     "seq_len": (int, {}, "characters per stream per step (truncated-BPTT length)"),
     "lr": (float, {}, "peak learning rate"),

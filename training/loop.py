@@ -94,6 +94,8 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):  # seeded initialisation, caller's RNG kept
             torch.manual_seed(config.seed)  # the same on every rank: identical weights
             self.model = CharRNN(config.model_config(len(corpus.vocab)))
+            if config.forget_bias:
+                self.model.set_forget_bias(config.forget_bias)
         self.model.impl = (
             preferred_lstm_impl(self.device) if config.lstm_impl == "auto" else config.lstm_impl
         )

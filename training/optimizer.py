@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from model.network import CharRNN
@@ -9,12 +11,17 @@ from training.config import TrainConfig
 
 
 def build_optimizer(model: CharRNN, config: TrainConfig) -> torch.optim.Optimizer:
-    """Adam(W) with weight decay on the matrices only: decaying biases only hurts."""
+    """Adam(W) or NAdam with weight decay on the matrices only: decaying biases only
+    hurts. NAdam's decay is decoupled, as AdamW's."""
     matrices = [p for p in model.parameters() if p.dim() >= 2]
     vectors = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": matrices}, {"params": vectors}]
-    kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    optimizer = kind(groups, lr=config.lr)
+    kinds = {
+        "adamw": torch.optim.AdamW,
+        "adam": torch.optim.Adam,
+        "nadam": partial(torch.optim.NAdam, decoupled_weight_decay=True),
+    }
+    optimizer = kinds[config.optimizer](groups, lr=config.lr)
     set_hyperparameters(optimizer, config)
     return optimizer
 

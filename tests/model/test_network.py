@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from model.config import ModelConfig
-from model.network import CharRNN, detach_hidden, dropout
+from model.network import CharRNN, detach_hidden, dropout, keep_mask
 
 REFERENCE = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
 
@@ -73,6 +73,26 @@ def test_default_config_is_the_product_model():
     assert model.head.weight.shape == (65, 256)
 
 
+def test_forget_bias_sets_the_forget_gates_and_nothing_else():
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=7, hidden_size=8, num_layers=2))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    model.set_forget_bias(1.0)
+    forget = slice(8, 16)  # gate order (i, f, g, o), H = 8
+    for layer in range(2):
+        _, _, bias_ih, bias_hh = model.layer_weights(layer)
+        torch.testing.assert_close(bias_ih[forget] + bias_hh[forget], torch.ones(8))
+        for name, bias in (("bias_ih", bias_ih), ("bias_hh", bias_hh)):
+            kept = torch.cat([bias[:8], bias[16:]])
+            original = before[f"rnn.{name}_l{layer}"]
+            assert torch.equal(kept, torch.cat([original[:8], original[16:]]))
+    for name, param in model.named_parameters():
+        if "bias" not in name:
+            assert torch.equal(param, before[name]), name
+    with pytest.raises(ValueError, match="forget gates are the LSTM's"):
+        CharRNN(ModelConfig(vocab_size=7, hidden_size=8, cell="gru")).set_forget_bias(1.0)
+
+
 def test_dropout_only_in_training_mode():
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(vocab_size=7, hidden_size=8))
@@ -93,6 +113,19 @@ def test_dropout_zeroes_about_p_and_rescales():
     assert abs((out == 0).float().mean().item() - 0.5) < 0.01
     assert set(out.unique().tolist()) == {0.0, 2.0}
     assert dropout(x, 0.5, training=False) is x
+
+
+@pytest.mark.parametrize("p", [0.5, 0.25, 0.1])
+def test_keep_mask_keeps_about_1_minus_p_independently(p):
+    torch.manual_seed(0)
+    keep = keep_mask((300, 1001), p, torch.device("cpu")).float()  # an odd element count
+    assert keep.shape == (300, 1001)
+    assert abs(keep.mean().item() - (1 - p)) < 0.005
+    flat = keep.flatten()
+    for lag in (1, 7, 8, 64):  # neighbours share a byte or a word of random bits
+        both = (flat[:-lag] * flat[lag:]).mean().item()
+        assert abs(both - (1 - p) ** 2) < 0.005, lag
+    assert not torch.equal(keep, keep_mask((300, 1001), p, torch.device("cpu")).float())
 
 
 def test_hidden_state_carries_information_across_calls():

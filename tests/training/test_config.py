@@ -26,7 +26,7 @@ def test_defaults_and_json_round_trip():
         ({"batch_size": 0}, "batch_size must be an integer ≥ 1"),
         ({"lr": 0.0}, "lr must be a positive number"),
         ({"lr": float("nan")}, "lr must be a positive number"),
-        ({"optimizer": "sgd"}, "optimizer must be one of adamw, adam"),
+        ({"optimizer": "sgd"}, "optimizer must be one of adamw, adam, nadam"),
         ({"schedule": "linear"}, "schedule must be one of cosine, constant"),
         ({"betas": (0.9, 1.0)}, "betas must be two numbers"),
         ({"min_lr_ratio": 1.5}, "min_lr_ratio must be in"),
@@ -39,6 +39,8 @@ def test_defaults_and_json_round_trip():
         ({"dropout": 1.0}, "dropout must be in"),
         ({"hidden_size": 0}, "hidden_size must be at least 1"),
         ({"sample_temperature": 0.0}, "sample_temperature must be > 0"),
+        ({"forget_bias": float("inf")}, "forget_bias must be a finite number"),
+        ({"cell": "gru", "forget_bias": 1.0}, "forget_bias is the LSTM's forget gates"),
     ],
 )
 def test_bad_values_are_refused_with_a_clear_message(changes, message):

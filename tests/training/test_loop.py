@@ -49,6 +49,15 @@ def test_a_few_steps_reduce_the_loss(tmp_path, corpus):
     assert result.stop_reason == "max_steps" and result.step == 60
 
 
+def test_forget_bias_is_the_initial_forget_gate_bias(tmp_path, corpus):
+    trainer = Trainer(_config(tmp_path, forget_bias=1.0), corpus, progress=False)
+    _, _, bias_ih, bias_hh = trainer.model.layer_weights(0)
+    torch.testing.assert_close(bias_ih[16:32] + bias_hh[16:32], torch.ones(16))  # H = 16
+    plain = Trainer(_config(tmp_path, run="plain"), corpus, progress=False)
+    _, _, bias_ih, bias_hh = plain.model.layer_weights(0)
+    assert not torch.allclose(bias_ih[16:32] + bias_hh[16:32], torch.ones(16))
+
+
 def test_the_run_directory(tmp_path, corpus):
     config = _config(tmp_path, max_steps=15)  # evaluations at 10 and at the end, 15
     seen = []

@@ -1,5 +1,8 @@
 from pathlib import Path
 
+import pytest
+import torch
+
 from model.config import ModelConfig
 from model.network import CharRNN
 from training.config import TrainConfig
@@ -14,3 +17,16 @@ def test_weight_decay_on_matrices_only():
     assert all(p.dim() == 1 for p in vectors["params"]) and len(vectors["params"]) == 5
     assert (matrices["weight_decay"], vectors["weight_decay"]) == (0.1, 0.0)
     assert matrices["betas"] == vectors["betas"] == (0.8, 0.9)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [("adamw", torch.optim.AdamW), ("adam", torch.optim.Adam), ("nadam", torch.optim.NAdam)],
+)
+def test_each_optimizer_choice_builds_its_kind(name, kind):
+    model = CharRNN(ModelConfig(12, hidden_size=8))
+    config = TrainConfig(Path("d"), Path("r"), max_steps=1, optimizer=name, weight_decay=0.1)
+    optimizer = build_optimizer(model, config)
+    assert type(optimizer) is kind
+    if name == "nadam":  # decoupled, as AdamW's
+        assert optimizer.defaults["decoupled_weight_decay"] is True
