@@ -62,6 +62,7 @@ RECIPES: dict[str, dict] = {
     "nadam": dict(optimizer="nadam"),
     "wd0.05": dict(weight_decay=0.05),
     "wd0.1": dict(weight_decay=0.1),
+    "no-ema": dict(ema_decay=0.0),
 }
 
 

@@ -63,6 +63,7 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], dict[str, Any], str]] = {
     "warmup_steps": (int, {}, "steps of linear warm-up to the peak rate"),
     "min_lr_ratio": (float, {}, "cosine floor as a fraction of --lr"),
     "grad_clip": (_optional(float), {}, "max gradient norm ('none': no clipping)"),
+    "ema_decay": (float, {}, "evaluate and save a moving average of the weights (0: off)"),
     "max_epochs": (_optional(int), {}, "stop after this many passes over the data"),
     "max_steps": (_optional(int), {}, "stop after this many optimizer steps"),
     "max_minutes": (_optional(float), {}, "stop after this much wall-clock time"),

@@ -22,6 +22,7 @@ import torch
 from model.checkpoint import Checkpoint, save_checkpoint
 from model.device import preferred_lstm_impl, resolve_device
 from model.network import CharRNN
+from training.averaging import WeightAverage
 from training.batches import split_batches
 from training.config import TrainConfig
 from training.data import PreparedCorpus
@@ -108,9 +109,17 @@ class Trainer:
         self.counters = RunCounters()
         self.hidden = self.model.init_hidden(self.train_batches.batch_size, self.device)
         self._rng: dict | None = None  # None: seed the generators afresh at the start
+        weights, average = None, None  # the saved average's weights and update count
         if resume is not None:
             check_resumable(resume, config, corpus)
-            self.model.load_state_dict(resume.weights)
+            # With an average, the checkpoint's weights are the average's and the training
+            # state holds the raw ones the optimizer continues from.
+            saved_average = resume.training_state.get("weight_average")
+            if saved_average is None:
+                self.model.load_state_dict(resume.weights)
+            else:
+                self.model.load_state_dict(saved_average["raw_weights"])
+                weights, average = resume.weights, saved_average["updates"]
             restored = restore_training_state(
                 resume.training_state, self.optimizer, self.device, dist.rank, dist.world_size
             )
@@ -123,6 +132,12 @@ class Trainer:
                 f"{self.run_dir.path} already holds a run ({self.run_dir.last.name}); resume "
                 "it or choose another output directory"
             )
+        self.average: WeightAverage | None = None
+        if config.ema_decay:
+            # A run that had none starts one from its current weights.
+            self.average = WeightAverage(self.model, config.ema_decay, average or 0)
+            if weights is not None:
+                self.average.load_weights(weights)
         self.horizon = self._horizon()
         # The rate of the last step done (reported at an evaluation without new steps).
         self.lr = learning_rate(max(self.counters.step - 1, 0), config, self.horizon)
@@ -193,6 +208,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
         loss, self.hidden = self.train_step(inputs, targets, self.hidden)
+        if self.average is not None:
+            self.average.update(self.model)
         self._loss_sum += loss
         counters.step += 1
         counters.train_loss_steps += 1
@@ -230,7 +247,7 @@ class Trainer:
         counters, main = self.counters, self.dist.is_main
         with self.precision.autocast():
             val_loss = validation_loss(
-                self.model, self.val_batches, self.config.eval_batches, self.dist
+                self._result_model(), self.val_batches, self.config.eval_batches, self.dist
             )
         record = EvalRecord(
             step=counters.step,
@@ -242,7 +259,7 @@ class Trainer:
             val_bits_per_char=bits_per_char(val_loss),
             lr=self.lr,
             chars_per_second=self._chars_per_second(),
-            sample=evaluation_sample(self.model, self.corpus.vocab, self.config) if main else "",
+            sample=self._sample() if main else "",
         )
         improved = counters.record_evaluation(val_loss)
         if main and (improved or not self.run_dir.best.exists()):
@@ -263,7 +280,14 @@ class Trainer:
         info = checkpoint_info(
             self.config, self.counters, self._epoch(), self._elapsed(), self.corpus.meta
         )
-        return Checkpoint.from_model(self.model, self.corpus.vocab, info, state)
+        return Checkpoint.from_model(self._result_model(), self.corpus.vocab, info, state)
+
+    def _result_model(self) -> CharRNN:
+        """What the run evaluates, samples and saves: the weight average if there is one."""
+        return self.model if self.average is None else self.average.model
+
+    def _sample(self) -> str:
+        return evaluation_sample(self._result_model(), self.corpus.vocab, self.config)
 
     def _save_last(self) -> None:
         """last.safetensors with the training state: every rank hands over its hidden-state
@@ -278,6 +302,11 @@ class Trainer:
             )
             scaler = self.precision.state_dict()
             state = training_state(counters, self.optimizer, hidden, rank_rngs, scaler)
+            if self.average is not None:
+                state["weight_average"] = {
+                    "raw_weights": self.model.state_dict(),
+                    "updates": self.average.updates,
+                }
             save_checkpoint(self._checkpoint(state), self.run_dir.last)
         self._saved_step = self.counters.step
 

@@ -121,6 +121,10 @@ def test_sample_streams_repeatable_text(trained, capsys):
         (["train", "--resume", "{run}", "--preset", "quality"], ["--preset starts a new run"]),
         (["train", "{data}", "--preset", "huge"], ["invalid choice: 'huge'"]),
         (["train", "{data}", "--out", "{tmp}/r", "--lr", "fast"], ["invalid float value"]),
+        (
+            ["train", "{data}", "--out", "{tmp}/r", "--max-steps", "1", "--ema-decay", "1"],
+            ["ema_decay must be in [0, 1)"],
+        ),
         (["train", "{data}", "--bogus"], ["unrecognized arguments: --bogus"]),
         (["eval", "{run}/best.safetensors", "{tmp}/missing.txt"], ["missing.txt: no such file"]),
         (["eval", "{tmp}/fox.txt", "{tmp}/fox.txt"], ["not a readable safetensors file"]),
@@ -151,3 +155,4 @@ def test_a_preset_sets_defaults_that_flags_override(trained, capsys):
     config = json.loads((run / "config.json").read_text())
     assert (config["dropout"], config["lr"]) == (0.25, 0.003)  # from the preset
     assert (config["hidden_size"], config["seq_len"]) == (8, 16)  # from the flags
+    assert config["ema_decay"] == 0.0  # the preset as it was measured

@@ -1,4 +1,5 @@
 import json
+import re
 from dataclasses import fields
 from pathlib import Path
 
@@ -41,10 +42,13 @@ def test_defaults_and_json_round_trip():
         ({"sample_temperature": 0.0}, "sample_temperature must be > 0"),
         ({"forget_bias": float("inf")}, "forget_bias must be a finite number"),
         ({"cell": "gru", "forget_bias": 1.0}, "forget_bias is the LSTM's forget gates"),
+        ({"ema_decay": 1.0}, "ema_decay must be in [0, 1)"),
+        ({"ema_decay": -0.5}, "ema_decay must be in [0, 1)"),
+        ({"ema_decay": float("nan")}, "ema_decay must be in [0, 1)"),
     ],
 )
 def test_bad_values_are_refused_with_a_clear_message(changes, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         _config(**changes)
 
 
@@ -52,6 +56,14 @@ def test_unknown_fields_in_json_are_refused():
     data = _config().to_json() | {"learning_rate": 1.0}
     with pytest.raises(ValueError, match="unknown training config fields: learning_rate"):
         TrainConfig.from_json(data)
+
+
+def test_a_saved_config_without_a_later_field_means_what_that_run_did():
+    # Runs saved before weight averaging existed trained without it, and resume so.
+    data = _config().to_json()
+    del data["ema_decay"]
+    assert TrainConfig.from_json(data).ema_decay == 0.0
+    assert _config().ema_decay == 0.99
 
 
 def test_presets():

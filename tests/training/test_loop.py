@@ -7,6 +7,7 @@ import torch
 from model.checkpoint import load_checkpoint
 from training.config import TrainConfig
 from training.data import load_prepared
+from training.evaluate import validation_loss
 from training.loop import Trainer, TrainHooks
 
 TEXT = "the quick brown fox jumps over the lazy dog.\n" * 80  # what `corpus` prepares
@@ -56,6 +57,33 @@ def test_forget_bias_is_the_initial_forget_gate_bias(tmp_path, corpus):
     plain = Trainer(_config(tmp_path, run="plain"), corpus, progress=False)
     _, _, bias_ih, bias_hh = plain.model.layer_weights(0)
     assert not torch.allclose(bias_ih[16:32] + bias_hh[16:32], torch.ones(16))
+
+
+def test_the_run_evaluates_and_saves_the_weight_average(tmp_path, corpus):
+    trainer = Trainer(_config(tmp_path, ema_decay=0.9, max_steps=30), corpus, progress=False)
+    trainer.run()
+    last = load_checkpoint(tmp_path / "run" / "last.safetensors")
+    averaged, raw = trainer.average.model.state_dict(), trainer.model.state_dict()
+    saved_raw = last.training_state["weight_average"]["raw_weights"]
+    assert last.training_state["weight_average"]["updates"] == 30
+    for name in raw:
+        assert torch.equal(last.weights[name], averaged[name])  # what is served
+        assert torch.equal(saved_raw[name], raw[name])  # what the optimizer continues
+    assert not torch.equal(averaged["head.weight"], raw["head.weight"])
+    # The reported validation loss is the average's, not the raw weights'.
+    reported = _metrics(tmp_path / "run")[-1]["val_loss"]
+    assert reported == validation_loss(trainer.average.model, trainer.val_batches)
+    assert reported != validation_loss(trainer.model, trainer.val_batches)
+
+
+def test_without_an_average_the_raw_weights_are_saved(tmp_path, corpus):
+    trainer = Trainer(_config(tmp_path, ema_decay=0.0), corpus, progress=False)
+    trainer.run()
+    assert trainer.average is None
+    last = load_checkpoint(tmp_path / "run" / "last.safetensors")
+    assert "weight_average" not in last.training_state
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(last.weights[name], value)
 
 
 def test_the_run_directory(tmp_path, corpus):

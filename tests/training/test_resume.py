@@ -41,6 +41,11 @@ def _weights(run):
     return load_checkpoint(run / "last.safetensors").weights
 
 
+def _raw_weights(run):
+    state = load_checkpoint(run / "last.safetensors").training_state
+    return state["weight_average"]["raw_weights"]
+
+
 def _assert_same_weights(a, b):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[name], b[name]) for name in a)
@@ -67,7 +72,21 @@ def test_stop_and_resume_equals_one_run_bit_for_bit(tmp_path, data_dir):
     assert (second.step, second.tokens, second.epoch) == (whole.step, whole.tokens, whole.epoch)
     assert second.best_val_loss == whole.best_val_loss
     _assert_same_weights(_weights(tmp_path / "whole"), _weights(tmp_path / "split"))
+    _assert_same_weights(_raw_weights(tmp_path / "whole"), _raw_weights(tmp_path / "split"))
     assert _numbers(tmp_path / "whole") == _numbers(tmp_path / "split")
+
+
+def test_a_run_without_an_average_can_start_one_when_resumed(tmp_path, data_dir):
+    corpus = load_prepared(data_dir)
+    config = _config(data_dir, tmp_path / "run", ema_decay=0.0, max_steps=4, sample_length=0)
+    Trainer(config, corpus, progress=False).run()
+    last = load_checkpoint(tmp_path / "run" / "last.safetensors")
+    resumed = config.with_changes(ema_decay=0.9, max_steps=6)
+    trainer = Trainer(resumed, corpus, resume=last, progress=False)
+    _assert_same_weights(trainer.model.state_dict(), last.weights)  # raw: where it stopped
+    trainer.run()
+    state = load_checkpoint(tmp_path / "run" / "last.safetensors").training_state
+    assert state["weight_average"]["updates"] == 2  # started at the resume
 
 
 def test_seeded_runs_repeat_exactly(tmp_path, data_dir):
