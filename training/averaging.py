@@ -4,7 +4,7 @@ At a learning rate high enough to learn fast, the weights jitter around the vall
 optimizer follows; their average over the last ~1 / (1 - decay) steps sits lower in it.
 The optimizer keeps stepping the raw weights; the average only watches them. On tiny
 Shakespeare, at the same 3,800 steps of the default recipe, the average at decay 0.99
-scored 1.5055 nats/char where the raw weights scored 1.5097, and 1.5656 against 1.5826
+scored 1.5054 nats/char where the raw weights scored 1.5097, and 1.5656 against 1.5826
 halfway (benchmarks/weight_average.py, benchmarks/results/weight_average_3800steps.md).
 
 The decay warms up as TensorFlow's ExponentialMovingAverage does, min(decay, (1 + n) /

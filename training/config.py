@@ -88,7 +88,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # the cosine's floor as a fraction of lr
     grad_clip: float | None = 1.0  # max global gradient norm; None: no clipping
     # Evaluate, sample and save an exponential moving average of the weights with this
-    # decay (training.averaging); 0: the raw weights. At 3800 steps: 1.5055 against 1.5097.
+    # decay (training.averaging); 0: the raw weights. At 3800 steps: 1.5054 against 1.5097.
     ema_decay: float = 0.99
     # Limits; None: no limit from that one. The first to come stops the run, and the
     # smallest known in steps is the cosine's horizon (max_minutes: measured, see schedule).
