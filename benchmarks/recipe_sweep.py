@@ -63,6 +63,7 @@ RECIPES: dict[str, dict] = {
     "wd0.05": dict(weight_decay=0.05),
     "wd0.1": dict(weight_decay=0.1),
     "no-ema": dict(ema_decay=0.0),
+    "lr1.3e-2": dict(lr=1.3e-2),
 }
 
 
