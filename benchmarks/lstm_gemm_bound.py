@@ -24,12 +24,19 @@ from __future__ import annotations
 import argparse
 import statistics
 import threading
-import time
 
 import numpy as np
 import torch
 from naive_seed import SeedTrainer  # benchmarks/ is the script's own directory
-from train_speed import BATCH, HIDDEN, SEQ, VOCAB, flops_per_char, matmul_flops_per_second
+from train_speed import (
+    BATCH,
+    HIDDEN,
+    SEQ,
+    VOCAB,
+    flops_per_char,
+    matmul_flops_per_second,
+    time_steps,
+)
 
 from training.runtime import tune_allocator
 
@@ -103,13 +110,6 @@ class BatchHalvesStep:
         torch.set_num_threads(previous)
 
 
-def chars_per_second(step, steps: int, *args) -> float:
-    started = time.perf_counter()
-    for _ in range(steps):
-        step(*args)
-    return steps * BATCH * SEQ / (time.perf_counter() - started)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
@@ -118,14 +118,14 @@ def main() -> None:
     tune_allocator()
     rng = np.random.default_rng(0)
     data = rng.integers(0, VOCAB, size=(BATCH, SEQ + 1))
-    x, y = data[:, :-1], data[:, 1:]
+    batches = [(data[:, :-1], data[:, 1:])] * args.steps  # the same batch each step
     baseline = SeedTrainer(VOCAB)
     schedules = {
         "per layer": GemmOnlyStep(wavefront=False).step,
         "wavefront": GemmOnlyStep(wavefront=True).step,
         "batch halves": BatchHalvesStep().step,
     }
-    baseline.step(x, y)  # warm-up
+    time_steps(baseline.step, batches[:1])  # warm-up
     for step in schedules.values():
         step()
 
@@ -135,9 +135,9 @@ def main() -> None:
     print("| round | seed step chars/s | GEMMs only: " + " | ".join(schedules) + " |")
     print("|--:|--:|" + "--:|" * len(schedules))
     for round_ in range(args.rounds):
-        rates["baseline"].append(chars_per_second(baseline.step, args.steps, x, y))
+        rates["baseline"].append(time_steps(baseline.step, batches))
         for name, step in schedules.items():
-            rates[name].append(chars_per_second(step, args.steps))
+            rates[name].append(time_steps(lambda _x, _y, step=step: step(), batches))
         row = " | ".join(f"{rates[k][-1]:.0f}" for k in rates)
         print(f"| {round_} | {row} |", flush=True)
     peak, flops = matmul_flops_per_second(), flops_per_char()

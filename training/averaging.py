@@ -29,17 +29,20 @@ class WeightAverage:
         if not 0 < decay < 1:
             raise ValueError(f"decay must be in (0, 1), got {decay}")
         self.decay = decay
-        self.updates = updates
         self.averaged = AveragedModel(model, use_buffers=False)
         self.averaged.n_averaged.fill_(updates)
         self.model: CharRNN = self.averaged.module  # the averaged network itself
+
+    @property
+    def updates(self) -> int:
+        """Updates folded in so far (AveragedModel counts them)."""
+        return int(self.averaged.n_averaged)
 
     def update(self, model: CharRNN) -> None:
         """Fold `model`'s current parameters in (the first update copies them)."""
         # averaged ← decay·averaged + (1 - decay)·current, one foreach lerp for all tensors
         self.averaged.multi_avg_fn = get_ema_multi_avg_fn(self.current_decay())
         self.averaged.update_parameters(model)
-        self.updates += 1
 
     def current_decay(self) -> float:
         """The weight the average keeps at the next update."""

@@ -109,17 +109,14 @@ class Trainer:
         self.counters = RunCounters()
         self.hidden = self.model.init_hidden(self.train_batches.batch_size, self.device)
         self._rng: dict | None = None  # None: seed the generators afresh at the start
-        weights, average = None, None  # the saved average's weights and update count
+        saved_average = None  # a resumed run's: its raw weights and update count
         if resume is not None:
             check_resumable(resume, config, corpus)
             # With an average, the checkpoint's weights are the average's and the training
             # state holds the raw ones the optimizer continues from.
             saved_average = resume.training_state.get("weight_average")
-            if saved_average is None:
-                self.model.load_state_dict(resume.weights)
-            else:
-                self.model.load_state_dict(saved_average["raw_weights"])
-                weights, average = resume.weights, saved_average["updates"]
+            raw = resume.weights if saved_average is None else saved_average["raw_weights"]
+            self.model.load_state_dict(raw)
             restored = restore_training_state(
                 resume.training_state, self.optimizer, self.device, dist.rank, dist.world_size
             )
@@ -135,9 +132,10 @@ class Trainer:
         self.average: WeightAverage | None = None
         if config.ema_decay:
             # A run that had none starts one from its current weights.
-            self.average = WeightAverage(self.model, config.ema_decay, average or 0)
-            if weights is not None:
-                self.average.load_weights(weights)
+            updates = 0 if saved_average is None else saved_average["updates"]
+            self.average = WeightAverage(self.model, config.ema_decay, updates)
+            if saved_average is not None:
+                self.average.load_weights(resume.weights)
         self.horizon = self._horizon()
         # The rate of the last step done (reported at an evaluation without new steps).
         self.lr = learning_rate(max(self.counters.step - 1, 0), config, self.horizon)
@@ -246,8 +244,9 @@ class Trainer:
     def _evaluate(self) -> None:
         counters, main = self.counters, self.dist.is_main
         with self.precision.autocast():
+            evaluated = self._result_model()
             val_loss = validation_loss(
-                self._result_model(), self.val_batches, self.config.eval_batches, self.dist
+                evaluated, self.val_batches, self.config.eval_batches, self.dist
             )
         record = EvalRecord(
             step=counters.step,
@@ -259,7 +258,7 @@ class Trainer:
             val_bits_per_char=bits_per_char(val_loss),
             lr=self.lr,
             chars_per_second=self._chars_per_second(),
-            sample=self._sample() if main else "",
+            sample=evaluation_sample(evaluated, self.corpus.vocab, self.config) if main else "",
         )
         improved = counters.record_evaluation(val_loss)
         if main and (improved or not self.run_dir.best.exists()):
@@ -285,9 +284,6 @@ class Trainer:
     def _result_model(self) -> CharRNN:
         """What the run evaluates, samples and saves: the weight average if there is one."""
         return self.model if self.average is None else self.average.model
-
-    def _sample(self) -> str:
-        return evaluation_sample(self._result_model(), self.corpus.vocab, self.config)
 
     def _save_last(self) -> None:
         """last.safetensors with the training state: every rank hands over its hidden-state
