@@ -1,101 +1,144 @@
-"""A hand-written LSTM recurrence for the CPU (torch-rnn's approach).
+"""A hand-written LSTM layer recurrence for training on the CPU (torch-rnn's approach).
 
 The input projections of all time steps arrive precomputed (a gather for the one-hot first
 layer, one large GEMM for the others), so each step is one GEMM for the recurrence into a
-preallocated buffer plus in-place gate maths. Backpropagation through time is written out
-instead of taped op by op: every factor that does not depend on the backward chain is
-computed for all steps at once, and the recurrent weight's gradient is one GEMM.
+preallocated buffer plus the gate maths in one compiled pass (model.lstm_gates).
+Backpropagation through time is written out instead of taped op by op, and the recurrent
+weight's gradient is one GEMM over all steps.
 
-Layout: features first, batch last, i.e. gates of one step are (4H, B). Each gate is then
-a contiguous block of rows, so the element-wise maths runs on contiguous memory (with
-PyTorch's usual (B, 4H) the gate slices are strided and the element-wise ops ~2× slower).
-Gate order is PyTorch's (i, f, g, o), so the parameters are nn.LSTM's own.
+Layout: features first, batch last, i.e. gates of one step are (4H, B), contiguous. Each
+gate is then a contiguous block of rows, and the gate loops vectorise over the batch (see
+model.lstm_gates). Gate order is PyTorch's (i, f, g, o), so the parameters are nn.LSTM's
+own.
+
+Gate maths: "compiled" (numba, CPU tensors) or "torch" (the same maths as PyTorch ops,
+for other devices; on the CPU the recurrence ran 1.3-1.5× slower with them).
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor
 
+from model.lstm_gates import backward_gates, forward_gates
+
+GateMaths = Literal["compiled", "torch"]
+
 
 class LSTMRecurrence(torch.autograd.Function):
-    """(input_proj, h0, c0, weight_hh) → (outputs, h_T, c_T).
+    """(input_proj, h0, c0, weight_hh, gate_maths) → (outputs, h_T, c_T).
 
-    input_proj: (T, 4H, B), already holding W_ih·x_t + b_ih + b_hh (may be strided)
+    input_proj: (T, 4H, B), holding W_ih·x_t + b_ih + b_hh (may be strided)
     h0, c0:     (H, B)
     weight_hh:  (4H, H)
     outputs:    (T, H, B)
     """
 
     @staticmethod
-    def forward(ctx, input_proj: Tensor, h0: Tensor, c0: Tensor, weight_hh: Tensor):
+    def forward(ctx, input_proj: Tensor, h0: Tensor, c0: Tensor, weight_hh: Tensor, gate_maths):
         steps, gate_width, batch = input_proj.shape
         hidden = gate_width // 4
         like = {"dtype": h0.dtype, "device": h0.device}
-        # Kept for backward: activated gates, cell and hidden states of every step.
+        # Kept for backward: activated gates, cell and hidden states, tanh of the cells.
         gates = torch.empty(steps, gate_width, batch, **like)
         cells = torch.empty(steps + 1, hidden, batch, **like)
         hiddens = torch.empty(steps + 1, hidden, batch, **like)
+        tanh_cells = torch.empty(steps, hidden, batch, **like)
         cells[0] = c0
         hiddens[0] = h0
+        step_gates = _forward_compiled if gate_maths == "compiled" else _forward_torch
+        arrays = _numpy(gates, cells, hiddens, tanh_cells) if gate_maths == "compiled" else None
         for t in range(steps):
-            step = gates[t]  # (4H, B)
-            torch.addmm(input_proj[t], weight_hh, hiddens[t], out=step)
-            step[: 2 * hidden].sigmoid_()  # input and forget gates
-            step[2 * hidden : 3 * hidden].tanh_()  # candidate
-            step[3 * hidden :].sigmoid_()  # output gate
-            i, f, g, o = step.split(hidden)
-            cell = cells[t + 1]
-            torch.mul(f, cells[t], out=cell)
-            cell.addcmul_(i, g)
-            torch.tanh(cell, out=hiddens[t + 1])
-            hiddens[t + 1].mul_(o)
-        ctx.save_for_backward(gates, cells, hiddens, weight_hh)
+            # gates_t = W_ih·x_t + b + W_hh·h_t: (4H, H)·(H, B) into the step's block
+            torch.addmm(input_proj[t], weight_hh, hiddens[t], out=gates[t])
+            step_gates(t, gates, cells, hiddens, tanh_cells, arrays)
+        ctx.save_for_backward(gates, cells, hiddens, tanh_cells, weight_hh)
+        ctx.gate_maths = gate_maths
         return hiddens[1:].clone(), hiddens[steps].clone(), cells[steps].clone()
 
     @staticmethod
     def backward(ctx, grad_outputs: Tensor, grad_h_last: Tensor, grad_c_last: Tensor):
-        gates, cells, hiddens, weight_hh = ctx.saved_tensors
-        steps, gate_width, batch = gates.shape
+        gates, cells, hiddens, tanh_cells, weight_hh = ctx.saved_tensors
+        steps, gate_width, _ = gates.shape
         hidden = gate_width // 4
-        i, f, g, o = gates.split(hidden, dim=1)  # each (T, H, B)
-        # Factors independent of the backward chain, for all steps in a few large ops.
-        tanh_c = torch.tanh(cells[1:])  # (T, H, B)
-        cell_from_h = (1 - tanh_c * tanh_c).mul_(o)  # dc_t += dh_t·o(1 - tanh²c)
-        # d(pre-activations of i, f, g) = dc_t · [g·i(1-i), c_{t-1}·f(1-f), i(1-g²)]
-        from_cell = torch.cat([g * i * (1 - i), cells[:-1] * f * (1 - f), i * (1 - g * g)], dim=1)
-        output_from_h = tanh_c.mul_(o).mul_(1 - o)  # d(pre-activation of o) = dh_t·tanh(c)·o(1-o)
-
         grad_gates = torch.empty_like(gates)  # pre-activation gradients, (T, 4H, B)
-        grad_h = torch.zeros_like(hiddens[0]) if grad_h_last is None else grad_h_last.clone()
-        grad_c = torch.zeros_like(cells[0]) if grad_c_last is None else grad_c_last.clone()
-        if grad_outputs is None:
-            grad_outputs = torch.zeros_like(hiddens[1:])
-        grad_h += grad_outputs[steps - 1]
-        zeros = torch.zeros_like(grad_h)
-        for t in reversed(range(steps)):
-            grad_c.addcmul_(grad_h, cell_from_h[t])
-            step = grad_gates[t]  # (4H, B)
-            torch.mul(
-                from_cell[t].view(3, hidden, batch),
-                grad_c,
-                out=step[: 3 * hidden].view(3, hidden, batch),
+        zeros = torch.zeros_like(hiddens[0])
+        grad_h = zeros if grad_h_last is None else grad_h_last.contiguous()
+        grad_c = (zeros if grad_c_last is None else grad_c_last).clone()  # updated in place
+        if grad_outputs is not None:
+            grad_h = grad_h + grad_outputs[steps - 1]
+        compiled = ctx.gate_maths == "compiled"
+        if compiled:
+            gates_, cells_, tanh_cells_, grad_gates_, grad_c_ = _numpy(
+                gates, cells, tanh_cells, grad_gates, grad_c
             )
-            torch.mul(grad_h, output_from_h[t], out=step[3 * hidden :])
-            grad_c.mul_(f[t])
+        for t in reversed(range(steps)):
+            if compiled:
+                grad_h_ = grad_h.detach().numpy()
+                backward_gates(gates_, t, cells_, tanh_cells_, grad_h_, grad_c_, grad_gates_)
+            else:
+                _backward_torch(t, gates, cells, tanh_cells, grad_h, grad_c, grad_gates)
             # dh_{t-1} = dL/dout_{t-1} + W_hhᵀ·dgates_t: (H, 4H)·(4H, B)
-            grad_h = torch.addmm(grad_outputs[t - 1] if t > 0 else zeros, weight_hh.t(), step)
+            if grad_outputs is not None and t > 0:
+                grad_h = torch.addmm(grad_outputs[t - 1], weight_hh.t(), grad_gates[t])
+            else:
+                grad_h = weight_hh.t() @ grad_gates[t]
         grad_weight_hh = None
         if ctx.needs_input_grad[3]:
             # Σ_t dgates_t·h_{t-1}ᵀ as one GEMM: (4H, T·B)·(T·B, H)
             grad_weight_hh = grad_gates.permute(1, 0, 2).reshape(gate_width, -1) @ hiddens[
                 :-1
             ].permute(0, 2, 1).reshape(-1, hidden)
-        return grad_gates, grad_h, grad_c, grad_weight_hh
+        return grad_gates, grad_h, grad_c, grad_weight_hh, None
 
 
 def lstm_recurrence(
-    input_proj: Tensor, h0: Tensor, c0: Tensor, weight_hh: Tensor
+    input_proj: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    weight_hh: Tensor,
+    gate_maths: GateMaths | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Run one LSTM layer over precomputed input projections; see LSTMRecurrence."""
-    return LSTMRecurrence.apply(input_proj, h0, c0, weight_hh)
+    """Run one LSTM layer over precomputed input projections; see LSTMRecurrence.
+    gate_maths None: compiled on the CPU, PyTorch ops elsewhere."""
+    if gate_maths is None:
+        gate_maths = "compiled" if input_proj.device.type == "cpu" else "torch"
+    return LSTMRecurrence.apply(input_proj, h0, c0, weight_hh, gate_maths)
+
+
+def _numpy(*tensors: Tensor) -> tuple:
+    """NumPy views sharing the tensors' memory, made once per pass, not per step."""
+    return tuple(t.detach().numpy() for t in tensors)
+
+
+def _forward_compiled(t, gates, cells, hiddens, tanh_cells, arrays) -> None:
+    forward_gates(arrays[0], t, *arrays[1:])
+
+
+def _forward_torch(t, gates, cells, hiddens, tanh_cells, arrays) -> None:
+    """model.lstm_gates.forward_gates as PyTorch ops."""
+    step = gates[t]  # (4H, B)
+    hidden = step.shape[0] // 4
+    step[: 2 * hidden].sigmoid_()  # input and forget gates
+    step[2 * hidden : 3 * hidden].tanh_()  # candidate
+    step[3 * hidden :].sigmoid_()  # output gate
+    i, f, g, o = step.split(hidden)
+    torch.addcmul(f * cells[t], i, g, out=cells[t + 1])
+    torch.tanh(cells[t + 1], out=tanh_cells[t])
+    torch.mul(o, tanh_cells[t], out=hiddens[t + 1])
+
+
+def _backward_torch(t, gates, cells, tanh_cells, grad_h, grad_c, grad_gates) -> None:
+    """model.lstm_gates.backward_gates as PyTorch ops."""
+    hidden = gates.shape[1] // 4
+    i, f, g, o = gates[t].split(hidden)
+    tanh_cell = tanh_cells[t]
+    grad_c.addcmul_(grad_h, o * (1 - tanh_cell * tanh_cell))
+    grad_i, grad_f, grad_g, grad_o = grad_gates[t].split(hidden)
+    torch.mul(grad_c, g * i * (1 - i), out=grad_i)
+    torch.mul(grad_c, cells[t] * f * (1 - f), out=grad_f)
+    torch.mul(grad_c, i * (1 - g * g), out=grad_g)
+    torch.mul(grad_h, tanh_cell * o * (1 - o), out=grad_o)
+    grad_c.mul_(f)

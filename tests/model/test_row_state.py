@@ -27,7 +27,10 @@ def test_move_copies_state_and_logits():
         rows.move(0, 1)
         assert np.array_equal(rows.logits(2)[0], rows.logits(2)[1])
         rows.advance(2, np.array([5, 5]))
-        assert np.array_equal(rows.logits(2)[0], rows.logits(2)[1])
+        if isinstance(rows, KernelRows):  # row-invariant by construction (model.kernels)
+            assert np.array_equal(rows.logits(2)[0], rows.logits(2)[1])
+        else:  # MKL's GEMM may round two equal rows differently (by position, not value)
+            np.testing.assert_allclose(rows.logits(2)[0], rows.logits(2)[1], atol=1e-6, rtol=0)
 
 
 def test_torch_rows_pad_small_batches():
