@@ -5,10 +5,11 @@ pass over memory; here each direction is one pass that keeps a step's values in
 registers, which made the first layer's recurrence 1.3-1.5× faster
 (benchmarks/train_speed.py). The GEMMs stay PyTorch's (MKL).
 
-Layout (model.lstm_kernel): time, then features, then batch: gates (T, 4H, B) in PyTorch's
-gate order (i, f, g, o), states (T + 1, H, B). A step's block is contiguous and the inner
-loops run over the batch with the row fixed, which LLVM vectorises (8 floats per AVX2
-instruction); with features or the batch outermost the same loops measured 4-5× slower.
+Layout (model.lstm_kernel): PyTorch's (time, batch, features): gates (T, B, 4H) in
+PyTorch's gate order (i, f, g, o), states (T + 1, B, H). A step's block is contiguous, and
+the inner loops run over one row's features through 1-D views of each gate, which LLVM
+vectorises (8 floats per AVX2 instruction). Indexing the 3-D arrays directly with
+`hidden + r` in the inner loop measured 4-5× slower: it did not vectorise.
 
 float32 uses model.kernels' vectorisable tanh (within 3.3e-7 of the exact one); float64
 uses libm's exact tanh, so torch.autograd.gradcheck checks these very loops.
@@ -46,41 +47,46 @@ def forward_gates(gates, t, cells, hiddens, tanh_cells):
     """Step t: activate gates[t] in place (pre-activations in), then c_{t+1} = f·c_t + i·g
     into cells[t + 1], tanh(c_{t+1}) into tanh_cells[t] (kept for the backward) and
     h_{t+1} = o·tanh(c_{t+1}) into hiddens[t + 1]."""
-    hidden, batch = cells.shape[1], cells.shape[2]
-    for r in range(hidden):
-        for b in range(batch):
-            i = _gate_sigmoid(gates[t, r, b])
-            f = _gate_sigmoid(gates[t, hidden + r, b])
-            g = gate_tanh(gates[t, 2 * hidden + r, b])
-            o = _gate_sigmoid(gates[t, 3 * hidden + r, b])
-            gates[t, r, b] = i
-            gates[t, hidden + r, b] = f
-            gates[t, 2 * hidden + r, b] = g
-            gates[t, 3 * hidden + r, b] = o
-            cell = f * cells[t, r, b] + i * g
-            cells[t + 1, r, b] = cell
+    batch, hidden = cells.shape[1], cells.shape[2]
+    for b in range(batch):
+        # One 1-D view per gate: the loop below indexes them with the bare loop counter.
+        i_gate, f_gate = gates[t, b, :hidden], gates[t, b, hidden : 2 * hidden]
+        g_gate, o_gate = gates[t, b, 2 * hidden : 3 * hidden], gates[t, b, 3 * hidden :]
+        cell_in, cell_out = cells[t, b], cells[t + 1, b]
+        tanh_out, hidden_out = tanh_cells[t, b], hiddens[t + 1, b]
+        for r in range(hidden):
+            i = _gate_sigmoid(i_gate[r])
+            f = _gate_sigmoid(f_gate[r])
+            g = gate_tanh(g_gate[r])
+            o = _gate_sigmoid(o_gate[r])
+            i_gate[r], f_gate[r], g_gate[r], o_gate[r] = i, f, g, o
+            cell = f * cell_in[r] + i * g
+            cell_out[r] = cell
             tanh_cell = gate_tanh(cell)
-            tanh_cells[t, r, b] = tanh_cell
-            hiddens[t + 1, r, b] = o * tanh_cell
+            tanh_out[r] = tanh_cell
+            hidden_out[r] = o * tanh_cell
 
 
 @njit(**JIT)
 def backward_gates(gates, t, cells, tanh_cells, grad_h, grad_c, grad_gates):
-    """Step t backwards: from dL/dh_{t+1} (grad_h, (H, B), everything that reaches it) and
-    dL/dc_{t+1} from later steps (grad_c, (H, B)), the pre-activation gradients into
+    """Step t backwards: from dL/dh_{t+1} (grad_h, (B, H), everything that reaches it) and
+    dL/dc_{t+1} from later steps (grad_c, (B, H)), the pre-activation gradients into
     grad_gates[t]; grad_c becomes dL/dc_t's part through the cell (·f)."""
-    hidden, batch = grad_h.shape
-    for r in range(hidden):
-        for b in range(batch):
-            i = gates[t, r, b]
-            f = gates[t, hidden + r, b]
-            g = gates[t, 2 * hidden + r, b]
-            o = gates[t, 3 * hidden + r, b]
-            tanh_cell = tanh_cells[t, r, b]
-            grad_hidden = grad_h[r, b]
-            grad_cell = grad_c[r, b] + grad_hidden * o * (1 - tanh_cell * tanh_cell)
-            grad_gates[t, r, b] = grad_cell * g * i * (1 - i)
-            grad_gates[t, hidden + r, b] = grad_cell * cells[t, r, b] * f * (1 - f)
-            grad_gates[t, 2 * hidden + r, b] = grad_cell * i * (1 - g * g)
-            grad_gates[t, 3 * hidden + r, b] = grad_hidden * tanh_cell * o * (1 - o)
-            grad_c[r, b] = grad_cell * f
+    batch, hidden = grad_h.shape
+    for b in range(batch):
+        i_gate, f_gate = gates[t, b, :hidden], gates[t, b, hidden : 2 * hidden]
+        g_gate, o_gate = gates[t, b, 2 * hidden : 3 * hidden], gates[t, b, 3 * hidden :]
+        grad_i, grad_f = grad_gates[t, b, :hidden], grad_gates[t, b, hidden : 2 * hidden]
+        grad_g, grad_o = grad_gates[t, b, 2 * hidden : 3 * hidden], grad_gates[t, b, 3 * hidden :]
+        cell_in, tanh_in = cells[t, b], tanh_cells[t, b]
+        grad_hidden_row, grad_cell_row = grad_h[b], grad_c[b]
+        for r in range(hidden):
+            i, f, g, o = i_gate[r], f_gate[r], g_gate[r], o_gate[r]
+            tanh_cell = tanh_in[r]
+            grad_hidden = grad_hidden_row[r]
+            grad_cell = grad_cell_row[r] + grad_hidden * o * (1 - tanh_cell * tanh_cell)
+            grad_i[r] = grad_cell * g * i * (1 - i)
+            grad_f[r] = grad_cell * cell_in[r] * f * (1 - f)
+            grad_g[r] = grad_cell * i * (1 - g * g)
+            grad_o[r] = grad_hidden * tanh_cell * o * (1 - o)
+            grad_cell_row[r] = grad_cell * f

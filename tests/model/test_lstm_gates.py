@@ -11,10 +11,10 @@ def sigmoid(x):
 def step_arrays(dtype, seed=0):
     rng = np.random.default_rng(seed)
     steps, hidden, batch = 3, 5, 4
-    gates = rng.normal(size=(steps, 4 * hidden, batch)).astype(dtype)
-    cells = rng.normal(size=(steps + 1, hidden, batch)).astype(dtype)
+    gates = rng.normal(size=(steps, batch, 4 * hidden)).astype(dtype)
+    cells = rng.normal(size=(steps + 1, batch, hidden)).astype(dtype)
     hiddens = np.zeros_like(cells)
-    return gates, cells, hiddens, np.zeros((steps, hidden, batch), dtype)
+    return gates, cells, hiddens, np.zeros((steps, batch, hidden), dtype)
 
 
 @pytest.mark.parametrize(("dtype", "tolerance"), [(np.float64, 1e-14), (np.float32, 1e-6)])
@@ -25,10 +25,10 @@ def test_forward_gates_is_the_lstm_cell(dtype, tolerance):
 
     forward_gates(gates, 1, cells, hiddens, tanh_cells)
 
-    i, f, g, o = np.split(pre, 4)
+    i, f, g, o = np.split(pre, 4, axis=1)
     i, f, g, o = sigmoid(i), sigmoid(f), np.tanh(g), sigmoid(o)
     cell = f * previous_cell + i * g
-    np.testing.assert_allclose(gates[1], np.concatenate([i, f, g, o]), atol=tolerance, rtol=0)
+    np.testing.assert_allclose(gates[1], np.hstack([i, f, g, o]), atol=tolerance, rtol=0)
     np.testing.assert_allclose(cells[2], cell, atol=tolerance * 10, rtol=0)
     np.testing.assert_allclose(tanh_cells[1], np.tanh(cell), atol=tolerance * 10, rtol=0)
     np.testing.assert_allclose(hiddens[2], o * np.tanh(cell), atol=tolerance * 10, rtol=0)

@@ -9,9 +9,9 @@ GATE_MATHS = ["compiled", "torch"]
 def random_inputs(steps, batch, hidden, dtype=torch.float32, seed=0):
     generator = torch.Generator().manual_seed(seed)
     return (
-        torch.randn(steps, 4 * hidden, batch, generator=generator, dtype=dtype),
-        torch.randn(hidden, batch, generator=generator, dtype=dtype),
-        torch.randn(hidden, batch, generator=generator, dtype=dtype),
+        torch.randn(steps, batch, 4 * hidden, generator=generator, dtype=dtype),
+        torch.randn(batch, hidden, generator=generator, dtype=dtype),
+        torch.randn(batch, hidden, generator=generator, dtype=dtype),
         torch.randn(4 * hidden, hidden, generator=generator, dtype=dtype) * 0.3,
     )
 
@@ -31,17 +31,17 @@ def test_matches_lstm_cell_step_by_step(gate_maths):
     cell = torch.nn.LSTMCell(inputs, hidden)
     x = torch.randn(steps, batch, inputs)
     h, c = torch.randn(batch, hidden), torch.randn(batch, hidden)
-    projection = (x @ cell.weight_ih.t() + cell.bias_ih + cell.bias_hh).transpose(1, 2)
+    projection = x @ cell.weight_ih.t() + cell.bias_ih + cell.bias_hh
 
-    outputs, h_last, c_last = lstm_recurrence(projection, h.t(), c.t(), cell.weight_hh, gate_maths)
+    outputs, h_last, c_last = lstm_recurrence(projection, h, c, cell.weight_hh, gate_maths)
 
     expected = []
     for t in range(steps):
         h, c = cell(x[t], (h, c))
         expected.append(h)
-    torch.testing.assert_close(outputs.transpose(1, 2), torch.stack(expected), atol=1e-6, rtol=0)
-    torch.testing.assert_close(h_last.t(), h, atol=1e-6, rtol=0)
-    torch.testing.assert_close(c_last.t(), c, atol=1e-6, rtol=0)
+    torch.testing.assert_close(outputs, torch.stack(expected), atol=1e-6, rtol=0)
+    torch.testing.assert_close(h_last, h, atol=1e-6, rtol=0)
+    torch.testing.assert_close(c_last, c, atol=1e-6, rtol=0)
 
 
 def test_compiled_and_torch_gate_maths_agree_in_float32():
@@ -64,8 +64,8 @@ def test_compiled_and_torch_gate_maths_agree_in_float32():
 @pytest.mark.parametrize("gate_maths", GATE_MATHS)
 def test_unused_outputs_still_backpropagate(gate_maths):
     torch.manual_seed(0)
-    projection = torch.randn(4, 8, 3, requires_grad=True)
-    h0 = torch.zeros(2, 3)
+    projection = torch.randn(4, 3, 8, requires_grad=True)
+    h0 = torch.zeros(3, 2)
     weight = torch.randn(8, 2, requires_grad=True)
     _, h_last, _ = lstm_recurrence(projection, h0, h0, weight, gate_maths)
     h_last.sum().backward()
