@@ -86,16 +86,17 @@ class CharRNN(nn.Module):
             for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
         )
 
-    def first_layer_input(self, ids: Tensor, with_hidden_bias: bool) -> Tensor:
-        """one_hot(ids)·W_ihᵀ + b_ih (+ b_hh) as a gather: ids (...) → (..., G·H).
-
-        The bias goes into the (V, G·H) table before the gather (the same sums, exactly),
-        and the table is made contiguous so that each gathered row is one contiguous copy:
-        gathering from W_ihᵀ as a strided view cost ~2 ms a step at 64 × 32."""
+    def input_table(self, with_hidden_bias: bool = True) -> Tensor:
+        """The first layer's one-hot product as a lookup table, (V, G·H): row x is
+        one_hot(x)·W_ihᵀ + b_ih (+ b_hh). Contiguous, so a gathered row is one contiguous
+        copy (gathering from W_ihᵀ as a strided view cost ~2 ms a step at 64 × 32)."""
         weight_ih, _, bias_ih, bias_hh = self.layer_weights(0)
         bias = bias_ih + bias_hh if with_hidden_bias else bias_ih
-        table = (weight_ih.t() + bias).contiguous()  # (V, G·H)
-        return F.embedding(ids, table)
+        return (weight_ih.t() + bias).contiguous()
+
+    def first_layer_input(self, ids: Tensor, with_hidden_bias: bool) -> Tensor:
+        """one_hot(ids)·W_ihᵀ + b_ih (+ b_hh) as a gather: ids (...) → (..., G·H)."""
+        return F.embedding(ids, self.input_table(with_hidden_bias))
 
     def _fused_lstm(self, ids: Tensor, hidden: Hidden) -> tuple[Tensor, Hidden]:
         """First layer: gathered input + the hand-written kernel; the layers above it take a

@@ -84,7 +84,7 @@ class KernelRows:
         upper_recurrent = np.zeros_like(upper_input)
         upper_bias = np.zeros((layers - 1, gate_width), np.float32)
         with torch.no_grad():
-            weight_ih, weight_hh, bias_ih, bias_hh = model.layer_weights(0)
+            weight_hh = model.layer_weights(0)[1]
             for index in range(layers - 1):
                 w_ih, w_hh, b_ih, b_hh = model.layer_weights(index + 1)
                 upper_input[index] = array(w_ih.t())
@@ -92,7 +92,7 @@ class KernelRows:
                 upper_bias[index] = array(b_ih + b_hh)
             # The kernels' weights argument, in their order (model/kernels.py).
             self._weights = (
-                array(weight_ih.t() + bias_ih + bias_hh),  # (V, 4H): the one-hot product
+                array(model.input_table()),  # (V, 4H): the one-hot product
                 array(weight_hh.t()),  # (H, 4H)
                 upper_input,
                 upper_recurrent,

@@ -24,8 +24,8 @@ class Stepper:
         if not self.fast:
             return
         with torch.no_grad():
-            weight_ih, weight_hh, bias_ih, bias_hh = model.layer_weights(0)
-            self.input_table = (weight_ih.t() + bias_ih + bias_hh).contiguous()  # (V, 4H)
+            self.input_table = model.input_table()  # (V, 4H)
+            weight_hh = model.layer_weights(0)[1]
             self.recurrent = [weight_hh.t().contiguous()]  # layer 0: (H, 4H)
             self.biases: list[Tensor | None] = [None]
             for layer in range(1, self.config.num_layers):
