@@ -26,7 +26,15 @@ import numpy as np
 import torch
 from naive_seed import SeedTrainer  # benchmarks/ is the script's own directory
 from torch.profiler import ProfilerActivity, profile
-from train_speed import BATCH, HIDDEN, SEQ, VOCAB, OurStep, flops_per_char
+from train_speed import (
+    BATCH,
+    HIDDEN,
+    SEQ,
+    VOCAB,
+    OurStep,
+    flops_per_char,
+    matmul_flops_per_second,
+)
 
 from training.runtime import tune_allocator
 
@@ -40,13 +48,11 @@ def gemm_flops_per_second(repeats: int = 20) -> float:
     weight gradient over all steps) and a 2048² square, each the median of `repeats`."""
     b, h, steps = BATCH, HIDDEN, SEQ
     shapes = [(b, h, 4 * h), (4 * h, h, b), (b, 4 * h, h), (h, 4 * h, b), (4 * h, steps * b, h)]
-    shapes.append((2048, 2048, 2048))
-    best = 0.0
+    best = matmul_flops_per_second()
     for m, k, n in shapes:
         left, right, out = torch.randn(m, k), torch.randn(k, n), torch.empty(m, n)
-        count = repeats if m * k * n < 1e9 else 3
         times = []
-        for _ in range(count + 1):  # the first is a warm-up
+        for _ in range(repeats + 1):  # the first is a warm-up
             started = time.perf_counter()
             torch.mm(left, right, out=out)
             times.append(time.perf_counter() - started)
