@@ -72,6 +72,13 @@ def median_by_op(rounds: list[dict[str, float]]) -> dict[str, float]:
     return {name: statistics.median(one.get(name, 0.0) for one in rounds) for name in names}
 
 
+def median_ms(rounds: list[dict[str, float]], ops: tuple[str, ...] | None = None) -> float:
+    """Median over rounds of the milliseconds of `ops` (all ops when None)."""
+    return statistics.median(
+        sum(one.values()) if ops is None else sum(one.get(op, 0.0) for op in ops) for one in rounds
+    )
+
+
 def lstm_layer_flops(input_size: int, hidden: int = HIDDEN) -> float:
     """Training FLOPs of one LSTM layer for one step's characters (3 × forward)."""
     return 3.0 * 2 * 4 * hidden * (input_size + hidden) * CHARS
@@ -105,12 +112,9 @@ def main() -> None:
         our_rounds.append(profiled_ms(ours.step, x, y))
         peak = max(peak, gemm_flops_per_second())
 
-    baseline_total = statistics.median(sum(one.values()) for one in baseline_rounds)
-    our_total = statistics.median(sum(one.values()) for one in our_rounds)
-    baseline_lstm = statistics.median(
-        sum(one.get(n, 0) for n in ONEDNN_LSTM) for one in baseline_rounds
-    )
-    our_lstm = statistics.median(sum(one.get(n, 0) for n in ONEDNN_LSTM) for one in our_rounds)
+    baseline_total, our_total = median_ms(baseline_rounds), median_ms(our_rounds)
+    baseline_lstm = median_ms(baseline_rounds, ONEDNN_LSTM)
+    our_lstm = median_ms(our_rounds, ONEDNN_LSTM)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH} × seq {SEQ}"
     )
