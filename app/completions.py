@@ -1,11 +1,12 @@
-"""OpenAI completions on the TextGenerator: one engine job per choice, stop sequences applied.
+"""OpenAI completions on the ModelService: one engine job per choice.
 
     CompletionRequest ──CompletionRun.start──▶ n jobs per prompt (seeds seed, seed+1, ...)
     run.collect() ─▶ Completion           run.chunks() ─▶ Completion chunks, as they come
 
-A choice that meets a stop sequence is cut before it (finish_reason "stop") and its job is
-cancelled at once, freeing its row; otherwise it ends at max_tokens ("length"). Choices
-stream interleaved, each chunk naming its index, as OpenAI's do.
+Each prompt × choice becomes a GenerateRequest and then GenerationParams through the same
+edge as the native API (app/requests.py), so both APIs mean the same by every setting.
+Stop strings end a job in the engine; its row is freed at once. Choices stream
+interleaved, each chunk naming its index, as OpenAI's do.
 """
 
 from __future__ import annotations
@@ -14,63 +15,103 @@ import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from app.generation import Generation, InvalidRequest, Job, TextGenerator
+from app.jobs import Job
 from app.openai_schemas import (
     Completion,
     CompletionChoice,
     CompletionRequest,
     CompletionUsage,
     FinishReason,
+    Logprobs,
 )
-from app.schemas import MIN_TEMPERATURE, GenerateRequest
-from app.stop import StopScanner
-from model.sampling import MAX_SEED, resolve_seed
+from app.requests import generation_params
+from app.schemas import GenerateRequest, SamplingFields
+from app.service import ModelService, ServedModel
+from model.decoding.output import CharLogprob
+from model.decoding.params import (
+    MAX_SEED,
+    GenerationParams,
+    ParamError,
+    encode_logit_bias,
+    resolve_seed,
+)
 
-# Our field names and error kinds in InvalidRequest, as OpenAI's clients know them.
-OPENAI_PARAM = {"length": "max_tokens", "prime": "prompt"}
+# Our field names in ParamError, as OpenAI's clients know them.
+OPENAI_PARAM = {"length": "max_tokens", "prime": "prompt", "prompt_logprobs": "echo"}
 OPENAI_CODE = {"prime_out_of_vocabulary": "prompt_out_of_vocabulary"}
 
 
 @dataclass
 class _Choice:
     index: int
-    prompt: str
-    generation: Generation
-    scanner: StopScanner
+    job: Job
+    echo: str  # the prompt as the model read it, when echoed ("" otherwise)
     text: str = ""
-    finish_reason: FinishReason | None = None
+    offsets: int = 0  # characters of `text` covered by logprobs so far
+    logprobs: Logprobs = field(default_factory=Logprobs)
+
+
+def choice_params(
+    service: ModelService, served: ServedModel, request: CompletionRequest, prompt: str, seed: int
+) -> GenerationParams:
+    """One choice's GenerationParams; a ParamError names the field as OpenAI does."""
+    chars = served.vocab.chars
+    try:
+        ids = encode_logit_bias(served.vocab, request.logit_bias or {}, keys="ids")
+        bias = {chars[i]: value for i, value in ids}
+        body = GenerateRequest(
+            prime=prompt,
+            length=request.max_tokens,
+            temperature=0.0 if request.greedy else request.temperature,
+            top_p=1.0 if request.greedy else request.top_p,
+            seed=seed,
+            stop=request.stop or [],
+            logit_bias=bias,
+            logprobs=request.logprobs,
+            prompt_logprobs=request.echo and request.logprobs is not None,
+            **request.model_dump(include=set(SamplingFields.model_fields)),
+        )
+        return generation_params(served, service.limits, body)
+    except ParamError as error:
+        error.field = OPENAI_PARAM.get(error.field, error.field)
+        error.kind = OPENAI_CODE.get(error.kind, error.kind)
+        raise
 
 
 class CompletionRun:
     """The jobs of one request, running in the engine; `close()` cancels what is left."""
 
-    def __init__(self, request: CompletionRequest, model: str, prompt_chars: int):
+    def __init__(self, request: CompletionRequest, model: str):
         self.request = request
         self.id = f"cmpl-{secrets.token_hex(12)}"
         self.created = int(time.time())
         self.model = model
-        self.prompt_chars = prompt_chars
+        self.prompt_chars = 0
         self.choices: list[_Choice] = []
 
     @classmethod
-    def start(cls, generator: TextGenerator, request: CompletionRequest) -> CompletionRun:
-        """Validate every prompt, then queue every choice. Raises InvalidRequest (field
-        named as OpenAI does) or EngineBusy, with nothing left running."""
-        jobs = [jobs_for(generator, request, prompt) for prompt in request.prompts]
-        run = cls(request, generator.name, sum(len(choices[0].prime) for choices in jobs))
+    def start(
+        cls, service: ModelService, served: ServedModel, request: CompletionRequest
+    ) -> CompletionRun:
+        """Make every choice's params (so a bad one fails before anything runs), then
+        queue them. Raises ParamError or EngineBusy, with nothing left running."""
+        base = resolve_seed(request.seed)
+        planned = []
+        run = cls(request, served.name)
+        for prompt in request.prompts:
+            params = [
+                choice_params(service, served, request, prompt, (base + n) % (MAX_SEED + 1))
+                for n in range(request.n)
+            ]
+            run.prompt_chars += len(params[0].prime)
+            echo = served.vocab.decode(params[0].prime) if request.echo and prompt else ""
+            planned.extend((choice, echo) for choice in params)
         try:
-            for prompt, choices in zip(request.prompts, jobs, strict=True):
-                for job in choices:
-                    run.choices.append(
-                        _Choice(
-                            index=len(run.choices),
-                            prompt=prompt,
-                            generation=generator.stream(job),
-                            scanner=StopScanner(request.stops),
-                        )
-                    )
+            for params, echo in planned:
+                job = service.submit(served, params)
+                run.choices.append(_Choice(len(run.choices), job, echo))
         except BaseException:
             run.close()
             raise
@@ -78,23 +119,21 @@ class CompletionRun:
 
     def close(self) -> None:
         for choice in self.choices:
-            choice.generation.close()
+            choice.job.cancel()
 
     async def collect(self) -> Completion:
         """Wait for every choice; the whole response."""
         await asyncio.gather(*(self._drain(choice) for choice in self.choices))
         return self._completion(
-            [
-                CompletionChoice(text=c.text, index=c.index, finish_reason=c.finish_reason)
-                for c in self.choices
-            ],
+            [self._choice(c, c.text, c.logprobs, c.job.output.finish_reason) for c in self.choices],
             usage=self.usage(),
         )
 
     async def chunks(self) -> AsyncIterator[Completion]:
         """Each choice's text as it is made (echoed prompt first), a last chunk per choice
         with its finish_reason, then, if asked, one with the usage and no choices."""
-        queue: asyncio.Queue[tuple[_Choice, str, bool] | BaseException] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[_Choice, str, Logprobs, bool] | BaseException]
+        queue = asyncio.Queue()
         pumps = [asyncio.create_task(self._pump(choice, queue)) for choice in self.choices]
         try:
             running = len(pumps)
@@ -102,12 +141,10 @@ class CompletionRun:
                 item = await queue.get()
                 if isinstance(item, BaseException):
                     raise item
-                choice, text, last = item
+                choice, text, logprobs, last = item
                 running -= last
-                reason = choice.finish_reason if last else None
-                yield self._completion(
-                    [CompletionChoice(text=text, index=choice.index, finish_reason=reason)]
-                )
+                reason = choice.job.output.finish_reason if last else None
+                yield self._completion([self._choice(choice, text, logprobs, reason)])
         finally:
             for pump in pumps:
                 pump.cancel()
@@ -117,8 +154,7 @@ class CompletionRun:
             yield self._completion([], usage=self.usage())
 
     def usage(self) -> CompletionUsage:
-        echo = self.request.echo
-        completion = sum(len(c.text) - (len(c.prompt) if echo else 0) for c in self.choices)
+        completion = sum(len(c.text) - len(c.echo) for c in self.choices)
         return CompletionUsage(
             prompt_tokens=self.prompt_chars,
             completion_tokens=completion,
@@ -126,35 +162,68 @@ class CompletionRun:
         )
 
     async def _drain(self, choice: _Choice) -> None:
-        async for _ in self._texts(choice):
+        async for _ in self._pieces(choice):
             pass
 
     async def _pump(self, choice: _Choice, queue: asyncio.Queue) -> None:
         try:
-            async for text in self._texts(choice):
-                if text:
-                    queue.put_nowait((choice, text, False))
-            queue.put_nowait((choice, "", True))
+            async for text, logprobs in self._pieces(choice):
+                queue.put_nowait((choice, text, logprobs, False))
+            queue.put_nowait((choice, "", Logprobs(), True))
         except Exception as error:  # the engine failed this job: the stream reports it
             queue.put_nowait(error)
 
-    async def _texts(self, choice: _Choice) -> AsyncIterator[str]:
-        """The choice's text through its stop scanner; records text and finish_reason."""
-        if self.request.echo:
-            choice.text += choice.prompt
-            yield choice.prompt
-        async for chunk in choice.generation:
-            text = choice.scanner.feed(chunk)
-            choice.text += text
-            yield text
-            if choice.scanner.stopped:
-                choice.generation.close()  # frees the row now, not at max_tokens
-                choice.finish_reason = "stop"
-                return
-        rest = choice.scanner.flush()
-        choice.text += rest
-        yield rest
-        choice.finish_reason = "length"
+    async def _pieces(self, choice: _Choice) -> AsyncIterator[tuple[str, Logprobs]]:
+        """The choice's text in pieces (the echo first, once its logprobs are known), each
+        with its logprobs; also kept whole on the choice."""
+        echo_pending = bool(choice.echo)
+        async for chunk in choice.job.chunks():
+            if echo_pending:
+                echo_pending = False
+                yield self._add(choice, choice.echo, self._prompt_logprobs(choice))
+            yield self._add(choice, chunk.text, chunk.logprobs)
+        if echo_pending:  # max_tokens 0, or nothing generated
+            yield self._add(choice, choice.echo, self._prompt_logprobs(choice))
+
+    def _prompt_logprobs(self, choice: _Choice) -> list[CharLogprob | None]:
+        """The echoed prompt's entries: none for its first character (nothing precedes it)."""
+        if self.request.logprobs is None:
+            return []
+        return [None, *choice.job.output.prompt_logprobs]
+
+    def _add(
+        self, choice: _Choice, text: str, entries: list[CharLogprob | None]
+    ) -> tuple[str, Logprobs]:
+        piece = Logprobs()
+        if self.request.logprobs is not None:
+            chars = choice.job.chars
+            for offset, (char, entry) in enumerate(zip(text, entries, strict=False)):
+                piece.tokens.append(char)
+                piece.text_offset.append(choice.offsets + offset)
+                if entry is None:
+                    piece.token_logprobs.append(None)
+                    piece.top_logprobs.append(None)
+                else:
+                    piece.token_logprobs.append(entry.logprob)
+                    piece.top_logprobs.append({chars[i]: lp for i, lp in entry.top})
+            whole = choice.logprobs
+            whole.tokens += piece.tokens
+            whole.token_logprobs += piece.token_logprobs
+            whole.top_logprobs += piece.top_logprobs
+            whole.text_offset += piece.text_offset
+        choice.text += text
+        choice.offsets += len(text)
+        return text, piece
+
+    def _choice(
+        self, choice: _Choice, text: str, logprobs: Logprobs, reason: FinishReason | None
+    ) -> CompletionChoice:
+        return CompletionChoice(
+            text=text,
+            index=choice.index,
+            logprobs=logprobs if self.request.logprobs is not None else None,
+            finish_reason=reason,
+        )
 
     def _completion(
         self, choices: list[CompletionChoice], usage: CompletionUsage | None = None
@@ -162,27 +231,3 @@ class CompletionRun:
         return Completion(
             id=self.id, created=self.created, model=self.model, choices=choices, usage=usage
         )
-
-
-def jobs_for(generator: TextGenerator, request: CompletionRequest, prompt: str) -> list[Job]:
-    """The n jobs of one prompt: the generator's own validation, seeds seed .. seed+n-1."""
-    greedy = request.temperature < MIN_TEMPERATURE or request.top_p == 0
-    base = resolve_seed(request.seed)
-    jobs = []
-    for sample in range(request.n):
-        fields = GenerateRequest(
-            prime=prompt,
-            length=request.max_tokens,
-            temperature=1.0 if greedy else request.temperature,
-            top_k=1 if greedy else request.top_k,
-            top_p=1.0 if greedy else request.top_p,
-            seed=(base + sample) % (MAX_SEED + 1),
-            skip_unknown=request.skip_unknown,
-        )
-        try:
-            jobs.append(generator.validate(fields))
-        except InvalidRequest as error:
-            error.field = OPENAI_PARAM.get(error.field, error.field)
-            error.kind = OPENAI_CODE.get(error.kind, error.kind)
-            raise
-    return jobs

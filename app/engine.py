@@ -1,33 +1,42 @@
-"""The continuous-batching decoding engine: one thread owns the model and advances every
-active request by one character per step, in a single batched LSTM step.
+"""The continuous-batching decoding engine: one thread owns the models and advances every
+active request by one character per step, in one batched step per model.
 
-    HTTP handlers ──submit()──▶ waiting queue (bounded) ──admit: run prime──▶ decoder rows
-         ▲                                                                       │
-         └──── Job.chunks(): chars coalesced since the last read ◀── one step ───┘
+    submit() ──▶ waiting queue (bounded) ──admit──▶ a decoder row ──prefill──▶ decoding
+        ▲                                                                       │
+        └──── Job.chunks(): text released since the last read ◀── one step ─────┘
 
-- New requests join at the next step once their prime has run through the network;
-  finished or cancelled ones leave at once (their row is reused).
-- A row never waits for its client: the characters it makes are buffered in its Job,
-  bounded by the request's own length (itself capped by the service's max length), so a
-  slow or stuck client costs at most that much memory and cannot stall the loop.
-- Each request samples with its own settings and its own seeded random stream; see
-  model/decoder.py for why a seed gives the same text whatever else is being served.
+One iteration of the thread:
+  1. admit waiting requests into free rows (cheap: the prime runs later);
+  2. one decoding step per model with decoding rows (each model a Lane);
+  3. prefill: primes run in batched slices, under a time budget (PREFILL_SHARE of the
+     engine's time while streams decode, at least one prime character per iteration),
+     so a burst of long primes cannot freeze the streams already running;
+  4. finished, failed and cancelled requests leave at once (their row is reused).
+
+Faults stay with their request: an error while admitting one request, or a row whose
+sampling fails (non-finite scores, nothing allowed), or an error recording one row's
+output, fails that request alone. Only a failure of a batched step itself fails the rows
+of that step; the engine then keeps serving. Clients see a generic message; the log has
+the detail.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import math
+import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from model.decoder import BatchDecoder, Request
+from app.jobs import Job
+from model.decoding.decoder import BatchDecoder
+from model.decoding.params import GenerationParams
+from model.decoding.sampler import FAILURES, RUNNING
 from model.network import CharRNN
-from model.sampling import SamplingConfig
-from model.vocab import Vocabulary
+
+logger = logging.getLogger("charrnn.engine")
+
+FAILED_MESSAGE = "generation failed; the server's log has the details"
 
 
 class EngineBusy(RuntimeError):
@@ -36,12 +45,19 @@ class EngineBusy(RuntimeError):
 
 @dataclass(frozen=True)
 class EngineConfig:
-    max_active: int = 256  # rows decoded together
+    """The engine's knobs; app/settings.py reads their defaults from here."""
+
+    max_active: int = 256  # rows decoded together (per model)
     max_queue: int = 1024  # requests waiting for a row
-    max_admit_per_step: int = 32  # primes run between two steps, so a burst can't stall others
+    max_admit_per_step: int = 64  # requests given a row between two steps
     # Threads that share a step's rows (the CPU kernel releases the GIL). Two on a 2-core
     # machine: the event loop needs little CPU next to the kernel.
-    decode_threads: int = 1
+    decode_threads: int = 2
+    # The most of the engine's time primes may take while other streams decode.
+    prefill_share: float = 0.25
+    # Prefill time per iteration when no stream decodes (new work is checked after it).
+    idle_prefill_seconds: float = 0.05
+    prime_cache_bytes: int = 32 << 20  # states after recent primes (0: no cache)
     # Least time between two chunks of one stream. Each chunk costs the event loop an HTTP
     # write, and the loop shares the GIL with the decoding thread: waiting a little lets the
     # characters of several steps go out as one event. 0: a chunk per wake-up.
@@ -55,153 +71,64 @@ class EngineConfig:
         for name in ("max_active", "max_admit_per_step", "decode_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_queue < 0:
-            raise ValueError(f"max_queue must be at least 0, got {self.max_queue}")
-        for name in ("min_chunk_interval", "max_chunks_per_second"):
+        for name in ("max_queue", "prime_cache_bytes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
+        for name in ("min_chunk_interval", "max_chunks_per_second", "idle_prefill_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        if not 0 < self.prefill_share < 1:
+            raise ValueError(f"prefill_share must be in (0, 1), got {self.prefill_share}")
 
 
-@dataclass
-class JobStats:
-    prime_chars: int
-    seed: int
-    submitted_at: float = field(default_factory=time.perf_counter)
-    first_char_at: float | None = None
-    finished_at: float | None = None
-    chars: int = 0
+class Lane:
+    """One model's decoder inside the engine, and the requests in its rows."""
 
-
-class Job:
-    """One request inside the engine: its inputs, its output buffer and its state."""
-
-    def __init__(self, prime: list[int], config: SamplingConfig, seed: int):
-        self.prime = prime
-        self.config = config
-        self.stats = JobStats(prime_chars=len(prime), seed=seed)
-        self.error: str | None = None
-        self._pending: list[str] = []
-        self._lock = threading.Lock()
-        self._done = threading.Event()
-        self._cancelled = False
-        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled
-
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    def cancel(self) -> None:
-        """Stop generating (the client left); the engine frees the row at its next step."""
-        self._cancelled = True
-
-    # --- engine side -----------------------------------------------------------------
-    def _emit(self, char: str) -> bool:
-        """Append one char; returns True when the job has its full length."""
-        self._pending.append(char)
-        self.stats.chars += 1
-        if self.stats.first_char_at is None:
-            self.stats.first_char_at = time.perf_counter()
-        return self.stats.chars >= self.config.length
-
-    def _finish(self, error: str | None = None) -> None:
-        self.error = error
-        self.stats.finished_at = time.perf_counter()
-        self._done.set()
-        self._wake()
-
-    def _wake(self) -> None:
-        with self._lock:
-            waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            loop, event = waiter
-            loop.call_soon_threadsafe(event.set)
-
-    # --- consumer side ---------------------------------------------------------------
-    def _take(self) -> str:
-        with self._lock:
-            chunk = "".join(self._pending)
-            self._pending.clear()
-        return chunk
-
-    async def chunks(
-        self,
-        min_interval: float | Callable[[], float] = 0.0,
-        keepalive: float | None = None,
-    ) -> AsyncIterator[str]:
-        """Characters as they are made, coalesced: each item holds all chars made since the
-        previous one, and items come at most every `min_interval` seconds (a number, or a
-        function asked before each item). The first item goes out as soon as it is ready.
-        With `keepalive`, an empty item comes after that many seconds without characters
-        (say, while waiting for a row). Leaving the loop early (a client disconnect)
-        cancels the job."""
-        loop = asyncio.get_running_loop()
-        interval = min_interval if callable(min_interval) else lambda: min_interval
-        last_yield = -math.inf
-        try:
-            while True:
-                wait = last_yield + interval() - loop.time()
-                if wait > 0 and not self.done:
-                    await asyncio.sleep(wait)  # let a few steps' chars gather into one item
-                event = asyncio.Event()
-                with self._lock:
-                    ready = bool(self._pending)
-                    if not ready and not self.done:
-                        self._waiter = (loop, event)
-                if not ready and not self.done:
-                    try:
-                        await asyncio.wait_for(event.wait(), keepalive)
-                    except TimeoutError:
-                        yield ""
-                        continue
-                chunk = self._take()
-                if chunk:
-                    last_yield = loop.time()
-                    yield chunk
-                elif self.done:
-                    if self.error:
-                        raise RuntimeError(self.error)
-                    return
-        finally:
-            if not self.done:
-                self.cancel()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the engine has finished with the job; True if it has."""
-        return self._done.wait(timeout)
-
-    def wait_text(self, timeout: float | None = None) -> str:
-        """Block until finished and return all the text (for synchronous callers)."""
-        if not self._done.wait(timeout):
-            self.cancel()
-            raise TimeoutError("generation did not finish in time")
-        if self.error:
-            raise RuntimeError(self.error)
-        return self._take()
+    def __init__(self, name: str, model: CharRNN, chars: tuple[str, ...], config: EngineConfig):
+        self.name = name
+        self.chars = chars
+        self.decoder = BatchDecoder(
+            model,
+            config.max_active,
+            threads=config.decode_threads,
+            prime_cache_bytes=config.prime_cache_bytes,
+        )
+        self.row_seconds = 1e-4  # running estimate of a prefill row-character's cost
 
 
 class DecodingEngine:
-    """Owns the model in one background thread; thread-safe `submit` from anywhere."""
+    """Owns the lanes' decoders in one background thread; `submit` is thread-safe."""
 
-    def __init__(self, model: CharRNN, vocab: Vocabulary, config: EngineConfig):
-        self.vocab = vocab
+    def __init__(self, config: EngineConfig):
         self.config = config
-        self.decoder = BatchDecoder(model, config.max_active, threads=config.decode_threads)
-        self._rows: list[Job] = []  # job of each live decoder row
-        self._queue: collections.deque[Job] = collections.deque()
+        self.lanes: list[Lane] = []
+        self._queue: collections.deque[tuple[Lane, Job]] = collections.deque()
         self._wakeup = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.chars_generated = 0
         self.steps = 0
-        self.jobs_failed = 0  # ended by an error (a failed step, or a stop while running)
+        self.jobs_failed = 0
+        self.last_progress = time.monotonic()  # when an iteration last completed
+
+    # --- public -----------------------------------------------------------------------
+    def add_lane(self, name: str, model: CharRNN, chars: tuple[str, ...]) -> Lane:
+        lane = Lane(name, model, chars, self.config)
+        with self._wakeup:
+            self.lanes.append(lane)
+        return lane
 
     @property
     def active(self) -> int:
-        return len(self._rows)
+        return sum(lane.decoder.size for lane in self.lanes)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def chunk_interval(self) -> float:
         """Least seconds between two chunks of one stream, given how many are active."""
@@ -209,10 +136,6 @@ class DecodingEngine:
         if config.max_chunks_per_second == 0:
             return config.min_chunk_interval
         return max(config.min_chunk_interval, self.active / config.max_chunks_per_second)
-
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
 
     def start(self) -> None:
         """Start the decoding thread (idempotent; a stopped engine can start again)."""
@@ -229,81 +152,164 @@ class DecodingEngine:
             self._thread.join(timeout)
             self._thread = None
 
-    def submit(self, prime: list[int], config: SamplingConfig, seed: int) -> Job:
+    def submit(self, lane: Lane, params: GenerationParams) -> Job:
         """Queue a request; raises EngineBusy when the waiting queue is full."""
-        job = Job(prime, config, seed)
-        if config.length == 0:
-            job._finish()
-            return job
+        job = Job(params, lane.chars, lane.name)
         with self._wakeup:
-            free_rows = self.config.max_active - len(self._rows)
-            if len(self._queue) >= self.config.max_queue + max(0, free_rows):
+            free_rows = sum(lane.decoder.free for lane in self.lanes)
+            if len(self._queue) >= self.config.max_queue + free_rows:
                 raise EngineBusy(f"{len(self._queue)} requests already waiting")
-            self._queue.append(job)
+            self._queue.append((lane, job))
             self._wakeup.notify()
         return job
 
+    # --- the thread -------------------------------------------------------------------
     def _run(self) -> None:
         while True:
             with self._wakeup:
-                while not self._stopping and not self._queue and not self._rows:
+                while not self._stopping and not self._queue and not self._busy():
+                    self.last_progress = time.monotonic()
                     self._wakeup.wait()
                 if self._stopping:
                     break
                 admitted = self._pop_admissible()
-            try:
-                self._admit(admitted)
-                if self._rows:
-                    self._step()
-            except Exception as error:  # keep serving: fail the affected jobs, not the process
-                self._fail_all(admitted, f"generation failed: {error}")
-        self._fail_all([], "the service is shutting down")
+            for lane, job in admitted:
+                self._admit(lane, job)
+            started = time.perf_counter()
+            for lane in self.lanes:
+                if len(lane.decoder.decoding):
+                    self._step(lane)
+            decoding = time.perf_counter() - started
+            self._prefill(decoding)
+            self.last_progress = time.monotonic()
+        self._fail_everything("the service is shutting down")
 
-    def _pop_admissible(self) -> list[Job]:
-        free = self.config.max_active - len(self._rows)
-        count = min(free, self.config.max_admit_per_step, len(self._queue))
-        return [self._queue.popleft() for _ in range(count)]
+    def _busy(self) -> bool:
+        return any(lane.decoder.size for lane in self.lanes)
 
-    def _admit(self, jobs: list[Job]) -> None:
-        live = []
-        for job in jobs:
-            if job.cancelled:
-                job._finish()
+    def _pop_admissible(self) -> list[tuple[Lane, Job]]:
+        admitted: list[tuple[Lane, Job]] = []
+        free = {id(lane): lane.decoder.free for lane in self.lanes}
+        waiting = collections.deque()
+        while self._queue and len(admitted) < self.config.max_admit_per_step:
+            lane, job = self._queue.popleft()
+            if free[id(lane)] > 0:
+                free[id(lane)] -= 1
+                admitted.append((lane, job))
             else:
-                live.append(job)
-        # Their primes run through the network together, one character per step for all.
-        self.decoder.add_many([Request(job.prime, job.config, job.stats.seed) for job in live])
-        self._rows.extend(live)
+                waiting.append((lane, job))  # its model is full; keep its place
+        self._queue.extendleft(reversed(waiting))
+        return admitted
 
-    def _step(self) -> None:
-        ids = self.decoder.step()  # (n,)
-        chars = self.vocab.chars
-        leaving = []
-        for row, (job, char_id) in enumerate(zip(self._rows, ids.tolist(), strict=True)):
-            if job.cancelled or job._emit(chars[char_id]):
-                leaving.append(row)
-        self.steps += 1
-        self.chars_generated += len(self._rows)
-        for job in self._rows:
-            job._wake()
-        # Highest rows first: the decoder moves its last live row into a freed one, and
-        # every row above the current one has already left.
-        for row in reversed(leaving):
-            job = self._rows[row]
-            moved = self.decoder.remove(row)
-            if moved is not None:
-                self._rows[row] = self._rows[moved]
-            self._rows.pop()
+    def _admit(self, lane: Lane, job: Job) -> None:
+        if job.cancelled:
             job._finish()
+            return
+        try:
+            lane.decoder.add(job.params, job)
+        except Exception:
+            logger.exception("admitting a request failed")
+            self._fail(job, FAILED_MESSAGE)
 
-    def _fail_all(self, extra: list[Job], message: str) -> None:
+    def _step(self, lane: Lane) -> None:
+        decoder = lane.decoder
+        try:
+            rows = decoder.step()
+        except Exception:  # the batched step itself: its rows cannot be told apart
+            logger.exception("a decoding step failed; its %d requests fail", len(decoder.decoding))
+            for row in decoder.decoding.tolist():
+                self._remove(lane, row, FAILED_MESSAGE)
+            return
+        self.steps += 1
+        self.chars_generated += len(rows)
+        now = time.perf_counter()
+        for row in rows.tolist():
+            job: Job = decoder.owners[row]
+            try:
+                status = decoder.record(row, job.output)
+            except Exception:
+                logger.exception("recording a generated character failed")
+                self._remove(lane, row, FAILED_MESSAGE)
+                continue
+            if status in FAILURES:
+                logger.warning("request failed: %s", FAILURES[status])
+                self._remove(lane, row, FAILURES[status])
+                continue
+            if job.stats.first_char_at is None:
+                job.stats.first_char_at = now
+            if status != RUNNING or job.cancelled:
+                self._remove(lane, row)
+            else:
+                job._wake()
+        decoder.compact()
+
+    def _prefill(self, decoding_seconds: float) -> None:
+        """Run primes in batched slices for at most the iteration's prefill budget."""
+        share = self.config.prefill_share
+        if decoding_seconds > 0:
+            budget = decoding_seconds * share / (1 - share)
+        else:
+            budget = self.config.idle_prefill_seconds
+        started = time.perf_counter()
+        lanes = [lane for lane in self.lanes if lane.decoder.prefilling]
+        while lanes:
+            for lane in lanes:
+                spent = time.perf_counter() - started
+                max_rows = max(1, int((budget - spent) / lane.row_seconds))
+                self._prefill_slice(lane, max_rows)
+            lanes = [lane for lane in lanes if lane.decoder.prefilling]
+            if time.perf_counter() - started >= budget:
+                return
+
+    def _prefill_slice(self, lane: Lane, max_rows: int) -> None:
+        decoder = lane.decoder
+        started = time.perf_counter()
+        try:
+            rows, positions, done = decoder.prefill(max_rows)
+        except Exception:  # a batched prefill step: fail the rows it held
+            logger.exception("a prefill step failed")
+            for row in list(decoder.rows()):
+                if row not in set(decoder.decoding.tolist()):
+                    self._remove(lane, row, FAILED_MESSAGE)
+            return
+        if len(rows):
+            seconds = (time.perf_counter() - started) / len(rows)
+            lane.row_seconds = 0.8 * lane.row_seconds + 0.2 * seconds
+        for row, position in zip(rows.tolist(), positions.tolist(), strict=True):
+            job: Job = decoder.owners[row]
+            try:
+                decoder.record_prompt(row, position, job.output)
+            except Exception:
+                logger.exception("recording a prompt log-probability failed")
+                self._remove(lane, row, FAILED_MESSAGE)
+                continue
+            if job.cancelled:
+                self._remove(lane, row)
+        for row in done:
+            job = decoder.owners[row]
+            if job is not None and job.params.length == 0:
+                decoder.finish_unsampled(row, job.output)
+                self._remove(lane, row)
+
+    def _remove(self, lane: Lane, row: int, error: str | None = None) -> None:
+        job: Job = lane.decoder.owners[row]
+        lane.decoder.remove(row)
+        if error is None:
+            job._finish()
+        else:
+            self._fail(job, error)
+
+    def _fail(self, job: Job, message: str) -> None:
+        self.jobs_failed += 1
+        job._finish(message)
+
+    def _fail_everything(self, message: str) -> None:
         with self._wakeup:
-            jobs = [*self._rows, *extra, *self._queue]
+            waiting = [job for _, job in self._queue]
             self._queue.clear()
-        while self.decoder.size:
-            self.decoder.remove(self.decoder.size - 1)
-        self._rows.clear()
-        for job in jobs:  # after the rows are free, so a woken caller sees them free
+        for lane in self.lanes:
+            for row in list(lane.decoder.rows()):
+                self._remove(lane, row, message)
+        for job in waiting:
             if not job.done:
-                self.jobs_failed += 1
-                job._finish(message)
+                self._fail(job, message)

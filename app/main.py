@@ -30,12 +30,11 @@ from pydantic import ValidationError
 from app import openai_routes, playground
 from app.access_log import AccessLogMiddleware, configure_access_logger
 from app.body_limit import BodyLimitMiddleware
-from app.engine import DecodingEngine, EngineConfig
+from app.engine import DecodingEngine, EngineBusy
 from app.errors import engine_busy, validation_error
-from app.generation import EngineBusy, TextGenerator
 from app.metrics import Metrics, MetricsMiddleware
 from app.routes import router
-from app.schemas import Limits
+from app.service import ModelService
 from app.settings import Settings
 
 # uvicorn configures this logger, so our lines come out in its stream and format.
@@ -51,51 +50,49 @@ the seed it used: pass it back to get the same text again. `/v1/completions` and
 """
 
 
-def load_generator(settings: Settings) -> TextGenerator:
-    """The model the settings name, on their device. Raises CheckpointError / ValueError."""
-    limits = Limits(
-        max_length=settings.max_length,
-        max_prime_length=settings.max_prime_length,
-        default_length=settings.default_length,
-    )
+def load_service(settings: Settings) -> ModelService:
+    """The model(s) the settings name, on their device. Raises CheckpointError / ValueError."""
     torch.set_num_threads(settings.torch_threads)  # process-wide: the service owns the process
-    engine = EngineConfig(
-        max_active=settings.max_active,
-        max_queue=settings.max_queue,
-        decode_threads=settings.decode_threads,
+    return ModelService.load(
+        settings.checkpoint,
+        settings.device,
+        settings.limits(),
+        settings.engine_config(),
+        settings.regex_limits(),
+        settings.stall_seconds,
     )
-    return TextGenerator.load(settings.checkpoint, settings.device, limits, engine)
 
 
-def create_app(settings: Settings | None = None, generator: TextGenerator | None = None) -> FastAPI:
-    """The service. The lifespan loads the model `settings` name, unless `generator` is
+def create_app(settings: Settings | None = None, service: ModelService | None = None) -> FastAPI:
+    """The service. The lifespan loads the model `settings` name, unless `service` is
     given already loaded."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loaded = generator
+        loaded = service
         if loaded is None:
             try:
-                loaded = await anyio.to_thread.run_sync(load_generator, settings)
+                loaded = await anyio.to_thread.run_sync(load_service, settings)
             except (ValueError, OSError) as error:  # bad checkpoint, device, or unreadable file
                 logger.error("cannot load the model: %s", error)
                 raise SystemExit(1) from None
-        logger.info("serving %s on %s", loaded.checkpoint_path, loaded.device)
+        for served in loaded.models.values():
+            logger.info("serving %s on %s", served.checkpoint_path.name, served.device)
         loaded.start()
         # The libraries and the model are loaded for good: keep their millions of objects
         # out of the garbage collector's full passes, which otherwise stall the event loop
         # for ~0.3 s at the first burst of requests.
         gc.freeze()
-        app.state.generator = loaded
+        app.state.service = loaded
         try:
             yield
         finally:
             # New work is refused (503) while running streams get the grace period.
             app.state.draining = True
             await drain(loaded, settings.shutdown_grace_seconds)
-            app.state.generator = None
-            await anyio.to_thread.run_sync(loaded.stop_all)
+            app.state.service = None
+            await anyio.to_thread.run_sync(loaded.stop)
             app.state.draining = False
 
     app = FastAPI(
@@ -105,7 +102,7 @@ def create_app(settings: Settings | None = None, generator: TextGenerator | None
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.generator = None
+    app.state.service = None
     app.state.draining = False
     app.state.metrics = Metrics(lambda: engine_of(app))
     app.include_router(router)
@@ -131,16 +128,16 @@ def create_app(settings: Settings | None = None, generator: TextGenerator | None
 
 
 def engine_of(app: FastAPI) -> DecodingEngine | None:
-    generator: TextGenerator | None = app.state.generator
-    return generator.engine if generator is not None else None
+    service: ModelService | None = app.state.service
+    return service.engine if service is not None else None
 
 
-async def drain(generator: TextGenerator, grace_seconds: float) -> None:
+async def drain(service: ModelService, grace_seconds: float) -> None:
     """Wait until the engine has no running or waiting request, or the grace has passed."""
-    if generator.active:
-        logger.info("waiting up to %gs for %d generations", grace_seconds, generator.active)
+    if service.active:
+        logger.info("waiting up to %gs for %d generations", grace_seconds, service.active)
     deadline = time.monotonic() + grace_seconds
-    while generator.active and time.monotonic() < deadline:
+    while service.active and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
 
 
@@ -152,12 +149,12 @@ def serving_app(**overrides: object) -> FastAPI:
     except ValidationError as error:
         raise SystemExit(f"error: {one_line(error)}") from None
     try:
-        generator = load_generator(settings)
+        service = load_service(settings)
     except (ValueError, OSError) as error:  # bad checkpoint, device, or unreadable file
         raise SystemExit(f"error: cannot load the model: {error}") from None
     if settings.access_log:
         configure_access_logger()
-    return create_app(settings, generator)
+    return create_app(settings, service)
 
 
 def one_line(error: ValidationError) -> str:

@@ -1,7 +1,7 @@
 """OpenAI-compatible routes, so OpenAI's clients work unchanged with base_url=.../v1:
 
     POST /v1/completions      text completions, whole or streamed (`data: {...}`, `data: [DONE]`)
-    GET  /v1/models           the one served model; GET /v1/models/{id} for it alone
+    GET  /v1/models           the served models; GET /v1/models/{id} for one
 
 Their errors use OpenAI's shape, {"error": {"message", "type", "param", "code"}}, with
 OpenAI's statuses (400 for a bad parameter, not FastAPI's 422), so the clients raise
@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any
 
+import anyio.to_thread
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
@@ -22,8 +23,9 @@ from starlette.exceptions import HTTPException
 from app import sse
 from app.auth import PROTECTED
 from app.completions import CompletionRun
+from app.engine import EngineBusy
 from app.errors import RETRY_AFTER_SECONDS
-from app.generation import EngineBusy, InvalidRequest
+from app.jobs import JobFailed
 from app.openai_schemas import (
     Completion,
     CompletionRequest,
@@ -32,7 +34,9 @@ from app.openai_schemas import (
     ModelCard,
     ModelList,
 )
-from app.routes import Generator
+from app.routes import Service
+from app.service import ModelService, ServedModel, UnknownModel
+from model.decoding.params import ParamError
 
 logger = logging.getLogger("uvicorn.error")
 
@@ -85,7 +89,7 @@ class OpenAIRoute(APIRoute):
                 )
             except RequestValidationError as error:
                 return invalid_parameters(error)
-            except InvalidRequest as error:
+            except ParamError as error:
                 return error_response(400, error.message, param=error.field, code=error.kind)
             except EngineBusy as error:
                 retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
@@ -119,20 +123,28 @@ router = APIRouter(
 )
 
 
-async def model_card(generator: Generator) -> ModelCard:
-    path = generator.checkpoint_path
+def model_card(served: ServedModel) -> ModelCard:
+    path = served.checkpoint_path
     created = int(path.stat().st_mtime) if path.is_file() else 0
-    return ModelCard(id=generator.name, created=created)
+    return ModelCard(id=served.name, created=created)
 
 
-async def completion_run(
-    generator: Generator, body: CompletionRequest
-) -> AsyncIterator[CompletionRun]:
+def served_model(service: ModelService, name: str) -> ServedModel:
+    try:
+        return service.model(name)
+    except UnknownModel as error:
+        raise OpenAIError(
+            404, f"The model `{name}` does not exist; {error}", "model", "model_not_found"
+        ) from None
+
+
+async def completion_run(service: Service, body: CompletionRequest) -> AsyncIterator[CompletionRun]:
     """The request's jobs, queued; cancelled when the response ends, however it ends."""
-    if body.model != generator.name:
-        message = f"The model `{body.model}` does not exist; this server has `{generator.name}`"
-        raise OpenAIError(404, message, "model", "model_not_found")
-    run = CompletionRun.start(generator, body)
+    served = served_model(service, body.model)
+    if body.regex is not None:  # compiling may take a while: not on the event loop
+        run = await anyio.to_thread.run_sync(CompletionRun.start, service, served, body)
+    else:
+        run = CompletionRun.start(service, served, body)
     try:
         yield run
     finally:
@@ -143,8 +155,7 @@ async def stream_events(run: CompletionRun) -> AsyncIterator[str]:
     try:
         async for chunk in run.chunks():
             yield f"data: {chunk.model_dump_json()}\n\n"
-    except Exception as error:  # after the 200 went out: OpenAI's clients raise on this
-        logger.exception("completion failed mid-stream")
+    except JobFailed as error:  # after the 200 went out: OpenAI's clients raise on this
         body = ErrorResponse(error=ErrorBody(message=str(error), type="server_error"))
         yield f"data: {body.model_dump_json()}\n\n"
         return
@@ -162,18 +173,15 @@ async def completions(run: Annotated[CompletionRun, Depends(completion_run)]) ->
         return sse.response(stream_events(run))
     try:
         return await run.collect()
-    except RuntimeError as error:  # the engine failed a job (see DecodingEngine._fail_all)
-        logger.exception("completion failed")
+    except JobFailed as error:  # the engine failed a job
         return error_response(500, str(error), code="generation_failed")
 
 
 @router.get("/models")
-async def list_models(card: Annotated[ModelCard, Depends(model_card)]) -> ModelList:
-    return ModelList(data=[card])
+async def list_models(service: Service) -> ModelList:
+    return ModelList(data=[model_card(served) for served in service.models.values()])
 
 
 @router.get("/models/{model}")
-async def retrieve_model(model: str, card: Annotated[ModelCard, Depends(model_card)]) -> ModelCard:
-    if model != card.id:
-        raise OpenAIError(404, f"The model `{model}` does not exist", "model", "model_not_found")
-    return card
+async def retrieve_model(service: Service, model: str) -> ModelCard:
+    return model_card(served_model(service, model))

@@ -1,29 +1,31 @@
 """OpenAI's legacy completions API, as far as a character-level model can honour it.
 
-Tokens are characters here: max_tokens counts characters, and usage reports them. Fields
-OpenAI defines that cannot apply (logprobs, penalties, logit_bias, suffix, best_of > n)
-are accepted at their neutral values, so clients that always send them still work, and
-refused otherwise. Two fields are ours: top_k, and skip_unknown (drop prompt characters
-the model does not know instead of a 400); pass them with the client's `extra_body`.
+Tokens are characters here: max_tokens counts characters, usage reports them, and
+`logprobs` lists one entry per character. logit_bias keys are token ids as OpenAI's are
+(a character's id is its position in GET /model's vocabulary). Fields OpenAI defines
+that cannot apply (suffix, best_of > n) are accepted at their neutral values, so clients
+that always send them still work, and refused otherwise. The sampler settings OpenAI
+lacks (top_k, min_p, repetition_penalty, repeat_last_n, regex, skip_unknown) are ours;
+pass them with the client's `extra_body`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from model.sampling import MAX_SEED
+from app.schemas import Bias, SamplingFields, StopString, _listed
+from model.decoding.params import MAX_LOGIT_BIAS_ENTRIES, MAX_LOGPROBS, MAX_SEED, MAX_STOPS
 
 MAX_CHOICES = 16  # n × prompts: one request may not take every row of the engine
-MAX_STOPS = 4  # as OpenAI
 
 
 class StreamOptions(BaseModel):
     include_usage: bool = Field(False, description="a last chunk with usage and no choices")
 
 
-class CompletionRequest(BaseModel):
+class CompletionRequest(SamplingFields):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
@@ -31,17 +33,20 @@ class CompletionRequest(BaseModel):
         },
     )
 
-    model: str = Field(description="the served model's name (GET /v1/models)")
+    model: str = Field(description="a served model's name (GET /v1/models)")
     prompt: str | list[str] = Field("", description="text to continue, or several")
     max_tokens: int | None = Field(
-        None, ge=1, description="characters per choice; default: the server's DEFAULT_LENGTH"
+        None,
+        ge=0,
+        description="characters per choice; default: the server's DEFAULT_LENGTH. 0 with "
+        "echo and logprobs scores the prompt",
     )
     temperature: float = Field(1.0, ge=0, le=2, allow_inf_nan=False, description="0: greedy")
     top_p: float = Field(1.0, ge=0, le=1, allow_inf_nan=False, description="0: greedy")
     n: int = Field(1, ge=1, le=MAX_CHOICES, description="independent samples per prompt")
-    stop: str | list[str] | None = Field(
+    stop: Annotated[list[StopString], BeforeValidator(_listed)] | None = Field(
         None,
-        validate_default=True,  # None too becomes a list
+        max_length=MAX_STOPS,
         description="up to 4 sequences; the text ends before the first one found",
     )
     seed: int | None = Field(
@@ -50,47 +55,27 @@ class CompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     echo: bool = Field(False, description="prepend the prompt to each choice's text")
+    logprobs: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_LOGPROBS,
+        description="each character's log-probability and this many likeliest alternatives",
+    )
+    logit_bias: dict[str, Bias] | None = Field(
+        None,
+        max_length=MAX_LOGIT_BIAS_ENTRIES,
+        description="{token id: bias in [-100, 100]}; -100 bans the character",
+    )
     user: str | None = Field(None, description="accepted and ignored")
     # OpenAI fields accepted at their neutral values only.
     best_of: int | None = None
-    logprobs: int | None = None
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    logit_bias: dict[str, float] | None = None
     suffix: str | None = None
-    # Ours.
-    top_k: int | None = Field(None, ge=1, description="sample only from the k likeliest chars")
-    skip_unknown: bool = Field(False, description="drop prompt chars the model does not know")
 
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, value: str | list[str] | None) -> list[str]:
-        stops = [value] if isinstance(value, str) else list(value or [])
-        if len(stops) > MAX_STOPS:
-            raise ValueError(f"at most {MAX_STOPS} stop sequences")
-        if any(not stop for stop in stops):
-            raise ValueError("stop sequences cannot be empty")
-        return stops
-
-    @field_validator("logprobs", "suffix")
+    @field_validator("suffix")
     @classmethod
     def _unsupported(cls, value: Any) -> Any:
         if value is not None:
             raise ValueError("not supported by this model")
-        return value
-
-    @field_validator("frequency_penalty", "presence_penalty")
-    @classmethod
-    def _no_penalty(cls, value: float) -> float:
-        if value != 0:
-            raise ValueError("not supported by this model (only 0)")
-        return value
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _no_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        if value:
-            raise ValueError("not supported by this model (only empty)")
         return value
 
     @model_validator(mode="after")
@@ -108,18 +93,28 @@ class CompletionRequest(BaseModel):
         return [self.prompt] if isinstance(self.prompt, str) else self.prompt
 
     @property
-    def stops(self) -> list[str]:
-        assert isinstance(self.stop, list)  # the validator made it one
-        return self.stop
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_p == 0
 
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "regex"]
+
+
+class Logprobs(BaseModel):
+    """OpenAI's legacy shape, one entry per character (a character is a token here)."""
+
+    tokens: list[str] = []
+    token_logprobs: list[float | None] = Field(
+        [], description="null for the echoed prompt's first character"
+    )
+    top_logprobs: list[dict[str, float] | None] = []
+    text_offset: list[int] = Field([], description="each character's offset in the text")
 
 
 class CompletionChoice(BaseModel):
     text: str
     index: int
-    logprobs: None = None
+    logprobs: Logprobs | None = None
     finish_reason: FinishReason | None = Field(description="null in all but a choice's last chunk")
 
 

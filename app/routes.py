@@ -1,4 +1,5 @@
-"""HTTP routes: translate requests into TextGenerator calls and results into responses.
+"""HTTP routes of the native API: translate requests into ModelService calls and results
+into responses.
 
 The streams are server-sent events (app/sse.py), with `Cache-Control: no-cache`,
 `X-Accel-Buffering: no`, and a `: ping` comment after 15 s without an event:
@@ -6,8 +7,11 @@ The streams are server-sent events (app/sse.py), with `Cache-Control: no-cache`,
     event: chars            (any number of these; data is a JSON string of 1+ chars)
     data: "To be, or no"
 
-    event: done             (last; data is GenerationStats as JSON)
-    data: {"chars": 200, ...}
+    event: logprobs         (with `logprobs`: right after each chars event, one entry per char)
+    data: [{"char": "T", "logprob": -0.4, "top": [...]}, ...]
+
+    event: done             (last: how it ended, and the stats)
+    data: {"finish_reason": "length", "stats": {"chars": 200, ...}}
 
 or, when generation fails after the stream began, a final `event: error`.
 """
@@ -16,31 +20,46 @@ or, when generation fails after the stream began, a final `event: error`.
 # and the dependency made inside _running refers to a local name.
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+import anyio.to_thread
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.responses import StreamingResponse
 
 from app import sse
 from app.auth import PROTECTED, UNAUTHORIZED
 from app.errors import RETRY_AFTER_SECONDS
-from app.generation import Generation, InvalidRequest, Job, TextGenerator
-from app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from app.schemas import GenerateRequest, GenerateResponse, Health, ModelInfo, StreamError
+from app.jobs import Job, JobFailed
+from app.requests import generation_params
+from app.schemas import (
+    CharLogprob,
+    GenerateRequest,
+    GenerateResponse,
+    GenerationEnd,
+    GenerationStats,
+    Health,
+    ModelInfo,
+    StreamError,
+    TopLogprob,
+)
+from app.service import ModelService, ServedModel, UnknownModel
+from model.decoding.output import CharLogprob as RawLogprob
+from model.decoding.params import GenerationParams, ParamError
 
 logger = logging.getLogger("uvicorn.error")
 
 router = APIRouter()
 
 NOT_LOADED = {503: {"description": "The model is not loaded, or the service is stopping"}}
-GUARDED = {**NOT_LOADED, **UNAUTHORIZED}
+GUARDED = {**NOT_LOADED, **UNAUTHORIZED, 404: {"description": "No model of that name"}}
 
 
-async def get_generator(request: Request) -> TextGenerator:
-    generator: TextGenerator | None = getattr(request.app.state, "generator", None)
-    if generator is None:
+async def get_service(request: Request) -> ModelService:
+    service: ModelService | None = getattr(request.app.state, "service", None)
+    if service is None:
         raise HTTPException(status_code=503, detail="the model is not loaded")
     if getattr(request.app.state, "draining", False):
         # Shutting down: running streams finish, new work goes to another replica.
@@ -49,101 +68,179 @@ async def get_generator(request: Request) -> TextGenerator:
             detail="the service is shutting down; retry shortly",
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
-    return generator
+    return service
 
 
-Generator = Annotated[TextGenerator, Depends(get_generator)]
+Service = Annotated[ModelService, Depends(get_service)]
 
 
-def _validate(generator: TextGenerator, request: GenerateRequest, source: str) -> Job:
-    """The generator's checks, reported like FastAPI's own 422s: loc = (source, field)."""
+def served_model(service: ModelService, name: str | None) -> ServedModel:
     try:
-        return generator.validate(request)
-    except InvalidRequest as error:
+        return service.model(name)
+    except UnknownModel as error:
+        raise HTTPException(status_code=404, detail=str(error)) from None
+
+
+async def to_params(
+    service: ModelService, served: ServedModel, body: GenerateRequest, source: str
+) -> GenerationParams:
+    """The body as GenerationParams; a ParamError becomes a 422 like FastAPI's own, with
+    loc = (source, field). A regex compiles in a worker thread (it may take a while)."""
+    try:
+        if body.regex is not None:
+            return await anyio.to_thread.run_sync(generation_params, served, service.limits, body)
+        return generation_params(served, service.limits, body)
+    except ParamError as error:
         detail: dict[str, Any] = {
             "type": error.kind,
             "loc": (source, error.field),
             "msg": error.message,
-            "input": error.value,
+            "input": getattr(body, error.field, None),
         }
         if error.ctx:
             detail["ctx"] = error.ctx
         raise RequestValidationError([detail]) from None
 
 
-async def body_job(generator: Generator, body: GenerateRequest) -> Job:
-    return _validate(generator, body, "body")
+class Submitted(NamedTuple):
+    served: ServedModel
+    job: Job
+    body: GenerateRequest
 
 
-async def query_job(generator: Generator, query: Annotated[GenerateRequest, Query()]) -> Job:
-    return _validate(generator, query, "query")
+async def submit(service: ModelService, body: GenerateRequest, source: str) -> Submitted:
+    served = served_model(service, body.model)
+    params = await to_params(service, served, body, source)
+    return Submitted(served, service.submit(served, params), body)
 
 
-BodyJob = Annotated[Job, Depends(body_job)]
+async def body_job(service: Service, body: GenerateRequest) -> Submitted:
+    return await submit(service, body, "body")
 
 
-def _running(job_dependency: Callable[..., Job]) -> Callable[..., AsyncIterator[Generation]]:
-    """A dependency giving the job's Generation and closing it when the response ends."""
+async def query_job(service: Service, query: Annotated[GenerateRequest, Query()]) -> Submitted:
+    return await submit(service, query, "query")
+
+
+def _running(job_dependency: Callable[..., Any]) -> Callable[..., AsyncIterator[Submitted]]:
+    """A dependency giving the submitted job, cancelled when the response ends."""
 
     async def dependency(
-        generator: Generator, job: Annotated[Job, Depends(job_dependency)]
-    ) -> AsyncIterator[Generation]:
+        submitted: Annotated[Submitted, Depends(job_dependency)],
+    ) -> AsyncIterator[Submitted]:
         # FastAPI runs this teardown once the response is over for any reason: finished, or
         # the client went away (Starlette sees http.disconnect and cancels the stream). So
-        # the worker thread stops even if the event generator is never resumed.
-        generation = generator.stream(job, keepalive=sse.KEEPALIVE_SECONDS)
+        # the engine frees the row even if the event generator is never resumed.
         try:
-            yield generation
+            yield submitted
         finally:
-            generation.close()
+            submitted.job.cancel()
 
     return dependency
 
 
-BodyGeneration = Annotated[Generation, Depends(_running(body_job))]
-QueryGeneration = Annotated[Generation, Depends(_running(query_job))]
+BodyJob = Annotated[Submitted, Depends(_running(body_job))]
+QueryJob = Annotated[Submitted, Depends(_running(query_job))]
 
 
-async def events(generation: Generation) -> AsyncIterator[str]:
-    """chars events as the text is produced, then done with the stats (or error)."""
+def logprob_entries(job: Job, entries: list[RawLogprob]) -> list[CharLogprob]:
+    chars = job.chars
+    return [
+        CharLogprob(
+            char=chars[entry.id],
+            logprob=entry.logprob,
+            top=[TopLogprob(char=chars[i], logprob=lp) for i, lp in entry.top],
+        )
+        for entry in entries
+    ]
+
+
+def stats_of(job: Job, chars: int) -> GenerationStats:
+    stats = job.stats
+    finished = stats.finished_at if stats.finished_at is not None else time.perf_counter()
+    seconds = finished - stats.submitted_at
+    first = stats.first_char_at
+    return GenerationStats(
+        chars=chars,
+        seconds=seconds,
+        chars_per_second=chars / seconds if seconds > 0 else 0.0,
+        seed=stats.seed,
+        prime_chars=stats.prime_chars,
+        model=job.model,
+        first_char_seconds=None if first is None else first - stats.submitted_at,
+    )
+
+
+def end_of(job: Job, chars: int) -> GenerationEnd:
+    output = job.output
+    prompt = logprob_entries(job, output.prompt_logprobs) if job.params.prompt_logprobs else None
+    return GenerationEnd(
+        finish_reason=output.finish_reason or "length",
+        regex_complete=output.regex_complete,
+        prompt_logprobs=prompt,
+        stats=stats_of(job, chars),
+    )
+
+
+async def events(job: Job, interval: Callable[[], float]) -> AsyncIterator[str]:
+    """chars (and logprobs) events as the text is released, then done (or error)."""
+    chars = 0
     try:
-        async for chunk in generation:
-            if chunk:
-                yield sse.event("chars", json.dumps(chunk, ensure_ascii=False))
-            else:  # nothing new for a while (queued for a row): keep the connection open
+        async for chunk in job.chunks(interval, keepalive=sse.KEEPALIVE_SECONDS):
+            if not chunk.text:  # nothing new for a while (queued for a row)
                 yield sse.KEEPALIVE
-    except Exception as error:
-        logger.exception("generation failed mid-stream")
-        message = str(error) or type(error).__name__
-        yield sse.event("error", StreamError(message=message).model_dump_json())
+                continue
+            chars += len(chunk.text)
+            yield sse.event("chars", json.dumps(chunk.text, ensure_ascii=False))
+            if job.params.logprobs is not None:
+                entries = logprob_entries(job, chunk.logprobs)
+                yield sse.event("logprobs", json.dumps([e.model_dump() for e in entries]))
+    except JobFailed as error:
+        yield sse.event("error", StreamError(message=str(error)).model_dump_json())
         return
-    assert generation.stats is not None  # set once the engine has finished the job
-    yield sse.event("done", generation.stats.model_dump_json())
+    yield sse.event("done", end_of(job, chars).model_dump_json(exclude_none=True))
 
 
 @router.get("/health", responses=NOT_LOADED, tags=["service"])
-async def health(_: Generator) -> Health:
-    """200 once the model is loaded and requests can be served."""
+async def health(service: Service) -> Health:
+    """200 once a model is loaded and the decoding engine is making progress."""
+    problem = service.engine_problem()
+    if problem is not None:
+        raise HTTPException(status_code=503, detail=problem)
     return Health()
 
 
-@router.get("/metrics", include_in_schema=False)
-async def metrics(request: Request) -> Response:
-    """Prometheus metrics (app/metrics.py); public, like /health: counts only."""
-    return Response(request.app.state.metrics.render(), media_type=METRICS_CONTENT_TYPE)
-
-
 @router.get("/model", responses=GUARDED, dependencies=PROTECTED, tags=["service"])
-async def model_info(generator: Generator) -> ModelInfo:
-    """The served network: architecture, vocabulary, training results, request limits."""
-    return generator.describe()
+async def model_info(service: Service) -> ModelInfo:
+    """The default model: architecture, vocabulary, training results, request limits."""
+    return served_model(service, None).describe(service.limits)
+
+
+@router.get("/model/{name}", responses=GUARDED, dependencies=PROTECTED, tags=["service"])
+async def named_model_info(service: Service, name: str) -> ModelInfo:
+    """One served model, by name."""
+    return served_model(service, name).describe(service.limits)
 
 
 @router.post("/generate", responses=GUARDED, dependencies=PROTECTED, tags=["generate"])
-async def generate(generator: Generator, job: BodyJob) -> GenerateResponse:
-    """Generate `length` characters continuing `prime`, all at once."""
-    text, stats = await generator.generate(job)
-    return GenerateResponse(text=text, prime=job.prime, stats=stats)
+async def generate(service: Service, submitted: BodyJob) -> GenerateResponse:
+    """Generate up to `length` characters continuing `prime`, all at once."""
+    served, job, body = submitted
+    text, logprobs = [], []
+    try:
+        async for chunk in job.chunks():
+            text.append(chunk.text)
+            logprobs.extend(chunk.logprobs)
+    except JobFailed as error:
+        raise HTTPException(status_code=500, detail=str(error)) from None
+    joined = "".join(text)
+    end = end_of(job, len(joined))
+    return GenerateResponse(
+        text=joined,
+        prime=served.vocab.decode(job.params.prime) if body.prime else "",
+        logprobs=logprob_entries(job, logprobs) if job.params.logprobs is not None else None,
+        **end.model_dump(),
+    )
 
 
 @router.post(
@@ -153,9 +250,9 @@ async def generate(generator: Generator, job: BodyJob) -> GenerateResponse:
     dependencies=PROTECTED,
     tags=["generate"],
 )
-async def stream_post(generation: BodyGeneration) -> StreamingResponse:
+async def stream_post(service: Service, submitted: BodyJob) -> StreamingResponse:
     """Stream the text as server-sent events (`chars`…, then `done` with the stats)."""
-    return sse.response(events(generation))
+    return sse.response(events(submitted.job, service.engine.chunk_interval))
 
 
 @router.get(
@@ -165,6 +262,6 @@ async def stream_post(generation: BodyGeneration) -> StreamingResponse:
     dependencies=PROTECTED,
     tags=["generate"],
 )
-async def stream_get(generation: QueryGeneration) -> StreamingResponse:
+async def stream_get(service: Service, submitted: QueryJob) -> StreamingResponse:
     """As POST, with the fields as query parameters, for a browser's EventSource."""
-    return sse.response(events(generation))
+    return sse.response(events(submitted.job, service.engine.chunk_interval))

@@ -11,6 +11,9 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.engine import EngineConfig
+from app.schemas import Limits
+from model.decoding.regex import RegexLimits
 from model.device import DEVICE_CHOICES
 
 # The model the repository ships, wherever the service is started from.
@@ -33,14 +36,51 @@ class Settings(BaseSettings):
     default_length: int = Field(200, ge=1, description="characters generated when none are asked")
     log_level: LogLevel = "info"
     # The decoding engine (app/engine.py): rows decoded together, and requests that may wait
-    # for a row; past both, requests get 503 with Retry-After.
-    max_active: int = Field(256, ge=1, description="requests decoded together in one batch")
-    max_queue: int = Field(1024, ge=0, description="requests waiting for a free row")
+    # for a row; past both, requests get 503 with Retry-After. Defaults: EngineConfig's.
+    max_active: int = Field(
+        EngineConfig.max_active, ge=1, description="requests decoded together in one batch"
+    )
+    max_queue: int = Field(
+        EngineConfig.max_queue, ge=0, description="requests waiting for a free row"
+    )
     # One intra-op thread leaves the other core to the HTTP event loop; on a 2-core box that
     # beats two threads fighting it (idle OpenMP workers spin on the cores the loop needs).
     torch_threads: int = Field(1, ge=1, description="PyTorch intra-op threads")
     decode_threads: int = Field(
-        2, ge=1, description="threads that share a decoding step's rows (CPU kernel)"
+        EngineConfig.decode_threads,
+        ge=1,
+        description="threads that share a decoding step's rows (CPU kernel)",
+    )
+    prefill_share: float = Field(
+        EngineConfig.prefill_share,
+        gt=0,
+        lt=1,
+        description="the most of the engine's time primes may take while streams decode",
+    )
+    prime_cache_mb: float = Field(
+        EngineConfig.prime_cache_bytes / 2**20,
+        ge=0,
+        allow_inf_nan=False,
+        description="memory for the network states after recent primes (0: no cache)",
+    )
+    stall_seconds: float = Field(
+        30.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="/health answers 503 once the engine makes no progress this long",
+    )
+    # Regex-constrained output (model/decoding/regex.py).
+    max_regex_chars: int = Field(
+        RegexLimits.max_pattern_chars, ge=1, description="longest regex a request may send"
+    )
+    max_regex_states: int = Field(
+        RegexLimits.max_states, ge=1, description="most automaton states of one regex"
+    )
+    regex_compile_seconds: float = Field(
+        RegexLimits.compile_seconds,
+        gt=0,
+        allow_inf_nan=False,
+        description="longest a regex may take to compile",
     )
     # Operations (app/auth.py, app/body_limit.py, app/access_log.py, app/main.py).
     api_key: SecretStr | None = Field(
@@ -92,3 +132,26 @@ class Settings(BaseSettings):
                 f"default_length ({self.default_length}) exceeds max_length ({self.max_length})"
             )
         return self
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(
+            max_active=self.max_active,
+            max_queue=self.max_queue,
+            decode_threads=self.decode_threads,
+            prefill_share=self.prefill_share,
+            prime_cache_bytes=int(self.prime_cache_mb * 2**20),
+        )
+
+    def regex_limits(self) -> RegexLimits:
+        return RegexLimits(
+            max_pattern_chars=self.max_regex_chars,
+            max_states=self.max_regex_states,
+            compile_seconds=self.regex_compile_seconds,
+        )
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_length=self.max_length,
+            max_prime_length=self.max_prime_length,
+            default_length=self.default_length,
+        )

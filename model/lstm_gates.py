@@ -11,35 +11,16 @@ the inner loops run over one row's features through 1-D views of each gate, whic
 vectorises (8 floats per AVX2 instruction). Indexing the 3-D arrays directly with
 `hidden + r` in the inner loop measured 4-5× slower: it did not vectorise.
 
-float32 uses model.kernels' vectorisable tanh (within 3.3e-7 of the exact one); float64
-uses libm's exact tanh, so torch.autograd.gradcheck checks these very loops.
+The cell's maths is model.fast_math.lstm_cell, the decoding step's own: float32 uses the
+vectorisable tanh (within 3.3e-7 of the exact one), float64 libm's exact tanh, so
+torch.autograd.gradcheck checks these very loops.
 """
 
 from __future__ import annotations
 
-import math
+from numba import njit
 
-from numba import njit, types
-from numba.extending import overload
-
-from model.kernels import HALF, JIT, _tanh
-
-
-def gate_tanh(x: float) -> float:
-    """tanh as the gate maths computes it: exact in float64, fast in float32."""
-    return math.tanh(x)
-
-
-@overload(gate_tanh, jit_options=JIT)
-def _gate_tanh(x):
-    if x == types.float64:
-        return lambda x: math.tanh(x)
-    return lambda x: _tanh(x)
-
-
-@njit(inline="always", **JIT)
-def _gate_sigmoid(x):
-    return HALF + HALF * gate_tanh(HALF * x)  # σ(x) = (1 + tanh(x/2)) / 2, exactly
+from model.fast_math import JIT, lstm_cell
 
 
 @njit(**JIT)
@@ -55,14 +36,11 @@ def forward_gates(gates, t, cells, hiddens, tanh_cells):
         cell_in, cell_out = cells[t, b], cells[t + 1, b]
         tanh_out, hidden_out = tanh_cells[t, b], hiddens[t + 1, b]
         for r in range(hidden):
-            i = _gate_sigmoid(i_gate[r])
-            f = _gate_sigmoid(f_gate[r])
-            g = gate_tanh(g_gate[r])
-            o = _gate_sigmoid(o_gate[r])
+            i, f, g, o, cell, tanh_cell = lstm_cell(
+                i_gate[r], f_gate[r], g_gate[r], o_gate[r], cell_in[r]
+            )
             i_gate[r], f_gate[r], g_gate[r], o_gate[r] = i, f, g, o
-            cell = f * cell_in[r] + i * g
             cell_out[r] = cell
-            tanh_cell = gate_tanh(cell)
             tanh_out[r] = tanh_cell
             hidden_out[r] = o * tanh_cell
 

@@ -1,0 +1,139 @@
+"""A request inside the decoding engine: its parameters, its output as it grows, its end.
+
+The engine thread writes (model/decoding/output.py's RowOutput, then `_finish`); an HTTP
+handler reads with `chunks()`, which coalesces what was made since the last read:
+
+    async for chunk in job.chunks(interval): chunk.text, chunk.logprobs
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from model.decoding.output import CharLogprob, RowOutput
+from model.decoding.params import GenerationParams
+
+
+class JobFailed(RuntimeError):
+    """The engine could not finish this request; the message is safe to show a client."""
+
+
+@dataclass
+class JobStats:
+    prime_chars: int
+    seed: int
+    submitted_at: float = field(default_factory=time.perf_counter)
+    first_char_at: float | None = None
+    finished_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Chunk:
+    text: str
+    logprobs: list[CharLogprob]  # one per character of text, when the request asked
+
+
+class Job:
+    """One generation request. `chars` maps ids to characters (the model's vocabulary)."""
+
+    def __init__(self, params: GenerationParams, chars: tuple[str, ...], model: str):
+        self.params = params
+        self.chars = chars
+        self.model = model
+        self.output = RowOutput()
+        self.stats = JobStats(prime_chars=len(params.prime), seed=params.seed)
+        self.error: str | None = None
+        self._done = threading.Event()
+        self._cancelled = False
+        self._lock = threading.Lock()  # guards the waiter hand-off only
+        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+        self._taken = 0
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def cancel(self) -> None:
+        """Stop generating (the client left); the engine frees the row at its next step."""
+        self._cancelled = True
+
+    # --- engine side -----------------------------------------------------------------
+    def _finish(self, error: str | None = None) -> None:
+        self.error = error
+        self.stats.finished_at = time.perf_counter()
+        self._done.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        with self._lock:
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            loop, event = waiter
+            loop.call_soon_threadsafe(event.set)
+
+    # --- consumer side ---------------------------------------------------------------
+    def _ready(self) -> bool:
+        return self.output.released > self._taken
+
+    def take(self) -> Chunk:
+        """What was released since the last take (the engine may append meanwhile: the
+        output's lists only grow, and `released` moves only after what it covers)."""
+        end = self.output.released
+        start, self._taken = self._taken, end
+        ids = self.output.ids[start:end]
+        logprobs = self.output.logprobs[start:end] if self.params.logprobs is not None else []
+        return Chunk("".join(self.chars[i] for i in ids), logprobs)
+
+    async def chunks(
+        self,
+        min_interval: float | Callable[[], float] = 0.0,
+        keepalive: float | None = None,
+    ) -> AsyncIterator[Chunk]:
+        """The output as it is made, coalesced: each chunk holds everything released since
+        the previous one, and chunks come at most every `min_interval` seconds (a number,
+        or a function asked before each). The first goes out as soon as it is ready. With
+        `keepalive`, an empty chunk comes after that many seconds without output (say,
+        while waiting for a row). Raises JobFailed if the engine failed the job. Leaving
+        the loop early (a client disconnect) cancels the job."""
+        loop = asyncio.get_running_loop()
+        interval = min_interval if callable(min_interval) else lambda: min_interval
+        last_yield = -math.inf
+        try:
+            while True:
+                wait = last_yield + interval() - loop.time()
+                if wait > 0 and not self.done:
+                    await asyncio.sleep(wait)  # let a few steps' chars gather into one chunk
+                event = asyncio.Event()
+                with self._lock:
+                    ready = self._ready()
+                    if not ready and not self.done:
+                        self._waiter = (loop, event)
+                if not ready and not self.done:
+                    try:
+                        await asyncio.wait_for(event.wait(), keepalive)
+                    except TimeoutError:
+                        yield Chunk("", [])
+                        continue
+                if self._ready():
+                    last_yield = loop.time()
+                    yield self.take()
+                elif self.done:
+                    if self.error:
+                        raise JobFailed(self.error)
+                    return
+        finally:
+            if not self.done:
+                self.cancel()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the engine has finished with the job; True if it has."""
+        return self._done.wait(timeout)

@@ -1,0 +1,224 @@
+"""The one request type: what to generate and how, made once at the edge and carried
+unchanged to the decoder row that serves it.
+
+    HTTP body / OpenAI body / CLI flags ──build_params(vocab, ...)──▶ GenerationParams
+    GenerationParams ──engine queue──▶ BatchDecoder.add ──▶ the row's settings arrays
+
+Every default and every bound of a request lives here; the HTTP schemas read them from
+this module (`GenerationParams.temperature` is the default temperature). Text is turned
+into ids here, once: the prime, the stop strings and the logit biases.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from model.text import NEWLINES_LF, normalize_newlines
+from model.vocab import OutOfVocabularyError, Vocabulary
+
+if TYPE_CHECKING:
+    from model.decoding.regex import Automaton
+
+MAX_SEED = 2**63 - 1
+MAX_TOP_K = 2**31 - 1  # any k ≥ the vocabulary size keeps every character
+MAX_TEMPERATURE = 100.0
+MAX_STOPS = 4
+MAX_STOP_CHARS = 32
+MAX_LOGPROBS = 5
+MAX_REPEAT_LAST_N = 2048
+MAX_REPETITION_PENALTY = 10.0
+MAX_FREQUENCY_PENALTY = 2.0  # OpenAI's range for frequency and presence: [-2, 2]
+MAX_LOGIT_BIAS = 100.0  # ±100; -100 bans a character outright
+MAX_LOGIT_BIAS_ENTRIES = 1024
+
+
+class ParamError(ValueError):
+    """A request this model cannot serve. `field` names the culprit (the HTTP edge answers
+    422 with it), `kind` is a machine-readable type like pydantic's, `ctx` details."""
+
+    def __init__(self, field: str, message: str, kind: str, ctx: dict | None = None):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+        self.kind = kind
+        self.ctx = ctx or {}
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """A request to the decoder: a prime (ids), how many characters to add, the seed of
+    its random stream, and the sampler chain's settings, each optional (a neutral default
+    turns its link off):
+
+        logit_bias → repetition penalty → frequency/presence penalties → regex mask →
+        temperature → top_k → top_p → min_p → draw
+
+    Log-probabilities (`logprobs`: the chosen character's and the top-n alternatives') are
+    the network's own distribution, read before the first link.
+    """
+
+    prime: tuple[int, ...]  # at least one id: build_params starts an empty prime at "\n"
+    length: int  # characters to generate at most
+    seed: int
+    temperature: float = 1.0  # 0: greedy (the likeliest allowed character)
+    top_k: int = 0  # 0 (or ≥ the vocabulary size): no cut
+    top_p: float = 1.0  # nucleus: the smallest likeliest set reaching this probability
+    min_p: float = 0.0  # drop characters below min_p × the likeliest one's probability
+    # llama.cpp/HF semantics: a logit of a character among the last repeat_last_n of the
+    # text (prime included) is divided by the penalty when positive, multiplied when not.
+    repetition_penalty: float = 1.0
+    repeat_last_n: int = 64
+    # OpenAI semantics over the generated text: logit -= frequency · count + presence · seen.
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (id, bias); -100 bans the character
+    stop: tuple[tuple[int, ...], ...] = ()  # generation ends at the first one, cut before it
+    logprobs: int | None = None  # None: none; 0-5: the chosen char's and n alternatives
+    prompt_logprobs: bool = False  # also the prime's own (each char after the first)
+    regex: Automaton | None = None  # the output must match it (model/decoding/regex.py)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (len(self.prime) >= 1, "prime", "needs at least one character"),
+            (self.length >= 0, "length", f"must be ≥ 0, got {self.length}"),
+            (0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, 2^63 - 1], got {self.seed}"),
+            (
+                0 <= self.temperature <= MAX_TEMPERATURE,
+                "temperature",
+                f"must be in [0, {MAX_TEMPERATURE:g}], got {self.temperature}",
+            ),
+            (0 <= self.top_k <= MAX_TOP_K, "top_k", f"must be in [0, 2^31 - 1], got {self.top_k}"),
+            (0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}"),
+            (0 <= self.min_p <= 1, "min_p", f"must be in [0, 1], got {self.min_p}"),
+            (
+                0 < self.repetition_penalty <= MAX_REPETITION_PENALTY,
+                "repetition_penalty",
+                f"must be in (0, {MAX_REPETITION_PENALTY:g}], got {self.repetition_penalty}",
+            ),
+            (
+                0 <= self.repeat_last_n <= MAX_REPEAT_LAST_N,
+                "repeat_last_n",
+                f"must be in [0, {MAX_REPEAT_LAST_N}], got {self.repeat_last_n}",
+            ),
+            (
+                abs(self.frequency_penalty) <= MAX_FREQUENCY_PENALTY,
+                "frequency_penalty",
+                f"must be in [-2, 2], got {self.frequency_penalty}",
+            ),
+            (
+                abs(self.presence_penalty) <= MAX_FREQUENCY_PENALTY,
+                "presence_penalty",
+                f"must be in [-2, 2], got {self.presence_penalty}",
+            ),
+            (
+                len(self.logit_bias) <= MAX_LOGIT_BIAS_ENTRIES
+                and all(abs(bias) <= MAX_LOGIT_BIAS for _, bias in self.logit_bias),
+                "logit_bias",
+                f"at most {MAX_LOGIT_BIAS_ENTRIES} entries, each in [-100, 100]",
+            ),
+            (
+                len(self.stop) <= MAX_STOPS
+                and all(1 <= len(stop) <= MAX_STOP_CHARS for stop in self.stop),
+                "stop",
+                f"at most {MAX_STOPS} strings of 1 to {MAX_STOP_CHARS} characters",
+            ),
+            (
+                self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
+                "logprobs",
+                f"must be in [0, {MAX_LOGPROBS}], got {self.logprobs}",
+            ),
+            (
+                not self.prompt_logprobs or self.logprobs is not None,
+                "logprobs",
+                "prompt log-probabilities need logprobs (0 to 5 alternatives)",
+            ),
+        ]
+        for ok, field, message in checks:
+            if not ok:
+                raise ParamError(field, message, "value_error")
+        numbers = (
+            self.temperature,
+            self.top_p,
+            self.min_p,
+            self.repetition_penalty,
+            self.frequency_penalty,
+            self.presence_penalty,
+            *(bias for _, bias in self.logit_bias),
+        )
+        if not all(math.isfinite(number) for number in numbers):
+            raise ParamError("sampling", "settings must be finite numbers", "finite_number")
+
+
+def resolve_seed(seed: int | None) -> int:
+    """The seed to use: the caller's, or a fresh random one they can reuse to repeat a run."""
+    return secrets.randbelow(MAX_SEED) if seed is None else seed
+
+
+def encode_prime(
+    vocab: Vocabulary, prime: str, *, skip_unknown: bool = False, newlines: str = NEWLINES_LF
+) -> tuple[int, ...]:
+    """The prime's ids, with the model's own newline handling (model/text.py). An empty
+    prime starts from a newline (or the first character), as if at a paragraph's start.
+    Raises ParamError("prime") naming the characters the vocabulary lacks."""
+    text = normalize_newlines(prime) if newlines == NEWLINES_LF else prime
+    try:
+        ids = vocab.encode(text, skip_unknown=skip_unknown)
+    except OutOfVocabularyError as error:
+        raise ParamError(
+            "prime",
+            f"{error} (set skip_unknown to drop them)",
+            "prime_out_of_vocabulary",
+            {"missing": error.missing},
+        ) from None
+    if ids:
+        return tuple(ids)
+    return (vocab.encode("\n")[0] if "\n" in vocab else 0,)
+
+
+def encode_stops(vocab: Vocabulary, stops: Sequence[str]) -> tuple[tuple[int, ...], ...]:
+    """Stop strings as ids. One holding a character the model cannot write can never
+    appear in its output, so it is dropped (the request is still valid)."""
+    if len(stops) > MAX_STOPS:
+        raise ParamError("stop", f"at most {MAX_STOPS} stop strings", "too_long")
+    encoded = []
+    for stop in stops:
+        if not 1 <= len(stop) <= MAX_STOP_CHARS:
+            raise ParamError(
+                "stop", f"each stop string has 1 to {MAX_STOP_CHARS} characters", "string_length"
+            )
+        if not vocab.missing(stop):
+            encoded.append(tuple(vocab.encode(stop)))
+    return tuple(encoded)
+
+
+def encode_logit_bias(
+    vocab: Vocabulary, bias: Mapping[str, float], *, keys: str = "chars"
+) -> tuple[tuple[int, float], ...]:
+    """{character: bias} (keys="chars", the native API) or {id as a decimal string: bias}
+    (keys="ids", OpenAI's token-id keys) → sorted (id, bias) pairs. Unknown characters or
+    ids are a ParamError naming them; so is a bias that bans every character."""
+    pairs: dict[int, float] = {}
+    for key, value in bias.items():
+        if keys == "ids":
+            if not key.isdigit() or int(key) >= len(vocab):
+                raise ParamError(
+                    "logit_bias",
+                    f"{key!r} is not a token id of this model (0 to {len(vocab) - 1})",
+                    "unknown_token",
+                )
+            pairs[int(key)] = float(value)
+        else:
+            if len(key) != 1 or key not in vocab:
+                raise ParamError(
+                    "logit_bias",
+                    f"{key!r} is not a character of this model's vocabulary",
+                    "unknown_character",
+                )
+            pairs[vocab.encode(key)[0]] = float(value)
+    if sum(1 for value in pairs.values() if value <= -MAX_LOGIT_BIAS) >= len(vocab):
+        raise ParamError("logit_bias", "bans every character of the vocabulary", "value_error")
+    return tuple(sorted(pairs.items()))

@@ -1,0 +1,241 @@
+"""The sampler chain, compiled (numba): each row's next character from its logits, with its
+own settings, its own history and its own random numbers; no Python per character.
+
+    logits ─▶ logit_bias ─▶ repetition penalty ─▶ frequency/presence ─▶ regex mask
+           ─▶ temperature ─▶ top_k ─▶ top_p ─▶ min_p ─▶ draw ─▶ accept (history, stops,
+              automaton, length)
+
+Each link is a pure function of the row's logits and state and is skipped at its neutral
+setting. `accept` is the only place a row's state changes (llama.cpp's apply/accept
+split). Log-probabilities come from the network's own distribution, before the first link.
+
+A row's arrays (first axis: rows; see model/decoding/rows_table.py for their shapes):
+
+    settings  temperature, top_k, top_p, min_p, repetition_penalty, repeat_last_n,
+              frequency_penalty, presence_penalty, bias (R, V), has_bias, logprobs,
+              stops (R, S, L), stop_lengths (R, S), stop_fail (R, S, L), length
+    state     uniforms (R, U), positions, generated, ring (R, W), pushed,
+              window_counts (R, V), counts (R, V), kmp (R, S), regex_state
+    automata  next (states, V) int32 (-1: no path to a match), final (states,), open (states,)
+    out       ids, status, held, chosen (logprob), top_ids (R, N), top_logprobs (R, N)
+
+Status of a row after a draw: RUNNING, or why it ended (see the constants below).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from model.fast_math import JIT
+
+RUNNING = 0
+FINISHED_LENGTH = 1  # `length` characters written
+FINISHED_STOP = 2  # a stop string written (and cut off)
+FINISHED_REGEX = 3  # the automaton accepts and cannot go on
+FAILED_NON_FINITE = 4  # the network gave NaN or infinite logits
+FAILED_NO_CANDIDATE = 5  # every character banned (logit_bias and the regex mask together)
+FINISH_REASONS = {FINISHED_LENGTH: "length", FINISHED_STOP: "stop", FINISHED_REGEX: "regex"}
+FAILURES = {
+    FAILED_NON_FINITE: "the model produced non-finite scores for this request",
+    FAILED_NO_CANDIDATE: "no character is allowed (logit_bias and regex ban them all)",
+}
+BANNED = -math.inf
+
+
+@njit(**JIT)
+def filtered_probs(scores, temperature, top_k, top_p, min_p):
+    """One row's distribution after the truncation links: scores (V,) float64 (logits
+    after bias, penalties and mask; -inf for banned characters) → (probabilities sorted
+    from the likeliest (V,), the order that sorts them (V,), how many are kept). Kept
+    characters are renormalised, the rest are 0; the likeliest always stays. Ties keep
+    vocabulary order. temperature 0 keeps the likeliest alone (greedy)."""
+    vocab = scores.shape[0]
+    order = np.argsort(-scores, kind="mergesort")
+    probs = np.zeros(vocab)
+    peak = scores[order[0]]
+    if peak == BANNED:
+        return probs, order, 0
+    kept = vocab if top_k <= 0 or top_k >= vocab else top_k
+    if temperature == 0.0:
+        kept = 1
+    total = 0.0
+    for i in range(kept):
+        value = scores[order[i]]
+        if value == BANNED:
+            kept = i
+            break
+        probs[i] = 1.0 if temperature == 0.0 else math.exp((value - peak) / temperature)
+        total += probs[i]
+    before = 0.0
+    floor = min_p * probs[0] / total
+    for i in range(kept):
+        probs[i] /= total
+        # Nucleus: drop a character once the likelier ones reach top_p; min_p: once it
+        # falls below min_p × the likeliest (sorted, so every later one does too).
+        if i > 0 and (before >= top_p or probs[i] < floor):
+            kept = i
+            break
+        before += probs[i]
+    probs[kept:] = 0.0
+    probs[:kept] /= probs[:kept].sum()
+    return probs, order, kept
+
+
+@njit(inline="always", **JIT)
+def _scores(r, logits, settings, state, automata):
+    """The links before truncation: logits[r] → float64 scores."""
+    (_, _, _, _, penalty, _, frequency, presence, bias, has_bias) = settings[:10]
+    window_counts, counts, regex_state = state[5], state[6], state[8]
+    next_state = automata[0]
+    scores = logits[r].astype(np.float64)
+    vocab = scores.shape[0]
+    if has_bias[r]:
+        for j in range(vocab):
+            scores[j] = BANNED if bias[r, j] <= -100.0 else scores[j] + bias[r, j]
+    if penalty[r] != 1.0:
+        for j in range(vocab):
+            if window_counts[r, j] > 0:
+                value = scores[j]
+                scores[j] = value / penalty[r] if value > 0 else value * penalty[r]
+    if frequency[r] != 0.0 or presence[r] != 0.0:
+        for j in range(vocab):
+            if counts[r, j] > 0:
+                scores[j] -= frequency[r] * counts[r, j] + presence[r]
+    current = regex_state[r]
+    if current >= 0:
+        for j in range(vocab):
+            if next_state[current, j] < 0:
+                scores[j] = BANNED
+    return scores
+
+
+@njit(inline="always", **JIT)
+def _logprobs(r, logits, chosen, count, out):
+    """The chosen character's log-probability and the `count` likeliest ones', under the
+    network's own distribution (log-softmax of the raw logits)."""
+    row = logits[r].astype(np.float64)
+    peak = row.max()
+    log_total = peak + math.log(np.exp(row - peak).sum())
+    out[3][r] = row[chosen] - log_total
+    top_ids, top_logprobs = out[4], out[5]
+    taken = np.zeros(row.shape[0], dtype=np.bool_)
+    for n in range(count):
+        best = -1
+        for j in range(row.shape[0]):
+            if not taken[j] and (best < 0 or row[j] > row[best]):
+                best = j
+        taken[best] = True
+        top_ids[r, n] = best
+        top_logprobs[r, n] = row[best] - log_total
+
+
+@njit(inline="always", **JIT)
+def _accept(r, chosen, settings, state, automata, out):
+    """Record the drawn character in the row's state; set its status and how many of its
+    last characters to hold back (they may begin a stop string)."""
+    repeat_last_n, stops, stop_lengths, stop_fail, length = (
+        settings[5],
+        settings[11],
+        settings[12],
+        settings[13],
+        settings[14],
+    )
+    penalty, frequency, presence = settings[4], settings[6], settings[7]
+    generated, ring, pushed, window_counts, counts, kmp, regex_state = state[2:9]
+    next_state, final, open_ = automata
+    status, held = out[1], out[2]
+    generated[r] += 1
+    if penalty[r] != 1.0:  # the window of the last repeat_last_n characters
+        size = repeat_last_n[r]
+        width = ring.shape[1]
+        if size > 0:
+            if pushed[r] >= size:
+                window_counts[r, ring[r, (pushed[r] - size) % width]] -= 1
+            window_counts[r, chosen] += 1
+        ring[r, pushed[r] % width] = chosen
+        pushed[r] += 1
+    if frequency[r] != 0.0 or presence[r] != 0.0:
+        counts[r, chosen] += 1
+    status[r] = RUNNING
+    longest = 0
+    for s in range(stops.shape[1]):  # Knuth-Morris-Pratt over each stop string
+        size = stop_lengths[r, s]
+        if size == 0:
+            continue
+        matched = kmp[r, s]
+        while matched > 0 and stops[r, s, matched] != chosen:
+            matched = stop_fail[r, s, matched - 1]
+        if stops[r, s, matched] == chosen:
+            matched += 1
+        if matched == size:
+            status[r] = FINISHED_STOP
+            held[r] = size
+            return
+        kmp[r, s] = matched
+        longest = max(longest, matched)
+    held[r] = longest
+    current = regex_state[r]
+    if current >= 0:
+        current = next_state[current, chosen]
+        regex_state[r] = current
+        if final[current] and not open_[current]:
+            status[r] = FINISHED_REGEX
+            return
+    if generated[r] >= length[r]:
+        status[r] = FINISHED_LENGTH
+
+
+@njit(**JIT)
+def sample_row(r, logits, settings, state, automata, out):
+    """Draw row r's next character into out, run `accept`; → the status."""
+    temperature, top_k, top_p, min_p = settings[0], settings[1], settings[2], settings[3]
+    logprobs = settings[10]
+    uniforms, positions = state[0], state[1]
+    ids, status = out[0], out[1]
+    for j in range(logits.shape[1]):
+        if not math.isfinite(logits[r, j]):
+            status[r] = FAILED_NON_FINITE
+            return status[r]
+    scores = _scores(r, logits, settings, state, automata)
+    probs, order, kept = filtered_probs(scores, temperature[r], top_k[r], top_p[r], min_p[r])
+    if kept == 0:
+        status[r] = FAILED_NO_CANDIDATE
+        return status[r]
+    target = uniforms[r, positions[r]]
+    positions[r] += 1
+    cumulative = 0.0
+    picked = 0
+    for i in range(kept):
+        cumulative += probs[i]
+        picked = i
+        if cumulative > target:
+            break
+    chosen = order[picked]
+    ids[r] = chosen
+    if logprobs[r] >= 0:
+        _logprobs(r, logits, chosen, logprobs[r], out)
+    _accept(r, chosen, settings, state, automata, out)
+    return status[r]
+
+
+@njit(**JIT)
+def sample_rows(rows, logits, settings, state, automata, out):
+    """sample_row for each of rows (m,) int64; → the rows still running (int64)."""
+    running = np.empty(rows.shape[0], dtype=np.int64)
+    count = 0
+    for p in range(rows.shape[0]):
+        r = rows[p]
+        if sample_row(r, logits, settings, state, automata, out) == RUNNING:
+            running[count] = r
+            count += 1
+    return running[:count]
+
+
+@njit(**JIT)
+def prompt_logprob(r, logits, next_id, count, out):
+    """While a prime runs: the log-probability of its next character `next_id` and the
+    `count` likeliest alternatives, into out (as for a generated character)."""
+    _logprobs(r, logits, next_id, count, out)
