@@ -34,6 +34,7 @@ from app.engine import DecodingEngine, EngineConfig
 from app.errors import engine_busy, validation_error
 from app.generation import EngineBusy, TextGenerator
 from app.metrics import Metrics, MetricsMiddleware
+from app.metrics import router as metrics_router
 from app.routes import router
 from app.schemas import Limits
 from app.settings import Settings
@@ -108,6 +109,8 @@ def create_app(settings: Settings | None = None, generator: TextGenerator | None
     app.state.generator = None
     app.state.draining = False
     app.state.metrics = Metrics(lambda: engine_of(app))
+    # First: its GET /metrics (rendered off the event loop) is the one routing finds.
+    app.include_router(metrics_router)
     app.include_router(router)
     app.include_router(openai_routes.router)
     app.include_router(playground.router)
