@@ -8,12 +8,12 @@
     BODY_TIMEOUT_SECONDS     in the app (app/body_timeout.py), and here for a body that the
                              app answered without reading: the rest must arrive within it
 
-uvicorn times only the idle wait between requests, and a byte received stops that clock;
-so a client trickling a request head (or a body nobody reads) held its connection for as
-long as it liked. `HeadTimeoutProtocol` is uvicorn's pure-Python HTTP/1.1 protocol (h11)
-with one deadline per connection for that. `python -m app` serves with it whether or not
-httptools is installed; `uvicorn app.main:app` uses uvicorn's own flags instead
-(--timeout-keep-alive, --limit-concurrency) and has no header timeout.
+uvicorn itself times only the idle wait between requests, and a byte received stops that
+clock: a client trickling a request head (or a body nobody reads) would keep its
+connection as long as it liked. `HeadTimeoutProtocol` is uvicorn's pure-Python HTTP/1.1
+protocol (h11) with one deadline per connection for that. `python -m app` serves with it
+whether or not httptools is installed; `uvicorn app.main:app` uses uvicorn's own flags
+instead (--timeout-keep-alive, --limit-concurrency) and has no header timeout.
 """
 
 from __future__ import annotations
