@@ -2,6 +2,7 @@
 
 Options override the environment variables of app/settings.py. The model is loaded before
 the port is bound, so a bad checkpoint ends the process at once with a one-line error.
+Connections get the timeouts and the limit of app/connections.py.
 """
 
 from __future__ import annotations
@@ -10,22 +11,39 @@ import argparse
 
 import uvicorn
 
+from app.connections import uvicorn_options
 from app.main import serving_app
+from app.settings import Settings
 from model.device import DEVICE_CHOICES
+
+
+def default(field: str) -> str:
+    """The default of a Settings field, for help texts (defined there, once)."""
+    return str(Settings.model_fields[field].default)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m app",
         description="Serve a char-rnn checkpoint over HTTP. Unset options fall back to the "
-        "environment (CHECKPOINT, DEVICE, HOST, PORT, MAX_LENGTH, ...), then to defaults.",
+        "environment (CHECKPOINT, DEVICE, HOST, PORT, MAX_LENGTH, ...; see docs/limits.md "
+        "for the limits), then to defaults.",
     )
     parser.add_argument("--checkpoint", help="safetensors checkpoint (default: the shipped one)")
-    parser.add_argument("--device", help=f"{', '.join(DEVICE_CHOICES)} (default: auto)")
-    parser.add_argument("--host", help="interface to bind (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port to bind (default: 8000)")
-    parser.add_argument("--max-length", type=int, help="most chars per request (default: 2000)")
-    parser.add_argument("--log-level", help="critical, error, warning, info, debug, trace")
+    parser.add_argument(
+        "--device", help=f"{', '.join(DEVICE_CHOICES)} (default: {default('device')})"
+    )
+    parser.add_argument("--host", help=f"interface to bind (default: {default('host')})")
+    parser.add_argument("--port", type=int, help=f"port to bind (default: {default('port')})")
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        help=f"most chars per request (default: {default('max_length')})",
+    )
+    parser.add_argument(
+        "--log-level",
+        help=f"critical, error, warning, info, debug, trace (default: {default('log_level')})",
+    )
     return parser.parse_args(argv)
 
 
@@ -43,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         # Running streams get this long to finish after SIGTERM; the lifespan then waits
         # (as long again at most) for what is still queued, and stops the engine.
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        **uvicorn_options(settings),
     )
 
 

@@ -5,6 +5,9 @@ Two ways to serve it, both ending at once with a one-line error on a bad checkpo
     python -m app [--port 8000 ...]     options override the environment (app/__main__.py)
     uvicorn app.main:app                settings from the environment only
 
+Connection timeouts and the connection limit (app/connections.py, docs/limits.md) come with
+`python -m app`; under `uvicorn app.main:app`, uvicorn's own flags set them instead.
+
 `app` is not made at import: the module's __getattr__ builds it when uvicorn asks for it,
 so `import app.main` stays cheap and side-effect free. Both entry points load the model
 before the port is bound (`serving_app`); a bare `create_app(settings)` loads it in the
@@ -30,9 +33,11 @@ from pydantic import ValidationError
 from app import openai_routes, playground
 from app.access_log import AccessLogMiddleware, configure_access_logger
 from app.body_limit import BodyLimitMiddleware
+from app.body_timeout import BodyTimeoutMiddleware
 from app.engine import DecodingEngine, EngineBusy
 from app.errors import engine_busy, validation_error
 from app.metrics import Metrics, MetricsMiddleware
+from app.metrics import router as metrics_router
 from app.routes import router
 from app.service import ModelService
 from app.settings import Settings
@@ -105,6 +110,8 @@ def create_app(settings: Settings | None = None, service: ModelService | None = 
     app.state.service = None
     app.state.draining = False
     app.state.metrics = Metrics(lambda: engine_of(app))
+    # First: its GET /metrics (rendered off the event loop) is the one routing finds.
+    app.include_router(metrics_router)
     app.include_router(router)
     app.include_router(openai_routes.router)
     app.include_router(playground.router)
@@ -113,6 +120,7 @@ def create_app(settings: Settings | None = None, service: ModelService | None = 
     app.add_exception_handler(EngineBusy, engine_busy)
     # Each add wraps the ones before: the access log sees every response, 413s included.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyTimeoutMiddleware, seconds=settings.body_timeout_seconds)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

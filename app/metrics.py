@@ -7,9 +7,15 @@
     charrnn_active_streams, charrnn_queue_depth             the engine, read at scrape time
     charrnn_chars_generated_total, charrnn_decode_steps_total, charrnn_generations_failed_total
 
-`route` is the route's template (/generate/stream), never the raw path, so a scan of
-random URLs cannot create unbounded label values: what no route served (404s, CORS
-preflights) counts as "unmatched".
+Every label takes values from a fixed set, so no client can grow the exposition (each new
+label value costs ~20 series of the histogram): `method` is one of METHODS or "other",
+`route` the template of the route that served the request (/generate/stream, /static for
+the mounted files, /v1/models/{model}), never the raw path. A request that matched a route
+keeps its template whatever its outcome (401, 405, 413, 422); what no route matched (404s,
+slash redirects, CORS preflights) counts as "unmatched".
+
+GET /metrics renders in a worker thread, one scrape at a time, so a scrape never holds up
+the event loop that serves the streams and /health.
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
+import anyio
+import anyio.to_thread
+from fastapi import APIRouter, Request, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -27,6 +36,11 @@ from app.engine import DecodingEngine
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 FIRST_CHAR_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# HTTP's common methods keep their name in the `method` label; any other token a client
+# sends (servers accept any) counts as "other".
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+router = APIRouter()
 
 
 class EngineCollector:
@@ -80,11 +94,18 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(EngineCollector(engine))
+        # Scrapes queue for this one thread rather than take the shared pool's threads.
+        self._render_limiter = anyio.CapacityLimiter(1)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
+    async def render_off_loop(self) -> bytes:
+        """`render()` in a worker thread: the event loop keeps serving meanwhile."""
+        return await anyio.to_thread.run_sync(self.render, limiter=self._render_limiter)
+
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        method = method_label(method)
         self.requests.labels(method, route, str(status)).inc()
         self.duration.labels(method, route).observe(seconds)
         if status >= 400:
@@ -120,7 +141,7 @@ class MetricsMiddleware:
                 body = message.get("body", b"")
                 if body and not body.startswith(b":"):  # not a keep-alive comment
                     first_seen = True
-                    route = route_of(scope)
+                    route = route_of(scope)  # set by routing by now
                     self.metrics.first_char.labels(route).observe(time.perf_counter() - started)
             await send(message)
 
@@ -129,6 +150,17 @@ class MetricsMiddleware:
         finally:
             elapsed = time.perf_counter() - started
             self.metrics.observe(scope["method"], route_of(scope), status, elapsed)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics; public, like /health: counts only, no prompt or text."""
+    metrics: Metrics = request.app.state.metrics
+    return Response(await metrics.render_off_loop(), media_type=CONTENT_TYPE)
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else "other"
 
 
 def route_of(scope: Scope) -> str:

@@ -97,6 +97,33 @@ class Settings(BaseSettings):
         10.0, ge=0, description="on shutdown, how long running streams may take to finish"
     )
     access_log: bool = Field(True, description="one JSON line per request on stdout")
+    # Connections (app/connections.py, app/body_timeout.py; docs/limits.md): a client that sends
+    # slowly or not at all cannot hold a connection, and open connections are bounded.
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="a request's line and headers must arrive within this long of the "
+        "connection opening (or of the request's first byte on a reused one), else it is closed",
+    )
+    body_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="a request's body must arrive within this long of its headers (else 408)",
+    )
+    keep_alive_seconds: float = Field(
+        5.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="an idle connection is closed after this long between requests",
+    )
+    max_connections: int = Field(
+        2048,
+        ge=1,
+        description="open connections (and requests in progress) past which a request gets "
+        "503; above max_active + max_queue, so the engine's own 503 (with Retry-After) comes first",
+    )
 
     @field_validator("device")
     @classmethod

@@ -12,6 +12,8 @@ import pytest
 from fastapi import FastAPI
 
 import app.__main__ as cli
+from app.connections import HeadTimeoutProtocol
+from app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,6 +52,45 @@ def test_grace_from_the_environment(
     monkeypatch.setenv("SHUTDOWN_GRACE_SECONDS", "3")
     cli.main(["--checkpoint", str(checkpoint_path), "--device", "cpu"])
     assert served["timeout_graceful_shutdown"] == 3.0
+
+
+def test_connection_limits_reach_uvicorn(
+    monkeypatch: pytest.MonkeyPatch, checkpoint_path: Path, served: dict[str, Any]
+) -> None:
+    monkeypatch.setenv("HEADER_TIMEOUT_SECONDS", "3")
+    monkeypatch.setenv("BODY_TIMEOUT_SECONDS", "4")
+    monkeypatch.setenv("KEEP_ALIVE_SECONDS", "75")
+    monkeypatch.setenv("MAX_CONNECTIONS", "500")
+    cli.main(["--checkpoint", str(checkpoint_path), "--device", "cpu"])
+    assert issubclass(served["http"], HeadTimeoutProtocol)
+    assert (served["http"].head_timeout, served["http"].body_timeout) == (3.0, 4.0)
+    assert (served["timeout_keep_alive"], served["limit_concurrency"]) == (75.0, 500)
+    assert served["app"].state.settings.body_timeout_seconds == 4.0  # the app's 408
+
+
+def test_connection_limit_errors_are_one_line(
+    monkeypatch: pytest.MonkeyPatch, served: dict[str, Any]
+) -> None:
+    monkeypatch.setenv("HEADER_TIMEOUT_SECONDS", "nan")
+    with pytest.raises(SystemExit) as caught:
+        cli.main([])
+    assert str(caught.value.code) == (
+        "error: header_timeout_seconds: Input should be a finite number"
+    )
+    assert not served
+
+
+def test_help_shows_the_settings_defaults(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Read from the Settings fields when asked, never restated: a changed default shows.
+    monkeypatch.setattr(Settings.model_fields["port"], "default", 8123)
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for field in ("device", "host", "port", "max_length"):
+        assert f"(default: {Settings.model_fields[field].default})" in help_text
+    assert "(default: 8123)" in help_text
 
 
 def test_max_length_option(checkpoint_path: Path, served: dict[str, Any]) -> None:

@@ -1,0 +1,109 @@
+"""Connection limits for uvicorn, from the settings: `uvicorn_options(settings)`.
+
+    HEADER_TIMEOUT_SECONDS   the request line and headers must be complete this long after the
+                             connection opens, or after the first byte of the next request on
+                             a kept-alive connection; else the connection is closed
+    KEEP_ALIVE_SECONDS       an idle connection between requests is closed (uvicorn's own)
+    MAX_CONNECTIONS          past it, requests get uvicorn's plain 503 (its limit_concurrency)
+    BODY_TIMEOUT_SECONDS     in the app (app/body_timeout.py), and here for a body that the
+                             app answered without reading: the rest must arrive within it
+
+uvicorn itself times only the idle wait between requests, and a byte received stops that
+clock: a client trickling a request head (or a body nobody reads) would keep its
+connection as long as it liked. `HeadTimeoutProtocol` is uvicorn's pure-Python HTTP/1.1
+protocol (h11) with one deadline per connection for that. `python -m app` serves with it
+whether or not httptools is installed; `uvicorn app.main:app` uses uvicorn's own flags
+instead (--timeout-keep-alive, --limit-concurrency) and has no header timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar, Literal
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from app.settings import Settings
+
+Wait = Literal["head", "unread body"]
+
+
+class HeadTimeoutProtocol(H11Protocol):
+    """Closes a connection that keeps the server waiting for a request it never completes.
+
+    The deadline runs while the client owes a request head and uvicorn's keep-alive clock
+    is not running (a new connection, or bytes of the next request have arrived), and while
+    it is still sending a body that the app has already answered without reading. It is
+    dropped once the head is complete, so a request's own time (a long stream) is never cut.
+    """
+
+    head_timeout: ClassVar[float]
+    body_timeout: ClassVar[float]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._waiting_for: Wait | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._watch()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._watch()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._watch()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._arm(None)
+        super().connection_lost(exc)
+
+    def _watch(self) -> None:
+        """Arm, keep or drop the deadline for what the connection now waits for."""
+        if self.transport.is_closing():
+            self._arm(None)
+        elif self.conn.their_state is h11.IDLE and self.timeout_keep_alive_task is None:
+            self._arm("head")
+        elif self.conn.their_state is h11.SEND_BODY and self.cycle.response_complete:
+            self._arm("unread body")
+        else:
+            self._arm(None)
+
+    def _arm(self, waiting_for: Wait | None) -> None:
+        if waiting_for == self._waiting_for:
+            return  # the same wait goes on: its deadline stands, however many bytes arrive
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._waiting_for = waiting_for
+        if waiting_for is not None:
+            seconds = self.head_timeout if waiting_for == "head" else self.body_timeout
+            self._deadline = self.loop.call_later(seconds, self._expire)
+
+    def _expire(self) -> None:
+        self._deadline = None
+        self.logger.debug("closing a connection: request %s too slow", self._waiting_for)
+        self.transport.close()
+
+
+def head_timeout_protocol(settings: Settings) -> type[HeadTimeoutProtocol]:
+    """`HeadTimeoutProtocol` with the timeouts of `settings` (uvicorn builds the protocol
+    itself, one per connection, so they travel as class attributes)."""
+    attributes = {
+        "head_timeout": settings.header_timeout_seconds,
+        "body_timeout": settings.body_timeout_seconds,
+    }
+    return type("HeadTimeoutProtocol", (HeadTimeoutProtocol,), attributes)
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments of uvicorn.run / uvicorn.Config for the connection limits."""
+    return {
+        "http": head_timeout_protocol(settings),
+        "timeout_keep_alive": settings.keep_alive_seconds,
+        "limit_concurrency": settings.max_connections,
+    }

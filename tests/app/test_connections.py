@@ -1,0 +1,244 @@
+"""app/connections.py and app/body_timeout.py under a real uvicorn, through raw sockets:
+slow heads and bodies are cut, idle connections closed, open connections bounded, and a
+stream longer than every timeout runs to its end. Timeouts are 0.5 s here."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from conftest import running_server
+from pydantic import ValidationError
+
+from app.connections import uvicorn_options
+from app.main import create_app
+from app.settings import Settings
+
+TIMEOUT = 0.5  # every timeout of the server under test
+LIMIT = 3.0  # how long a test waits for the server to close a connection
+FAST = {
+    "header_timeout_seconds": TIMEOUT,
+    "body_timeout_seconds": TIMEOUT,
+    "keep_alive_seconds": TIMEOUT,
+}
+Parse = Callable[[str], list[tuple[str, Any]]]
+
+
+@contextlib.contextmanager
+def serving(settings: Settings, **changes: Any) -> Iterator[tuple[str, int]]:
+    """(host, port) of the app under uvicorn with `changes` to the settings (the model
+    loaded by the app, so that its engine and limits follow them too)."""
+    changed = Settings(**{**settings.model_dump(), "access_log": False, **changes})
+    with running_server(create_app(changed), **uvicorn_options(changed)) as url:
+        parts = urlsplit(url)
+        assert parts.hostname is not None and parts.port is not None
+        yield parts.hostname, parts.port
+
+
+@pytest.fixture(scope="module")
+def address(settings: Settings) -> Iterator[tuple[str, int]]:
+    with serving(settings, **FAST) as host_port:
+        yield host_port
+
+
+def watch(
+    sock: socket.socket, trickle: bytes = b"", interval: float = 0.1
+) -> tuple[float | None, bytes]:
+    """Send `trickle` a byte every `interval` while reading. Returns the seconds until the
+    server closed the connection (None: still open after LIMIT) and what it sent."""
+    started = time.monotonic()
+    received = b""
+    pending = iter(trickle)
+    sock.settimeout(interval)
+    while time.monotonic() - started < LIMIT:
+        byte = next(pending, None)
+        try:
+            if byte is not None:
+                sock.sendall(bytes([byte]))
+            data = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except (ConnectionResetError, BrokenPipeError):
+            data = b""
+        if not data:
+            return time.monotonic() - started, received
+        received += data
+    return None, received
+
+
+def request_head(method: str, path: str, *headers: str) -> bytes:
+    return "\r\n".join([f"{method} {path} HTTP/1.1", "Host: test", *headers, "", ""]).encode()
+
+
+def status_of(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1])
+
+
+def test_an_idle_new_connection_is_closed(address: tuple[str, int]) -> None:
+    with socket.create_connection(address) as sock:
+        closed_after, received = watch(sock)
+    assert closed_after is not None and TIMEOUT * 0.8 < closed_after < TIMEOUT + 1
+    assert received == b""
+
+
+def test_a_trickled_head_is_cut(address: tuple[str, int]) -> None:
+    head = request_head("GET", "/health", "X-Padding: " + "a" * 40)
+    with socket.create_connection(address) as sock:
+        sock.sendall(head[:20])
+        closed_after, received = watch(sock, head[20:])
+    assert closed_after is not None and closed_after < TIMEOUT + 1
+    assert received == b""  # never answered: its head was not complete
+
+
+def test_a_slow_head_within_the_timeout_is_served(address: tuple[str, int]) -> None:
+    head = request_head("GET", "/health", "Connection: close")
+    with socket.create_connection(address) as sock:
+        for start in range(0, len(head), 10):  # ~0.25 s in all
+            sock.sendall(head[start : start + 10])
+            time.sleep(0.05)
+        closed_after, received = watch(sock)
+    assert status_of(received) == 200 and closed_after is not None
+
+
+def test_an_idle_kept_alive_connection_is_closed(address: tuple[str, int]) -> None:
+    with socket.create_connection(address) as sock:
+        # Two pipelined requests, then a third after a pause shorter than the timeouts.
+        sock.sendall(request_head("GET", "/health") * 2)
+        time.sleep(TIMEOUT / 2)
+        sock.sendall(request_head("GET", "/health"))
+        closed_after, received = watch(sock)
+    assert received.count(b"HTTP/1.1 200 OK") == 3
+    assert closed_after is not None and closed_after < TIMEOUT + 1
+
+
+@pytest.mark.parametrize("path", ["/generate", "/generate/stream", "/v1/completions"])
+@pytest.mark.parametrize("sent_at_once", [0, 12], ids=["trickled", "partly-read"])
+def test_a_trickled_body_gets_408_and_the_connection_closed(
+    address: tuple[str, int], path: str, sent_at_once: int
+) -> None:
+    body = json.dumps({"length": 5, "prime": "a" * 40}).encode()
+    head = request_head(
+        "POST", path, "Content-Type: application/json", f"Content-Length: {len(body)}"
+    )
+    with socket.create_connection(address) as sock:
+        sock.sendall(head + body[:sent_at_once])
+        started = time.monotonic()
+        closed_after, received = watch(sock, body[sent_at_once:])
+    assert status_of(received) == 408, received
+    assert b"connection: close" in received.lower()
+    assert b"BODY_TIMEOUT_SECONDS" in received
+    if path.startswith("/v1/"):
+        assert b'"error"' in received  # OpenAI's error shape
+    assert closed_after is not None and closed_after < TIMEOUT + 1
+    assert time.monotonic() - started > TIMEOUT * 0.8
+
+
+def test_a_body_the_app_does_not_read_cannot_hold_the_connection(
+    address: tuple[str, int],
+) -> None:
+    head = request_head("GET", "/health", "Content-Length: 1000")
+    with socket.create_connection(address) as sock:
+        sock.sendall(head)
+        closed_after, received = watch(sock, b"x" * 1000)
+    assert status_of(received) == 200  # answered at once, without reading the body
+    assert closed_after is not None and closed_after < TIMEOUT + 1
+
+
+def test_past_max_connections_requests_get_503(settings: Settings) -> None:
+    with serving(settings, max_connections=3, header_timeout_seconds=30.0) as address:
+        # Two clients in the middle of a request (their heads not yet complete)...
+        waiting = [socket.create_connection(address) for _ in range(2)]
+        for sock in waiting:
+            sock.sendall(b"GET /health HTTP/1.1\r\n")
+        # ...so a third connection is the limit's third: its request gets 503.
+        with socket.create_connection(address) as sock:
+            sock.sendall(request_head("GET", "/health"))
+            _, received = watch(sock)
+        assert status_of(received) == 503 and b"Service Unavailable" in received
+        for sock in waiting:
+            sock.close()
+        deadline = time.monotonic() + LIMIT
+        while True:  # until the server has seen the two go
+            status = httpx.get(f"http://{address[0]}:{address[1]}/health").status_code
+            if status == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert status == 200
+
+
+def test_a_stream_longer_than_every_timeout_is_not_cut(settings: Settings, sse: Parse) -> None:
+    """A stream read for 3x the timeouts, and one queued (silent) behind it meanwhile."""
+    with serving(settings, max_active=1, max_length=10**6, **FAST) as (host, port):
+        base_url = f"http://{host}:{port}"
+        queued: dict[str, Any] = {}
+
+        def post_stream() -> None:
+            started = time.monotonic()
+            with httpx.Client(base_url=base_url, timeout=20) as client:
+                response = client.post("/generate/stream", json={"length": 2000})
+            queued.update(events=sse(response.text), seconds=time.monotonic() - started)
+
+        with (
+            httpx.Client(base_url=base_url, timeout=20) as client,
+            client.stream("GET", "/generate/stream", params={"length": 10**6}) as running,
+        ):
+            chunks = running.iter_bytes()
+            next(chunks)
+            waiter = threading.Thread(target=post_stream)
+            waiter.start()  # the one row is taken: this one waits, silent
+            started = time.monotonic()
+            received = 0
+            while time.monotonic() - started < 3 * TIMEOUT:
+                received += len(next(chunks))  # raises if the server cut the stream
+            assert received > 0
+        # Hanging up freed the row: the waiting stream runs to its end.
+        waiter.join(20)
+    events = queued["events"]
+    assert events[-1][0] == "done" and events[-1][1]["chars"] == 2000
+    assert queued["seconds"] > 3 * TIMEOUT
+
+
+@pytest.mark.parametrize(
+    "field", ["header_timeout_seconds", "body_timeout_seconds", "keep_alive_seconds"]
+)
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon"])
+def test_timeouts_must_be_positive_and_finite(
+    monkeypatch: pytest.MonkeyPatch, field: str, value: str
+) -> None:
+    monkeypatch.setenv(field.upper(), value)
+    with pytest.raises(ValidationError, match=field):
+        Settings()
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "1.5", "many"])
+def test_max_connections_must_be_a_positive_integer(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("MAX_CONNECTIONS", value)
+    with pytest.raises(ValidationError, match="max_connections"):
+        Settings()
+
+
+def test_the_options_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEADER_TIMEOUT_SECONDS", "2.5")
+    monkeypatch.setenv("BODY_TIMEOUT_SECONDS", "7")
+    monkeypatch.setenv("KEEP_ALIVE_SECONDS", "65")
+    monkeypatch.setenv("MAX_CONNECTIONS", "100")
+    options = uvicorn_options(Settings())
+    assert (options["http"].head_timeout, options["http"].body_timeout) == (2.5, 7.0)
+    assert (options["timeout_keep_alive"], options["limit_concurrency"]) == (65.0, 100)
+
+
+def test_the_default_connection_limit_leaves_room_for_the_engine_queue() -> None:
+    # Past MAX_ACTIVE + MAX_QUEUE the engine answers 503 with Retry-After; the connection
+    # limit's bare 503 must not come first.
+    defaults = Settings.model_construct()
+    assert defaults.max_connections > defaults.max_active + defaults.max_queue
