@@ -80,6 +80,13 @@ class BatchDecoder:
         self._primes: dict[int, np.ndarray] = {}  # prefilling rows → their prime ids
         self._prime_pos = np.zeros(capacity, np.int64)  # characters of the prime read so far
         self._decoding = np.zeros(0, np.int64)  # rows in the decode phase, ascending
+        self._compile()
+
+    def _compile(self) -> None:
+        """Compile the sampler (or load it from numba's cache) now, not on a first request."""
+        none = np.zeros(0, np.int64)
+        self.network.sample_and_advance(none, self.sampler, self.automata.tables)
+        prompt_logprob(0, self.network.logits, 0, 0, self.sampler.out)
 
     # --- rows ---------------------------------------------------------------------------
     @property
