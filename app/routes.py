@@ -182,11 +182,13 @@ def end_of(job: Job, chars: int) -> GenerationEnd:
     )
 
 
-async def events(job: Job, interval: Callable[[], float]) -> AsyncIterator[str]:
+async def events(
+    job: Job, interval: Callable[[], float], keepalive: float = sse.KEEPALIVE_SECONDS
+) -> AsyncIterator[str]:
     """chars (and logprobs) events as the text is released, then done (or error)."""
     chars = 0
     try:
-        async for chunk in job.chunks(interval, keepalive=sse.KEEPALIVE_SECONDS):
+        async for chunk in job.chunks(interval, keepalive=keepalive):
             if not chunk.text:  # nothing new for a while (queued for a row)
                 yield sse.KEEPALIVE
                 continue

@@ -150,8 +150,8 @@ async function generate() {
         count += data.length;
         if (atBottom) box.scrollTop = box.scrollHeight;
       } else if (event === "done") {
-        stats = data;
-        lastSeed = /"seed":\s*(\d+)/.exec(raw)?.[1] ?? String(data.seed);
+        stats = data.stats;
+        lastSeed = /"seed":\s*(\d+)/.exec(raw)?.[1] ?? String(stats.seed);
       } else if (event === "error") {
         throw new Error(data.message);
       }

@@ -1,6 +1,6 @@
-"""Shared fixtures: a tiny untrained checkpoint, the generator serving it, an HTTP client of
-the app (through httpx's ASGI transport, lifespan included), an SSE parser, and a real
-uvicorn server in a thread (`running_server`)."""
+"""Shared fixtures: a tiny untrained checkpoint, the service serving it, an HTTP client of
+the app (through httpx's ASGI transport, lifespan included), an SSE parser, a real
+uvicorn server in a thread (`running_server`), and ways to make the engine fail."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ import torch
 import uvicorn
 from fastapi import FastAPI
 
-from app.generation import TextGenerator
-from app.main import create_app, load_generator
+from app.main import create_app, load_service
+from app.service import ModelService
 from app.settings import Settings
 from model.checkpoint import Checkpoint, save_checkpoint
 from model.config import ModelConfig
@@ -58,6 +58,7 @@ def vocab() -> Vocabulary:
 @pytest.fixture(scope="session")
 def checkpoint_path(tmp_path_factory: pytest.TempPathFactory, vocab: Vocabulary) -> Path:
     """An untrained 2×16 LSTM: its text is noise, but every API path works with it."""
+    torch.manual_seed(0)  # the same weights every run: tests that compare texts repeat
     model = CharRNN(ModelConfig(vocab_size=len(vocab), hidden_size=16, num_layers=2))
     path = tmp_path_factory.mktemp("checkpoints") / "tiny.safetensors"
     save_checkpoint(Checkpoint.from_model(model, vocab, info=INFO), path)
@@ -77,8 +78,8 @@ def settings(checkpoint_path: Path) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def generator(settings: Settings) -> TextGenerator:
-    return load_generator(settings)
+def service(settings: Settings) -> ModelService:
+    return load_service(settings)
 
 
 @contextlib.asynccontextmanager
@@ -91,8 +92,8 @@ async def serve_asgi(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-async def client(settings: Settings, generator: TextGenerator) -> AsyncIterator[httpx.AsyncClient]:
-    async with serve_asgi(create_app(settings, generator)) as http:
+async def client(settings: Settings, service: ModelService) -> AsyncIterator[httpx.AsyncClient]:
+    async with serve_asgi(create_app(settings, service)) as http:
         yield http
 
 
@@ -100,11 +101,11 @@ ClientWith = Callable[..., contextlib.AbstractAsyncContextManager[httpx.AsyncCli
 
 
 @pytest.fixture
-def client_with(settings: Settings, generator: TextGenerator) -> ClientWith:
+def client_with(settings: Settings, service: ModelService) -> ClientWith:
     """`async with client_with(api_key=SecretStr("k")) as http:` the app, settings changed."""
 
     def make(**changes: Any) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
-        return serve_asgi(create_app(settings.model_copy(update=changes), generator))
+        return serve_asgi(create_app(settings.model_copy(update=changes), service))
 
     return make
 
@@ -156,26 +157,23 @@ def sse() -> Callable[[str], list[Event]]:
     return parse_sse
 
 
-Script = Callable[[str, bool], None]
-
-
 @pytest.fixture
-def scripted_decoder(
-    generator: TextGenerator, vocab: Vocabulary, monkeypatch: pytest.MonkeyPatch
-) -> Script:
-    """Make the engine emit `text` (to a single request), then fail if `fail` is set."""
+def failing_step(service: ModelService, monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
+    """`failing_step(n)`: the model's batched decoding step fails from its n-th call on
+    (an unattributable failure: every decoding row of that step fails)."""
 
-    def script(text: str, fail: bool = False) -> None:
-        ids = iter(vocab.encode(text))
+    def arm(after: int) -> None:
+        decoder = service.model().lane.decoder
+        real = decoder.step
+        calls = 0
 
         def step() -> np.ndarray:
-            try:
-                return np.array([next(ids)])
-            except StopIteration:
-                if fail:
-                    raise RuntimeError("out of memory") from None
-                return np.array([0])
+            nonlocal calls
+            calls += 1
+            if calls >= after:
+                raise RuntimeError("out of memory")
+            return real()
 
-        monkeypatch.setattr(generator.engine.decoder, "step", step)
+        monkeypatch.setattr(decoder, "step", step)
 
-    return script
+    return arm

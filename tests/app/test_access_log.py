@@ -38,7 +38,7 @@ async def test_one_json_line_per_request(
     client: httpx.AsyncClient, access_lines: list[dict]
 ) -> None:
     await client.get("/generate/stream", params={"prime": "secret words", "length": 7})
-    await client.post("/generate", json={"length": 0})
+    await client.post("/generate", json={"length": -1})
     stream, invalid = access_lines
     assert (stream["method"], stream["path"], stream["status"]) == ("GET", "/generate/stream", 200)
     assert "secret" not in json.dumps(stream)  # the query (a prime) is never logged

@@ -15,9 +15,10 @@ from conftest import Event, parse_sse
 from fastapi import FastAPI
 
 import app.main
-from app.generation import TextGenerator
 from app.main import create_app
+from app.requests import generation_params
 from app.schemas import GenerateRequest
+from app.service import ModelService
 from app.settings import Settings
 
 pytestmark = pytest.mark.anyio
@@ -74,7 +75,7 @@ async def test_lifespan_loads_the_checkpoint(settings: Settings) -> None:
     async with application.router.lifespan_context(application), asgi_client(application) as c:
         assert (await c.get("/health")).json() == {"status": "ok"}
         assert (await c.get("/model")).json()["name"] == "tiny"
-    assert application.state.generator is None  # unloaded at shutdown
+    assert application.state.service is None  # unloaded at shutdown
 
 
 async def test_a_bad_checkpoint_stops_start_up_with_one_line(
@@ -93,39 +94,38 @@ async def test_a_bad_checkpoint_stops_start_up_with_one_line(
 async def test_shutdown_stops_running_generations(settings: Settings) -> None:
     application = create_app(settings)
     async with application.router.lifespan_context(application):
-        generator = application.state.generator
-        job = generator.validate(GenerateRequest(length=300))
-        generation = generator.stream(job)
-        await generation.__anext__()
-    assert generator.active == 0
+        service = application.state.service
+        params = generation_params(service.model(), service.limits, GenerateRequest(length=300))
+        job = service.submit(service.model(), params)
+        await job.chunks().__anext__()
+    assert service.active == 0 and job.done
 
 
-def slow_engine(generator: TextGenerator, monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+def slow_engine(service: ModelService, monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
     """Make each decoding step take `seconds`, so a stream outlasts the shutdown's start."""
-    step = generator.engine.decoder.step
+    decoder = service.model().lane.decoder
+    step = decoder.step
 
     def slow_step() -> np.ndarray:
         time.sleep(seconds)
         return step()
 
-    monkeypatch.setattr(generator.engine.decoder, "step", slow_step)
+    monkeypatch.setattr(decoder, "step", slow_step)
 
 
 async def stream_during_shutdown(
-    settings: Settings, generator: TextGenerator, grace: float, length: int
+    settings: Settings, service: ModelService, grace: float, length: int
 ) -> tuple[list[Event], list[httpx.Response], float]:
     """Start a stream, shut the app down meanwhile, and try new requests while it drains:
     (the stream's events, the refused responses, seconds the shutdown took)."""
-    application = create_app(
-        settings.model_copy(update={"shutdown_grace_seconds": grace}), generator
-    )
+    application = create_app(settings.model_copy(update={"shutdown_grace_seconds": grace}), service)
     context = application.router.lifespan_context(application)
     await context.__aenter__()
     async with asgi_client(application) as client:
         body = {"length": length, "seed": 1}
         streaming = asyncio.create_task(client.post("/generate/stream", json=body))
         with anyio.fail_after(5):
-            while not generator.active:
+            while not service.active:
                 await anyio.sleep(0.005)
         started = time.perf_counter()
         stopping = asyncio.create_task(context.__aexit__(None, None, None))
@@ -139,33 +139,33 @@ async def stream_during_shutdown(
 
 
 async def test_shutdown_lets_running_streams_finish(
-    settings: Settings, generator: TextGenerator, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, service: ModelService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    slow_engine(generator, monkeypatch, 0.002)  # 150 chars: about 0.3 s
-    events, refused, _ = await stream_during_shutdown(settings, generator, 5.0, 150)
-    assert events[-1][0] == "done" and events[-1][1]["chars"] == 150
+    slow_engine(service, monkeypatch, 0.002)  # 150 chars: about 0.3 s
+    events, refused, _ = await stream_during_shutdown(settings, service, 5.0, 150)
+    assert events[-1][0] == "done" and events[-1][1]["stats"]["chars"] == 150
     for response in refused:  # new work goes elsewhere meanwhile
         assert response.status_code == 503 and response.headers["retry-after"] == "1"
         assert "shutting down" in response.json()["detail"]
 
 
 async def test_shutdown_waits_no_longer_than_the_grace(
-    settings: Settings, generator: TextGenerator, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, service: ModelService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    slow_engine(generator, monkeypatch, 0.01)  # 300 chars: about 3 s
-    events, _, seconds = await stream_during_shutdown(settings, generator, 0.2, 300)
+    slow_engine(service, monkeypatch, 0.01)  # 300 chars: about 3 s
+    events, _, seconds = await stream_during_shutdown(settings, service, 0.2, 300)
     assert seconds < 1.5
     assert events[-1] == ("error", {"message": "the service is shutting down"})
-    assert generator.active == 0
+    assert service.active == 0
 
 
-async def test_cors_origins(settings: Settings, generator: TextGenerator) -> None:
+async def test_cors_origins(settings: Settings, service: ModelService) -> None:
     preflight = {
         "Access-Control-Request-Method": "POST",
         "Access-Control-Request-Headers": "authorization, content-type",
     }
     allowed = settings.model_copy(update={"cors_origins": ("https://ok.example",)})
-    async with asgi_client(create_app(allowed, generator)) as client:
+    async with asgi_client(create_app(allowed, service)) as client:
         ok = await client.options(
             "/generate", headers={"Origin": "https://ok.example", **preflight}
         )
@@ -176,6 +176,6 @@ async def test_cors_origins(settings: Settings, generator: TextGenerator) -> Non
             "/generate", headers={"Origin": "https://evil.example", **preflight}
         )
         assert "access-control-allow-origin" not in other.headers
-    async with asgi_client(create_app(settings, generator)) as client:  # none by default
+    async with asgi_client(create_app(settings, service)) as client:  # none by default
         response = await client.get("/health", headers={"Origin": "https://ok.example"})
         assert "access-control-allow-origin" not in response.headers

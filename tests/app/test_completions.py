@@ -1,14 +1,16 @@
-"""app/completions.py: choices as engine jobs (seeds, greedy, clean-up on a full engine)."""
+"""app/completions.py: choices as engine jobs (seeds, greedy, names as OpenAI's, clean-up
+on a full engine)."""
 
 from __future__ import annotations
 
 import pytest
 
-from app.completions import CompletionRun, jobs_for
-from app.engine import Job as EngineJob
-from app.generation import EngineBusy, InvalidRequest, TextGenerator
+from app.completions import CompletionRun, choice_params
+from app.engine import EngineBusy
+from app.jobs import Job
 from app.openai_schemas import CompletionRequest
-from model.sampling import MAX_SEED
+from app.service import ModelService
+from model.decoding.params import MAX_SEED, ParamError
 
 pytestmark = pytest.mark.anyio
 
@@ -17,46 +19,70 @@ def request(**fields: object) -> CompletionRequest:
     return CompletionRequest.model_validate({"model": "tiny", **fields})
 
 
-def test_seeds_count_up_and_wrap(generator: TextGenerator) -> None:
-    jobs = jobs_for(generator, request(n=3, seed=MAX_SEED - 1), "ab")
-    assert [job.config.seed for job in jobs] == [MAX_SEED - 1, MAX_SEED, 0]
+def test_seeds_count_up_and_wrap(service: ModelService, monkeypatch: pytest.MonkeyPatch) -> None:
+    seeds: list[int] = []
+    monkeypatch.setattr(service, "submit", lambda served, params: seeds.append(params.seed))
+    CompletionRun.start(service, service.model(), request(n=3, seed=MAX_SEED - 1))
+    assert seeds == [MAX_SEED - 1, MAX_SEED, 0]
 
 
-def test_greedy_is_top_k_one(generator: TextGenerator) -> None:
+def test_greedy_is_temperature_zero(service: ModelService) -> None:
     for fields in ({"temperature": 0}, {"top_p": 0}):
-        [job] = jobs_for(generator, request(**fields), "ab")
-        assert (job.config.top_k, job.config.temperature, job.config.top_p) == (1, 1.0, 1.0)
+        params = choice_params(service, service.model(), request(**fields), "ab", 1)
+        assert (params.temperature, params.top_p) == (0.0, 1.0)
 
 
-def test_fields_are_named_as_openai_does(generator: TextGenerator) -> None:
-    with pytest.raises(InvalidRequest) as caught:
-        jobs_for(generator, request(max_tokens=10**6), "ab")
+def test_our_sampling_fields_pass_through(service: ModelService) -> None:
+    params = choice_params(
+        service,
+        service.model(),
+        request(top_k=3, min_p=0.2, repetition_penalty=1.2, repeat_last_n=9, echo=True, logprobs=1),
+        "ab",
+        1,
+    )
+    assert (params.top_k, params.min_p, params.repetition_penalty, params.repeat_last_n) == (
+        3,
+        0.2,
+        1.2,
+        9,
+    )
+    assert params.prompt_logprobs and params.logprobs == 1
+
+
+def test_fields_are_named_as_openai_does(service: ModelService) -> None:
+    with pytest.raises(ParamError) as caught:
+        choice_params(service, service.model(), request(max_tokens=10**6), "ab", 1)
     assert caught.value.field == "max_tokens"
+    with pytest.raises(ParamError) as caught:
+        choice_params(service, service.model(), request(), "€", 1)
+    assert (caught.value.field, caught.value.kind) == ("prompt", "prompt_out_of_vocabulary")
 
 
 async def test_a_full_engine_leaves_nothing_running(
-    generator: TextGenerator, monkeypatch: pytest.MonkeyPatch
+    service: ModelService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    submitted: list[EngineJob] = []
-    original = generator.engine.submit
+    submitted: list[Job] = []
+    original = service.submit
 
-    def submit_once(*args: object) -> EngineJob:
+    def submit_once(*args: object) -> Job:
         if submitted:
             raise EngineBusy("full")
         submitted.append(original(*args))
         return submitted[0]
 
-    monkeypatch.setattr(generator.engine, "submit", submit_once)
+    monkeypatch.setattr(service, "submit", submit_once)
     with pytest.raises(EngineBusy):
-        CompletionRun.start(generator, request(n=2, max_tokens=300))
+        CompletionRun.start(service, service.model(), request(n=2, max_tokens=300))
     assert submitted[0].cancelled
 
 
-async def test_collect_then_usage(generator: TextGenerator) -> None:
-    run = CompletionRun.start(generator, request(prompt="ab", n=2, max_tokens=7))
+async def test_collect_then_usage(service: ModelService) -> None:
+    service.start()
+    run = CompletionRun.start(service, service.model(), request(prompt="ab", n=2, max_tokens=7))
     try:
         completion = await run.collect()
     finally:
         run.close()
+        service.stop()
     assert [len(choice.text) for choice in completion.choices] == [7, 7]
     assert completion.usage is not None and completion.usage.total_tokens == 2 + 14

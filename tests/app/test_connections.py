@@ -202,7 +202,7 @@ def test_a_stream_longer_than_every_timeout_is_not_cut(settings: Settings, sse: 
         # Hanging up freed the row: the waiting stream runs to its end.
         waiter.join(20)
     events = queued["events"]
-    assert events[-1][0] == "done" and events[-1][1]["chars"] == 2000
+    assert events[-1][0] == "done" and events[-1][1]["stats"]["chars"] == 2000
     assert queued["seconds"] > 3 * TIMEOUT
 
 

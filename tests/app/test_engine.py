@@ -1,14 +1,19 @@
+"""app/engine.py: continuous batching, exact seeds under load, fair prefill, and faults that
+stay with the request that caused them."""
+
 import asyncio
 import time
 
+import numpy as np
 import pytest
 import torch
 
-from app.engine import DecodingEngine, EngineBusy, EngineConfig
+from app.engine import FAILED_MESSAGE, DecodingEngine, EngineBusy, EngineConfig
+from app.jobs import Job, JobFailed
 from model.config import ModelConfig
-from model.decoder import generate
+from model.decoding.generate import SingleStream
+from model.decoding.params import GenerationParams, encode_stops
 from model.network import CharRNN
-from model.sampling import SamplingConfig
 from model.vocab import Vocabulary
 
 VOCAB = Vocabulary.from_text("abcdefghijklmnopqrstuvwxyz .,\n")
@@ -20,12 +25,29 @@ def model():
     return CharRNN(ModelConfig(vocab_size=len(VOCAB), hidden_size=32)).eval()
 
 
+def make_engine(model, **config):
+    engine = DecodingEngine(EngineConfig(**{"max_active": 40, "max_queue": 100, **config}))
+    lane = engine.add_lane("tiny", model, VOCAB.chars)
+    return engine, lane
+
+
 @pytest.fixture
-def engine(model):
-    engine = DecodingEngine(model, VOCAB, EngineConfig(max_active=40, max_queue=100))
+def running(model):
+    engine, lane = make_engine(model)
     engine.start()
-    yield engine
+    yield engine, lane
     engine.stop()
+
+
+def params(prime="the ", length=50, seed=1, **options):
+    return GenerationParams(prime=tuple(VOCAB.encode(prime)), length=length, seed=seed, **options)
+
+
+def text_of(job: Job, timeout: float = 10.0) -> str:
+    assert job.wait(timeout), "the job did not finish"
+    if job.error:
+        raise JobFailed(job.error)
+    return VOCAB.decode(job.output.ids[: job.output.released])
 
 
 def wait_until(condition, timeout=5.0):
@@ -35,58 +57,83 @@ def wait_until(condition, timeout=5.0):
         time.sleep(0.005)
 
 
-def test_matches_the_library_sampler(engine, model):
-    config = SamplingConfig(length=80, seed=9, top_k=5, temperature=0.7)
-    expected = "".join(generate(model, VOCAB, "the ", config))
-    assert engine.submit(VOCAB.encode("the "), config, 9).wait_text(10) == expected
+def test_matches_the_single_stream_decoder(running, model):
+    engine, lane = running
+    request = params(length=80, seed=9, top_k=5, temperature=0.7)
+    expected = VOCAB.decode([i for ids in SingleStream(model, request) for i in ids])
+    assert text_of(engine.submit(lane, request)) == expected
 
 
-def test_seeded_request_same_text_alone_and_among_30_others(engine):
-    config = SamplingConfig(length=150, top_p=0.9)
-    alone = engine.submit(VOCAB.encode("hello"), config, 1234).wait_text(10)
+def test_seeded_request_with_every_option_same_alone_and_among_30_others(running):
+    engine, lane = running
+    request = params(
+        "hello",
+        length=150,
+        seed=1234,
+        top_p=0.9,
+        min_p=0.02,
+        repetition_penalty=1.3,
+        repeat_last_n=16,
+        frequency_penalty=0.4,
+        presence_penalty=0.2,
+        logit_bias=((VOCAB.encode("e")[0], -100.0), (VOCAB.encode("a")[0], 2.0)),
+        stop=encode_stops(VOCAB, ["zz", "q."]),
+        logprobs=3,
+    )
+    alone = engine.submit(lane, request)
+    alone_text = text_of(alone)
 
     async def crowd():
         others = [
-            engine.submit(VOCAB.encode("x" * (n % 5 + 1)), SamplingConfig(length=100 + n), n)
+            engine.submit(lane, params("x" * (n % 5 + 1), length=100 + n, seed=n, logprobs=1))
             for n in range(15)
         ]
         await asyncio.sleep(0.01)
-        target = engine.submit(VOCAB.encode("hello"), config, 1234)
+        target = engine.submit(lane, request)
         others += [
-            engine.submit(VOCAB.encode("ab"), SamplingConfig(length=40), n) for n in range(15)
+            engine.submit(lane, params("ab", length=40, seed=n, repetition_penalty=1.5))
+            for n in range(15)
         ]
 
         async def read(job):
-            return "".join([chunk async for chunk in job.chunks()])
+            return "".join([chunk.text async for chunk in job.chunks()])
 
         texts = await asyncio.gather(read(target), *(read(job) for job in others))
-        return texts[0]
+        return texts[0], target
 
-    assert asyncio.run(crowd()) == alone
+    crowded_text, target = asyncio.run(crowd())
+    assert crowded_text == alone_text
+    assert target.output.logprobs == alone.output.logprobs
+    assert target.output.finish_reason == alone.output.finish_reason
 
 
-def test_chunks_coalesce_and_cover_the_length(engine):
+def test_chunks_coalesce_and_cover_the_length(running):
+    engine, lane = running
+
     async def read():
-        job = engine.submit(VOCAB.encode("a"), SamplingConfig(length=300, seed=1), 1)
+        job = engine.submit(lane, params("a", length=300))
         await asyncio.sleep(0.2)  # let characters pile up before reading
-        return [chunk async for chunk in job.chunks()]
+        return [chunk.text async for chunk in job.chunks()]
 
     chunks = asyncio.run(read())
     assert sum(len(c) for c in chunks) == 300
     assert len(chunks) < 300
 
 
-def test_cancel_frees_the_row(engine):
-    job = engine.submit(VOCAB.encode("a"), SamplingConfig(length=10**6, seed=1), 1)
+def test_cancel_frees_the_row(running):
+    engine, lane = running
+    job = engine.submit(lane, params("a", length=10**6))
     wait_until(lambda: engine.active == 1)
     job.cancel()
     wait_until(lambda: engine.active == 0 and job.done)
-    assert job.stats.chars < 10**6
+    assert len(job.output.ids) < 10**6
 
 
-def test_leaving_the_async_iterator_cancels(engine):
+def test_leaving_the_async_iterator_cancels(running):
+    engine, lane = running
+
     async def read_a_little():
-        job = engine.submit(VOCAB.encode("a"), SamplingConfig(length=10**6, seed=1), 1)
+        job = engine.submit(lane, params("a", length=10**6))
         async for _ in job.chunks():
             break
         return job
@@ -97,79 +144,190 @@ def test_leaving_the_async_iterator_cancels(engine):
 
 
 def test_bounded_queue(model):
-    engine = DecodingEngine(model, VOCAB, EngineConfig(max_active=1, max_queue=2))
+    engine, lane = make_engine(model, max_active=1, max_queue=2)
     # Not started: nothing leaves the queue; one request can take the free row, two wait.
     for seed in range(3):
-        engine.submit([0], SamplingConfig(length=5), seed)
+        engine.submit(lane, params(seed=seed))
     with pytest.raises(EngineBusy):
-        engine.submit([0], SamplingConfig(length=5), 3)
+        engine.submit(lane, params(seed=3))
 
 
 def test_more_requests_than_rows_all_complete(model):
-    engine = DecodingEngine(model, VOCAB, EngineConfig(max_active=3, max_queue=50))
+    engine, lane = make_engine(model, max_active=3, max_queue=50)
     engine.start()
     try:
-        jobs = [engine.submit([1], SamplingConfig(length=20), n) for n in range(12)]
-        assert all(len(job.wait_text(10)) == 20 for job in jobs)
+        jobs = [engine.submit(lane, params("b", length=20, seed=n)) for n in range(12)]
+        assert all(len(text_of(job)) == 20 for job in jobs)
     finally:
         engine.stop()
 
 
-def test_a_failing_step_fails_its_jobs_and_the_engine_carries_on(engine, monkeypatch):
-    original = engine.decoder.step
-    calls = {"n": 0}
-
-    def flaky():
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("boom")
-        return original()
-
-    monkeypatch.setattr(engine.decoder, "step", flaky)
-    failed = engine.submit([1], SamplingConfig(length=50), 1)
-    with pytest.raises(RuntimeError, match="boom"):
-        failed.wait_text(10)
-    assert len(engine.submit([1], SamplingConfig(length=10), 2).wait_text(10)) == 10
-
-
-def test_zero_length_finishes_at_once(engine):
-    assert engine.submit([1], SamplingConfig(length=0), 1).wait_text(1) == ""
+def test_zero_length_ends_after_the_prime(running):
+    engine, lane = running
+    job = engine.submit(lane, params(length=0))
+    assert text_of(job, 2) == "" and job.output.finish_reason == "length"
 
 
 def test_stop_fails_waiting_jobs(model):
-    engine = DecodingEngine(model, VOCAB, EngineConfig(max_active=1))
+    engine, lane = make_engine(model, max_active=1)
     engine.start()
-    job = engine.submit([1], SamplingConfig(length=10**7), 1)
+    job = engine.submit(lane, params(length=10**7))
     wait_until(lambda: engine.active == 1)
     engine.stop()
-    with pytest.raises(RuntimeError, match="shutting down"):
-        job.wait_text(1)
+    assert job.wait(1) and "shutting down" in job.error
     assert engine.jobs_failed == 1
 
 
 def test_chunk_interval_stretches_with_the_number_of_streams(model):
-    config = EngineConfig(max_active=50, min_chunk_interval=0.02, max_chunks_per_second=100)
-    engine = DecodingEngine(model, VOCAB, config)
+    engine, lane = make_engine(
+        model, max_active=50, min_chunk_interval=0.02, max_chunks_per_second=100
+    )
     assert engine.chunk_interval() == 0.02
     engine.start()
     try:
-        jobs = [engine.submit([1], SamplingConfig(length=10**6), n) for n in range(50)]
+        jobs = [engine.submit(lane, params(length=10**6, seed=n)) for n in range(50)]
         wait_until(lambda: engine.active == 50)
         assert engine.chunk_interval() == pytest.approx(0.5)  # 50 streams / 100 chunks/s
     finally:
         for job in jobs:
             job.cancel()
         engine.stop()
-    unbounded = DecodingEngine(model, VOCAB, EngineConfig(max_chunks_per_second=0))
+    unbounded, _ = make_engine(model, max_chunks_per_second=0)
     assert unbounded.chunk_interval() == EngineConfig().min_chunk_interval
 
 
 def test_keepalive_gives_empty_chunks_while_nothing_comes(model):
-    engine = DecodingEngine(model, VOCAB, EngineConfig())  # not started: no chars ever
-    job = engine.submit([1], SamplingConfig(length=5), 1)
+    engine, lane = make_engine(model)  # not started: no chars ever
+    job = engine.submit(lane, params(length=5))
 
     async def first_two():
         chunks = job.chunks(keepalive=0.02)
-        return [await anext(chunks), await anext(chunks)]
+        return [(await anext(chunks)).text, (await anext(chunks)).text]
 
     assert asyncio.run(first_two()) == ["", ""]
+
+
+# --- faults stay with their request --------------------------------------------------------
+def run_ten_beside(engine, lane, victim):
+    """Ten well-behaved streams and `victim`, all at once: → (their texts, the victim)."""
+    good = [engine.submit(lane, params("ab", length=120, seed=n)) for n in range(10)]
+    bad = engine.submit(lane, victim)
+    good += [engine.submit(lane, params("cd", length=120, seed=n)) for n in range(10, 12)]
+    return [text_of(job) for job in good], bad
+
+
+def test_a_failure_admitting_one_request_fails_it_alone(running, monkeypatch):
+    engine, lane = running
+    decoder = lane.decoder
+    real_add = decoder.add
+
+    def add(request, owner=None):
+        if request.seed == 666:
+            raise RuntimeError("cannot admit this one")
+        return real_add(request, owner)
+
+    monkeypatch.setattr(decoder, "add", add)
+    texts, bad = run_ten_beside(engine, lane, params(seed=666))
+    assert [len(text) for text in texts] == [120] * 12
+    assert bad.wait(5) and bad.error == FAILED_MESSAGE  # the detail goes to the log only
+    assert "cannot admit" not in bad.error
+
+
+def test_a_row_whose_sampling_fails_fails_alone(running, monkeypatch):
+    engine, lane = running
+    decoder = lane.decoder
+    real_add = decoder.add
+
+    def add(request, owner=None):
+        row = real_add(request, owner)
+        if request.seed == 666:  # poison its state: every logit it gets is NaN
+            decoder.network.h[:, row] = np.nan
+        return row
+
+    monkeypatch.setattr(decoder, "add", add)
+    texts, bad = run_ten_beside(engine, lane, params(seed=666))
+    assert [len(text) for text in texts] == [120] * 12
+    assert bad.wait(5) and "non-finite" in bad.error
+    assert engine.active == 0
+
+
+def test_a_row_whose_output_cannot_be_recorded_fails_alone(running, monkeypatch):
+    engine, lane = running
+    decoder = lane.decoder
+    real_record = decoder.record
+
+    def record(row, output):
+        if decoder.params[row].seed == 666 and len(output.ids) == 5:
+            raise ValueError("broken output")
+        return real_record(row, output)
+
+    monkeypatch.setattr(decoder, "record", record)
+    texts, bad = run_ten_beside(engine, lane, params(seed=666, length=100))
+    assert [len(text) for text in texts] == [120] * 12
+    assert bad.wait(5) and bad.error == FAILED_MESSAGE
+
+
+def test_a_failing_batched_step_fails_its_rows_and_the_engine_carries_on(running, monkeypatch):
+    engine, lane = running
+    real_step = lane.decoder.step
+    calls = 0
+
+    def flaky():
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise RuntimeError("boom")
+        return real_step()
+
+    monkeypatch.setattr(lane.decoder, "step", flaky)
+    failed = engine.submit(lane, params(length=50))
+    assert failed.wait(5) and failed.error == FAILED_MESSAGE
+    assert len(text_of(engine.submit(lane, params(length=10, seed=2)))) == 10
+    assert engine.alive
+
+
+# --- prefill: fair, batched, cached --------------------------------------------------------
+def test_long_primes_do_not_freeze_a_running_stream(model):
+    engine, lane = make_engine(model, max_active=64, prefill_share=0.2)
+    engine.start()
+    try:
+        stream = engine.submit(lane, params("a", length=400, seed=1))
+        wait_until(lambda: len(stream.output.ids) > 0)
+        burst = [engine.submit(lane, params("the cat " * 250, length=1, seed=n)) for n in range(40)]
+        assert len(text_of(stream, 30)) == 400
+        # The stream ended while the burst's primes (80,000 characters) were still running.
+        assert sum(job.done for job in burst) < len(burst)
+        for job in burst:
+            assert len(text_of(job, 60)) == 1
+    finally:
+        engine.stop()
+
+
+def test_a_repeated_prime_skips_its_prefill_and_changes_nothing(model):
+    engine, lane = make_engine(model, prime_cache_bytes=1 << 20)
+    engine.start()
+    try:
+        request = params("a long enough prime " * 5, length=60, seed=3, logprobs=2)
+        first = engine.submit(lane, request)
+        first_text = text_of(first)
+        cache = lane.decoder.cache
+        assert cache is not None and len(cache) == 1 and cache.hits == 0
+        second = engine.submit(lane, request)
+        assert text_of(second) == first_text
+        assert second.output.logprobs == first.output.logprobs
+        assert cache.hits == 1
+    finally:
+        engine.stop()
+
+
+def test_prompt_logprobs_are_recorded_during_the_prefill(running, model):
+    engine, lane = running
+    job = engine.submit(lane, params("the cat", length=3, logprobs=2, prompt_logprobs=True))
+    text_of(job)
+    prompt = job.output.prompt_logprobs
+    assert [entry.id for entry in prompt] == VOCAB.encode("he cat")
+    with torch.no_grad():
+        logits, _ = model(torch.tensor([VOCAB.encode("the cat")]))
+    expected = torch.log_softmax(logits[0, :-1].double(), dim=-1)
+    for position, entry in enumerate(prompt):
+        assert entry.logprob == pytest.approx(float(expected[position, entry.id]), abs=1e-4)

@@ -6,8 +6,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.generation import TextGenerator
 from app.metrics import Metrics
+from app.service import ModelService
 
 pytestmark = pytest.mark.anyio
 
@@ -29,7 +29,7 @@ def value(samples: dict, name: str, **labels: str) -> float:
 
 async def test_requests_errors_and_latency_by_route(client: httpx.AsyncClient) -> None:
     await client.post("/generate", json={"length": 5})
-    await client.post("/generate", json={"length": 0})  # 422
+    await client.post("/generate", json={"length": -1})  # 422
     await client.get("/no/such/page")
     await client.get("/static/app.js")
     await client.post("/generate/stream", json={"length": 5})
@@ -51,7 +51,7 @@ async def test_requests_errors_and_latency_by_route(client: httpx.AsyncClient) -
 
 
 async def test_engine_counters_are_read_at_scrape_time(
-    client: httpx.AsyncClient, generator: TextGenerator
+    client: httpx.AsyncClient, service: ModelService
 ) -> None:
     before = await scrape(client)
     await client.post("/generate", json={"length": 25})
@@ -60,7 +60,7 @@ async def test_engine_counters_are_read_at_scrape_time(
         before, "charrnn_chars_generated_total"
     )
     assert grown == 25
-    assert value(after, "charrnn_decode_steps_total") == generator.engine.steps
+    assert value(after, "charrnn_decode_steps_total") == service.engine.steps
     assert value(after, "charrnn_active_streams") == 0
     assert value(after, "charrnn_queue_depth") == 0
     assert ("charrnn_generations_failed_total", frozenset()) in after

@@ -8,8 +8,8 @@ import pytest
 from conftest import running_server
 from pydantic import SecretStr
 
-from app.generation import TextGenerator
 from app.main import create_app
+from app.service import ModelService
 from app.settings import Settings
 
 openai = pytest.importorskip("openai", reason="the openai client is a dev dependency")
@@ -18,9 +18,9 @@ KEY = "test-key"
 
 
 @pytest.fixture(scope="module")
-def base_url(settings: Settings, generator: TextGenerator) -> Iterator[str]:
+def base_url(settings: Settings, service: ModelService) -> Iterator[str]:
     keyed = settings.model_copy(update={"api_key": SecretStr(KEY), "access_log": False})
-    with running_server(create_app(keyed, generator)) as url:
+    with running_server(create_app(keyed, service)) as url:
         yield f"{url}/v1"
 
 

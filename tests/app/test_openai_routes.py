@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import anyio
 import httpx
 import pytest
-from conftest import ClientWith, Script
+from conftest import ClientWith
 from pydantic import SecretStr
 
-from app.generation import EngineBusy, TextGenerator
+from app.engine import EngineBusy
+from app.service import ModelService
 
 pytestmark = pytest.mark.anyio
 
@@ -71,25 +73,25 @@ async def test_several_prompts_and_echo(client: httpx.AsyncClient) -> None:
 
 
 async def test_stop_cuts_the_text_and_ends_the_job(
-    client: httpx.AsyncClient,
-    generator: TextGenerator,
-    scripted_decoder: Script,
-    monkeypatch: pytest.MonkeyPatch,
+    client: httpx.AsyncClient, service: ModelService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(
-        generator, "limits", generator.limits.model_copy(update={"max_length": 10**6})
+    monkeypatch.setattr(service, "limits", service.limits.model_copy(update={"max_length": 10**6}))
+    before = service.engine.chars_generated
+    response = await complete(
+        client,
+        prompt="a",
+        max_tokens=10**6,
+        stop=["\n\n", "zzz"],
+        regex="hello\n\nworld( [a-z]+)*",
     )
-    scripted_decoder("hello\n\nworld")
-    before = generator.engine.chars_generated
-    response = await complete(client, prompt="a", max_tokens=10**6, stop=["\n\n", "zzz"])
     [choice] = response.json()["choices"]
     assert (choice["text"], choice["finish_reason"]) == ("hello", "stop")
     assert response.json()["usage"]["completion_tokens"] == 5
-    # Cancelled at the stop (the engine frees the row at its next step), not run to the end.
+    # Ended at the stop (the engine frees the row at once), not run to the end.
     with anyio.fail_after(2):
-        while generator.active:
+        while service.active:
             await anyio.sleep(0.005)
-    assert generator.engine.chars_generated - before < 10_000
+    assert service.engine.chars_generated - before < 10_000
 
 
 async def test_stream_chunks_and_done(client: httpx.AsyncClient) -> None:
@@ -111,9 +113,10 @@ async def test_stream_chunks_and_done(client: httpx.AsyncClient) -> None:
         assert all(c["finish_reason"] is None for c in mine[:-1])
 
 
-async def test_stream_with_stop(client: httpx.AsyncClient, scripted_decoder: Script) -> None:
-    scripted_decoder("one. two. three")
-    response = await complete(client, prompt="a", max_tokens=100, stop=". t", stream=True)
+async def test_stream_with_stop(client: httpx.AsyncClient) -> None:
+    response = await complete(
+        client, prompt="a", max_tokens=100, stop=". t", stream=True, regex="one\\. two\\. three"
+    )
     chunks = [json.loads(line) for line in data_lines(response.text)[:-1]]
     assert "".join(c["choices"][0]["text"] for c in chunks) == "one"
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
@@ -121,12 +124,13 @@ async def test_stream_with_stop(client: httpx.AsyncClient, scripted_decoder: Scr
 
 
 async def test_a_failing_stream_ends_with_an_error_chunk(
-    client: httpx.AsyncClient, scripted_decoder: Script
+    client: httpx.AsyncClient, failing_step: Callable[[int], None]
 ) -> None:
-    scripted_decoder("x", fail=True)
+    failing_step(2)
     response = await complete(client, prompt="a", max_tokens=10, stream=True)
     last = json.loads(data_lines(response.text)[-1])
-    assert last["error"]["type"] == "server_error" and "out of memory" in last["error"]["message"]
+    assert last["error"]["type"] == "server_error" and "log" in last["error"]["message"]
+    assert "out of memory" not in response.text  # the detail stays in the server's log
     whole = await complete(client, prompt="a", max_tokens=10)  # fails again, before any text
     assert whole.status_code == 500
     assert whole.json()["error"]["code"] == "generation_failed"
@@ -136,12 +140,20 @@ async def test_a_failing_stream_ends_with_an_error_chunk(
     ("fields", "status", "param", "code"),
     [
         ({"temperature": 5}, 400, "temperature", "invalid_value"),
-        ({"stop": ["a", ""]}, 400, "stop", "invalid_value"),
+        ({"stop": ["a", ""]}, 400, "stop.1", "invalid_value"),
         ({"max_tokens": 301}, 400, "max_tokens", "less_than_equal"),
         ({"prompt": "a" * 51}, 400, "prompt", "string_too_long"),
         ({"prompt": "café"}, 400, "prompt", "prompt_out_of_vocabulary"),
         ({"model": "gpt-4"}, 404, "model", "model_not_found"),
-        ({"logprobs": 2}, 400, "logprobs", "invalid_value"),
+        ({"logprobs": 6}, 400, "logprobs", "invalid_value"),
+        ({"max_tokens": -1}, 400, "max_tokens", "invalid_value"),
+        ({"top_k": 2**63}, 400, "top_k", "invalid_value"),
+        ({"logit_bias": {"x": 1}}, 400, "logit_bias", "unknown_token"),
+        ({"logit_bias": {"99999": 1}}, 400, "logit_bias", "unknown_token"),
+        ({"logit_bias": {"1": 500}}, 400, "logit_bias.1", "invalid_value"),
+        ({"echo": True, "prompt": "a", "suffix": "x"}, 400, "suffix", "invalid_value"),
+        ({"frequency_penalty": 5}, 400, "frequency_penalty", "invalid_value"),
+        ({"regex": "(a"}, 400, "regex", "regex_invalid"),
     ],
 )
 async def test_errors_in_openai_shape(
@@ -166,12 +178,12 @@ async def test_skip_unknown_is_our_extension(client: httpx.AsyncClient) -> None:
 
 
 async def test_busy_is_a_503_with_retry_after(
-    client: httpx.AsyncClient, generator: TextGenerator, monkeypatch: pytest.MonkeyPatch
+    client: httpx.AsyncClient, service: ModelService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def full(*_: object) -> None:
         raise EngineBusy("1024 requests already waiting")
 
-    monkeypatch.setattr(generator.engine, "submit", full)
+    monkeypatch.setattr(service.engine, "submit", full)
     response = await complete(client, prompt="a")
     assert response.status_code == 503 and response.headers["retry-after"] == "1"
     assert response.json()["error"]["type"] == "server_error"

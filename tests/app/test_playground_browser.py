@@ -16,8 +16,8 @@ import pytest
 from conftest import running_server
 from pydantic import SecretStr
 
-from app.generation import TextGenerator
-from app.main import create_app, load_generator
+from app.main import create_app, load_service
+from app.service import ModelService
 from app.settings import Settings
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -36,26 +36,27 @@ ARGS = [
 
 
 @pytest.fixture(scope="module")
-def slow_generator(settings: Settings) -> Iterator[TextGenerator]:
+def slow_service(settings: Settings) -> Iterator[ModelService]:
     """Its own model, long lengths allowed and ~2 ms a step: a stream lasts until Stop."""
-    generator = load_generator(settings.model_copy(update={"max_length": 100_000}))
-    sample = generator.engine.decoder.sample
+    service = load_service(settings.model_copy(update={"max_length": 100_000}))
+    decoder = service.model().lane.decoder
+    step = decoder.step
 
-    def slow_sample() -> Any:
+    def slow_step() -> Any:
         time.sleep(0.002)
-        return sample()
+        return step()
 
-    generator.engine.decoder.sample = slow_sample  # type: ignore[method-assign]
-    yield generator
-    generator.stop_all()
+    decoder.step = slow_step  # type: ignore[method-assign]
+    yield service
+    service.stop()
 
 
 @pytest.fixture(scope="module")
-def base_url(settings: Settings, slow_generator: TextGenerator) -> Iterator[str]:
+def base_url(settings: Settings, slow_service: ModelService) -> Iterator[str]:
     keyed = settings.model_copy(
         update={"api_key": SecretStr(KEY), "access_log": False, "shutdown_grace_seconds": 1}
     )
-    with running_server(create_app(keyed, slow_generator)) as url:
+    with running_server(create_app(keyed, slow_service)) as url:
         yield url
 
 
@@ -73,15 +74,15 @@ def at_least(chars: int) -> re.Pattern[str]:
     return re.compile(rf"[\s\S]{{{chars}}}")
 
 
-def wait_idle(generator: TextGenerator) -> None:
+def wait_idle(service: ModelService) -> None:
     deadline = time.monotonic() + 2
-    while generator.active:
+    while service.active:
         assert time.monotonic() < deadline, "the stopped generation kept running"
         time.sleep(0.01)
 
 
 def test_playground_streams_and_stops(
-    browser: Any, base_url: str, slow_generator: TextGenerator, tmp_path: Path
+    browser: Any, base_url: str, slow_service: ModelService, tmp_path: Path
 ) -> None:
     context = browser.new_context(viewport={"width": 1100, "height": 900})
     page = context.new_page()
@@ -99,7 +100,7 @@ def test_playground_streams_and_stops(
     expect(page.locator("#model-name")).to_have_text("tiny")
     expect(page.locator("#model-loss")).to_have_text("1.250")
     expect(page.locator("#model-bpc")).to_have_text("1.800")
-    expect(page.locator("#model-vocab")).to_have_text(f"{len(slow_generator.vocab)} chars")
+    expect(page.locator("#model-vocab")).to_have_text(f"{len(slow_service.model().vocab)} chars")
     expect(page.locator("#model-device")).to_have_text("cpu")
 
     # A whole generation: the streamed text is the server's for that seed.
@@ -129,14 +130,14 @@ def test_playground_streams_and_stops(
     page.keyboard.press("Escape")
     expect(page.locator("#status")).to_contain_text("Stopped after")
     expect(page.locator("#generate")).to_be_enabled()
-    wait_idle(slow_generator)
+    wait_idle(slow_service)
 
     # The Stop button does the same.
     page.click("#generate")
     expect(text).to_have_text(at_least(10))
     page.click("#stop")
     expect(page.locator("#status")).to_contain_text("Stopped after")
-    wait_idle(slow_generator)
+    wait_idle(slow_service)
     page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
 
     # A phone-sized screen: no sideways scrolling; the key was kept in localStorage.

@@ -8,8 +8,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Script
 
+from app.engine import FAILED_MESSAGE
 from model.vocab import Vocabulary
 
 pytestmark = pytest.mark.anyio
@@ -25,7 +25,8 @@ async def test_health(client: httpx.AsyncClient) -> None:
 
 async def test_model(client: httpx.AsyncClient, vocab: Vocabulary) -> None:
     info = (await client.get("/model")).json()
-    assert info["name"] == "tiny" and info["checkpoint"].endswith("tiny.safetensors")
+    assert info["name"] == "tiny" and info["checkpoint"] == "tiny.safetensors"
+    assert info["newlines"] == "lf"
     assert info["config"] == {
         "cell": "lstm",
         "hidden_size": 16,
@@ -39,6 +40,9 @@ async def test_model(client: httpx.AsyncClient, vocab: Vocabulary) -> None:
     assert info["training"]["corpus"] == "tiny"
     assert info["device"] == "cpu" and info["parameters"] > 0
     assert info["limits"] == {"max_length": 300, "max_prime_length": 50, "default_length": 40}
+    assert (await client.get("/model/tiny")).json() == info
+    missing = await client.get("/model/gpt-4")
+    assert missing.status_code == 404 and "tiny" in missing.json()["detail"]
 
 
 async def test_generate(client: httpx.AsyncClient, vocab: Vocabulary) -> None:
@@ -47,7 +51,8 @@ async def test_generate(client: httpx.AsyncClient, vocab: Vocabulary) -> None:
     assert response.status_code == 200
     result = response.json()
     assert len(result["text"]) == 50 and set(result["text"]) <= set(vocab.chars)
-    assert result["prime"] == "To be"
+    assert result["prime"] == "To be" and result["finish_reason"] == "length"
+    assert result["logprobs"] is None
     stats = result["stats"]
     assert (stats["chars"], stats["seed"], stats["prime_chars"], stats["model"]) == (
         50,
@@ -72,17 +77,33 @@ async def test_generate_defaults_report_a_seed_that_repeats(client: httpx.AsyncC
 @pytest.mark.parametrize(
     ("body", "field"),
     [
-        ({"length": 0}, "length"),
         ({"length": -5}, "length"),
         ({"length": 301}, "length"),  # above MAX_LENGTH
         ({"length": 10**40}, "length"),
         ({"length": "many"}, "length"),
         ({"length": 2.5}, "length"),
-        ({"top_k": 0}, "top_k"),
-        ({"temperature": 0}, "temperature"),
+        ({"top_k": -1}, "top_k"),
+        ({"top_k": 9223372036854775808}, "top_k"),
         ({"temperature": -1}, "temperature"),
-        ({"temperature": 1e-300}, "temperature"),
+        ({"temperature": 1e300}, "temperature"),
         ({"top_p": 0}, "top_p"),
+        ({"min_p": 2}, "min_p"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"repeat_last_n": 10**9}, "repeat_last_n"),
+        ({"frequency_penalty": 3}, "frequency_penalty"),
+        ({"presence_penalty": -3}, "presence_penalty"),
+        ({"logit_bias": {"a": 1000}}, "logit_bias"),
+        ({"logit_bias": {"€": 1}}, "logit_bias"),
+        ({"logit_bias": [1, 2]}, "logit_bias"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"stop": ["x" * 33]}, "stop"),
+        ({"stop": 5}, "stop"),
+        ({"logprobs": 6}, "logprobs"),
+        ({"prompt_logprobs": True}, "prompt_logprobs"),
+        ({"regex": "(unclosed"}, "regex"),
+        ({"regex": "€+"}, "regex"),
+        ({"regex": "a" * 300}, "regex"),
+        ({"model": 5}, "model"),
         ({"top_p": 1.5}, "top_p"),
         ({"seed": -1}, "seed"),
         ({"seed": 2**63}, "seed"),
@@ -100,7 +121,7 @@ async def test_bad_input_is_a_422_naming_the_field(
         await client.post("/generate/stream", json=body),
     ):
         assert response.status_code == 422, response.text
-        assert ["body", field] in [error["loc"] for error in response.json()["detail"]]
+        assert ["body", field] in [error["loc"][:2] for error in response.json()["detail"]]
 
 
 async def test_unknown_prime_chars_are_listed(client: httpx.AsyncClient) -> None:
@@ -162,7 +183,9 @@ async def test_stream_post(client: httpx.AsyncClient, vocab: Vocabulary, sse: Pa
     assert names[-1] == "done" and set(names[:-1]) == {"chars"}
     text = "".join(data for name, data in events if name == "chars")
     assert text == expected and len(text) == 120
-    stats = events[-1][1]
+    done = events[-1][1]
+    assert done["finish_reason"] == "length"
+    stats = done["stats"]
     assert (stats["chars"], stats["seed"], stats["prime_chars"]) == (120, 11, 5)
 
 
@@ -173,17 +196,18 @@ async def test_stream_get_takes_query_parameters(client: httpx.AsyncClient, sse:
     assert response.status_code == 200
     events = sse(response.text)
     assert "".join(data for name, data in events if name == "chars") == expected
-    assert events[-1][0] == "done" and events[-1][1]["seed"] == 5
+    assert events[-1][0] == "done" and events[-1][1]["stats"]["seed"] == 5
 
 
 @pytest.mark.parametrize(
     ("params", "field"),
     [
-        ({"length": 0}, "length"),
+        ({"length": -1}, "length"),
         ({"length": 301}, "length"),
-        ({"top_k": 0}, "top_k"),
-        ({"temperature": 0}, "temperature"),
+        ({"top_k": 9223372036854775808}, "top_k"),
+        ({"temperature": -1}, "temperature"),
         ({"top_p": 2}, "top_p"),
+        ({"logit_bias": "{not json"}, "logit_bias"),
         ({"prime": "€"}, "prime"),
         ({"colour": "red"}, "colour"),
     ],
@@ -196,25 +220,25 @@ async def test_stream_get_422s_name_the_query_field(
     assert ["query", field] in [error["loc"] for error in response.json()["detail"]]
 
 
-async def test_newlines_survive_the_stream(
-    client: httpx.AsyncClient, sse: Parse, scripted_decoder: Script
-) -> None:
-    scripted_decoder("a\nb\n\nc")
-    response = await client.post("/generate/stream", json={"length": 6})
+async def test_newlines_survive_the_stream(client: httpx.AsyncClient, sse: Parse) -> None:
+    body = {"length": 20, "regex": "a\nb\n\nc"}  # only one text matches: the output
+    response = await client.post("/generate/stream", json=body)
     assert "\\n" in response.text  # newlines JSON-escaped: one data line per event
-    text = "".join(data for name, data in sse(response.text) if name == "chars")
-    assert text == "a\nb\n\nc"
+    events = sse(response.text)
+    assert "".join(data for name, data in events if name == "chars") == "a\nb\n\nc"
+    assert events[-1][1]["finish_reason"] == "regex"
+    assert events[-1][1]["regex_complete"] is True
 
 
 async def test_a_failing_generation_ends_with_an_error_event(
-    client: httpx.AsyncClient, sse: Parse, scripted_decoder: Script
+    client: httpx.AsyncClient, sse: Parse, failing_step: Callable[[int], None]
 ) -> None:
-    scripted_decoder("x", fail=True)
+    failing_step(3)
     response = await client.post("/generate/stream", json={"length": 10})
-    assert sse(response.text) == [
-        ("chars", "x"),
-        ("error", {"message": "generation failed: out of memory"}),
-    ]
+    events = sse(response.text)
+    assert events[-1] == ("error", {"message": FAILED_MESSAGE})  # details stay in the log
+    assert {name for name, _ in events[:-1]} <= {"chars"}
+    assert (await client.post("/generate", json={"length": 10})).status_code == 500
 
 
 async def test_openapi_documents_the_routes(client: httpx.AsyncClient) -> None:

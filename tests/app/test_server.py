@@ -45,12 +45,12 @@ def test_health_and_stream_over_tcp(server: tuple[FastAPI, str], sse: Parse) -> 
                 events = sse("".join(response.iter_text()))
             text = "".join(data for name, data in events if name == "chars")
             assert text == expected, method
-            assert events[-1][0] == "done" and events[-1][1]["chars"] == 150
+            assert events[-1][0] == "done" and events[-1][1]["stats"]["chars"] == 150
 
 
 def test_hanging_up_stops_the_generation(server: tuple[FastAPI, str]) -> None:
     application, base_url = server
-    generator = application.state.generator
+    service = application.state.service
     params = {"length": 10**6}
     with (
         httpx.Client(base_url=base_url, timeout=20) as client,
@@ -59,13 +59,13 @@ def test_hanging_up_stops_the_generation(server: tuple[FastAPI, str]) -> None:
         lines = response.iter_lines()
         first = [next(lines) for _ in range(4)]
         assert first[0] == "event: chars" and json.loads(first[1][len("data: ") :])
-        assert generator.active == 1
+        assert service.active == 1
         # The event loop is not blocked by the running generation.
         started = time.monotonic()
         assert httpx.get(f"{base_url}/health").status_code == 200
         assert time.monotonic() - started < 2
     # Leaving the block closed the connection mid-stream.
     deadline = time.monotonic() + 1.0
-    while generator.active and time.monotonic() < deadline:
+    while service.active and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert generator.active == 0
+    assert service.active == 0

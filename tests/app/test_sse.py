@@ -1,8 +1,13 @@
 import asyncio
+import json
 
 from app import sse
+from app.jobs import Job
 from app.routes import events
-from app.schemas import GenerationStats
+from model.decoding.output import CharLogprob
+from model.decoding.params import GenerationParams
+
+CHARS = ("a", "b", "\n")
 
 
 def test_event_format():
@@ -20,34 +25,40 @@ def test_response_headers():
     assert response.headers["x-accel-buffering"] == "no"
 
 
-class FakeGeneration:
-    """What the stream routes read: chunks ("" = nothing new yet), then stats."""
-
-    def __init__(self, chunks):
-        self._chunks = iter(chunks)
-        self.stats = GenerationStats(
-            chars=3, seconds=1.0, chars_per_second=3.0, seed=1, prime_chars=1, model="m"
-        )
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self):
-        try:
-            return next(self._chunks)
-        except StopIteration:
-            raise StopAsyncIteration from None
+def job(**options) -> Job:
+    return Job(GenerationParams(prime=(0,), length=3, seed=1, **options), CHARS, "m")
 
 
-def test_empty_chunks_become_keepalive_comments():
+def test_silence_becomes_keepalive_comments_then_chars_and_done():
+    waiting = job()
+
     async def collect():
-        return [event async for event in events(FakeGeneration(["", "a\n", "", "b"]))]
+        stream = events(waiting, lambda: 0.0, keepalive=0.01)
+        out = [await anext(stream), await anext(stream)]  # nothing made yet
+        for char in (0, 2, 1):  # the engine's side: what RowOutput and _finish do
+            waiting.output.append(char, held=0)
+        waiting.output.finish("length")
+        waiting._finish()
+        return out + [event async for event in stream]
 
     out = asyncio.run(collect())
-    assert out[:4] == [
-        sse.KEEPALIVE,
-        'event: chars\ndata: "a\\n"\n\n',
-        sse.KEEPALIVE,
-        'event: chars\ndata: "b"\n\n',
+    assert out[:3] == [sse.KEEPALIVE, sse.KEEPALIVE, 'event: chars\ndata: "a\\nb"\n\n']
+    assert out[3].startswith("event: done\ndata: {") and len(out) == 4
+    done = json.loads(out[3].split("data: ", 1)[1])
+    assert done["finish_reason"] == "length" and done["stats"]["chars"] == 3
+
+
+def test_logprobs_follow_their_chars_and_an_error_ends_the_stream():
+    failing = job(logprobs=1)
+    failing.output.append(1, held=0, logprob=CharLogprob(1, -0.5, ((0, -0.25),)))
+    failing._finish("generation failed")
+
+    async def collect():
+        return [event async for event in events(failing, lambda: 0.0)]
+
+    chars, logprobs, error = asyncio.run(collect())
+    assert chars == 'event: chars\ndata: "b"\n\n'
+    assert json.loads(logprobs.split("data: ", 1)[1]) == [
+        {"char": "b", "logprob": -0.5, "top": [{"char": "a", "logprob": -0.25}]}
     ]
-    assert out[4].startswith("event: done\ndata: {") and len(out) == 5
+    assert error == 'event: error\ndata: {"message":"generation failed"}\n\n'
