@@ -10,6 +10,7 @@ its name in the metrics. Routes that read no body never see the limit.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -21,19 +22,25 @@ class BodyTooLarge(HTTPException):
     answer it like any other 413."""
 
     def __init__(self, limit: int):
-        super().__init__(413, f"request body larger than {limit} bytes (MAX_BODY_BYTES)")
+        super().__init__(413, f"request body larger than {limit} bytes")
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int):
+    """`max_body_bytes` for every path but those in `path_limits` (POST /score takes a
+    whole text: MAX_SCORE_CHARS sets its own limit)."""
+
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, path_limits: Mapping[str, int] | None = None
+    ):
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.path_limits = dict(path_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.max_body_bytes
+        limit = self.path_limits.get(scope["path"], self.max_body_bytes)
         declared = _content_length(scope) or 0
         received = 0
         started = False

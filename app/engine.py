@@ -8,9 +8,11 @@ active request by one character per step, in one batched step per model.
 One iteration of the thread:
   1. admit waiting requests into free rows (cheap: the prime runs later);
   2. one decoding step per model with decoding rows (each model a Lane);
-  3. prefill: primes run in batched slices, under a time budget (PREFILL_SHARE of the
-     engine's time while streams decode, at least one prime character per iteration),
-     so a burst of long primes cannot freeze the streams already running;
+  3. background work under a time budget (prefill_share of the engine's time while
+     streams decode, at least one character per iteration), so a burst of long primes or
+     a long text to score cannot freeze the streams already running:
+       prefill: primes run in batched slices;
+       scoring: the oldest text to score reads its next slice (model/scoring.py);
   4. finished, failed and cancelled requests leave at once (their row is reused).
 
 Faults stay with their request: an error while admitting one request, or a row whose
@@ -26,13 +28,15 @@ import collections
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from app.jobs import Job
+from app.jobs import Job, ScoreJob
 from model.decoding.decoder import BatchDecoder
 from model.decoding.params import GenerationParams
 from model.decoding.sampler import FAILURES, RUNNING
 from model.network import CharRNN
+from model.scoring import Scorer
 
 logger = logging.getLogger("charrnn.engine")
 
@@ -86,6 +90,7 @@ class Lane:
 
     def __init__(self, name: str, model: CharRNN, chars: tuple[str, ...], config: EngineConfig):
         self.name = name
+        self.model = model
         self.chars = chars
         self.decoder = BatchDecoder(
             model,
@@ -94,6 +99,7 @@ class Lane:
             prime_cache_bytes=config.prime_cache_bytes,
         )
         self.row_seconds = 1e-4  # running estimate of a prefill row-character's cost
+        self.score_seconds = 3e-5  # and of a scored character's
 
 
 class DecodingEngine:
@@ -103,6 +109,10 @@ class DecodingEngine:
         self.config = config
         self.lanes: list[Lane] = []
         self._queue: collections.deque[tuple[Lane, Job]] = collections.deque()
+        self._scores: collections.deque[tuple[Lane, ScoreJob]] = collections.deque()
+        # Scoring reads a text's upper layers on this thread while the first layer of its
+        # next slice runs on the engine's (model/scoring.py).
+        self._scorer_thread = ThreadPoolExecutor(1, "scorer")
         self._wakeup = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -124,7 +134,7 @@ class DecodingEngine:
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + len(self._scores)
 
     @property
     def alive(self) -> bool:
@@ -163,6 +173,16 @@ class DecodingEngine:
             self._wakeup.notify()
         return job
 
+    def submit_score(self, lane: Lane, ids: list[int], top_n: int) -> ScoreJob:
+        """Queue a text to score; raises EngineBusy when the waiting queue is full."""
+        job = ScoreJob(Scorer(lane.model, ids, top_n, self._scorer_thread), lane.name)
+        with self._wakeup:
+            if len(self._queue) + len(self._scores) >= self.config.max_queue:
+                raise EngineBusy(f"{self.queued} requests already waiting")
+            self._scores.append((lane, job))
+            self._wakeup.notify()
+        return job
+
     # --- the thread -------------------------------------------------------------------
     def _run(self) -> None:
         while True:
@@ -180,12 +200,12 @@ class DecodingEngine:
                 if len(lane.decoder.decoding):
                     self._step(lane)
             decoding = time.perf_counter() - started
-            self._prefill(decoding)
+            self._background(decoding)
             self.last_progress = time.monotonic()
         self._fail_everything("the service is shutting down")
 
     def _busy(self) -> bool:
-        return any(lane.decoder.size for lane in self.lanes)
+        return bool(self._scores) or any(lane.decoder.size for lane in self.lanes)
 
     def _pop_admissible(self) -> list[tuple[Lane, Job]]:
         admitted: list[tuple[Lane, Job]] = []
@@ -243,13 +263,46 @@ class DecodingEngine:
                 job._wake()
         decoder.compact()
 
-    def _prefill(self, decoding_seconds: float) -> None:
-        """Run primes in batched slices for at most the iteration's prefill budget."""
+    def _background(self, decoding_seconds: float) -> None:
+        """Prefill and scoring, within the iteration's budget (shared when both wait)."""
         share = self.config.prefill_share
         if decoding_seconds > 0:
             budget = decoding_seconds * share / (1 - share)
         else:
             budget = self.config.idle_prefill_seconds
+        prefilling = any(lane.decoder.prefilling for lane in self.lanes)
+        if prefilling and self._scores:
+            budget /= 2
+        if prefilling:
+            self._prefill(budget)
+        if self._scores:
+            self._score(budget)
+
+    def _score(self, budget: float) -> None:
+        """The oldest text to score reads its next slice."""
+        lane, job = self._scores[0]
+        if job.cancelled:
+            self._scores.popleft()
+            job._finish()
+            return
+        started = time.perf_counter()
+        try:
+            chars = job.scorer.advance(max(16, min(4096, int(budget / lane.score_seconds))))
+        except Exception:
+            logger.exception("scoring a text failed")
+            self._scores.popleft()
+            self.jobs_failed += 1
+            job._finish(FAILED_MESSAGE)
+            return
+        if chars:
+            seconds = (time.perf_counter() - started) / chars
+            lane.score_seconds = 0.8 * lane.score_seconds + 0.2 * seconds
+        if job.scorer.done:
+            self._scores.popleft()
+            job._finish()
+
+    def _prefill(self, budget: float) -> None:
+        """Run primes in batched slices for at most `budget` seconds."""
         started = time.perf_counter()
         lanes = [lane for lane in self.lanes if lane.decoder.prefilling]
         while lanes:
@@ -313,3 +366,7 @@ class DecodingEngine:
         for job in waiting:
             if not job.done:
                 self._fail(job, message)
+        while self._scores:
+            _, score_job = self._scores.popleft()
+            self.jobs_failed += 1
+            score_job._finish(message)

@@ -1,4 +1,5 @@
-"""A request inside the decoding engine: its parameters, its output as it grows, its end.
+"""A request inside the decoding engine: its parameters, its output as it grows, its end
+(Job for a generation; ScoreJob for a text to score).
 
 The engine thread writes (model/decoding/output.py's RowOutput, then `_finish`); an HTTP
 handler reads with `chunks()`, which coalesces what was made since the last read:
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 
 from model.decoding.output import CharLogprob, RowOutput
 from model.decoding.params import GenerationParams
+from model.scoring import Scorer
 
 
 class JobFailed(RuntimeError):
@@ -137,3 +139,57 @@ class Job:
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the engine has finished with the job; True if it has."""
         return self._done.wait(timeout)
+
+
+class ScoreJob:
+    """One text to score (model/scoring.py's Scorer), run by the engine in slices between
+    decoding steps. `await job.result()` once it is queued."""
+
+    def __init__(self, scorer: Scorer, model: str):
+        self.scorer = scorer
+        self.model = model
+        self.submitted_at = time.perf_counter()
+        self.finished_at: float | None = None
+        self.error: str | None = None
+        self._done = threading.Event()
+        self._cancelled = False
+        self._lock = threading.Lock()
+        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def cancel(self) -> None:
+        self._cancelled = True
+
+    def _finish(self, error: str | None = None) -> None:
+        self.error = error
+        self.finished_at = time.perf_counter()
+        self._done.set()
+        with self._lock:
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            loop, event = waiter
+            loop.call_soon_threadsafe(event.set)
+
+    async def result(self) -> Scorer:
+        """Wait for the scores; raises JobFailed if the engine failed the job. Leaving
+        early (a client disconnect) cancels it."""
+        event = asyncio.Event()
+        with self._lock:
+            if not self.done:
+                self._waiter = (asyncio.get_running_loop(), event)
+        try:
+            if not self.done:
+                await event.wait()
+        finally:
+            if not self.done:
+                self.cancel()
+        if self.error:
+            raise JobFailed(self.error)
+        return self.scorer

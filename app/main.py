@@ -119,7 +119,11 @@ def create_app(settings: Settings | None = None, service: ModelService | None = 
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(EngineBusy, engine_busy)
     # Each add wraps the ones before: the access log sees every response, 413s included.
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        path_limits={"/score": settings.max_score_body_bytes},
+    )
     app.add_middleware(BodyTimeoutMiddleware, seconds=settings.body_timeout_seconds)
     if settings.cors_origins:
         app.add_middleware(

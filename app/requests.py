@@ -1,5 +1,6 @@
 """The edge: a validated HTTP body becomes the one request type, GenerationParams, here and
-nowhere else (the native body, and the OpenAI body through the same function).
+nowhere else (the native body, and the OpenAI body through the same function); and a
+text to score becomes ids.
 
 What pydantic cannot check is checked here, against the settings and the model: the
 length and prime limits, the vocabulary (prime, stop strings, logit_bias keys) and the
@@ -9,7 +10,7 @@ regex. Each failure is a ParamError naming the field, which the routes turn into
 
 from __future__ import annotations
 
-from app.schemas import GenerateRequest, Limits
+from app.schemas import GenerateRequest, Limits, ScoreRequest
 from app.service import ServedModel
 from model.decoding.params import (
     GenerationParams,
@@ -19,6 +20,8 @@ from model.decoding.params import (
     encode_stops,
     resolve_seed,
 )
+from model.text import NEWLINES_LF, normalize_newlines
+from model.vocab import OutOfVocabularyError
 
 
 def generation_params(
@@ -63,3 +66,32 @@ def generation_params(
         prompt_logprobs=body.prompt_logprobs,
         regex=served.regexes.get(body.regex) if body.regex is not None else None,
     )
+
+
+def score_ids(served: ServedModel, limits: Limits, body: ScoreRequest) -> tuple[list[int], int]:
+    """The text to score as ids, and how many characters were left out (skip_unknown).
+    Raises ParamError("text")."""
+    if len(body.text) > limits.max_score_chars:
+        raise ParamError(
+            "text",
+            f"String should have at most {limits.max_score_chars} characters",
+            "string_too_long",
+            {"max_length": limits.max_score_chars, "length": len(body.text)},
+        )
+    vocab = served.vocab
+    text = normalize_newlines(body.text) if served.newlines == NEWLINES_LF else body.text
+    missing = vocab.missing(text)
+    if missing and not body.skip_unknown:
+        error = OutOfVocabularyError(missing)
+        raise ParamError(
+            "text",
+            f"{error} (set skip_unknown to leave them out)",
+            "text_out_of_vocabulary",
+            {"missing": missing},
+        )
+    ids = vocab.encode(text, skip_unknown=True)
+    if len(ids) < 2:
+        raise ParamError(
+            "text", "needs at least two characters the model knows", "string_too_short"
+        )
+    return ids, len(text) - len(ids)

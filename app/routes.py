@@ -20,6 +20,7 @@ or, when generation fails after the stream began, a final `event: error`.
 # and the dependency made inside _running refers to a local name.
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, NamedTuple
@@ -33,7 +34,7 @@ from app import sse
 from app.auth import PROTECTED, UNAUTHORIZED
 from app.errors import RETRY_AFTER_SECONDS
 from app.jobs import Job, JobFailed
-from app.requests import generation_params
+from app.requests import generation_params, score_ids
 from app.schemas import (
     CharLogprob,
     GenerateRequest,
@@ -42,6 +43,8 @@ from app.schemas import (
     GenerationStats,
     Health,
     ModelInfo,
+    ScoreRequest,
+    ScoreResponse,
     StreamError,
     TopLogprob,
 )
@@ -81,6 +84,19 @@ def served_model(service: ModelService, name: str | None) -> ServedModel:
         raise HTTPException(status_code=404, detail=str(error)) from None
 
 
+def as_422(error: ParamError, source: str, value: Any) -> RequestValidationError:
+    """A ParamError as FastAPI's own 422, loc = (source, field)."""
+    detail: dict[str, Any] = {
+        "type": error.kind,
+        "loc": (source, error.field),
+        "msg": error.message,
+        "input": value,
+    }
+    if error.ctx:
+        detail["ctx"] = error.ctx
+    return RequestValidationError([detail])
+
+
 async def to_params(
     service: ModelService, served: ServedModel, body: GenerateRequest, source: str
 ) -> GenerationParams:
@@ -91,15 +107,7 @@ async def to_params(
             return await anyio.to_thread.run_sync(generation_params, served, service.limits, body)
         return generation_params(served, service.limits, body)
     except ParamError as error:
-        detail: dict[str, Any] = {
-            "type": error.kind,
-            "loc": (source, error.field),
-            "msg": error.message,
-            "input": getattr(body, error.field, None),
-        }
-        if error.ctx:
-            detail["ctx"] = error.ctx
-        raise RequestValidationError([detail]) from None
+        raise as_422(error, source, getattr(body, error.field, None)) from None
 
 
 class Submitted(NamedTuple):
@@ -267,3 +275,48 @@ async def stream_post(service: Service, submitted: BodyJob) -> StreamingResponse
 async def stream_get(service: Service, submitted: QueryJob) -> StreamingResponse:
     """As POST, with the fields as query parameters, for a browser's EventSource."""
     return sse.response(events(submitted.job, service.engine.chunk_interval))
+
+
+@router.post("/score", responses=GUARDED, dependencies=PROTECTED, tags=["generate"])
+async def score(service: Service, body: ScoreRequest) -> ScoreResponse:
+    """How surprising each character of `text` is to the model (its log-probability given
+    all before it), and the totals; read in slices between other requests' steps."""
+    served = served_model(service, body.model)
+    try:
+        ids, oov = score_ids(served, service.limits, body)
+    except ParamError as error:
+        raise as_422(error, "body", None) from None
+    job = service.score(served, ids, body.top_n)
+    try:
+        scorer = await job.result()
+    except JobFailed as error:
+        raise HTTPException(status_code=500, detail=str(error)) from None
+    logprobs: list[float | None] = scorer.logprobs.tolist()
+    logprobs[0] = None
+    bits: list[float | None] = (-scorer.logprobs / math.log(2)).tolist()
+    bits[0] = None
+    top = None
+    if body.top_n:
+        chars = served.vocab.chars
+        top = [[]] + [
+            [TopLogprob(char=chars[i], logprob=lp) for i, lp in zip(row_ids, row_lps, strict=True)]
+            for row_ids, row_lps in zip(
+                scorer.top_ids[1:].tolist(), scorer.top_logprobs[1:].tolist(), strict=True
+            )
+        ]
+    seconds = (job.finished_at or time.perf_counter()) - job.submitted_at
+    return ScoreResponse(
+        model=served.name,
+        text=served.vocab.decode(ids),
+        chars=len(ids) - 1,
+        oov_chars=oov,
+        nats=scorer.nats,
+        bits=scorer.nats / math.log(2),
+        nats_per_char=scorer.nats_per_char,
+        bits_per_char=scorer.bits_per_char,
+        perplexity=math.exp(scorer.nats_per_char),
+        logprobs=logprobs,
+        surprisal_bits=bits,
+        top=top,
+        seconds=seconds,
+    )

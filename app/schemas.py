@@ -214,6 +214,46 @@ class GenerateResponse(GenerationEnd):
     logprobs: list[CharLogprob] | None = None
 
 
+class ScoreRequest(BaseModel):
+    """A text to score: how surprising each of its characters is to the model."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"text": "To be, or not to be"}]}
+    )
+
+    model: str | None = Field(None, description="which served model; default: the default")
+    text: str = Field(description="at least two characters; at most MAX_SCORE_CHARS")
+    top_n: int = Field(
+        0, ge=0, le=MAX_LOGPROBS, description="also the n likeliest chars at each position"
+    )
+    skip_unknown: bool = Field(
+        False,
+        description="drop characters the model does not know (counted in oov_chars) "
+        "instead of an error, as `python -m training eval` does",
+    )
+
+
+class ScoreResponse(BaseModel):
+    model: str
+    text: str = Field(description="the text as the model read it")
+    chars: int = Field(description="characters predicted: all but the first")
+    oov_chars: int = Field(description="characters left out (skip_unknown)")
+    nats: float = Field(description="total surprisal in nats (natural log)")
+    bits: float = Field(description="total surprisal in bits")
+    nats_per_char: float
+    bits_per_char: float
+    perplexity: float
+    logprobs: list[float | None] = Field(
+        description="each character's log-probability given all before it (nats); null "
+        "for the first"
+    )
+    surprisal_bits: list[float | None] = Field(description="-logprob in bits, per character")
+    top: list[list[TopLogprob]] | None = Field(
+        None, description="with top_n: the likeliest characters at each position"
+    )
+    seconds: float
+
+
 class Limits(BaseModel):
     """Per-request limits; their defaults live in Settings."""
 
@@ -222,6 +262,7 @@ class Limits(BaseModel):
     max_length: int = Field(ge=1)
     max_prime_length: int = Field(ge=0)
     default_length: int = Field(ge=1)
+    max_score_chars: int = Field(250_000, ge=2)
 
 
 class NetworkConfig(BaseModel):

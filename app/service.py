@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from app.engine import DecodingEngine, EngineConfig, Lane
-from app.jobs import Job
+from app.jobs import Job, ScoreJob
 from app.schemas import Limits, ModelInfo, NetworkConfig, TrainingInfo
 from model.checkpoint import CheckpointError, load_checkpoint
 from model.decoding.params import GenerationParams
@@ -165,6 +165,11 @@ class ModelService:
         """Queue a request; raises EngineBusy when the waiting queue is full."""
         self.engine.start()
         return self.engine.submit(served.lane, params)
+
+    def score(self, served: ServedModel, ids: list[int], top_n: int) -> ScoreJob:
+        """Queue a text to score; raises EngineBusy when the waiting queue is full."""
+        self.engine.start()
+        return self.engine.submit_score(served.lane, ids, top_n)
 
     def engine_problem(self) -> str | None:
         """Why the engine cannot serve (its thread has died, or it has made no progress

@@ -93,6 +93,12 @@ class Settings(BaseSettings):
         (), description="origins allowed to call the API from a browser, comma-separated"
     )
     max_body_bytes: int = Field(64 * 1024, ge=1, description="largest request body (else 413)")
+    max_score_chars: int = Field(
+        250_000,
+        ge=2,
+        description="longest text POST /score takes (its body may be 6 bytes "
+        "a character more than MAX_BODY_BYTES)",
+    )
     shutdown_grace_seconds: float = Field(
         10.0, ge=0, description="on shutdown, how long running streams may take to finish"
     )
@@ -181,4 +187,10 @@ class Settings(BaseSettings):
             max_length=self.max_length,
             max_prime_length=self.max_prime_length,
             default_length=self.default_length,
+            max_score_chars=self.max_score_chars,
         )
+
+    @property
+    def max_score_body_bytes(self) -> int:
+        """JSON may spell a character in up to six bytes ("\\u001f")."""
+        return self.max_body_bytes + 6 * self.max_score_chars

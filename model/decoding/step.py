@@ -156,3 +156,24 @@ def lstm_rows_step(rows, ids, weights, h, c, gates, logits):
         logits[a, :] = head_bias
         logits[b, :] = head_bias
         _accumulate(top, head_weight, logits, a, b, paired)
+
+
+@njit(**JIT)
+def lstm_layer_sequence(pre, recurrent, h, c, out):
+    """One LSTM layer over a sequence, one stream: pre (T, 4H) the input projections (and
+    both biases), recurrent (H, 4H) W_hhᵀ, h and c (1, H) the state (updated in place),
+    out (T, H) the outputs. Each step is the decoding step's own arithmetic for one row,
+    so scoring a text reads the network as generation does."""
+    steps, hidden = pre.shape[0], h.shape[1]
+    gates = np.empty((1, pre.shape[1]), np.float32)
+    for t in range(steps):
+        gates[0, :] = pre[t]
+        _accumulate_one(h, recurrent, gates, 0)
+        for j in range(hidden):
+            _, _, _, out_gate, cell, tanh_cell = lstm_cell(
+                gates[0, j], gates[0, hidden + j], gates[0, 2 * hidden + j],
+                gates[0, 3 * hidden + j], c[0, j],
+            )  # fmt: skip
+            c[0, j] = cell
+            h[0, j] = out_gate * tanh_cell
+        out[t, :] = h[0]
