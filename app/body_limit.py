@@ -21,16 +21,19 @@ class BodyTooLarge(HTTPException):
     body parsing lets it through (it turns other errors into 400s) and the app's handlers
     answer it like any other 413."""
 
-    def __init__(self, limit: int):
-        super().__init__(413, f"request body larger than {limit} bytes")
+    def __init__(self, limit: int, setting: str = "MAX_BODY_BYTES"):
+        super().__init__(413, f"request body larger than {limit} bytes ({setting})")
 
 
 class BodyLimitMiddleware:
-    """`max_body_bytes` for every path but those in `path_limits` (POST /score takes a
-    whole text: MAX_SCORE_CHARS sets its own limit)."""
+    """`max_body_bytes` for every path but those in `path_limits` ({path: (limit, the
+    setting it comes from)}: POST /score takes a whole text, MAX_SCORE_CHARS sets its own)."""
 
     def __init__(
-        self, app: ASGIApp, max_body_bytes: int, path_limits: Mapping[str, int] | None = None
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        path_limits: Mapping[str, tuple[int, str]] | None = None,
     ):
         self.app = app
         self.max_body_bytes = max_body_bytes
@@ -40,7 +43,9 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.path_limits.get(scope["path"], self.max_body_bytes)
+        limit, setting = self.path_limits.get(
+            scope["path"], (self.max_body_bytes, "MAX_BODY_BYTES")
+        )
         declared = _content_length(scope) or 0
         received = 0
         started = False
@@ -51,7 +56,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if max(received, declared) > limit:
-                    raise BodyTooLarge(limit)
+                    raise BodyTooLarge(limit, setting)
             return message
 
         async def watched_send(message: Message) -> None:

@@ -28,7 +28,8 @@ from app.openai_schemas import (
 )
 from app.requests import generation_params
 from app.schemas import GenerateRequest, SamplingFields
-from app.service import ModelService, ServedModel
+from app.served_model import ServedModel
+from app.service import ModelService
 from model.decoding.output import CharLogprob
 from model.decoding.params import (
     MAX_SEED,

@@ -98,6 +98,7 @@ class Lane:
             threads=config.decode_threads,
             prime_cache_bytes=config.prime_cache_bytes,
         )
+        self.retiring = False  # replaced or evicted: leaves the engine once it is empty
         self.row_seconds = 1e-4  # running estimate of a prefill row-character's cost
         self.score_seconds = 3e-5  # and of a scored character's
 
@@ -125,8 +126,32 @@ class DecodingEngine:
     def add_lane(self, name: str, model: CharRNN, chars: tuple[str, ...]) -> Lane:
         lane = Lane(name, model, chars, self.config)
         with self._wakeup:
-            self.lanes.append(lane)
+            self.lanes = [*self.lanes, lane]  # a new list: the engine thread may be reading
         return lane
+
+    def retire_lane(self, lane: Lane) -> None:
+        """The lane's model is replaced or unloaded: it takes no new request once its
+        queued ones are in, and leaves the engine when its last row is done."""
+        with self._wakeup:
+            lane.retiring = True
+            self._drop_retired()
+
+    def lane_idle(self, lane: Lane) -> bool:
+        with self._wakeup:
+            return self._lane_empty(lane)
+
+    def _lane_empty(self, lane: Lane) -> bool:  # with the lock held
+        return (
+            lane.decoder.size == 0
+            and all(queued is not lane for queued, _ in self._queue)
+            and all(scored is not lane for scored, _ in self._scores)
+        )
+
+    def _drop_retired(self) -> None:  # with the lock held
+        if any(lane.retiring for lane in self.lanes):
+            self.lanes = [
+                lane for lane in self.lanes if not (lane.retiring and self._lane_empty(lane))
+            ]
 
     @property
     def active(self) -> int:
@@ -177,6 +202,8 @@ class DecodingEngine:
         """Queue a text to score; raises EngineBusy when the waiting queue is full."""
         job = ScoreJob(Scorer(lane.model, ids, top_n, self._scorer_thread), lane.name)
         with self._wakeup:
+            if lane not in self.lanes:  # retired and dropped while this job was on its way
+                self.lanes = [*self.lanes, lane]
             if len(self._queue) + len(self._scores) >= self.config.max_queue:
                 raise EngineBusy(f"{self.queued} requests already waiting")
             self._scores.append((lane, job))
@@ -201,6 +228,8 @@ class DecodingEngine:
                     self._step(lane)
             decoding = time.perf_counter() - started
             self._background(decoding)
+            with self._wakeup:
+                self._drop_retired()
             self.last_progress = time.monotonic()
         self._fail_everything("the service is shutting down")
 
@@ -210,9 +239,12 @@ class DecodingEngine:
     def _pop_admissible(self) -> list[tuple[Lane, Job]]:
         admitted: list[tuple[Lane, Job]] = []
         free = {id(lane): lane.decoder.free for lane in self.lanes}
-        waiting = collections.deque()
+        waiting: collections.deque[tuple[Lane, Job]] = collections.deque()
         while self._queue and len(admitted) < self.config.max_admit_per_step:
             lane, job = self._queue.popleft()
+            if id(lane) not in free:  # retired and dropped while this job was on its way
+                self.lanes = [*self.lanes, lane]
+                free[id(lane)] = lane.decoder.free
             if free[id(lane)] > 0:
                 free[id(lane)] -= 1
                 admitted.append((lane, job))

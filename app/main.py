@@ -38,6 +38,7 @@ from app.engine import DecodingEngine, EngineBusy
 from app.errors import engine_busy, validation_error
 from app.metrics import Metrics, MetricsMiddleware
 from app.metrics import router as metrics_router
+from app.registry import Poller
 from app.routes import router
 from app.service import ModelService
 from app.settings import Settings
@@ -65,6 +66,9 @@ def load_service(settings: Settings) -> ModelService:
         settings.engine_config(),
         settings.regex_limits(),
         settings.stall_seconds,
+        models_dir=settings.models_dir,
+        default_model=settings.default_model,
+        max_loaded_models=settings.max_loaded_models,
     )
 
 
@@ -82,9 +86,18 @@ def create_app(settings: Settings | None = None, service: ModelService | None = 
             except (ValueError, OSError) as error:  # bad checkpoint, device, or unreadable file
                 logger.error("cannot load the model: %s", error)
                 raise SystemExit(1) from None
-        for served in loaded.models.values():
-            logger.info("serving %s on %s", served.checkpoint_path.name, served.device)
+        served = loaded.model()
+        logger.info(
+            "serving %s (default: %s on %s)",
+            ", ".join(loaded.registry.names),
+            served.name,
+            served.device,
+        )
         loaded.start()
+        poller = None
+        if settings.models_poll_seconds > 0:
+            poller = Poller(loaded.registry, settings.models_poll_seconds)
+            poller.start()
         # The libraries and the model are loaded for good: keep their millions of objects
         # out of the garbage collector's full passes, which otherwise stall the event loop
         # for ~0.3 s at the first burst of requests.
@@ -93,6 +106,8 @@ def create_app(settings: Settings | None = None, service: ModelService | None = 
         try:
             yield
         finally:
+            if poller is not None:
+                poller.stop()
             # New work is refused (503) while running streams get the grace period.
             app.state.draining = True
             await drain(loaded, settings.shutdown_grace_seconds)
@@ -122,7 +137,7 @@ def create_app(settings: Settings | None = None, service: ModelService | None = 
     app.add_middleware(
         BodyLimitMiddleware,
         max_body_bytes=settings.max_body_bytes,
-        path_limits={"/score": settings.max_score_body_bytes},
+        path_limits={"/score": (settings.max_score_body_bytes, "MAX_SCORE_CHARS")},
     )
     app.add_middleware(BodyTimeoutMiddleware, seconds=settings.body_timeout_seconds)
     if settings.cors_origins:

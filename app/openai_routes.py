@@ -12,6 +12,7 @@ their usual BadRequestError, AuthenticationError, NotFoundError, ...
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
 from typing import Annotated, Any
 
 import anyio.to_thread
@@ -20,7 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
-from app import sse
+from app import routes, sse
 from app.auth import PROTECTED
 from app.completions import CompletionRun
 from app.engine import EngineBusy
@@ -35,7 +36,8 @@ from app.openai_schemas import (
     ModelList,
 )
 from app.routes import Service
-from app.service import ModelService, ServedModel, UnknownModel
+from app.served_model import ServedModel
+from app.service import ModelService
 from model.decoding.params import ParamError
 
 logger = logging.getLogger("uvicorn.error")
@@ -123,24 +125,24 @@ router = APIRouter(
 )
 
 
-def model_card(served: ServedModel) -> ModelCard:
-    path = served.checkpoint_path
+def model_card(name: str, path: Path) -> ModelCard:
     created = int(path.stat().st_mtime) if path.is_file() else 0
-    return ModelCard(id=served.name, created=created)
+    return ModelCard(id=name, created=created)
 
 
-def served_model(service: ModelService, name: str) -> ServedModel:
+async def served_model(service: ModelService, name: str) -> ServedModel:
     try:
-        return service.model(name)
-    except UnknownModel as error:
-        raise OpenAIError(
-            404, f"The model `{name}` does not exist; {error}", "model", "model_not_found"
-        ) from None
+        return await routes.served_model(service, name)
+    except HTTPException as error:
+        if error.status_code == 404:
+            message = f"The model `{name}` does not exist; {error.detail}"
+            raise OpenAIError(404, message, "model", "model_not_found") from None
+        raise
 
 
 async def completion_run(service: Service, body: CompletionRequest) -> AsyncIterator[CompletionRun]:
     """The request's jobs, queued; cancelled when the response ends, however it ends."""
-    served = served_model(service, body.model)
+    served = await served_model(service, body.model)
     if body.regex is not None:  # compiling may take a while: not on the event loop
         run = await anyio.to_thread.run_sync(CompletionRun.start, service, served, body)
     else:
@@ -179,9 +181,14 @@ async def completions(run: Annotated[CompletionRun, Depends(completion_run)]) ->
 
 @router.get("/models")
 async def list_models(service: Service) -> ModelList:
-    return ModelList(data=[model_card(served) for served in service.models.values()])
+    files = service.registry.files
+    return ModelList(data=[model_card(name, files[name].path) for name in service.registry.names])
 
 
 @router.get("/models/{model}")
 async def retrieve_model(service: Service, model: str) -> ModelCard:
-    return model_card(served_model(service, model))
+    entry = service.registry.files.get(model)
+    if entry is None:
+        message = f"The model `{model}` does not exist"
+        raise OpenAIError(404, message, "model", "model_not_found")
+    return model_card(model, entry.path)

@@ -11,7 +11,7 @@ regex. Each failure is a ParamError naming the field, which the routes turn into
 from __future__ import annotations
 
 from app.schemas import GenerateRequest, Limits, ScoreRequest
-from app.service import ServedModel
+from app.served_model import ServedModel
 from model.decoding.params import (
     GenerationParams,
     ParamError,

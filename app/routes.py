@@ -34,6 +34,7 @@ from app import sse
 from app.auth import PROTECTED, UNAUTHORIZED
 from app.errors import RETRY_AFTER_SECONDS
 from app.jobs import Job, JobFailed
+from app.registry import ModelUnavailable
 from app.requests import generation_params, score_ids
 from app.schemas import (
     CharLogprob,
@@ -43,12 +44,14 @@ from app.schemas import (
     GenerationStats,
     Health,
     ModelInfo,
+    ReloadReport,
     ScoreRequest,
     ScoreResponse,
     StreamError,
     TopLogprob,
 )
-from app.service import ModelService, ServedModel, UnknownModel
+from app.served_model import ServedModel, UnknownModel
+from app.service import ModelService
 from model.decoding.output import CharLogprob as RawLogprob
 from model.decoding.params import GenerationParams, ParamError
 
@@ -77,11 +80,17 @@ async def get_service(request: Request) -> ModelService:
 Service = Annotated[ModelService, Depends(get_service)]
 
 
-def served_model(service: ModelService, name: str | None) -> ServedModel:
+async def served_model(service: ModelService, name: str | None) -> ServedModel:
+    """The named model (the default for None), loaded in a worker thread if need be:
+    404 for a name the service does not know, 503 for a file that cannot be loaded."""
     try:
-        return service.model(name)
+        if service.registry.is_ready(name):
+            return service.model(name)
+        return await anyio.to_thread.run_sync(service.model, name)
     except UnknownModel as error:
         raise HTTPException(status_code=404, detail=str(error)) from None
+    except ModelUnavailable as error:
+        raise HTTPException(status_code=503, detail=str(error)) from None
 
 
 def as_422(error: ParamError, source: str, value: Any) -> RequestValidationError:
@@ -117,7 +126,7 @@ class Submitted(NamedTuple):
 
 
 async def submit(service: ModelService, body: GenerateRequest, source: str) -> Submitted:
-    served = served_model(service, body.model)
+    served = await served_model(service, body.model)
     params = await to_params(service, served, body, source)
     return Submitted(served, service.submit(served, params), body)
 
@@ -213,23 +222,33 @@ async def events(
 
 @router.get("/health", responses=NOT_LOADED, tags=["service"])
 async def health(service: Service) -> Health:
-    """200 once a model is loaded and the decoding engine is making progress."""
+    """200 once the default model is loaded and the decoding engine is making progress;
+    model files that failed to load are listed in `problems`."""
     problem = service.engine_problem()
     if problem is not None:
         raise HTTPException(status_code=503, detail=problem)
-    return Health()
+    return Health(problems=service.registry.problems())
+
+
+@router.post("/admin/reload", responses=GUARDED, dependencies=PROTECTED, tags=["service"])
+async def reload_models(service: Service) -> ReloadReport:
+    """Look for new, replaced and removed model files now (as the poll does); replaced
+    models that are loaded load again, and running streams finish on the old weights."""
+    reloaded = await anyio.to_thread.run_sync(service.registry.scan)
+    registry = service.registry
+    return ReloadReport(models=registry.names, reloaded=reloaded, problems=registry.problems())
 
 
 @router.get("/model", responses=GUARDED, dependencies=PROTECTED, tags=["service"])
 async def model_info(service: Service) -> ModelInfo:
     """The default model: architecture, vocabulary, training results, request limits."""
-    return served_model(service, None).describe(service.limits)
+    return (await served_model(service, None)).describe(service.limits)
 
 
 @router.get("/model/{name}", responses=GUARDED, dependencies=PROTECTED, tags=["service"])
 async def named_model_info(service: Service, name: str) -> ModelInfo:
     """One served model, by name."""
-    return served_model(service, name).describe(service.limits)
+    return (await served_model(service, name)).describe(service.limits)
 
 
 @router.post("/generate", responses=GUARDED, dependencies=PROTECTED, tags=["generate"])
@@ -281,7 +300,7 @@ async def stream_get(service: Service, submitted: QueryJob) -> StreamingResponse
 async def score(service: Service, body: ScoreRequest) -> ScoreResponse:
     """How surprising each character of `text` is to the model (its log-probability given
     all before it), and the totals; read in slices between other requests' steps."""
-    served = served_model(service, body.model)
+    served = await served_model(service, body.model)
     try:
         ids, oov = score_ids(served, service.limits, body)
     except ParamError as error:

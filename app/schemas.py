@@ -297,6 +297,15 @@ class ModelInfo(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
+    problems: dict[str, str] = Field(
+        {}, description="model files that failed to load (an older version may serve)"
+    )
+
+
+class ReloadReport(BaseModel):
+    models: list[str] = Field(description="every model the service knows")
+    reloaded: list[str] = Field(description="loaded models whose file changed: reloaded")
+    problems: dict[str, str] = Field(description="model files that failed to load")
 
 
 class StreamError(BaseModel):

@@ -1,165 +1,81 @@
-"""The models the service serves and the engine that runs them; nothing else in app/
-touches a network.
+"""The service's models and the engine that runs them; nothing else in app/ touches a
+network.
 
-    ServedModel   one loaded checkpoint: network, vocabulary, what training recorded, its
-                  lane in the engine, its compiled regexes
-    ModelService  the served models by name, the limits, the engine: `submit(model, params)`
+    ModelService    the served models by name (app/registry.py: files, loading, reloads),
+                    the limits, the engine: `submit(model, params)`, `score(model, ids)`
+    ServedModel     one loaded checkpoint (app/served_model.py)
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
-from app.engine import DecodingEngine, EngineConfig, Lane
+from app.engine import DecodingEngine, EngineConfig
 from app.jobs import Job, ScoreJob
-from app.schemas import Limits, ModelInfo, NetworkConfig, TrainingInfo
-from model.checkpoint import CheckpointError, load_checkpoint
+from app.registry import ModelRegistry, ModelUnavailable
+from app.schemas import Limits
+from app.served_model import ServedModel
+from model.checkpoint import CheckpointError
 from model.decoding.params import GenerationParams
-from model.decoding.regex import RegexCache, RegexLimits
+from model.decoding.regex import RegexLimits
 from model.device import resolve_device
-from model.network import CharRNN
-from model.text import NEWLINE_MODES, NEWLINES_KEEP, NEWLINES_LF
-from model.vocab import Vocabulary
-
-
-class UnknownModel(LookupError):
-    """A request named a model this service does not serve."""
-
-    def __init__(self, name: str, known: list[str]):
-        super().__init__(f"no model named {name!r}; this server has: {', '.join(known)}")
-        self.name = name
-        self.known = known
-
-
-class ServedModel:
-    """One checkpoint, loaded, with its lane in the engine."""
-
-    def __init__(
-        self,
-        name: str,
-        model: CharRNN,
-        vocab: Vocabulary,
-        lane: Lane,
-        *,
-        checkpoint_path: Path | str = "",
-        info: dict[str, Any] | None = None,
-        regex_limits: RegexLimits | None = None,
-    ):
-        self.name = name
-        self.model = model.eval()
-        self.vocab = vocab
-        self.lane = lane
-        self.device = model.head.weight.device
-        self.checkpoint_path = Path(checkpoint_path)
-        self.info = dict(info or {})
-        self.regexes = RegexCache(vocab, regex_limits or RegexLimits())
-        recorded = self.info.get("newlines")
-        # A checkpoint that does not say: its vocabulary tells whether it ever saw "\r".
-        self.newlines = (
-            recorded
-            if recorded in NEWLINE_MODES
-            else (NEWLINES_KEEP if "\r" in vocab else NEWLINES_LF)
-        )
-
-    @classmethod
-    def load(
-        cls,
-        path: Path | str,
-        device: str,
-        engine: DecodingEngine,
-        regex_limits: RegexLimits | None = None,
-        name: str | None = None,
-    ) -> ServedModel:
-        """Load a checkpoint onto `device` and give it a lane. Raises CheckpointError, or
-        ValueError for a device that is unknown or unavailable, each with one line."""
-        path = Path(path)
-        resolved = resolve_device(device)
-        checkpoint = load_checkpoint(path, resolved)
-        try:
-            model = checkpoint.build_model(resolved)
-        except RuntimeError as error:  # load_state_dict: shapes or names disagree
-            first_line = str(error).strip().splitlines()[0]
-            raise CheckpointError(
-                f"{path.name}: weights do not fit the model config: {first_line}"
-            ) from None
-        name = name or path.stem
-        lane = engine.add_lane(name, model, checkpoint.vocab.chars)
-        return cls(
-            name,
-            model,
-            checkpoint.vocab,
-            lane,
-            checkpoint_path=path,
-            info=checkpoint.info,
-            regex_limits=regex_limits,
-        )
-
-    def describe(self, limits: Limits) -> ModelInfo:
-        config = self.model.config
-        info = self.info
-        return ModelInfo(
-            name=self.name,
-            checkpoint=self.checkpoint_path.name,
-            device=str(self.device),
-            parameters=sum(p.numel() for p in self.model.parameters()),
-            config=NetworkConfig(
-                cell=config.cell,
-                hidden_size=config.hidden_size,
-                num_layers=config.num_layers,
-                dropout=config.dropout,
-                vocab_size=config.vocab_size,
-            ),
-            vocabulary=list(self.vocab.chars),
-            newlines=self.newlines,
-            training=TrainingInfo(
-                val_loss=_typed(info.get("val_loss"), float),
-                val_bits_per_char=_typed(info.get("val_bits_per_char"), float),
-                corpus=_typed(info.get("corpus"), str),
-                corpus_chars=_typed(info.get("corpus_chars"), int),
-                step=_typed(info.get("step"), int),
-            ),
-            limits=limits,
-        )
 
 
 class ModelService:
-    """The served models, their limits and the engine that decodes for all of them."""
+    """The served models (app/registry.py), their limits and the engine that decodes for
+    all of them."""
 
-    def __init__(self, engine: DecodingEngine, limits: Limits, stall_seconds: float = 30.0):
+    def __init__(
+        self,
+        engine: DecodingEngine,
+        registry: ModelRegistry,
+        limits: Limits,
+        stall_seconds: float = 30.0,
+    ):
         self.engine = engine
+        self.registry = registry
         self.limits = limits
         self.stall_seconds = stall_seconds
-        self.models: dict[str, ServedModel] = {}
-        self.default: str | None = None
 
     @classmethod
     def load(
         cls,
-        checkpoint: Path | str,
+        checkpoint: Path | str | None,
         device: str,
         limits: Limits,
         engine: EngineConfig | None = None,
         regex_limits: RegexLimits | None = None,
         stall_seconds: float = 30.0,
+        *,
+        models_dir: Path | None = None,
+        default_model: str | None = None,
+        max_loaded_models: int = 4,
     ) -> ModelService:
-        """A service of one checkpoint (see ServedModel.load for the errors)."""
-        service = cls(DecodingEngine(engine or EngineConfig()), limits, stall_seconds)
-        service.add(ServedModel.load(checkpoint, device, service.engine, regex_limits))
+        """The service of CHECKPOINT and/or MODELS_DIR, its default model loaded now (the
+        rest when first asked for). Raises CheckpointError or ValueError in one line."""
+        decoding = DecodingEngine(engine or EngineConfig())
+        registry = ModelRegistry(
+            decoding,
+            device,
+            checkpoint=Path(checkpoint) if checkpoint is not None else None,
+            models_dir=models_dir,
+            default=default_model,
+            max_loaded=max_loaded_models,
+            regex_limits=regex_limits,
+        )
+        resolve_device(device)  # an unknown or missing device fails here, not later
+        service = cls(decoding, registry, limits, stall_seconds)
+        try:
+            registry.load_default()
+        except ModelUnavailable as error:
+            raise CheckpointError(str(error).split(": ", 1)[1]) from None
         return service
 
-    def add(self, served: ServedModel) -> None:
-        self.models[served.name] = served
-        if self.default is None:
-            self.default = served.name
-
     def model(self, name: str | None = None) -> ServedModel:
-        """The named model, or the default one; raises UnknownModel."""
-        key = self.default if name is None else name
-        if key not in self.models:
-            raise UnknownModel(str(name), sorted(self.models))
-        return self.models[key]
+        """The named model (the default for None), loaded; raises UnknownModel or
+        ModelUnavailable."""
+        return self.registry.get(name)
 
     def submit(self, served: ServedModel, params: GenerationParams) -> Job:
         """Queue a request; raises EngineBusy when the waiting queue is full."""
@@ -193,12 +109,3 @@ class ModelService:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the engine; requests still running end with an error."""
         self.engine.stop(timeout)
-
-
-def _typed(value: Any, kind: type) -> Any:
-    """`value` if the trainer stored the expected type (ints count as floats), else None."""
-    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if kind is not float and isinstance(value, kind) and not isinstance(value, bool):
-        return value
-    return None

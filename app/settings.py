@@ -27,7 +27,28 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(frozen=True, case_sensitive=False, extra="ignore")
 
-    checkpoint: Path = Field(DEFAULT_CHECKPOINT, description="the safetensors checkpoint to serve")
+    checkpoint: Path | None = Field(
+        DEFAULT_CHECKPOINT,
+        description="a safetensors checkpoint to serve (empty: none, with MODELS_DIR)",
+    )
+    models_dir: Path | None = Field(
+        None, description="serve every *.safetensors in this folder, named by its file stem"
+    )
+    default_model: str | None = Field(
+        None,
+        description="the model of requests that name none (default: CHECKPOINT's, else the "
+        "first name in MODELS_DIR)",
+    )
+    max_loaded_models: int = Field(
+        4, ge=1, description="models kept in memory; the least recently used idle one goes"
+    )
+    models_poll_seconds: float = Field(
+        5.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="how often to look for new or replaced model files (0: only on "
+        "POST /admin/reload)",
+    )
     device: str = Field("auto", description="auto (CUDA, then MPS, then CPU), cpu, cuda[:N], mps")
     host: str = Field("127.0.0.1", min_length=1)
     port: int = Field(8000, ge=1, le=65535)
@@ -140,6 +161,11 @@ class Settings(BaseSettings):
             raise ValueError(f"must be one of {', '.join(DEVICE_CHOICES)} (cuda:N allowed)")
         return value
 
+    @field_validator("checkpoint", "models_dir", "default_model", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("api_key", mode="before")
     @classmethod
     def _empty_key_is_none(cls, value: object) -> object:
@@ -157,6 +183,12 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_case_level(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _some_model(self) -> Settings:
+        if self.checkpoint is None and self.models_dir is None:
+            raise ValueError("set CHECKPOINT or MODELS_DIR: there is nothing to serve")
+        return self
 
     @model_validator(mode="after")
     def _default_within_max(self) -> Settings:

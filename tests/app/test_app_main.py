@@ -73,7 +73,7 @@ async def test_health_is_503_until_loaded(settings: Settings) -> None:
 async def test_lifespan_loads_the_checkpoint(settings: Settings) -> None:
     application = create_app(settings)
     async with application.router.lifespan_context(application), asgi_client(application) as c:
-        assert (await c.get("/health")).json() == {"status": "ok"}
+        assert (await c.get("/health")).json() == {"status": "ok", "problems": {}}
         assert (await c.get("/model")).json()["name"] == "tiny"
     assert application.state.service is None  # unloaded at shutdown
 

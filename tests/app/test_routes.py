@@ -20,7 +20,7 @@ Parse = Callable[[str], list[tuple[str, Any]]]
 async def test_health(client: httpx.AsyncClient) -> None:
     response = await client.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok"}
+    assert response.json() == {"status": "ok", "problems": {}}
 
 
 async def test_model(client: httpx.AsyncClient, vocab: Vocabulary) -> None:
@@ -39,7 +39,12 @@ async def test_model(client: httpx.AsyncClient, vocab: Vocabulary) -> None:
     assert info["training"]["val_bits_per_char"] == 1.8
     assert info["training"]["corpus"] == "tiny"
     assert info["device"] == "cpu" and info["parameters"] > 0
-    assert info["limits"] == {"max_length": 300, "max_prime_length": 50, "default_length": 40}
+    assert info["limits"] == {
+        "max_length": 300,
+        "max_prime_length": 50,
+        "default_length": 40,
+        "max_score_chars": 250_000,
+    }
     assert (await client.get("/model/tiny")).json() == info
     missing = await client.get("/model/gpt-4")
     assert missing.status_code == 404 and "tiny" in missing.json()["detail"]

@@ -36,7 +36,7 @@ def test_health_and_stream_over_tcp(server: tuple[FastAPI, str], sse: Parse) -> 
     _, base_url = server
     body = {"prime": "hello", "length": 150, "seed": 21}
     with httpx.Client(base_url=base_url, timeout=20) as client:
-        assert client.get("/health").json() == {"status": "ok"}
+        assert client.get("/health").json() == {"status": "ok", "problems": {}}
         expected = client.post("/generate", json=body).json()["text"]
         for method, options in (("GET", {"params": body}), ("POST", {"json": body})):
             with client.stream(method, "/generate/stream", **options) as response:

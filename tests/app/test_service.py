@@ -9,7 +9,8 @@ import pytest
 
 from app.engine import DecodingEngine, EngineConfig
 from app.schemas import Limits
-from app.service import ModelService, ServedModel, UnknownModel
+from app.served_model import ServedModel, UnknownModel
+from app.service import ModelService
 from model.checkpoint import Checkpoint, CheckpointError, save_checkpoint
 from model.config import ModelConfig
 from model.network import CharRNN
