@@ -94,7 +94,11 @@ class CompletionRun:
 
     @classmethod
     def start(
-        cls, service: ModelService, served: ServedModel, request: CompletionRequest
+        cls,
+        service: ModelService,
+        served: ServedModel,
+        request: CompletionRequest,
+        client: str | None = None,
     ) -> CompletionRun:
         """Make every choice's params (so a bad one fails before anything runs), then
         queue them. Raises ParamError or EngineBusy, with nothing left running."""
@@ -111,7 +115,7 @@ class CompletionRun:
             planned.extend((choice, echo) for choice in params)
         try:
             for params, echo in planned:
-                job = service.submit(served, params)
+                job = service.submit(served, params, client)
                 run.choices.append(_Choice(len(run.choices), job, echo))
         except BaseException:
             run.close()

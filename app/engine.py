@@ -47,6 +47,10 @@ class EngineBusy(RuntimeError):
     """The waiting queue is full; the caller should retry later."""
 
 
+class ClientBusy(EngineBusy):
+    """This client already has max_requests_per_client requests running or waiting."""
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """The engine's knobs; app/settings.py reads their defaults from here."""
@@ -54,6 +58,9 @@ class EngineConfig:
     max_active: int = 256  # rows decoded together (per model)
     max_queue: int = 1024  # requests waiting for a row
     max_admit_per_step: int = 64  # requests given a row between two steps
+    # Requests one client (an address) may have running or waiting at once; 0: no limit.
+    # One client then cannot take every row from the others.
+    max_requests_per_client: int = 128
     # Threads that share a step's rows (the CPU kernel releases the GIL). Two on a 2-core
     # machine: the event loop needs little CPU next to the kernel.
     decode_threads: int = 2
@@ -75,7 +82,7 @@ class EngineConfig:
         for name in ("max_active", "max_admit_per_step", "decode_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_queue", "prime_cache_bytes"):
+        for name in ("max_queue", "prime_cache_bytes", "max_requests_per_client"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
         for name in ("min_chunk_interval", "max_chunks_per_second", "idle_prefill_seconds"):
@@ -111,6 +118,7 @@ class DecodingEngine:
         self.lanes: list[Lane] = []
         self._queue: collections.deque[tuple[Lane, Job]] = collections.deque()
         self._scores: collections.deque[tuple[Lane, ScoreJob]] = collections.deque()
+        self._per_client: collections.Counter[str] = collections.Counter()
         # Scoring reads a text's upper layers on this thread while the first layer of its
         # next slice runs on the engine's (model/scoring.py).
         self._scorer_thread = ThreadPoolExecutor(1, "scorer")
@@ -187,28 +195,49 @@ class DecodingEngine:
             self._thread.join(timeout)
             self._thread = None
 
-    def submit(self, lane: Lane, params: GenerationParams) -> Job:
-        """Queue a request; raises EngineBusy when the waiting queue is full."""
+    def submit(self, lane: Lane, params: GenerationParams, client: str | None = None) -> Job:
+        """Queue a request of `client` (an address; None: not counted). Raises ClientBusy
+        past its quota, EngineBusy when the waiting queue is full."""
         job = Job(params, lane.chars, lane.name)
         with self._wakeup:
             free_rows = sum(lane.decoder.free for lane in self.lanes)
             if len(self._queue) >= self.config.max_queue + free_rows:
                 raise EngineBusy(f"{len(self._queue)} requests already waiting")
+            self._claim(job, client)
             self._queue.append((lane, job))
             self._wakeup.notify()
         return job
 
-    def submit_score(self, lane: Lane, ids: list[int], top_n: int) -> ScoreJob:
-        """Queue a text to score; raises EngineBusy when the waiting queue is full."""
+    def submit_score(
+        self, lane: Lane, ids: list[int], top_n: int, client: str | None = None
+    ) -> ScoreJob:
+        """Queue a text to score; raises as `submit`."""
         job = ScoreJob(Scorer(lane.model, ids, top_n, self._scorer_thread), lane.name)
         with self._wakeup:
             if lane not in self.lanes:  # retired and dropped while this job was on its way
                 self.lanes = [*self.lanes, lane]
             if len(self._queue) + len(self._scores) >= self.config.max_queue:
                 raise EngineBusy(f"{self.queued} requests already waiting")
+            self._claim(job, client)
             self._scores.append((lane, job))
             self._wakeup.notify()
         return job
+
+    def _claim(self, job: Job | ScoreJob, client: str | None) -> None:  # with the lock held
+        limit = self.config.max_requests_per_client
+        if client is None or limit == 0:
+            return
+        if self._per_client[client] >= limit:
+            raise ClientBusy(f"this client already has {limit} requests running or waiting")
+        self._per_client[client] += 1
+
+        def release() -> None:
+            with self._wakeup:
+                self._per_client[client] -= 1
+                if self._per_client[client] <= 0:
+                    del self._per_client[client]
+
+        job._on_finish = release
 
     # --- the thread -------------------------------------------------------------------
     def _run(self) -> None:

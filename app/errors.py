@@ -18,14 +18,20 @@ from fastapi import Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 
+from app.engine import ClientBusy
+
 # Seconds a client is asked to wait when every row and queue place is taken.
 RETRY_AFTER_SECONDS = 1
 
 
 async def engine_busy(request: Request, error: Exception) -> Response:
-    """503 with Retry-After: the engine's rows and waiting queue are all taken."""
-    body = json.dumps({"detail": f"the server is at capacity ({error}); retry shortly"})
+    """503 with Retry-After: the engine's rows and waiting queue are all taken; 429 when
+    this client alone has its MAX_REQUESTS_PER_CLIENT in."""
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    if isinstance(error, ClientBusy):
+        body = json.dumps({"detail": f"too many requests: {error}; retry when one ends"})
+        return Response(body, status_code=429, media_type="application/json", headers=headers)
+    body = json.dumps({"detail": f"the server is at capacity ({error}); retry shortly"})
     return Response(body, status_code=503, media_type="application/json", headers=headers)
 
 

@@ -55,6 +55,7 @@ class Job:
         self._lock = threading.Lock()  # guards the waiter hand-off only
         self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
         self._taken = 0
+        self._on_finish: Callable[[], None] | None = None  # the engine's per-client count
 
     @property
     def cancelled(self) -> bool:
@@ -70,9 +71,13 @@ class Job:
 
     # --- engine side -----------------------------------------------------------------
     def _finish(self, error: str | None = None) -> None:
+        if self.done:
+            return
         self.error = error
         self.stats.finished_at = time.perf_counter()
         self._done.set()
+        if self._on_finish is not None:
+            self._on_finish()
         self._wake()
 
     def _wake(self) -> None:
@@ -155,6 +160,7 @@ class ScoreJob:
         self._cancelled = False
         self._lock = threading.Lock()
         self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+        self._on_finish: Callable[[], None] | None = None  # the engine's per-client count
 
     @property
     def cancelled(self) -> bool:
@@ -168,9 +174,13 @@ class ScoreJob:
         self._cancelled = True
 
     def _finish(self, error: str | None = None) -> None:
+        if self.done:
+            return
         self.error = error
         self.finished_at = time.perf_counter()
         self._done.set()
+        if self._on_finish is not None:
+            self._on_finish()
         with self._lock:
             waiter, self._waiter = self._waiter, None
         if waiter is not None:

@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException
 from app import routes, sse
 from app.auth import PROTECTED
 from app.completions import CompletionRun
-from app.engine import EngineBusy
+from app.engine import ClientBusy, EngineBusy
 from app.errors import RETRY_AFTER_SECONDS
 from app.jobs import JobFailed
 from app.openai_schemas import (
@@ -93,6 +93,11 @@ class OpenAIRoute(APIRoute):
                 return invalid_parameters(error)
             except ParamError as error:
                 return error_response(400, error.message, param=error.field, code=error.kind)
+            except ClientBusy as error:
+                retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+                return error_response(
+                    429, f"too many requests: {error}", code="rate_limit_exceeded", headers=retry
+                )
             except EngineBusy as error:
                 retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
                 message = f"the server is at capacity ({error}); retry shortly"
@@ -140,13 +145,16 @@ async def served_model(service: ModelService, name: str) -> ServedModel:
         raise
 
 
-async def completion_run(service: Service, body: CompletionRequest) -> AsyncIterator[CompletionRun]:
+async def completion_run(
+    service: Service, body: CompletionRequest, request: Request
+) -> AsyncIterator[CompletionRun]:
     """The request's jobs, queued; cancelled when the response ends, however it ends."""
     served = await served_model(service, body.model)
+    client = routes.client_of(request)
     if body.regex is not None:  # compiling may take a while: not on the event loop
-        run = await anyio.to_thread.run_sync(CompletionRun.start, service, served, body)
+        run = await anyio.to_thread.run_sync(CompletionRun.start, service, served, body, client)
     else:
-        run = CompletionRun.start(service, served, body)
+        run = CompletionRun.start(service, served, body, client)
     try:
         yield run
     finally:

@@ -125,18 +125,28 @@ class Submitted(NamedTuple):
     body: GenerateRequest
 
 
-async def submit(service: ModelService, body: GenerateRequest, source: str) -> Submitted:
+def client_of(request: Request) -> str | None:
+    """Who sends the request, for MAX_REQUESTS_PER_CLIENT: its address (behind a proxy,
+    the forwarded one, when uvicorn trusts the proxy: FORWARDED_ALLOW_IPS)."""
+    return request.client.host if request.client is not None else None
+
+
+async def submit(
+    service: ModelService, body: GenerateRequest, source: str, request: Request
+) -> Submitted:
     served = await served_model(service, body.model)
     params = await to_params(service, served, body, source)
-    return Submitted(served, service.submit(served, params), body)
+    return Submitted(served, service.submit(served, params, client_of(request)), body)
 
 
-async def body_job(service: Service, body: GenerateRequest) -> Submitted:
-    return await submit(service, body, "body")
+async def body_job(service: Service, body: GenerateRequest, request: Request) -> Submitted:
+    return await submit(service, body, "body", request)
 
 
-async def query_job(service: Service, query: Annotated[GenerateRequest, Query()]) -> Submitted:
-    return await submit(service, query, "query")
+async def query_job(
+    service: Service, query: Annotated[GenerateRequest, Query()], request: Request
+) -> Submitted:
+    return await submit(service, query, "query", request)
 
 
 def _running(job_dependency: Callable[..., Any]) -> Callable[..., AsyncIterator[Submitted]]:
@@ -297,7 +307,7 @@ async def stream_get(service: Service, submitted: QueryJob) -> StreamingResponse
 
 
 @router.post("/score", responses=GUARDED, dependencies=PROTECTED, tags=["generate"])
-async def score(service: Service, body: ScoreRequest) -> ScoreResponse:
+async def score(service: Service, body: ScoreRequest, request: Request) -> ScoreResponse:
     """How surprising each character of `text` is to the model (its log-probability given
     all before it), and the totals; read in slices between other requests' steps."""
     served = await served_model(service, body.model)
@@ -305,7 +315,7 @@ async def score(service: Service, body: ScoreRequest) -> ScoreResponse:
         ids, oov = score_ids(served, service.limits, body)
     except ParamError as error:
         raise as_422(error, "body", None) from None
-    job = service.score(served, ids, body.top_n)
+    job = service.score(served, ids, body.top_n, client_of(request))
     try:
         scorer = await job.result()
     except JobFailed as error:

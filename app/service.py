@@ -77,15 +77,20 @@ class ModelService:
         ModelUnavailable."""
         return self.registry.get(name)
 
-    def submit(self, served: ServedModel, params: GenerationParams) -> Job:
-        """Queue a request; raises EngineBusy when the waiting queue is full."""
+    def submit(
+        self, served: ServedModel, params: GenerationParams, client: str | None = None
+    ) -> Job:
+        """Queue a request of `client` (its address); raises ClientBusy past the client's
+        quota, EngineBusy when the waiting queue is full."""
         self.engine.start()
-        return self.engine.submit(served.lane, params)
+        return self.engine.submit(served.lane, params, client)
 
-    def score(self, served: ServedModel, ids: list[int], top_n: int) -> ScoreJob:
-        """Queue a text to score; raises EngineBusy when the waiting queue is full."""
+    def score(
+        self, served: ServedModel, ids: list[int], top_n: int, client: str | None = None
+    ) -> ScoreJob:
+        """Queue a text to score; raises as `submit`."""
         self.engine.start()
-        return self.engine.submit_score(served.lane, ids, top_n)
+        return self.engine.submit_score(served.lane, ids, top_n, client)
 
     def engine_problem(self) -> str | None:
         """Why the engine cannot serve (its thread has died, or it has made no progress

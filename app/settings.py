@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     max_queue: int = Field(
         EngineConfig.max_queue, ge=0, description="requests waiting for a free row"
     )
+    max_requests_per_client: int = Field(
+        EngineConfig.max_requests_per_client,
+        ge=0,
+        description="requests one client address may have running or waiting (else 429); "
+        "0: no limit",
+    )
     # One intra-op thread leaves the other core to the HTTP event loop; on a 2-core box that
     # beats two threads fighting it (idle OpenMP workers spin on the cores the loop needs).
     torch_threads: int = Field(1, ge=1, description="PyTorch intra-op threads")
@@ -202,6 +208,7 @@ class Settings(BaseSettings):
         return EngineConfig(
             max_active=self.max_active,
             max_queue=self.max_queue,
+            max_requests_per_client=self.max_requests_per_client,
             decode_threads=self.decode_threads,
             prefill_share=self.prefill_share,
             prime_cache_bytes=int(self.prime_cache_mb * 2**20),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.engine import FAILED_MESSAGE, DecodingEngine, EngineBusy, EngineConfig
+from app.engine import FAILED_MESSAGE, ClientBusy, DecodingEngine, EngineBusy, EngineConfig
 from app.jobs import Job, JobFailed
 from model.config import ModelConfig
 from model.decoding.generate import SingleStream
@@ -331,3 +331,20 @@ def test_prompt_logprobs_are_recorded_during_the_prefill(running, model):
     expected = torch.log_softmax(logits[0, :-1].double(), dim=-1)
     for position, entry in enumerate(prompt):
         assert entry.logprob == pytest.approx(float(expected[position, entry.id]), abs=1e-4)
+
+
+def test_one_client_cannot_take_every_row(model):
+    engine, lane = make_engine(model, max_requests_per_client=2)
+    first = engine.submit(lane, params(length=10**6), client="10.0.0.1")
+    engine.submit(lane, params(length=10**6, seed=2), client="10.0.0.1")
+    with pytest.raises(ClientBusy, match="2 requests"):
+        engine.submit(lane, params(seed=3), client="10.0.0.1")
+    engine.submit(lane, params(seed=4), client="10.0.0.2")  # another client: fine
+    engine.submit(lane, params(seed=5))  # not counted (the library's own use)
+    engine.start()
+    try:
+        first.cancel()
+        assert first.wait(5)
+        engine.submit(lane, params(seed=6), client="10.0.0.1")  # one ended: room again
+    finally:
+        engine.stop()

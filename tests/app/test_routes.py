@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
 from app.engine import FAILED_MESSAGE
+from app.service import ModelService
 from model.vocab import Vocabulary
 
 pytestmark = pytest.mark.anyio
@@ -251,3 +254,32 @@ async def test_openapi_documents_the_routes(client: httpx.AsyncClient) -> None:
     assert schema["info"]["title"] == "char-rnn text generation"
     assert {"/health", "/model", "/generate", "/generate/stream"} <= set(schema["paths"])
     assert (await client.get("/docs")).status_code == 200
+
+
+async def test_too_many_requests_from_one_client_is_a_429(
+    client: httpx.AsyncClient, service: ModelService, monkeypatch: pytest.MonkeyPatch, sse: Parse
+) -> None:
+    engine = service.engine
+    monkeypatch.setattr(
+        engine, "config", dataclasses.replace(engine.config, max_requests_per_client=2)
+    )
+    body = {"length": 300, "seed": 1}
+    async with anyio.create_task_group() as group:
+        results: list[httpx.Response] = []
+
+        async def stream() -> None:
+            results.append(await client.post("/generate/stream", json=body))
+
+        for _ in range(2):
+            group.start_soon(stream)
+        while engine.active + engine.queued < 2:
+            await anyio.sleep(0.001)
+        refused = await client.post("/generate", json={"length": 5})
+        openai = await client.post("/v1/completions", json={"model": "tiny", "max_tokens": 5})
+        score = await client.post("/score", json={"text": "ab"})
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+    assert "2 requests" in refused.json()["detail"]
+    assert openai.status_code == 429 and openai.json()["error"]["code"] == "rate_limit_exceeded"
+    assert score.status_code == 429
+    assert [len(r.text) > 0 and r.status_code for r in results] == [200, 200]
+    assert (await client.post("/generate", json={"length": 5})).status_code == 200
