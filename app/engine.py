@@ -31,6 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from app.fairness import FairShare
 from app.jobs import Job, ScoreJob
 from model.decoding.decoder import BatchDecoder
 from model.decoding.params import GenerationParams
@@ -106,6 +107,7 @@ class Lane:
             prime_cache_bytes=config.prime_cache_bytes,
         )
         self.retiring = False  # replaced or evicted: leaves the engine once it is empty
+        self.fair = FairShare()
         self.row_seconds = 1e-4  # running estimate of a prefill row-character's cost
         self.score_seconds = 3e-5  # and of a scored character's
 
@@ -198,7 +200,7 @@ class DecodingEngine:
     def submit(self, lane: Lane, params: GenerationParams, client: str | None = None) -> Job:
         """Queue a request of `client` (an address; None: not counted). Raises ClientBusy
         past its quota, EngineBusy when the waiting queue is full."""
-        job = Job(params, lane.chars, lane.name)
+        job = Job(params, lane.chars, lane.name, client)
         with self._wakeup:
             free_rows = sum(lane.decoder.free for lane in self.lanes)
             if len(self._queue) >= self.config.max_queue + free_rows:
@@ -295,7 +297,9 @@ class DecodingEngine:
     def _step(self, lane: Lane) -> None:
         decoder = lane.decoder
         try:
-            rows = decoder.step()
+            decoding = decoder.decoding
+            clients = [decoder.owners[row].client for row in decoding.tolist()]
+            rows = decoder.step(lane.fair.rows(decoding, clients))
         except Exception:  # the batched step itself: its rows cannot be told apart
             logger.exception("a decoding step failed; its %d requests fail", len(decoder.decoding))
             for row in decoder.decoding.tolist():

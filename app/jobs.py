@@ -43,10 +43,17 @@ class Chunk:
 class Job:
     """One generation request. `chars` maps ids to characters (the model's vocabulary)."""
 
-    def __init__(self, params: GenerationParams, chars: tuple[str, ...], model: str):
+    def __init__(
+        self,
+        params: GenerationParams,
+        chars: tuple[str, ...],
+        model: str,
+        client: str | None = None,
+    ):
         self.params = params
         self.chars = chars
         self.model = model
+        self.client = client  # who asked (an address): for per-client limits and shares
         self.output = RowOutput()
         self.stats = JobStats(prime_chars=len(params.prime), seed=params.seed)
         self.error: str | None = None

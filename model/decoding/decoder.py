@@ -202,11 +202,11 @@ class BatchDecoder:
         return rows, positions, done
 
     # --- decode -------------------------------------------------------------------------
-    def step(self) -> np.ndarray:
-        """Draw one character for every decoding row and feed it back (rows that finish
-        with it are not advanced). → the rows drawn; their results are in the sampler's
-        outputs: ids, status (model/decoding/sampler.py), held, and the logprobs."""
-        rows = self._decoding
+    def step(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Draw one character for every decoding row (or those of `rows`) and feed it back
+        (rows that finish with it are not advanced). → the rows drawn; their results are in
+        the sampler's outputs: ids, status (model/decoding/sampler.py), held, logprobs."""
+        rows = self._decoding if rows is None else rows
         if len(rows) == 0:
             return rows
         running = self.network.sample_and_advance(rows, self.sampler, self.automata.tables)

@@ -167,12 +167,12 @@ def failing_step(service: ModelService, monkeypatch: pytest.MonkeyPatch) -> Call
         real = decoder.step
         calls = 0
 
-        def step() -> np.ndarray:
+        def step(*args: Any) -> np.ndarray:
             nonlocal calls
             calls += 1
             if calls >= after:
                 raise RuntimeError("out of memory")
-            return real()
+            return real(*args)
 
         monkeypatch.setattr(decoder, "step", step)
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -106,9 +107,9 @@ def slow_engine(service: ModelService, monkeypatch: pytest.MonkeyPatch, seconds:
     decoder = service.model().lane.decoder
     step = decoder.step
 
-    def slow_step() -> np.ndarray:
+    def slow_step(*args: Any) -> np.ndarray:
         time.sleep(seconds)
-        return step()
+        return step(*args)
 
     monkeypatch.setattr(decoder, "step", slow_step)
 

@@ -272,12 +272,12 @@ def test_a_failing_batched_step_fails_its_rows_and_the_engine_carries_on(running
     real_step = lane.decoder.step
     calls = 0
 
-    def flaky():
+    def flaky(*args):
         nonlocal calls
         calls += 1
         if calls == 3:
             raise RuntimeError("boom")
-        return real_step()
+        return real_step(*args)
 
     monkeypatch.setattr(lane.decoder, "step", flaky)
     failed = engine.submit(lane, params(length=50))
@@ -346,5 +346,20 @@ def test_one_client_cannot_take_every_row(model):
         first.cancel()
         assert first.wait(5)
         engine.submit(lane, params(seed=6), client="10.0.0.1")  # one ended: room again
+    finally:
+        engine.stop()
+
+
+def test_a_client_with_many_streams_does_not_slow_the_others(model):
+    engine, lane = make_engine(model, max_active=64)
+    heavy = [engine.submit(lane, params(length=300, seed=n), client="heavy") for n in range(40)]
+    light = engine.submit(lane, params(length=300, seed=99), client="light")
+    alone = engine.submit(lane, params(length=300, seed=0))  # the same as heavy[0]
+    engine.start()
+    try:
+        assert light.wait(10)
+        # light stepped every time; heavy's 40 rows shared ~half the steps between them.
+        assert sum(job.done for job in heavy) == 0
+        assert text_of(heavy[0]) == text_of(alone)  # later, but the same text
     finally:
         engine.stop()

@@ -42,9 +42,9 @@ def slow_service(settings: Settings) -> Iterator[ModelService]:
     decoder = service.model().lane.decoder
     step = decoder.step
 
-    def slow_step() -> Any:
+    def slow_step(*args: Any) -> Any:
         time.sleep(0.002)
-        return step()
+        return step(*args)
 
     decoder.step = slow_step  # type: ignore[method-assign]
     yield service

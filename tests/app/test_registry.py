@@ -124,9 +124,9 @@ async def test_a_replaced_file_serves_new_requests_while_running_streams_finish_
     old = service.model("beta")
     step = old.lane.decoder.step
 
-    def slow_step() -> Any:
+    def slow_step(*args: Any) -> Any:
         time.sleep(0.002)  # 300 chars: ~0.6 s, so the reload lands mid-stream
-        return step()
+        return step(*args)
 
     monkeypatch.setattr(old.lane.decoder, "step", slow_step)
     async with serve_asgi(create_app(settings, service)) as client:
