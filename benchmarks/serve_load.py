@@ -1,14 +1,27 @@
-"""Load benchmark: N concurrent streaming clients against our server and the naive baseline.
+"""Load benchmark: N concurrent streaming clients against our server and baselines.
 
-    python benchmarks/serve_load.py                       # both servers, N = 1, 8, 64, 256
+    python benchmarks/serve_load.py                  # naive baseline and ours, N = 1, 8, 64, 256
     python benchmarks/serve_load.py --servers ours --clients 1,64
+    python benchmarks/serve_load.py --servers ours --clients 64 --requests plain,options,regex
+    python benchmarks/serve_load.py --servers ours --clients 64 --models 1,4
+    python benchmarks/serve_load.py --servers other,ours --other-tree /tmp/old  # another checkout
 
 Each server runs as its own process on a free port with the same checkpoint (access logs
-off); each client POSTs /generate/stream asking for `--length` chars (top_k 5) over a plain
-socket and reads the SSE events.
-Per N it runs `--repeats` times and prints the median run's aggregate chars/s, p50/p99
-time to first char, p99 gap between events, errors and the server's peak RSS; the last
-lines are the ratios ours/baseline at N = 1 and N = 64.
+off). `baseline` is benchmarks/naive_server.py (one sampling loop per request); `other` is
+`python -m app` from another checkout of this repository (`--other-tree`), to compare two
+versions in one run. Each client comes from its own loopback address (127.0.1.1, ...: as
+many users would; the service limits requests per client), POSTs /generate/stream asking
+for `--length` chars over a plain socket and reads the SSE events. The request kinds:
+
+    plain     top_k 5
+    options   top_k 5, a stop string, repetition_penalty 1.2, logprobs 5
+    regex     top_k 5, regex [A-Z][a-z]+( [a-z]+){3,8}\\. (ends when matched: its chars/s
+              counts the characters it made, whatever its length)
+
+With `--models M`, the server serves M copies of the checkpoint (MODELS_DIR) and the
+clients are spread over them. Per N it runs `--repeats` times and prints the median run's
+aggregate chars/s, p50/p99 time to first char, p99 gap between events, errors and the
+server's peak RSS; then ratios against the first server / request kind / model count.
 """
 
 from __future__ import annotations
@@ -17,10 +30,12 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -30,6 +45,11 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "shakespeare.safetensors"
+REQUESTS = {
+    "plain": {"top_k": 5},
+    "options": {"top_k": 5, "stop": ["\n\n\n\n"], "repetition_penalty": 1.2, "logprobs": 5},
+    "regex": {"top_k": 5, "regex": "[A-Z][a-z]+( [a-z]+){3,8}\\."},
+}
 
 
 @dataclass
@@ -62,11 +82,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def server_command(kind: str, checkpoint: Path, port: int) -> list[str]:
+def client_address(n: int) -> str:
+    """The n-th client's own loopback address: 127.0.1.1, 127.0.1.2, ..."""
+    return f"127.0.{1 + n // 250}.{1 + n % 250}"
+
+
+def server_command(kind: str, target: Path, port: int, other_tree: Path | None) -> list[str]:
     if kind == "baseline":
         script = str(ROOT / "benchmarks" / "naive_server.py")
-        return [sys.executable, script, "--checkpoint", str(checkpoint), "--port", str(port)]
-    return [sys.executable, "-m", "app", "--checkpoint", str(checkpoint), "--port", str(port)]
+        return [sys.executable, script, "--checkpoint", str(target), "--port", str(port)]
+    if target.is_dir():
+        return [sys.executable, "-m", "app", "--port", str(port)]  # MODELS_DIR: env
+    return [sys.executable, "-m", "app", "--checkpoint", str(target), "--port", str(port)]
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -77,17 +104,22 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def one_stream(port: int, length: int, seed: int) -> StreamResult:
+async def one_stream(
+    port: int, length: int, seed: int, extra: dict, model: str | None, source: str
+) -> StreamResult:
     """POST /generate/stream over a plain asyncio socket and read its SSE events.
 
     The client side is deliberately lean (no HTTP library): it shares the machine's cores
     with the server, and what it costs per event is taken from the server being measured.
     """
-    body = json.dumps({"prime": "The ", "length": length, "top_k": 5, "seed": seed}).encode()
+    fields = {"prime": "The ", "length": length, "seed": seed, **extra}
+    if model is not None:
+        fields["model"] = model
+    body = json.dumps(fields).encode()
     started = time.perf_counter()
-    first, last, gaps, chars = None, None, [], 0
+    first, last, gaps, chars, ended = None, None, [], 0, False
     try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
     except OSError as error:
         return StreamResult(0, None, [], type(error).__name__)
     try:
@@ -106,6 +138,8 @@ async def one_stream(port: int, length: int, seed: int) -> StreamResult:
             pending += data.replace(b"\r\n", b"\n")
             *events, pending = pending.split(b"\n\n")
             for event in events:
+                if event.startswith(b"event: done\n"):
+                    ended = json.loads(event.split(b"\ndata:", 1)[1])["finish_reason"]
                 if not event.startswith(b"event: chars\n"):
                     continue
                 now = time.perf_counter()
@@ -119,7 +153,8 @@ async def one_stream(port: int, length: int, seed: int) -> StreamResult:
         return StreamResult(chars, first, gaps, type(error).__name__)
     finally:
         writer.close()
-    error = None if chars == length else f"got {chars} of {length} chars"
+    complete = chars == length or ended in ("stop", "regex")
+    error = None if complete else f"got {chars} of {length} chars"
     return StreamResult(chars, first, gaps, error)
 
 
@@ -138,9 +173,23 @@ async def _body_chunks(reader: asyncio.StreamReader, chunked: bool) -> AsyncIter
         yield (await reader.readexactly(size + 2))[:-2]
 
 
-async def run_load(port: int, clients: int, length: int, pid: int) -> LoadResult:
+async def run_load(
+    port: int, clients: int, length: int, pid: int, extra: dict, models: list[str] | None
+) -> LoadResult:
     started = time.perf_counter()
-    results = await asyncio.gather(*(one_stream(port, length, seed) for seed in range(clients)))
+    results = await asyncio.gather(
+        *(
+            one_stream(
+                port,
+                length,
+                seed,
+                extra,
+                models[seed % len(models)] if models else None,
+                client_address(seed),
+            )
+            for seed in range(clients)
+        )
+    )
     seconds = time.perf_counter() - started
     return LoadResult(clients, seconds, list(results), peak_rss_mb(pid))
 
@@ -169,34 +218,54 @@ def percentile(values: list[float], q: float) -> float:
     )
 
 
-def bench_server(
-    kind: str, checkpoint: Path, clients: list[int], length: int, repeats: int
-) -> dict[int, LoadResult]:
+def bench_server(kind: str, args: argparse.Namespace, models: int) -> dict:
+    """{(request kind, N): median LoadResult} for one server process."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "LOG_LEVEL": "warning", "ACCESS_LOG": "false"}
-    process = subprocess.Popen(server_command(kind, checkpoint, port), env=env, cwd=ROOT)
+    env = {**os.environ, "LOG_LEVEL": "warning", "ACCESS_LOG": "false"}
+    tree = args.other_tree if kind == "other" else ROOT
+    env["PYTHONPATH"] = str(tree)
+    target, names, folder = args.checkpoint, None, None
+    if models > 1:
+        folder = Path(tempfile.mkdtemp(prefix="serve-load-models-"))
+        names = [f"m{n}" for n in range(models)]
+        for name in names:
+            shutil.copyfile(args.checkpoint, folder / f"{name}.safetensors")
+        env.update(MODELS_DIR=str(folder), CHECKPOINT="", MAX_LOADED_MODELS=str(models))
+        target = folder
+    process = subprocess.Popen(server_command(kind, target, port, tree), env=env, cwd=tree)
     try:
         wait_healthy(port, process)
-        for warm_up in (1, 8):  # first requests, first batch: not what is measured
-            asyncio.run(run_load(port, warm_up, 20, process.pid))
+        for name in names or [None]:  # load every model and compile before measuring
+            warm = [name] if name else None
+            for warm_up in (1, 8):
+                asyncio.run(run_load(port, warm_up, 20, process.pid, REQUESTS["plain"], warm))
         results = {}
+        kinds = ["plain"] if kind == "baseline" else args.requests.split(",")
+        clients = args.baseline_clients if kind == "baseline" else args.clients
         for n in clients:
-            # The run with the median chars/s of `repeats` (a shared machine is noisy).
-            runs = [asyncio.run(run_load(port, n, length, process.pid)) for _ in range(repeats)]
-            result = sorted(runs, key=lambda run: run.chars_per_second)[len(runs) // 2]
-            results[n] = result
-            print_row(kind, result)
+            for request_kind in kinds:
+                extra = REQUESTS[request_kind]
+                # The run with the median chars/s of `repeats` (a shared machine is noisy).
+                runs = [
+                    asyncio.run(run_load(port, n, args.length, process.pid, extra, names))
+                    for _ in range(args.repeats)
+                ]
+                result = sorted(runs, key=lambda run: run.chars_per_second)[len(runs) // 2]
+                results[request_kind, n] = result
+                print_row(f"{kind}/{request_kind}/{models}m", result)
         return results
     finally:
         process.terminate()
         process.wait(30)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
-def print_row(kind: str, result: LoadResult) -> None:
+def print_row(label: str, result: LoadResult) -> None:
     firsts = [r.first_char for r in result.results if r.first_char is not None]
     gaps = [g for r in result.results for g in r.gaps]
     print(
-        f"| {kind:8} | {result.clients:4d} | {result.chars_per_second:10.0f} | "
+        f"| {label:22} | {result.clients:4d} | {result.chars_per_second:10.0f} | "
         f"{percentile(firsts, 50) * 1e3:9.1f} | {percentile(firsts, 99) * 1e3:9.1f} | "
         f"{percentile(gaps, 99) * 1e3:9.1f} | {result.errors:6d} | {result.peak_rss_mb:8.0f} |",
         flush=True,
@@ -209,26 +278,43 @@ def main() -> None:
     parser.add_argument("--clients", default="1,8,64,256", help="comma-separated N values")
     parser.add_argument("--baseline-clients", default=None, help="N values for the baseline")
     parser.add_argument("--length", type=int, default=500)
-    parser.add_argument("--servers", default="baseline,ours")
+    parser.add_argument("--servers", default="baseline,ours", help="baseline, ours, other")
+    parser.add_argument("--other-tree", type=Path, help="a checkout for the `other` server")
+    parser.add_argument("--requests", default="plain", help=f"of {', '.join(REQUESTS)}")
+    parser.add_argument("--models", default="1", help="comma-separated model counts (ours)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per N; the median is shown")
     args = parser.parse_args()
-    clients = [int(n) for n in args.clients.split(",")]
-    baseline_clients = [int(n) for n in (args.baseline_clients or args.clients).split(",")]
+    args.clients = [int(n) for n in args.clients.split(",")]
+    args.baseline_clients = [int(n) for n in (args.baseline_clients or "").split(",") if n] or (
+        args.clients
+    )
+    if "other" in args.servers and args.other_tree is None:
+        parser.error("--servers other needs --other-tree")
 
     print(
         f"{os.cpu_count()} CPUs, {args.length} chars per client, median of {args.repeats} runs, "
-        f"checkpoint {args.checkpoint}"
+        f"checkpoint {args.checkpoint.name}"
     )
-    print("| server | N | chars/s | p50 TTFC ms | p99 TTFC ms | p99 gap ms | errors | RSS MB |")
+    print(
+        "| server/request/models | N | chars/s | p50 TTFC ms | p99 TTFC ms | p99 gap ms "
+        "| errors | RSS MB |"
+    )
     print("|---|--:|--:|--:|--:|--:|--:|--:|")
-    results = {}
+    results: dict[tuple[str, int], dict] = {}
     for kind in args.servers.split(","):
-        n_values = baseline_clients if kind == "baseline" else clients
-        results[kind] = bench_server(kind, args.checkpoint, n_values, args.length, args.repeats)
-    for n in (1, 64):
-        if all(n in results.get(kind, {}) for kind in ("ours", "baseline")):
-            ratio = results["ours"][n].chars_per_second / results["baseline"][n].chars_per_second
-            print(f"ratio ours/baseline at N={n}: {ratio:.1f}x aggregate chars/s")
+        for models in [int(m) for m in args.models.split(",")] if kind != "baseline" else [1]:
+            results[kind, models] = bench_server(kind, args, models)
+    first = next(iter(results))
+    for (kind, models), runs in results.items():
+        for (request_kind, n), result in runs.items():
+            base = results[first].get(("plain", n))
+            plain = runs.get(("plain", n))
+            if base is not None and (kind, models) != first and request_kind == "plain":
+                ratio = result.chars_per_second / base.chars_per_second
+                print(f"{kind}/{models}m vs {first[0]}/{first[1]}m at N={n}: {ratio:.2f}x chars/s")
+            if plain is not None and request_kind != "plain":
+                ratio = result.chars_per_second / plain.chars_per_second
+                print(f"{kind}/{models}m {request_kind} vs plain at N={n}: {ratio:.2f}x chars/s")
 
 
 if __name__ == "__main__":
