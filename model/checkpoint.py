@@ -11,7 +11,9 @@
                            {"__tensor__": "<path>"} (absent in inference-only checkpoints)
 
 Loading never unpickles (safetensors is a JSON header plus raw buffers), so a downloaded
-checkpoint cannot run code. Saving is atomic: temp file in the same directory, fsync, rename.
+checkpoint cannot run code; nor is its header trusted: model/checkpoint_header.py checks it
+(types, nesting, size caps, every tensor's name, shape and dtype) before any tensor is read
+or network built. Saving is atomic: temp file in the same directory, fsync, rename.
 """
 
 from __future__ import annotations
@@ -28,13 +30,20 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from model.checkpoint_header import (
+    MAX_HEADER_BYTES,
+    TENSOR_KEY,
+    HeaderError,
+    check_state_references,
+    check_tensors,
+    parse_metadata,
+)
 from model.config import ModelConfig
 from model.network import CharRNN
 from model.vocab import Vocabulary
 
 FORMAT_NAME = "charrnn-checkpoint"
 FORMAT_VERSION = 1
-_TENSOR_KEY = "__tensor__"
 _PICKLE_PROTOCOLS = {bytes([protocol]) for protocol in range(2, 6)}  # pickle's PROTO opcode
 
 
@@ -109,14 +118,46 @@ def load_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> Che
             f"{path} is a pickle/torch.save file; only safetensors checkpoints are loaded, "
             "because unpickling can run arbitrary code"
         )
+    header_bytes = int.from_bytes(_first_bytes(path, 8), "little")  # safetensors' u64 LE
+    if header_bytes > path.stat().st_size - 8:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file (truncated?): its first 8 bytes "
+            "give a header length beyond the end of the file"
+        )
+    if header_bytes > MAX_HEADER_BYTES:
+        raise CheckpointError(
+            f"{path}: header of {header_bytes} bytes exceeds the cap of {MAX_HEADER_BYTES}"
+        )
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as reader:
             metadata = reader.metadata() or {}
-            tensors = {key: reader.get_tensor(key) for key in reader.keys()}  # noqa: SIM118
+            _check_format(path, metadata)
+            config, vocab, info, skeleton = parse_metadata(metadata)
+            names = set(reader.keys())
+            check_tensors(names, reader.get_slice, config)
+            check_state_references(skeleton, names)
+            # Only now is tensor data read: the header has bounded its size.
+            tensors = {name: reader.get_tensor(name) for name in sorted(names)}
+    except CheckpointError:
+        raise
+    except HeaderError as error:
+        raise CheckpointError(f"{path}: {error}") from None
     except Exception as error:  # safetensors raises several types for damaged files
         raise CheckpointError(
-            f"{path} is not a readable safetensors file (truncated?): {error}"
+            f"{path} is not a readable safetensors file (truncated?): {_first_line(error)}"
         ) from error
+    weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    for name, tensor in weights.items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path}: weight {name} holds NaN or infinite values")
+    try:
+        state = None if skeleton is None else unflatten_tensors(skeleton, tensors)
+    except (TypeError, ValueError) as error:  # e.g. {"__dict__": 5}, or a dict as a key
+        raise CheckpointError(f"{path}: damaged training state: {_first_line(error)}") from None
+    return Checkpoint(config, vocab, weights, info, state)
+
+
+def _check_format(path: Path, metadata: dict[str, str]) -> None:
     if metadata.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path} is not a char-rnn checkpoint (no '{FORMAT_NAME}' header)")
     version = metadata.get("version")
@@ -125,21 +166,15 @@ def load_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> Che
             f"{path} has checkpoint format version {version}; this build reads version "
             f"{FORMAT_VERSION}"
         )
-    try:
-        config = ModelConfig.from_json(json.loads(metadata["model"]))
-        vocab = Vocabulary.from_json(json.loads(metadata["vocab"]))
-        info = json.loads(metadata.get("info", "{}"))
-        state = None
-        if "state" in metadata:
-            state = unflatten_tensors(json.loads(metadata["state"]), tensors)
-    except (KeyError, ValueError, TypeError) as error:
-        raise CheckpointError(f"{path} has a damaged header: {error}") from error
-    if config.vocab_size != len(vocab):
-        raise CheckpointError(
-            f"{path}: model vocab_size {config.vocab_size} != vocabulary size {len(vocab)}"
-        )
-    weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    return Checkpoint(config, vocab, weights, info, state)
+
+
+def _first_bytes(path: Path, count: int) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(count)
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _looks_like_pickle(path: Path) -> bool:
@@ -149,8 +184,7 @@ def _looks_like_pickle(path: Path) -> bool:
     JSON header's "{"; that length's low byte can be 0x80 or its first two bytes "PK", so
     the safetensors layout is recognised first and the pickle/zip magic is checked after.
     """
-    with open(path, "rb") as handle:
-        head = handle.read(9)
+    head = _first_bytes(path, 9)
     if head[8:9] == b"{":
         # Safetensors' layout. Anything else that gets past here is still only parsed as
         # safetensors (and refused as unreadable), never unpickled: this check only words
@@ -166,7 +200,7 @@ def flatten_tensors(value: Any, prefix: str) -> tuple[Any, dict[str, Tensor]]:
     def walk(node: Any, path: str) -> Any:
         if isinstance(node, Tensor):
             tensors[path] = node.detach().cpu().contiguous()
-            return {_TENSOR_KEY: path}
+            return {TENSOR_KEY: path}
         if isinstance(node, dict):
             return {
                 "__dict__": [
@@ -185,8 +219,8 @@ def flatten_tensors(value: Any, prefix: str) -> tuple[Any, dict[str, Tensor]]:
 def unflatten_tensors(skeleton: Any, tensors: dict[str, Tensor]) -> Any:
     """The inverse of flatten_tensors (dict keys keep their types: int stays int)."""
     if isinstance(skeleton, dict):
-        if _TENSOR_KEY in skeleton:
-            return tensors[skeleton[_TENSOR_KEY]]
+        if TENSOR_KEY in skeleton:
+            return tensors[skeleton[TENSOR_KEY]]
         if "__dict__" in skeleton:
             return {
                 unflatten_tensors(k, tensors): unflatten_tensors(v, tensors)

@@ -8,12 +8,15 @@
 #   EXTRAS=dev            optional dependency groups of pyproject.toml ("" for none)
 #   TORCH_SPEC=...        how to install PyTorch (default: CPU build 2.13.0, or CUDA when a GPU is found)
 #   TORCH_INDEX_URL=...   an index for PyTorch, e.g. https://download.pytorch.org/whl/cpu
+#   CONSTRAINTS=FILE      pip constraints for every install (`make test-lowest` passes
+#                         constraints/lowest.txt: every dependency at its floor)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 EXTRAS=${EXTRAS-dev}
+CONSTRAINTS=${CONSTRAINTS:-}
 
 if [ "$VENV" = none ]; then
   py=$PYTHON
@@ -27,15 +30,19 @@ fi
 "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
   || { echo "setup: Python 3.11 or newer is needed ($py is older)" >&2; exit 1; }
 
-# Re-run only when the dependency list changed: a stamp keyed on pyproject.toml and extras.
-key=$( (cat pyproject.toml; echo "$EXTRAS") | sha256sum | cut -c1-16)
+# Re-run only when the dependency list changed: a stamp keyed on pyproject.toml, extras and
+# constraints.
+key=$( (cat pyproject.toml; echo "$EXTRAS"; [ -z "$CONSTRAINTS" ] || cat "$CONSTRAINTS") \
+  | sha256sum | cut -c1-16)
 stamp_dir=$("$py" -c 'import sys; print(sys.prefix)')
 stamp=$stamp_dir/.charrnn-installed-$key
 if [ -f "$stamp" ]; then
   exit 0
 fi
 
-pip_install() { "$py" -m pip install --disable-pip-version-check -q "$@"; }
+pip_install() {
+  "$py" -m pip install --disable-pip-version-check -q ${CONSTRAINTS:+-c "$CONSTRAINTS"} "$@"
+}
 
 # PyTorch first, so the project's `torch>=2.3` range is already met and pip never pulls the
 # multi-GB CUDA wheel onto a CPU-only machine.

@@ -218,6 +218,19 @@ def services(compose: dict) -> dict[str, dict]:
     return compose["services"]
 
 
+# "${PUBLISH_ADDRESS:-127.0.0.1}:8000:8000": host address (a variable with a default), then
+# host and container port.
+PUBLISHED = re.compile(r"^\$\{(\w+):-([^}]+)\}:(\d+):(\d+)$")
+
+
+def published(mapping: str) -> tuple[str, str, str]:
+    """(default host address, host port, container port) of a compose port mapping, whose
+    address must be given (a bare "8000:8000" publishes on every interface)."""
+    match = PUBLISHED.match(mapping)
+    assert match, f"{mapping!r}: publish as ${{PUBLISH_ADDRESS:-127.0.0.1}}:PORT:PORT"
+    return match[2], match[3], match[4]
+
+
 def service_env(service: dict) -> dict[str, str]:
     env = service.get("environment", {})
     return dict(item.split("=", 1) for item in env) if isinstance(env, list) else env
@@ -291,7 +304,21 @@ def test_one_port_everywhere(make, docker, compose):
     assert flag(exec_form(one(docker, "CMD").args), "--port") == port
     assert URL.search(" ".join(health_argv(docker)))[1] == port
     for name, service in services(compose).items():
-        assert service["ports"] == [f"{port}:{port}"], f"compose service {name}"
+        assert [published(m)[1:] for m in service["ports"]] == [(port, port)], name
+
+
+@pytest.mark.parametrize("name", COMPOSE_FILES)
+def test_compose_publishes_on_loopback_unless_told_otherwise(name):
+    """Without an API key the service is open to whoever reaches the port: by default only
+    this machine does; PUBLISH_ADDRESS opens it (the file's header says to set API_KEY)."""
+    compose = without_tags(load_compose(name))
+    mappings = [m for service in compose["services"].values() for m in service.get("ports", [])]
+    assert mappings or name != "docker-compose.yml"
+    for mapping in mappings:
+        assert published(mapping)[0] == "127.0.0.1", f"{name}: {mapping}"
+    header = (ROOT / name).read_text()
+    if mappings:
+        assert "PUBLISH_ADDRESS=0.0.0.0 API_KEY=" in header, f"{name}: say how to expose it"
 
 
 def test_health_check_asks_the_apps_health_route(docker, compose):
@@ -430,14 +457,22 @@ def test_scaling_puts_the_replicas_behind_one_port(make):
     assert serve["ports"] == Reset([]) and serve["expose"] == [port]
     assert re.fullmatch(r"\$\{REPLICAS:-([2-9]|\d\d+)\}|\d+", str(serve["deploy"]["replicas"]))
     balancer = scale["services"]["balancer"]
-    assert balancer["ports"] == [f"{port}:{port}"]
+    assert [published(m)[1:] for m in balancer["ports"]] == [(port, port)]
     assert balancer["depends_on"]["serve"]["condition"] == "service_healthy"
-    nginx = scale["configs"]["nginx-balancer"]["content"]
-    assert f"server serve:{port} resolve;" in nginx and f"listen {port};" in nginx
+    # nginx's own configuration is deploy/nginx.conf (tests/deploy/test_scaleout.py runs it
+    # for real); compose mounts it, and beside it the files it includes for this deployment.
+    mounts = {target: source for source, target, *_ in (v.split(":") for v in balancer["volumes"])}
+    assert mounts["/etc/nginx/conf.d/default.conf"] == "./deploy/nginx.conf"
+    nginx = (ROOT / "deploy" / "nginx.conf").read_text()
+    includes = re.findall(r"^\s*include (\S+);", nginx, re.MULTILINE)
+    assert includes == ["charrnn/upstream.conf", "charrnn/listen.conf"]
+    for name in includes:
+        assert (ROOT / mounts["/etc/nginx/charrnn"] / name.split("/")[1]).is_file(), name
+    deployment = ROOT / mounts["/etc/nginx/charrnn"]
+    assert f"server serve:{port} resolve;" in (deployment / "upstream.conf").read_text()
+    assert f"listen {port};" in (deployment / "listen.conf").read_text()
     assert "proxy_buffering off;" in nginx, "event streams must not wait in nginx's buffer"
     assert re.search(r"proxy_next_upstream [^;]*http_503", nginx), "a full replica: try another"
-    # nginx sees `$host` only if compose does not interpolate it away.
-    assert not re.search(r"(?<!\$)\$(host|proxy_add_x_forwarded_for)", nginx)
 
 
 def test_compose_gives_the_service_time_to_drain(compose):
