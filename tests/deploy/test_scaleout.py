@@ -227,7 +227,7 @@ def test_events_pass_through_unbuffered(cluster):
     pieces, events = stream(cluster.url, LONG)
     assert events[-1][0] == "done", events[-1]
     assert len("".join(data for name, data in events if name == "chars")) == LONG
-    stats = events[-1][1]
+    stats = events[-1][1]["stats"]
     generating = stats["seconds"] - stats["first_char_seconds"]
     assert generating > 0.5, f"too short to tell: {generating:.2f} s"
     # Each event reaches the client as it is made: about one piece off the socket per event
