@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from model.checkpoint import load_checkpoint
-from training.config import TrainConfig
-from training.data import load_prepared
+from training.dataset import load_prepared
 from training.evaluate import validation_loss
 from training.loop import Trainer, TrainHooks
+from training.recipe import TrainConfig
 
 TEXT = "the quick brown fox jumps over the lazy dog.\n" * 80  # what `corpus` prepares
 

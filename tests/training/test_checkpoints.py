@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from model.checkpoint import load_checkpoint
-from training.__main__ import main
-from training.config import TrainConfig
-from training.data import load_prepared
+from training.cli import main
+from training.dataset import load_prepared
 from training.loop import Trainer, TrainHooks
+from training.recipe import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
