@@ -22,11 +22,8 @@ from training.cli_train import add_train_arguments, run_train
 from training.evaluate import EVAL_SEQ_LEN, EvalResult, combine_results, evaluate_text
 from training.inference import add_sample_arguments, run_sample
 from training.prepare import PrepareConfig, prepare
+from training.recipe import TrainConfig
 from training.sources import DataError
-
-# Only for the too-short check: a corpus must hold one batch of the training run's shape.
-DEFAULT_BATCH_SIZE = 64
-DEFAULT_SEQ_LEN = 128
 
 Command = tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]
 
@@ -129,13 +126,13 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-size",
         type=_positive_int,
-        default=DEFAULT_BATCH_SIZE,
+        default=TrainConfig.batch_size,
         help="the training batch size, to check the corpus holds one batch (default: %(default)s)",
     )
     parser.add_argument(
         "--seq-len",
         type=_positive_int,
-        default=DEFAULT_SEQ_LEN,
+        default=TrainConfig.seq_len,
         help="the training sequence length, for the same check (default: %(default)s)",
     )
     documents = parser.add_mutually_exclusive_group()

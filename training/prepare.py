@@ -45,6 +45,7 @@ from training.dataset import (
     id_table,
     write_json,
 )
+from training.recipe import TrainConfig
 from training.sources import Corpus, DataError, open_corpus
 
 SEPARATOR = "\u241e"  # written before every document (see above)
@@ -68,9 +69,10 @@ class PrepareConfig:
     """At most this many characters, the unknown symbol included; the rarest are cut."""
     min_count: int = 1
     """Characters seen fewer times than this are cut."""
-    min_chars: int = 64 * 128 + 1
-    """The fewest training characters accepted: one batch, batch_size * seq_len + 1."""
-    min_val_chars: int = 128 + 1
+    min_chars: int = TrainConfig.batch_size * TrainConfig.seq_len + 1
+    """The fewest training characters accepted: one batch, batch_size * seq_len + 1 (by
+    default of the default training recipe's shape)."""
+    min_val_chars: int = TrainConfig.seq_len + 1
     """The fewest validation characters accepted: one sequence, seq_len + 1."""
     chunk_chars: int = 4 * 1024 * 1024
     """Characters (bytes, for files) processed at a time; bounds memory."""

@@ -59,7 +59,7 @@ HORIZON_PROBE_STEPS = 20
 _BEFORE_THE_FIELD: dict[str, Any] = {"ema_decay": 0.0}
 
 # Named starting points (`train --preset NAME`); flags given next to a preset override it.
-# "default" is TrainConfig's own defaults: the 2×256 model, dropout 0.5, the tuned recipe.
+# "default" is TrainConfig's own defaults: the model's 2×256 LSTM, dropout 0.5, the tuned recipe.
 # "quality": a larger network for a longer run (benchmarks/results/time_to_loss_quality.md).
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
@@ -88,11 +88,11 @@ class TrainConfig:
 
     data_dir: Path  # a prepared-data directory (`python -m training prepare`)
     out_dir: Path  # the run directory: config, metrics, checkpoints, loss plot
-    # The network (model.config.ModelConfig).
-    hidden_size: int = 256  # units per recurrent layer
-    num_layers: int = 2  # stacked recurrent layers
-    dropout: float = 0.5  # between the layers and before the output layer
-    cell: str = "lstm"  # "lstm", "gru" or "rnn"
+    # The network: its defaults are the model's own (model.config.ModelConfig).
+    hidden_size: int = ModelConfig.hidden_size  # units per recurrent layer
+    num_layers: int = ModelConfig.num_layers  # stacked recurrent layers
+    dropout: float = ModelConfig.dropout  # between the layers and before the output layer
+    cell: str = ModelConfig.cell  # "lstm", "gru" or "rnn"
     # The LSTM forget gates' bias at initialisation (0: PyTorch's uniform init untouched).
     forget_bias: float = 0.0
     # Batches (training.batches).

@@ -4,9 +4,10 @@ import pytest
 
 from training.cli import add_prepare_arguments, main, run_prepare
 from training.dataset import load_prepared
+from training.recipe import TrainConfig
 
-# One batch of the shape `prepare` checks a corpus holds by default.
-ONE_BATCH = 64 * 128 + 1
+# One batch of the default training shape: what `prepare` checks a corpus holds.
+ONE_BATCH = TrainConfig.batch_size * TrainConfig.seq_len + 1
 
 
 def _one_error_line(capsys, *fragments):
