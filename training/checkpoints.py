@@ -252,7 +252,7 @@ def checkpoint_info(
     validation loss is the latest evaluation's (nats/char)."""
     val_loss = counters.last_val_loss
     return {
-        "train_config": config.to_json(),
+        "train_config": config.to_json() | relative_paths(config),
         "val_loss": val_loss,
         "val_bits_per_char": None if val_loss is None else val_loss / math.log(2),
         "step": counters.step,

@@ -3,8 +3,10 @@ it shows while it trains, and when it stops.
 
 The run directory, where a training run keeps everything it writes:
 
-config.json        the TrainConfig, written when a run (or a resumed run) starts
-metrics.jsonl      one EvalRecord per evaluation, as a JSON line
+config.json        the TrainConfig, written when a run (or a resumed run) starts, with this
+                   machine's absolute paths (checkpoints, which travel, record them
+                   relative to the run: training.checkpoints)
+metrics.jsonl      one EvalRecord per evaluation, as a JSON line (damaged lines are skipped)
 best.safetensors   the weights with the best validation loss so far (inference only)
 last.safetensors   the latest weights with the full training state, for --resume
 loss.png           training and validation loss against the step
@@ -43,13 +45,7 @@ from training.recipe import TrainConfig
 LAST = "last.safetensors"
 BEST = "best.safetensors"
 # In code order: a rank out of time, or asked to stop, stops every rank at the same step.
-STOP_REASONS: tuple[str, ...] = (
-    "max_steps",
-    "max_epochs",
-    "early_stopping",
-    "max_minutes",
-    "interrupted",
-)
+STOP_REASONS = ("max_steps", "max_epochs", "early_stopping", "max_minutes", "interrupted")
 _POSTFIX_SECONDS = 0.5  # how often the bar's numbers are refreshed
 
 
@@ -95,37 +91,50 @@ class RunDirectory:
 
     def write_config(self, config: TrainConfig) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        tmp = self.config.with_name(".config.json.tmp")
-        tmp.write_text(json.dumps(config.to_json(), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.config)
+        _replace_file(self.config, json.dumps(config.to_json(), indent=2) + "\n")
 
     def append_metrics(self, record: EvalRecord) -> None:
         with self.metrics.open("a", encoding="utf-8") as file:
             file.write(json.dumps(asdict(record), ensure_ascii=False) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        """The records written so far; a torn last line (a crash mid-write) is skipped."""
+        """The records written so far. A damaged line (torn by a crash mid-write, or not a
+        JSON object with an integer step) is skipped."""
         if not self.metrics.is_file():
             return []
         records = []
-        for line in self.metrics.read_text(encoding="utf-8").splitlines():
+        for line in self.metrics.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if isinstance(record, dict) and type(record.get("step")) is int:
+                records.append(record)
         return records
 
     def keep_metrics_up_to(self, step: int) -> list[dict[str, Any]]:
         """Drop records after `step` — written after the checkpoint a run resumes from —
-        so the file reads as one uninterrupted run. Returns the records kept."""
-        records = [r for r in self.read_metrics() if r.get("step", 0) <= step]
+        and damaged lines, so the file reads as one uninterrupted run. Returns the records
+        kept."""
+        records = [r for r in self.read_metrics() if r["step"] <= step]
         self.path.mkdir(parents=True, exist_ok=True)
-        tmp = self.metrics.with_name(".metrics.jsonl.tmp")
-        tmp.write_text(
-            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8"
+        _replace_file(
+            self.metrics, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         )
-        os.replace(tmp, self.metrics)
         return records
+
+
+def _replace_file(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary sibling that is flushed to disk before it
+    is renamed over `path`: a crash leaves the old file or the new one, never a torn one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(tmp, path)
 
 
 def resume_path(path: Path) -> Path:
@@ -145,7 +154,7 @@ def plot_losses(records: Sequence[Mapping], path: Path) -> None:
     FigureCanvasAgg(figure)
     axes = figure.subplots()
     for key, label in (("train_loss", "train"), ("val_loss", "validation")):
-        points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+        points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), int | float)]
         if points:
             steps, losses = zip(*points, strict=True)
             axes.plot(steps, losses, marker="." if len(points) < 30 else None, label=label)

@@ -1,4 +1,5 @@
 import io
+import os
 import signal
 from pathlib import Path
 
@@ -42,6 +43,44 @@ def test_metrics_append_read_and_cut_back(tmp_path):
     assert [r["step"] for r in run.keep_metrics_up_to(20)] == [10, 20]
     assert len(run.metrics.read_text().splitlines()) == 2
     assert RunDirectory(tmp_path / "new").keep_metrics_up_to(0) == []
+
+
+@pytest.mark.parametrize(
+    "damaged",
+    ["[1, 2]", "42", '"text"', "null", '{"val_loss": 1.0}', '{"step": "ten"}', '{"step": true}'],
+)
+def test_lines_that_are_not_records_are_skipped_and_dropped(tmp_path, damaged):
+    run = RunDirectory(tmp_path / "run")
+    run.write_config(TrainConfig(Path("d"), run.path, max_steps=3))
+    run.append_metrics(_record(10))
+    with run.metrics.open("ab") as file:
+        file.write(damaged.encode() + b"\n" + b'{"step": 12, "sample": "\xff"}\n')  # not UTF-8
+    run.append_metrics(_record(20))
+    assert [r["step"] for r in run.read_metrics()] == [10, 12, 20]
+    assert [r["step"] for r in run.keep_metrics_up_to(15)] == [10, 12]
+    assert len(run.metrics.read_text(encoding="utf-8").splitlines()) == 2
+
+
+def test_files_reach_the_disk_before_they_are_renamed_into_place(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.fstat(fd).st_ino)))
+    monkeypatch.setattr(
+        os, "replace", lambda a, b: (events.append(("replace", b)), real_replace(a, b))
+    )
+    run = RunDirectory(tmp_path / "run")
+    run.write_config(TrainConfig(Path("d"), run.path, max_steps=3))
+    run.append_metrics(_record(10))
+    run.keep_metrics_up_to(10)
+    config_inode, metrics_inode = run.config.stat().st_ino, run.metrics.stat().st_ino
+    assert events == [
+        ("fsync", config_inode),  # the temporary file that becomes config.json
+        ("replace", run.config),
+        ("fsync", events[2][1]),  # the appended metrics file
+        ("fsync", metrics_inode),  # its rewritten copy, before it replaces the file
+        ("replace", run.metrics),
+    ]
+    assert real_fsync is not os.fsync
 
 
 def test_resume_path(tmp_path):
