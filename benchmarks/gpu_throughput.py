@@ -7,7 +7,7 @@ Two models: the default (2×256 LSTM) and a large one (3×1024), vocabulary 65 (
 - Training: chars/s of the library's own step (training.step.TrainStep: forward, loss,
   backward, clipping, AdamW) on random ids, batch 64 × 128 (TrainConfig's defaults), for
   the cuDNN recurrence in fp32 and bf16 (`--precision bf16`: autocast, under which
-  PyTorch runs the cuDNN LSTM itself in fp16; see training.precision) and the hand-written
+  PyTorch runs the cuDNN LSTM itself in fp16; see training.step) and the hand-written
   "fused" kernel in fp32. TF32 is off, so fp32 means fp32.
 - Serving: chars/s of the service's batched decoder (model.decoder.BatchDecoder: one
   step of every live row, sampling included) with 1, 64 and 256 rows, weights in fp32 and
@@ -31,8 +31,7 @@ from model.decoder import BatchDecoder
 from model.network import CharRNN
 from model.sampling import SamplingConfig
 from training.distributed import Distributed
-from training.precision import MixedPrecision
-from training.step import TrainStep
+from training.step import MixedPrecision, TrainStep
 
 VOCAB = 65
 MODELS = {"default 2x256": (256, 2), "large 3x1024": (1024, 3)}

@@ -38,7 +38,7 @@ from train_speed import (
     time_steps,
 )
 
-from training.runtime import tune_allocator
+from training.step import tune_allocator
 
 
 class GemmOnlyStep:

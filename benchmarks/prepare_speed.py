@@ -33,7 +33,7 @@ SCRIPTS = {
 PREPARE = """
 import sys
 from pathlib import Path
-from training.data import PrepareConfig, prepare
+from training.prepare import PrepareConfig, prepare
 prepare([sys.argv[1]], Path(sys.argv[2]), PrepareConfig(), progress=False)
 """
 

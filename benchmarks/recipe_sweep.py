@@ -19,7 +19,7 @@ from pathlib import Path
 
 from time_to_loss import RESULTS, ROOT, train_ours
 
-from training.data import PrepareConfig, prepare
+from training.prepare import PrepareConfig, prepare
 
 RECIPES: dict[str, dict] = {
     "seed-recipe": dict(

@@ -36,7 +36,7 @@ from train_speed import (
     matmul_flops_per_second,
 )
 
-from training.runtime import tune_allocator
+from training.step import tune_allocator
 
 ONEDNN_LSTM = ("aten::mkldnn_rnn_layer", "aten::mkldnn_rnn_layer_backward")
 CHARS = BATCH * SEQ

@@ -22,10 +22,11 @@ import numpy as np
 import torch
 from naive_seed import SeedTrainer, get_batches
 
-from training.config import TrainConfig, preset
-from training.data import PrepareConfig, load_prepared, prepare
+from training.dataset import load_prepared
 from training.loop import Trainer, TrainHooks
-from training.run_dir import EvalRecord
+from training.prepare import PrepareConfig, prepare
+from training.recipe import TrainConfig, preset
+from training.run import EvalRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -121,7 +122,7 @@ def main() -> None:
     parser.add_argument("--name", default="time_to_loss", help="result file name")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (both runs)")
     parser.add_argument(
-        "--preset", default="default", help="our run's preset (training.config.PRESETS)"
+        "--preset", default="default", help="our run's preset (training.recipe.PRESETS)"
     )
     args = parser.parse_args()
     curves: dict[str, Curve] = {}

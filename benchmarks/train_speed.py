@@ -27,7 +27,7 @@ from naive_seed import SeedTrainer  # benchmarks/ is the script's own directory
 
 from model.config import ModelConfig
 from model.network import CharRNN, detach_hidden
-from training.runtime import tune_allocator
+from training.step import tune_allocator
 
 VOCAB, HIDDEN, LAYERS, BATCH, SEQ = 65, 256, 2, 128, 100
 

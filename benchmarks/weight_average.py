@@ -19,12 +19,13 @@ from pathlib import Path
 
 from time_to_loss import RESULTS, ROOT  # benchmarks/ is the script's own directory
 
-from training.averaging import WeightAverage
-from training.config import TrainConfig
-from training.data import PrepareConfig, load_prepared, prepare
+from training.dataset import load_prepared
 from training.evaluate import validation_loss
 from training.loop import Trainer, TrainHooks
-from training.run_dir import EvalRecord
+from training.prepare import PrepareConfig, prepare
+from training.recipe import TrainConfig
+from training.run import EvalRecord
+from training.step import WeightAverage
 
 
 def main() -> None:

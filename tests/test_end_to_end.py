@@ -12,7 +12,7 @@ import torch
 from app.main import create_app
 from app.settings import Settings
 from model.checkpoint import load_checkpoint
-from training.__main__ import main as training_main
+from training.cli import main as training_main
 
 pytestmark = pytest.mark.anyio
 

@@ -1,4 +1,5 @@
-"""Batches for a stateful RNN: the id stream laid out in columns, read window by window.
+"""Pipeline stage 3, ids → batches for a stateful RNN: the id stream laid out in columns,
+read window by window.
 
 The stream is cut into `batch_size` contiguous columns of L predictions each, and a batch is
 the next `seq_len` ids of every column. Row b of batch k+1 therefore continues row b of

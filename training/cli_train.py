@@ -1,4 +1,6 @@
-"""The `train` sub-command: flags in, a TrainConfig and a Trainer run, one summary line out.
+"""The `train` command: flags in, a TrainConfig and a Trainer run (training.loop), one
+summary line out. A new run starts from fresh weights; `--resume` continues a run exactly
+where it stopped (training.checkpoints).
 
 Ctrl-C or SIGTERM stop the run after the current step, save last.safetensors and print the
 command that resumes it; the exit status is then 130 (SIGINT) or 143 (SIGTERM).
@@ -20,22 +22,21 @@ from typing import Any
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.config import CELLS
 from model.device import resolve_device
-from training.config import (
+from training.checkpoints import resumed_config
+from training.dataset import load_prepared
+from training.distributed import DEFAULT_TIMEOUT_SECONDS, DistributedError, process_group
+from training.evaluate import bits_per_char
+from training.loop import Trainer, TrainHooks, TrainResult
+from training.recipe import (
     LSTM_IMPL_CHOICES,
     OPTIMIZERS,
+    PRECISIONS,
     PRESETS,
     SCHEDULES,
     TrainConfig,
     preset,
 )
-from training.data import load_prepared
-from training.distributed import DEFAULT_TIMEOUT_SECONDS, DistributedError, process_group
-from training.evaluate import bits_per_char
-from training.loop import Trainer, TrainHooks, TrainResult
-from training.precision import PRECISIONS
-from training.run_dir import resume_path
-from training.signals import stop_on_signals
-from training.state import resumed_config
+from training.run import resume_path, stop_on_signals
 
 
 def _optional(kind: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -170,7 +171,8 @@ def _config(
     args: argparse.Namespace, given: dict[str, Any]
 ) -> tuple[TrainConfig, Checkpoint | None]:
     """The run's config and the checkpoint it resumes (None for a new run). Paths are made
-    absolute so a run can be resumed from any working directory."""
+    absolute so a run can be resumed from any working directory; a resumed run's data is
+    where its checkpoint says, relative to the checkpoint's directory, unless given."""
     data_dir = args.data_dir.resolve() if args.data_dir else None
     if args.resume is None:
         if data_dir is None or args.out is None:
@@ -184,7 +186,7 @@ def _config(
     changes = {**given, "out_dir": (args.out or path.parent).resolve()}
     if data_dir is not None:  # the data moved: the saved position still means the same text
         changes["data_dir"] = data_dir
-    return resumed_config(checkpoint, **changes), checkpoint
+    return resumed_config(checkpoint, path.parent, **changes), checkpoint
 
 
 def _summary(result: TrainResult) -> str:

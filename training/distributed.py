@@ -1,5 +1,6 @@
-"""Data-parallel training over several processes, as torchrun starts them: the process
-group, each rank's share of the batch, and the few collective operations the loop needs.
+"""Pipeline stage 4, training, over several processes: data parallelism as torchrun starts
+it. The process group, each rank's share of the batch, and the few collective operations
+the loop needs.
 
 torchrun (or any launcher that sets WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR and
 MASTER_PORT) starts one process per device. All ranks lay the corpus out in the columns a

@@ -1,5 +1,5 @@
-"""Scoring a model on held-out text: the loop's validation loss (and the sample it logs)
-and `eval` on any text.
+"""Pipeline stage 5, evaluation: scoring a model on held-out text, the loop's validation
+loss (and the sample it logs) and `eval` on any text.
 
 Both count nats per predicted character (mean cross-entropy), and bits per char =
 nats / ln 2; perplexity = e^nats.
@@ -23,8 +23,8 @@ from model.network import CharRNN, detach_hidden
 from model.sampling import SamplingConfig
 from model.vocab import Vocabulary
 from training.batches import ColumnBatches
-from training.config import TrainConfig
 from training.distributed import Distributed
+from training.recipe import TrainConfig
 
 EVAL_SEQ_LEN = 256  # window length when scoring a text; the state carries across windows
 

@@ -1,4 +1,5 @@
-"""The training loop: truncated BPTT over column batches, evaluation, checkpoints, limits.
+"""Pipeline stage 4, training: the loop. Truncated BPTT over column batches, evaluations,
+checkpoints, until a limit (training.run) stops it.
 
 Knows nothing of the command line: a Trainer takes a TrainConfig, a prepared corpus and,
 to continue a run, its last checkpoint; hooks let a caller stop it (signals) or watch it.
@@ -22,30 +23,38 @@ import torch
 from model.checkpoint import Checkpoint, save_checkpoint
 from model.device import preferred_lstm_impl, resolve_device
 from model.network import CharRNN
-from training.averaging import WeightAverage
 from training.batches import split_batches
-from training.config import TrainConfig
-from training.data import PreparedCorpus
-from training.distributed import Distributed
-from training.evaluate import bits_per_char, evaluation_sample, validation_loss
-from training.limits import reason_code, reason_from_code, stop_reason
-from training.optimizer import build_optimizer, set_hyperparameters
-from training.plot import plot_losses
-from training.precision import MixedPrecision
-from training.progress import TrainingProgress, start_line
-from training.run_dir import EvalRecord, RunDirectory
-from training.runtime import torch_threads, tune_allocator
-from training.schedule import StepTimer, estimate_horizon, learning_rate, planned_horizon
-from training.state import (
+from training.checkpoints import (
     RunCounters,
-    check_resumable,
     checkpoint_info,
-    restore_training_state,
+    restore_run,
     rng_state,
     seed_generators,
     training_state,
 )
-from training.step import TrainStep
+from training.dataset import PreparedCorpus
+from training.distributed import Distributed
+from training.evaluate import bits_per_char, evaluation_sample, validation_loss
+from training.recipe import (
+    StepTimer,
+    TrainConfig,
+    build_optimizer,
+    estimate_horizon,
+    learning_rate,
+    planned_horizon,
+    set_hyperparameters,
+)
+from training.run import (
+    EvalRecord,
+    RunDirectory,
+    TrainingProgress,
+    plot_losses,
+    reason_code,
+    reason_from_code,
+    start_line,
+    stop_reason,
+)
+from training.step import MixedPrecision, TrainStep, WeightAverage, torch_threads, tune_allocator
 
 
 @dataclass(frozen=True)
@@ -109,17 +118,12 @@ class Trainer:
         self.counters = RunCounters()
         self.hidden = self.model.init_hidden(self.train_batches.batch_size, self.device)
         self._rng: dict | None = None  # None: seed the generators afresh at the start
-        saved_average = None  # a resumed run's: its raw weights and update count
+        restored = None
         if resume is not None:
-            check_resumable(resume, config, corpus)
-            # With an average, the checkpoint's weights are the average's and the training
-            # state holds the raw ones the optimizer continues from.
-            saved_average = resume.training_state.get("weight_average")
-            raw = resume.weights if saved_average is None else saved_average["raw_weights"]
-            self.model.load_state_dict(raw)
-            restored = restore_training_state(
-                resume.training_state, self.optimizer, self.device, dist.rank, dist.world_size
-            )
+            restored = restore_run(
+                resume, config, corpus, self.model, self.optimizer, self.device, dist.rank,
+                dist.world_size,
+            )  # fmt: skip
             self.counters, self._rng = restored.counters, restored.rng
             self.hidden = tuple(h[:, self.columns].contiguous() for h in restored.hidden)
             self.precision.load_state_dict(restored.grad_scaler)
@@ -130,12 +134,11 @@ class Trainer:
                 "it or choose another output directory"
             )
         self.average: WeightAverage | None = None
-        if config.ema_decay:
-            # A run that had none starts one from its current weights.
-            updates = 0 if saved_average is None else saved_average["updates"]
-            self.average = WeightAverage(self.model, config.ema_decay, updates)
-            if saved_average is not None:
-                self.average.load_weights(resume.weights)
+        if config.ema_decay:  # a run that had none starts one from its current weights
+            saved = None if restored is None else restored.average
+            self.average = WeightAverage(self.model, config.ema_decay, saved[1] if saved else 0)
+            if saved is not None:
+                self.average.load_weights(saved[0])
         self.horizon = self._horizon()
         # The rate of the last step done (reported at an evaluation without new steps).
         self.lr = learning_rate(max(self.counters.step - 1, 0), config, self.horizon)
@@ -297,12 +300,10 @@ class Trainer:
                 train_loss_sum=float(self._loss_sum),
             )
             scaler = self.precision.state_dict()
-            state = training_state(counters, self.optimizer, hidden, rank_rngs, scaler)
+            average = None
             if self.average is not None:
-                state["weight_average"] = {
-                    "raw_weights": self.model.state_dict(),
-                    "updates": self.average.updates,
-                }
+                average = (self.model.state_dict(), self.average.updates)
+            state = training_state(counters, self.optimizer, hidden, rank_rngs, scaler, average)
             save_checkpoint(self._checkpoint(state), self.run_dir.last)
         self._saved_step = self.counters.step
 

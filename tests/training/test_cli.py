@@ -1,62 +1,13 @@
-import json
+import argparse
 
 import pytest
 
-from training.__main__ import main
+from training.cli import add_prepare_arguments, main, run_prepare
+from training.dataset import load_prepared
+from training.recipe import TrainConfig
 
-TEXT = "the quick brown fox jumps over the lazy dog.\n" * 40  # 1,800 characters
-SMALL = [
-    "--hidden-size",
-    "16",
-    "--num-layers",
-    "1",
-    "--batch-size",
-    "4",
-    "--seq-len",
-    "16",
-    "--threads",
-    "1",
-    "--no-progress",
-    "--sample-length",
-    "10",
-]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A text file, its prepared data and a run trained on it, all through main()."""
-    root = tmp_path_factory.mktemp("cli")
-    (root / "fox.txt").write_text(TEXT)
-    prepare = [
-        "prepare",
-        str(root / "fox.txt"),
-        "--out",
-        str(root / "data"),
-        "--batch-size",
-        "4",
-        "--seq-len",
-        "16",
-        "--no-progress",
-    ]
-    assert main(prepare) == 0
-    train = [
-        "train",
-        str(root / "data"),
-        "--out",
-        str(root / "run"),
-        "--max-steps",
-        "12",
-        "--eval-every",
-        "6",
-        "--lr",
-        "0.01",
-        "--betas",
-        "0.9",
-        "0.95",
-        *SMALL,
-    ]
-    assert main(train) == 0
-    return root
+# One batch of the default training shape: what `prepare` checks a corpus holds.
+ONE_BATCH = TrainConfig.batch_size * TrainConfig.seq_len + 1
 
 
 def _one_error_line(capsys, *fragments):
@@ -68,15 +19,79 @@ def _one_error_line(capsys, *fragments):
         assert fragment in err, err
 
 
-def test_train_writes_the_run_and_a_summary(trained, capsys):
-    run = trained / "run"
-    config = json.loads((run / "config.json").read_text())
-    assert config["max_steps"] == 12 and config["betas"] == [0.9, 0.95]
-    assert config["data_dir"] == str(trained / "data")  # absolute: resumable from anywhere
-    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
-    assert main(["train", "--resume", str(run), "--max-steps", "14", "--no-progress"]) == 0
-    out = capsys.readouterr().out
-    assert out.startswith("done (max steps): step 14, epoch ") and str(run) in out
+def _prepare(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    add_prepare_arguments(parser)
+    return run_prepare(parser.parse_args(argv))
+
+
+def test_prepare_prints_a_summary(tmp_path, capsys):
+    (tmp_path / "t.txt").write_text("abcdefghij" * 10)  # 100 chars: train 90, val 10
+    out = tmp_path / "out"
+    argv = [str(tmp_path / "t.txt"), "--out", str(out), "--batch-size", "2", "--seq-len", "4"]
+    assert _prepare(argv) == 0  # progress bars on, but stderr is no terminal: none shown
+    captured = capsys.readouterr()
+    line = captured.out.strip()
+    assert line == f"prepared t.txt: 100 chars, vocab 10 (uint8), train 90, val 10 -> {out}"
+    assert captured.err == ""
+    assert len(load_prepared(out).train) == 90
+
+
+def test_prepare_options_reach_the_config(tmp_path, capsys):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.txt").write_bytes("ééééab\n".encode("latin-1") * 10)
+    (tmp_path / "src" / "b.md").write_text("ignored")
+    argv = [str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--glob", "*.txt"]
+    argv += ["--encoding", "latin-1", "--val-fraction", "0.2", "--min-count", "10"]
+    argv += ["--max-vocab", "3", "--batch-size", "1", "--seq-len", "1", "--no-progress"]
+    assert _prepare(argv) == 0
+    assert "70 chars, vocab 3 (uint8, 20 mapped to U+FFFD), train 56, val 14" in (
+        capsys.readouterr().out
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            [],
+            f"t.txt: too short: 100 characters leave 90 for training, fewer than the {ONE_BATCH:,}",
+        ),
+        (["--batch-size", "1", "--seq-len", "10"], "validation split"),
+        (["--val-fraction", "1.5"], "val_fraction must be between 0 and 1"),
+        (["--encoding", "utf-9"], "unknown text encoding 'utf-9'"),
+    ],
+)
+def test_prepare_errors_are_one_line_and_exit_2(tmp_path, capsys, extra, message):
+    (tmp_path / "t.txt").write_text("x" * 100)
+    out = tmp_path / "out"
+    assert _prepare([str(tmp_path / "t.txt"), "--out", str(out), "--no-progress", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_prepare_missing_input(tmp_path, capsys):
+    assert _prepare([str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 2
+    assert "nope: no such file or directory" in capsys.readouterr().err
+
+
+def test_prepare_bad_numbers_are_usage_errors(tmp_path):
+    with pytest.raises(SystemExit):
+        _prepare(["t.txt", "--out", str(tmp_path), "--batch-size", "0"])
+
+
+def test_prepare_document_flags(tmp_path, capsys):
+    (tmp_path / "t.txt").write_text("one\ntwo\nthree\n" * 4)
+    argv = [str(tmp_path / "t.txt"), "--out", str(tmp_path / "out"), "--no-progress"]
+    argv += ["--batch-size", "1", "--seq-len", "1"]
+    assert _prepare([*argv, "--doc-per-line"]) == 0
+    assert "in 12 documents" in capsys.readouterr().out
+    assert load_prepared(tmp_path / "out").meta["documents"] == "line"
+    assert _prepare([*argv, "--documents"]) == 0
+    assert load_prepared(tmp_path / "out").meta["document_count"] == 1
+    with pytest.raises(SystemExit):
+        _prepare([*argv, "--documents", "--doc-per-line"])
 
 
 def test_eval_prints_one_line_per_file_and_a_total(trained, capsys):
@@ -90,47 +105,11 @@ def test_eval_prints_one_line_per_file_and_a_total(trained, capsys):
     assert "11 chars, 1 out of vocabulary" in lines[1]
 
 
-def test_sample_streams_repeatable_text(trained, capsys):
-    best = str(trained / "run" / "best.safetensors")
-    argv = ["sample", best, "--prime", "the ", "--length", "30", "--seed", "3", "--top-k", "5"]
-    assert main(argv) == 0
-    first = capsys.readouterr()
-    assert first.out.startswith("the ") and len(first.out) == 4 + 30 + 1 and not first.err
-    assert main(argv) == 0
-    assert capsys.readouterr().out == first.out
-    assert main(["sample", best, "--prime", "the Fox", "--skip-unknown", "--length", "5"]) == 0
-    captured = capsys.readouterr()
-    assert captured.out.startswith("the Fox") and captured.err.startswith("seed: ")
-
-
 @pytest.mark.parametrize(
     ("argv", "fragments"),
     [
-        (["train", "{data}", "--out", "{tmp}/r", "--max-steps", "0"], ["max_steps must be"]),
-        (["train", "{data}", "--out", "{tmp}/r"], ["at least one of max_epochs"]),
-        (["train", "{tmp}/nodata", "--out", "{tmp}/r", "--max-steps", "1"], ["nodata"]),
-        (["train", "--max-steps", "1"], ["needs DATA_DIR and --out"]),
-        (["train", "{data}", "--out", "{run}", "--max-steps", "1"], ["training split: 1,620 char"]),
-        (
-            ["train", "{data}", "--out", "{run}", "--max-steps", "1", "--batch-size", "4"],
-            ["already holds a run"],
-        ),
-        (["train", "--resume", "{run}/best.safetensors"], ["no training state"]),
-        (["train", "--resume", "{run}", "--seq-len", "8"], ["cannot change seq_len"]),
-        (["train", "--resume", "{tmp}/nothing"], ["checkpoint not found"]),
-        (["train", "--resume", "{run}", "--preset", "quality"], ["--preset starts a new run"]),
-        (["train", "{data}", "--preset", "huge"], ["invalid choice: 'huge'"]),
-        (["train", "{data}", "--out", "{tmp}/r", "--lr", "fast"], ["invalid float value"]),
-        (
-            ["train", "{data}", "--out", "{tmp}/r", "--max-steps", "1", "--ema-decay", "1"],
-            ["ema_decay must be in [0, 1)"],
-        ),
-        (["train", "{data}", "--bogus"], ["unrecognized arguments: --bogus"]),
         (["eval", "{run}/best.safetensors", "{tmp}/missing.txt"], ["missing.txt: no such file"]),
         (["eval", "{tmp}/fox.txt", "{tmp}/fox.txt"], ["not a readable safetensors file"]),
-        (["sample", "{run}/best.safetensors", "--prime", "THE"], ["'T'", "--skip-unknown"]),
-        (["sample", "{run}/best.safetensors", "--temperature", "0"], ["temperature must be"]),
-        (["sample", "{run}/best.safetensors", "--device", "tpu"], ["unknown device 'tpu'"]),
         (["prepare", "{tmp}/missing.txt", "--out", "{tmp}/d"], ["no such file"]),
         ([], ["required: COMMAND"]),
     ],
@@ -139,20 +118,3 @@ def test_errors_are_one_line_and_exit_2(trained, capsys, argv, fragments):
     paths = {"tmp": trained, "data": trained / "data", "run": trained / "run"}
     assert main([arg.format(**paths) for arg in argv]) == 2
     _one_error_line(capsys, *fragments)
-
-
-def test_help_exits_0(capsys):
-    assert main(["train", "--help"]) == 0
-    out = capsys.readouterr().out
-    assert "--max-minutes" in out and "(default: 64)" in out and "--resume RUN_DIR" in out
-
-
-def test_a_preset_sets_defaults_that_flags_override(trained, capsys):
-    run = trained / "preset-run"
-    argv = ["train", str(trained / "data"), "--out", str(run), "--preset", "quality"]
-    argv += ["--hidden-size", "8", "--batch-size", "4", "--seq-len", "16", "--max-steps", "1"]
-    assert main([*argv, "--sample-length", "0", "--no-progress"]) == 0
-    config = json.loads((run / "config.json").read_text())
-    assert (config["dropout"], config["lr"]) == (0.25, 0.003)  # from the preset
-    assert (config["hidden_size"], config["seq_len"]) == (8, 16)  # from the flags
-    assert config["ema_decay"] == 0.0  # the preset as it was measured

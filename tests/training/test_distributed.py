@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from model.checkpoint import load_checkpoint
-from training.__main__ import main
-from training.config import TrainConfig
-from training.data import load_prepared
+from training.cli import main
+from training.dataset import load_prepared
 from training.distributed import Distributed
 from training.loop import Trainer
+from training.recipe import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 # Dropout 0 so the ranks' RNG streams do not matter; a constant rate after the warm-up so a

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from model.checkpoint import load_checkpoint
 from model.config import ModelConfig
 from model.network import CharRNN
-from training.config import TrainConfig
-from training.data import load_prepared
+from training.dataset import load_prepared
 from training.loop import Trainer
+from training.recipe import TrainConfig
 
 pytestmark = [
     pytest.mark.gpu,

@@ -5,14 +5,21 @@ import sys
 import numpy as np
 import pytest
 
+from model.checkpoint import load_checkpoint
+from model.documents import truncate_at_separator
 from model.vocab import Vocabulary
-from training import data
-from training.data import PrepareConfig, PreparedMeta, load_prepared, prepare
-from training.errors import DataError
+from training import prepare as prepare_module
+from training.dataset import load_prepared
+from training.loop import Trainer
+from training.prepare import SEPARATOR, PrepareConfig, line_documents, prepare, text_chunks
+from training.recipe import TrainConfig
+from training.sources import DataError, open_corpus
 
 # Tiny corpora: no minimum length beyond one character per split, and chunks of a few
 # characters so every test crosses chunk boundaries.
 SMALL = PrepareConfig(min_chars=1, min_val_chars=1, chunk_chars=7)
+DOC_SMALL = PrepareConfig(min_chars=1, min_val_chars=1, chunk_chars=3)  # chunks cut lines
+SEP = SEPARATOR
 
 
 def _write(path, text):
@@ -139,7 +146,7 @@ def test_failure_while_writing_keeps_the_old_data(tmp_path, monkeypatch):
     def crash(*args):
         raise OSError("disk full")
 
-    monkeypatch.setattr(data, "write_json", crash)
+    monkeypatch.setattr(prepare_module, "write_json", crash)
     with pytest.raises(OSError, match="disk full"):
         prepare([_write(tmp_path / "new.txt", "new text\n")], out, SMALL, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new.txt", "old.txt", "out"]
@@ -158,57 +165,6 @@ def test_replaces_prepared_data_but_nothing_else(tmp_path):
     with pytest.raises(DataError, match="mine: exists and is not a prepared-data directory"):
         prepare([str(tmp_path / "a.txt")], tmp_path / "mine", SMALL, progress=False)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
-
-
-@pytest.fixture
-def prepared(tmp_path):
-    out = tmp_path / "out"
-    prepare([_write(tmp_path / "t.txt", "some text to load\n")], out, SMALL, progress=False)
-    return out
-
-
-def _edit_meta(path, **changes):
-    meta = json.loads((path / "meta.json").read_text())
-    meta.update(changes)
-    (path / "meta.json").write_text(json.dumps(meta))
-
-
-def test_load_errors(prepared, tmp_path):
-    with pytest.raises(DataError, match="nowhere: no prepared-data directory"):
-        load_prepared(tmp_path / "nowhere")
-    with pytest.raises(DataError, match=r"no meta\.json"):
-        load_prepared(tmp_path)
-    (prepared / "train.bin").write_bytes(b"\0" * 3)
-    with pytest.raises(DataError, match=r"train\.bin: 3 bytes, but meta.json says 16 ids"):
-        load_prepared(prepared)
-
-
-@pytest.mark.parametrize(
-    ("changes", "message"),
-    [
-        ({"format": "something-else"}, "not a charrnn-data file"),
-        ({"version": 2}, "format version 2 is not supported"),
-        ({"dtype": "uint16"}, "malformed.*does not fit"),
-        ({"vocab": {"chars": "abc"}}, "malformed"),
-        ({"train_size": None}, "malformed"),
-        ({"source_chars": 1}, "malformed.*source_chars"),
-    ],
-)
-def test_load_rejects_other_meta(prepared, changes, message):
-    _edit_meta(prepared, **changes)
-    with pytest.raises(DataError, match=message):
-        load_prepared(prepared)
-
-
-def test_load_rejects_garbled_meta(prepared):
-    (prepared / "meta.json").write_text('{"format": "charrnn-data", ')
-    with pytest.raises(DataError, match=r"meta\.json: not valid JSON"):
-        load_prepared(prepared)
-
-
-def test_meta_json_round_trip():
-    meta = PreparedMeta(Vocabulary(("a", "\ufffd"), unknown="\ufffd"), 9, 1, "x", 0.1, 4)
-    assert PreparedMeta.from_json(meta.to_json()) == meta
 
 
 @pytest.mark.parametrize(
@@ -231,3 +187,104 @@ def test_config_validation(changes):
     PrepareConfig(encoding="Latin-1")
     with pytest.raises(ValueError):
         PrepareConfig(**changes)
+
+
+def _joined(paths, documents, chunk_chars=3):
+    with open_corpus([str(p) for p in paths], "utf-8", "*") as corpus:
+        return "".join(t for t, _ in text_chunks(corpus, chunk_chars, documents))
+
+
+def _decoded_dir(out):
+    corpus = load_prepared(out)
+    return corpus.vocab.decode([*corpus.train.tolist(), *corpus.val.tolist()]), corpus
+
+
+def test_each_file_is_a_document(tmp_path):
+    (tmp_path / "a.txt").write_text("first\ndoc")
+    (tmp_path / "b.txt").write_text("")  # no document
+    (tmp_path / "c.txt").write_text("second\n")
+    assert _joined([tmp_path], "file") == f"{SEP}first\ndoc{SEP}second\n"
+
+
+@pytest.mark.parametrize("chunk_chars", [1, 2, 3, 100])
+def test_each_nonempty_line_is_a_document(tmp_path, chunk_chars):
+    (tmp_path / "a.txt").write_bytes(b"one\r\ntwo\n\n\r\nthree\rx\nlast")
+    (tmp_path / "b.txt").write_bytes(b"next file\r")
+    joined = _joined([tmp_path], "line", chunk_chars)
+    assert joined == f"{SEP}one{SEP}two{SEP}three\rx{SEP}last{SEP}next file"
+
+
+def test_separators_in_the_text_become_u_fffd(tmp_path):
+    (tmp_path / "a.txt").write_text(f"a{SEP}b\nc")
+    assert _joined([tmp_path / "a.txt"], "file") == f"{SEP}a\ufffdb\nc"
+    assert _joined([tmp_path / "a.txt"], "line") == f"{SEP}a\ufffdb{SEP}c"
+
+
+def test_unknown_mode_is_refused(tmp_path):
+    (tmp_path / "a.txt").write_text("a")
+    with (
+        open_corpus([str(tmp_path / "a.txt")], "utf-8", "*") as corpus,
+        pytest.raises(ValueError, match="documents must be one of"),
+    ):
+        text_chunks(corpus, 3, "page")
+    with pytest.raises(ValueError, match="documents must be one of"):
+        PrepareConfig(documents="page")
+
+
+def test_prepare_records_the_separator(tmp_path):
+    for name, text in [("a.txt", "ab\n"), ("b.txt", "ba\n"), ("c.txt", "abba\n")]:
+        (tmp_path / name).write_text(text)
+    config = PrepareConfig(min_chars=1, min_val_chars=1, chunk_chars=3, documents="file")
+    meta = prepare([str(tmp_path / n) for n in ("a.txt", "b.txt", "c.txt")], tmp_path / "o", config)
+    text, corpus = _decoded_dir(tmp_path / "o")
+    assert text == f"{SEP}ab\n{SEP}ba\n{SEP}abba\n"
+    assert corpus.vocab.separator == SEP and corpus.vocab.unknown is None
+    assert (meta.documents, meta.document_count) == ("file", 3)
+    assert corpus.meta["separator"] == SEP and corpus.meta["document_count"] == 3
+    assert corpus.meta["vocab"]["separator"] == SEP
+
+
+def test_a_vocabulary_cut_keeps_the_separator(tmp_path):
+    # Two documents: the separator is the rarest character, yet survives both limits.
+    (tmp_path / "a.txt").write_text("aaaaabbbbbcc\n")
+    (tmp_path / "b.txt").write_text("aaaaabbbbbz\n")
+    config = PrepareConfig(min_chars=1, min_val_chars=1, documents="file", min_count=3)
+    prepare([str(tmp_path / "a.txt"), str(tmp_path / "b.txt")], tmp_path / "o", config)
+    text, corpus = _decoded_dir(tmp_path / "o")
+    assert corpus.vocab.chars == ("a", "b", SEP, "\ufffd")
+    assert text == f"{SEP}aaaaabbbbb\ufffd\ufffd\ufffd{SEP}aaaaabbbbb\ufffd\ufffd"
+    assert corpus.meta["unknown_count"] == 5
+    config = PrepareConfig(min_chars=1, min_val_chars=1, documents="file", max_vocab=3)
+    prepare([str(tmp_path / "a.txt"), str(tmp_path / "b.txt")], tmp_path / "o", config)
+    assert load_prepared(tmp_path / "o").vocab.chars == ("a", SEP, "\ufffd")
+    with pytest.raises(DataError, match="leaves no character"):
+        config = PrepareConfig(min_chars=1, min_val_chars=1, documents="file", max_vocab=2)
+        prepare([str(tmp_path / "a.txt")], tmp_path / "o", config)
+
+
+def test_line_documents_report_input_bytes(tmp_path):
+    (tmp_path / "a.txt").write_bytes(b"ab\ncd\n")
+    with open_corpus([str(tmp_path / "a.txt")], "utf-8", "*") as corpus:
+        assert sum(n for _, n in line_documents(corpus, 4)) == 6
+
+
+def test_the_separator_travels_into_checkpoints(tmp_path):
+    (tmp_path / "lines.txt").write_text("the cat sat\non the mat\n" * 30)
+    config = PrepareConfig(min_chars=1, min_val_chars=1, documents="line")
+    prepare([str(tmp_path / "lines.txt")], tmp_path / "data", config)
+    corpus = load_prepared(tmp_path / "data")
+    train = TrainConfig(
+        tmp_path / "data",
+        tmp_path / "run",
+        hidden_size=16,
+        batch_size=2,
+        seq_len=8,
+        max_steps=2,
+        threads=1,
+        sample_length=5,
+    )
+    Trainer(train, corpus, progress=False).run()
+    checkpoint = load_checkpoint(tmp_path / "run" / "best.safetensors")
+    assert checkpoint.vocab.separator == SEP and checkpoint.vocab == corpus.vocab
+    text, ended = truncate_at_separator(f"on the{SEP}cat", checkpoint.vocab)
+    assert (text, ended) == ("on the", True)

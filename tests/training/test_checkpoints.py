@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,10 +11,10 @@ import pytest
 import torch
 
 from model.checkpoint import load_checkpoint
-from training.__main__ import main
-from training.config import TrainConfig
-from training.data import load_prepared
+from training.cli import main
+from training.dataset import load_prepared
 from training.loop import Trainer, TrainHooks
+from training.recipe import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -112,6 +113,37 @@ def test_resume_refuses_a_different_shape_or_an_inference_checkpoint(tmp_path, d
     best = load_checkpoint(tmp_path / "run" / "best.safetensors")
     with pytest.raises(ValueError, match="no training state"):
         Trainer(config, corpus, resume=best)
+
+
+def test_checkpoints_hold_no_absolute_path_and_resume_after_the_project_moves(tmp_path, data_dir):
+    root = tmp_path / "project"
+    shutil.copytree(data_dir, root / "data")
+    run = root / "runs" / "a"
+    config = _config(root / "data", run, max_steps=4, sample_length=0)
+    Trainer(config, load_prepared(root / "data"), progress=False).run()
+    for name in ("last.safetensors", "best.safetensors"):
+        info = load_checkpoint(run / name).info
+        assert info["train_config"]["data_dir"] == "../../data"
+        assert info["train_config"]["out_dir"] == "."
+        assert str(tmp_path) not in json.dumps(info)
+    moved = tmp_path / "elsewhere"
+    shutil.move(root, moved)
+    with (moved / "runs" / "a" / "metrics.jsonl").open("a") as file:
+        file.write("[1, 2]\n")  # a damaged line: skipped, and dropped by the resume
+    argv = ["train", "--resume", str(moved / "runs" / "a"), "--max-steps", "6", "--no-progress"]
+    assert main(argv) == 0  # the data found from the checkpoint's own directory
+    resumed = load_checkpoint(moved / "runs" / "a" / "last.safetensors")
+    assert resumed.info["step"] == 6
+    assert resumed.info["train_config"]["data_dir"] == "../../data"
+    steps = [json.loads(line)["step"] for line in (moved / "runs" / "a" / "metrics.jsonl").open()]
+    assert steps == [4, 6]
+
+
+def test_the_shipped_checkpoint_holds_no_absolute_path():
+    info = load_checkpoint(ROOT / "checkpoints" / "shakespeare.safetensors").info
+    paths = info["train_config"]["data_dir"], info["train_config"]["out_dir"]
+    assert paths == ("../../data/shakespeare", ".")
+    assert not any(Path(text).is_absolute() for text in json.dumps(info).split('"'))
 
 
 @pytest.mark.slow

@@ -1,21 +1,35 @@
-"""What a training checkpoint holds beyond the weights: the counters of the run, and the
-optimizer, RNG and hidden state an exact resume needs (all saved as tensors and JSON by
-model.checkpoint, never pickled)."""
+"""Pipeline stage 4, training: what a run's checkpoints hold beyond the weights, and how a
+run continues from one (`train --resume`).
+
+A checkpoint's `info` says how its weights came about (the training config, validation
+loss, corpus name and size, steps); last.safetensors also holds the training state an exact
+resume needs: the run's counters and the optimizer, RNG and hidden state (all saved as
+tensors and JSON by model.checkpoint, never pickled).
+
+Checkpoints travel (the shipped model is one), so they record no absolute path of the
+machine that trained them: `info["train_config"]` holds `out_dir` as "." (the run
+directory, where the checkpoint was written) and `data_dir` relative to the run directory,
+e.g. "../data/shakespeare" (its name alone where no relative path exists, as across Windows
+drives). A resumed run finds its data from the checkpoint's directory that way.
+"""
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from model.checkpoint import Checkpoint, CheckpointError
-from model.network import Hidden
+from model.network import CharRNN, Hidden
 from training.batches import BatchPosition
-from training.config import FIXED_ON_RESUME, TrainConfig
-from training.data import PreparedCorpus
+from training.dataset import PreparedCorpus
+from training.recipe import FIXED_ON_RESUME, TrainConfig
 
 STATE_FORMAT = "charrnn-train-state"
 STATE_VERSION = 1
@@ -77,12 +91,14 @@ def training_state(
     hidden: Hidden,
     rank_rngs: list[dict[str, Any]] | None = None,
     grad_scaler: dict[str, Any] | None = None,
+    average: tuple[dict[str, Tensor], int] | None = None,
 ) -> dict[str, Any]:
     """The checkpoint's training_state: everything but the weights that the next step
     depends on. `hidden` is the state carried into the next batch, (L, B, H) each, all
     ranks' columns together in a data-parallel run. `rank_rngs`: every rank's RNG states
     in a data-parallel run (default: this process's). `grad_scaler`: the loss scale of
-    mixed precision."""
+    mixed precision. `average`: with a weight average (whose weights the checkpoint's
+    are), the raw weights the optimizer continues from and the average's update count."""
     rank_rngs = rank_rngs or [rng_state()]
     state = {
         "format": STATE_FORMAT,
@@ -96,17 +112,24 @@ def training_state(
         state["other_rngs"] = rank_rngs[1:]
     if grad_scaler is not None:
         state["grad_scaler"] = grad_scaler
+    if average is not None:
+        raw_weights, updates = average
+        state["weight_average"] = {"raw_weights": raw_weights, "updates": updates}
     return state
 
 
-def resumed_config(checkpoint: Checkpoint, **changes: Any) -> TrainConfig:
-    """The config of the run that wrote `checkpoint`, with `changes` (a longer max_steps, a
-    new out_dir, ...). Raises CheckpointError when it holds none, ValueError for bad changes."""
+def resumed_config(checkpoint: Checkpoint, run_dir: Path, **changes: Any) -> TrainConfig:
+    """The config of the run that wrote `checkpoint`, found in `run_dir`, with `changes` (a
+    longer max_steps, a new out_dir, ...): its recorded data_dir is taken relative to
+    `run_dir` (an absolute one stays as it is). Raises CheckpointError when it holds none,
+    ValueError for bad changes."""
     try:
         saved = TrainConfig.from_json(checkpoint.info["train_config"])
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"no usable training config in the checkpoint ({error})") from None
-    return saved.with_changes(**changes)
+    run_dir = Path(run_dir).resolve()
+    located = {"data_dir": (run_dir / saved.data_dir).resolve(), "out_dir": run_dir}
+    return saved.with_changes(**(located | changes))
 
 
 def check_resumable(checkpoint: Checkpoint, config: TrainConfig, corpus: PreparedCorpus) -> None:
@@ -134,39 +157,55 @@ def check_resumable(checkpoint: Checkpoint, config: TrainConfig, corpus: Prepare
 
 @dataclass(frozen=True)
 class RestoredState:
-    """What a resumed run continues from, besides the weights and the optimizer."""
+    """What a resumed run continues from, besides the raw weights and the optimizer."""
 
     counters: RunCounters
     hidden: Hidden  # the full state, each (L, B, H), on the training device
     rng: dict[str, Any] | None  # this rank's RNG states; None: the world size changed
     grad_scaler: dict[str, Any] | None  # the loss scale of a mixed-precision run
+    average: tuple[dict[str, Tensor], int] | None  # the weight average's weights, updates
 
 
-def restore_training_state(
-    state: dict[str, Any],
+def restore_run(
+    checkpoint: Checkpoint,
+    config: TrainConfig,
+    corpus: PreparedCorpus,
+    model: CharRNN,
     optimizer: torch.optim.Optimizer,
     device: torch.device,
     rank: int = 0,
     world_size: int = 1,
 ) -> RestoredState:
-    """Load the optimizer from `state` and return the rest (the RNG states are for
-    `set_rng_state` when the run starts). A run resumed on another number of processes
-    gets no RNG states: its dropout streams cannot continue, and start afresh. Raises
-    ValueError for a state this code did not write."""
+    """Continue `checkpoint`'s run: check that `config` and `corpus` can (check_resumable),
+    load the raw weights into `model` and the optimizer's state into `optimizer`, and return
+    the rest (the RNG states are for `set_rng_state` when the run starts). A run resumed on
+    another number of processes gets no RNG states: its dropout streams cannot continue,
+    and start afresh. Raises ValueError for a state this code did not write."""
+    check_resumable(checkpoint, config, corpus)
+    state = checkpoint.training_state
     if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
         raise ValueError(
             f"training state of format {state.get('format')!r} version {state.get('version')!r};"
             f" this build resumes {STATE_FORMAT!r} version {STATE_VERSION}"
         )
+    # With an average, the checkpoint's weights are the average's and the training state
+    # holds the raw ones the optimizer continues from.
+    saved_average = state.get("weight_average")
+    model.load_state_dict(
+        checkpoint.weights if saved_average is None else saved_average["raw_weights"]
+    )
     try:
         counters = RunCounters.from_json(state["counters"])
         optimizer.load_state_dict(state["optimizer"])
         hidden = tuple(h.to(device) for h in state["hidden"])
         rank_rngs = [state["rng"], *state.get("other_rngs", [])]
         rng = dict(rank_rngs[rank]) if len(rank_rngs) == world_size else None
+        average = None
+        if saved_average is not None:
+            average = (checkpoint.weights, int(saved_average["updates"]))
     except (KeyError, TypeError, RuntimeError) as error:
         raise ValueError(f"damaged training state: {error}") from error
-    return RestoredState(counters, hidden, rng, state.get("grad_scaler"))
+    return RestoredState(counters, hidden, rng, state.get("grad_scaler"), average)
 
 
 def rng_state() -> dict[str, Any]:
@@ -213,7 +252,7 @@ def checkpoint_info(
     validation loss is the latest evaluation's (nats/char)."""
     val_loss = counters.last_val_loss
     return {
-        "train_config": config.to_json(),
+        "train_config": config.to_json() | relative_paths(config),
         "val_loss": val_loss,
         "val_bits_per_char": None if val_loss is None else val_loss / math.log(2),
         "step": counters.step,
@@ -224,3 +263,13 @@ def checkpoint_info(
         "elapsed_seconds": elapsed_seconds,
         "torch_version": torch.__version__,
     }
+
+
+def relative_paths(config: TrainConfig) -> dict[str, str]:
+    """`data_dir` and `out_dir` as a checkpoint records them: relative to the run directory
+    (see the module docstring), with "/" separators on every system."""
+    try:
+        data_dir = Path(os.path.relpath(config.data_dir, config.out_dir)).as_posix()
+    except ValueError:  # on another drive (Windows): no relative path leads there
+        data_dir = config.data_dir.name
+    return {"data_dir": data_dir, "out_dir": "."}

@@ -1,18 +1,42 @@
-"""The training recipe: every default of a training run in one place, checked on creation."""
+"""The training recipe: every setting of a training run in one place (TrainConfig, checked on
+creation), the named presets, and the two things the recipe builds: the optimizer and the
+learning-rate schedule.
+
+The schedule is a pure function of the step, so a resumed run needs only the step (and a
+measured horizon, when there is one) to continue it.
+
+    lr ▲   warm-up    cosine decay
+       │    ╱‾‾‾‾‾‾‾‾──╮__
+       │   ╱              ‾‾──╮__
+       │  ╱                      ‾‾──────── min_lr_ratio · lr  (held after the horizon)
+       └──┴────────────────────────────┴──▶ step
+          warmup_steps               horizon
+
+The horizon is the step at which the decay ends: the smallest of max_steps and
+max_epochs × batches per epoch, and, with max_minutes, an estimate of the steps that fit
+in the time (see `estimate_horizon`). Until that estimate exists — the first
+HORIZON_PROBE_STEPS steps, normally still inside the warm-up — a run limited by time alone
+holds the peak rate.
+"""
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from model.config import ModelConfig
 from model.device import DEVICE_CHOICES
-from model.network import LSTM_IMPLS
-from training.precision import PRECISIONS
+from model.network import LSTM_IMPLS, CharRNN
 
 OPTIMIZERS: tuple[str, ...] = ("adamw", "adam", "nadam")
+# fp32 everywhere; bf16 and fp16 are mixed precision on CUDA (training.step)
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 SCHEDULES: tuple[str, ...] = ("cosine", "constant")
 LSTM_IMPL_CHOICES: tuple[str, ...] = ("auto", *LSTM_IMPLS)
 # What a resumed run cannot change: the weights' shapes, the optimizer state's meaning, and
@@ -27,12 +51,15 @@ FIXED_ON_RESUME: tuple[str, ...] = (
     "optimizer",
 )
 
+# Steps timed to estimate a time-limited run's horizon. The first step is left out of the
+# timing: it pays for one-off allocations (and cuDNN's algorithm search on a GPU).
+HORIZON_PROBE_STEPS = 20
 # Fields added after runs were saved without them, and the value that means what those runs
 # did, so that such a run resumes as it was (not with today's default).
 _BEFORE_THE_FIELD: dict[str, Any] = {"ema_decay": 0.0}
 
 # Named starting points (`train --preset NAME`); flags given next to a preset override it.
-# "default" is TrainConfig's own defaults: the 2×256 model, dropout 0.5, the tuned recipe.
+# "default" is TrainConfig's own defaults: the model's 2×256 LSTM, dropout 0.5, the tuned recipe.
 # "quality": a larger network for a longer run (benchmarks/results/time_to_loss_quality.md).
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
@@ -61,11 +88,11 @@ class TrainConfig:
 
     data_dir: Path  # a prepared-data directory (`python -m training prepare`)
     out_dir: Path  # the run directory: config, metrics, checkpoints, loss plot
-    # The network (model.config.ModelConfig).
-    hidden_size: int = 256  # units per recurrent layer
-    num_layers: int = 2  # stacked recurrent layers
-    dropout: float = 0.5  # between the layers and before the output layer
-    cell: str = "lstm"  # "lstm", "gru" or "rnn"
+    # The network: its defaults are the model's own (model.config.ModelConfig).
+    hidden_size: int = ModelConfig.hidden_size  # units per recurrent layer
+    num_layers: int = ModelConfig.num_layers  # stacked recurrent layers
+    dropout: float = ModelConfig.dropout  # between the layers and before the output layer
+    cell: str = ModelConfig.cell  # "lstm", "gru" or "rnn"
     # The LSTM forget gates' bias at initialisation (0: PyTorch's uniform init untouched).
     forget_bias: float = 0.0
     # Batches (training.batches).
@@ -73,7 +100,7 @@ class TrainConfig:
     # 32: at a fixed wall-clock budget, more (shorter) updates beat longer windows
     # (benchmarks/results/recipe_sweep_10min_*.md); the state still carries across batches.
     seq_len: int = 32  # steps of backpropagation through time per batch
-    # Optimizer (training.optimizer).
+    # Optimizer (build_optimizer, below).
     lr: float = 1e-2  # peak rate after the warm-up (best of benchmarks/recipe_sweep.py)
     optimizer: str = "adamw"  # "adamw" (decoupled weight decay), "adam" or "nadam" (Nesterov)
     # On the weight matrices only, never the biases. At the same 3800 steps: 0 gave 1.5185,
@@ -82,16 +109,16 @@ class TrainConfig:
     # beta2 0.99 rather than 0.999: the second moment follows a character model's quickly
     # shrinking gradients more closely.
     betas: tuple[float, float] = (0.9, 0.99)
-    # Learning-rate schedule (training.schedule).
+    # Learning-rate schedule (learning_rate, below).
     schedule: str = "cosine"  # "cosine": decay to min_lr_ratio·lr at the horizon; "constant"
     warmup_steps: int = 100  # linear warm-up from lr/warmup_steps to lr (0: none)
     min_lr_ratio: float = 0.1  # the cosine's floor as a fraction of lr
     grad_clip: float | None = 1.0  # max global gradient norm; None: no clipping
-    # Evaluate, sample and save an exponential moving average of the weights with this
-    # decay (training.averaging); 0: the raw weights. At 3800 steps: 1.5054 against 1.5097.
+    # Evaluate, sample and save an exponential moving average of the weights with this decay
+    # (training.step.WeightAverage); 0: the raw weights. At 3800 steps: 1.5054 against 1.5097.
     ema_decay: float = 0.99
     # Limits; None: no limit from that one. The first to come stops the run, and the
-    # smallest known in steps is the cosine's horizon (max_minutes: measured, see schedule).
+    # smallest known in steps is the cosine's horizon (max_minutes: measured, see below).
     max_epochs: int | None = None  # passes over the training split
     max_steps: int | None = None  # optimizer steps
     max_minutes: float | None = None  # wall-clock, evaluations included, summed over resumes
@@ -105,7 +132,7 @@ class TrainConfig:
     lstm_impl: str = "auto"  # "fused" (hand-written, CPU), "torch" (cuDNN); auto: by device
     threads: int | None = None  # torch.set_num_threads during training; None: leave as is
     # "fp32"; on CUDA also "bf16" or "fp16" (autocast and loss scaling), which need the
-    # "torch" recurrence (training.precision)
+    # "torch" recurrence (training.step.MixedPrecision)
     precision: str = "fp32"
     # The sample shown and logged at each evaluation.
     sample_prime: str = ""  # "" starts as after a newline (documents: at a document's start)
@@ -193,3 +220,78 @@ def _at_least(config: TrainConfig, low: int, *names: str, optional: bool = False
 def _choice(value: str, choices: tuple[str, ...], name: str) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def build_optimizer(model: CharRNN, config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam(W) or NAdam with weight decay on the matrices only: decaying biases only
+    hurts. NAdam's decay is decoupled, as AdamW's."""
+    matrices = [p for p in model.parameters() if p.dim() >= 2]
+    vectors = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": matrices}, {"params": vectors}]
+    kinds = {
+        "adamw": torch.optim.AdamW,
+        "adam": torch.optim.Adam,
+        "nadam": partial(torch.optim.NAdam, decoupled_weight_decay=True),
+    }
+    optimizer = kinds[config.optimizer](groups, lr=config.lr)
+    set_hyperparameters(optimizer, config)
+    return optimizer
+
+
+def set_hyperparameters(optimizer: torch.optim.Optimizer, config: TrainConfig) -> None:
+    matrices, vectors = optimizer.param_groups
+    for group in (matrices, vectors):
+        group["betas"] = config.betas
+    matrices["weight_decay"], vectors["weight_decay"] = config.weight_decay, 0.0
+
+
+def learning_rate(step: int, config: TrainConfig, horizon: int | None) -> float:
+    """The rate for step `step` (0-based: the step about to run)."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.schedule == "constant" or horizon is None:
+        return config.lr
+    decay_steps = max(1, horizon - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / decay_steps)
+    min_lr = config.lr * config.min_lr_ratio
+    return min_lr + 0.5 * (config.lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def planned_horizon(
+    config: TrainConfig, batches_per_epoch: int, estimate: int | None = None
+) -> int | None:
+    """The decay's last step from the limits known in steps, and the time estimate if
+    there is one. None: time is the only limit and it has not been measured yet."""
+    candidates = [estimate]
+    if config.max_steps is not None:
+        candidates.append(config.max_steps)
+    if config.max_epochs is not None:
+        candidates.append(config.max_epochs * batches_per_epoch)
+    known = [c for c in candidates if c is not None]
+    return min(known) if known else None
+
+
+def estimate_horizon(
+    step: int, elapsed_seconds: float, seconds_per_step: float, max_minutes: float
+) -> int:
+    """Steps that fit in `max_minutes`: those done, plus the time left over the measured
+    step time. Evaluations are not in the measurement, so with frequent evaluations this
+    overshoots a little and the run ends on the clock slightly before the decay does."""
+    remaining = max(0.0, max_minutes * 60.0 - elapsed_seconds)
+    return step + max(1, int(remaining / max(seconds_per_step, 1e-9)))
+
+
+class StepTimer:
+    """Times HORIZON_PROBE_STEPS steps of a session, from the end of its first step."""
+
+    def __init__(self, step: int):
+        self.start_step = step + 1
+        self.started = 0.0
+
+    def measure(self, step: int) -> float | None:
+        """Call after each step: the mean seconds per step once, when the probe ends."""
+        if step == self.start_step:
+            self.started = time.monotonic()
+        elif step == self.start_step + HORIZON_PROBE_STEPS:
+            return (time.monotonic() - self.started) / HORIZON_PROBE_STEPS
+        return None
