@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.engine import EngineConfig
 from app.schemas import Limits
+from model.decoding.params import DEFAULT_LENGTH
 from model.decoding.regex import RegexLimits
 from model.device import DEVICE_CHOICES
 
@@ -54,7 +55,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     max_length: int = Field(2000, ge=1, description="most characters one request may generate")
     max_prime_length: int = Field(2000, ge=0, description="most characters of one prime")
-    default_length: int = Field(200, ge=1, description="characters generated when none are asked")
+    default_length: int = Field(
+        DEFAULT_LENGTH, ge=1, description="characters generated when none are asked"
+    )
     log_level: LogLevel = "info"
     # The decoding engine (app/engine.py): rows decoded together, and requests that may wait
     # for a row; past both, requests get 503 with Retry-After. Defaults: EngineConfig's.

@@ -11,24 +11,20 @@ the input projections come from one GEMM and the outputs feed the next layer's o
 output layer's in one. A step's (B, 4H) gate block is contiguous. Gate order is PyTorch's
 (i, f, g, o), so the parameters are nn.LSTM's own.
 
-Gate maths: "compiled" (numba, CPU tensors) or "torch" (the same maths as PyTorch ops, for
-other devices; on the CPU the recurrence ran 1.3-1.75× slower with them).
+The gate maths are compiled (model/lstm_gates.py), so the recurrence runs on the CPU only;
+other devices run PyTorch's own kernels (cuDNN): CharRNN's impl "torch".
 """
 
 from __future__ import annotations
-
-from typing import Literal
 
 import torch
 from torch import Tensor
 
 from model.lstm_gates import backward_gates, forward_gates
 
-GateMaths = Literal["compiled", "torch"]
-
 
 class LSTMRecurrence(torch.autograd.Function):
-    """(input_proj, h0, c0, weight_hh, gate_maths) → (outputs, h_T, c_T).
+    """(input_proj, h0, c0, weight_hh) → (outputs, h_T, c_T), CPU tensors.
 
     input_proj: (T, B, 4H), holding W_ih·x_t + b_ih + b_hh
     h0, c0:     (B, H)
@@ -37,7 +33,7 @@ class LSTMRecurrence(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, input_proj: Tensor, h0: Tensor, c0: Tensor, weight_hh: Tensor, gate_maths):
+    def forward(ctx, input_proj: Tensor, h0: Tensor, c0: Tensor, weight_hh: Tensor):
         steps, batch, gate_width = input_proj.shape
         hidden = gate_width // 4
         like = {"dtype": h0.dtype, "device": h0.device}
@@ -51,17 +47,11 @@ class LSTMRecurrence(torch.autograd.Function):
         # W_hhᵀ laid out once: (B, H)·(H, 4H) from a contiguous right-hand side ran ~20 %
         # faster in MKL than from the transposed view at B = 128.
         recurrent = weight_hh.t().contiguous()  # (H, 4H)
-        compiled = gate_maths == "compiled"
-        if compiled:
-            arrays = _numpy(gates, cells, hiddens, tanh_cells)
+        arrays = _numpy(gates, cells, hiddens, tanh_cells)
         for t in range(steps):
             torch.addmm(input_proj[t], hiddens[t], recurrent, out=gates[t])  # (B, 4H)
-            if compiled:
-                forward_gates(arrays[0], t, *arrays[1:])
-            else:
-                _forward_torch(t, gates, cells, hiddens, tanh_cells)
+            forward_gates(arrays[0], t, *arrays[1:])
         ctx.save_for_backward(gates, cells, hiddens, tanh_cells, weight_hh)
-        ctx.gate_maths = gate_maths
         return hiddens[1:].clone(), hiddens[steps].clone(), cells[steps].clone()
 
     @staticmethod
@@ -75,17 +65,12 @@ class LSTMRecurrence(torch.autograd.Function):
         grad_c = (zeros if grad_c_last is None else grad_c_last).clone()  # updated in place
         if grad_outputs is not None:
             grad_h = grad_h + grad_outputs[steps - 1]
-        compiled = ctx.gate_maths == "compiled"
-        if compiled:
-            gates_, cells_, tanh_cells_, grad_gates_, grad_c_ = _numpy(
-                gates, cells, tanh_cells, grad_gates, grad_c
-            )
+        gates_, cells_, tanh_cells_, grad_gates_, grad_c_ = _numpy(
+            gates, cells, tanh_cells, grad_gates, grad_c
+        )
         for t in reversed(range(steps)):
-            if compiled:
-                grad_h_ = grad_h.detach().numpy()
-                backward_gates(gates_, t, cells_, tanh_cells_, grad_h_, grad_c_, grad_gates_)
-            else:
-                _backward_torch(t, gates, cells, tanh_cells, grad_h, grad_c, grad_gates)
+            grad_h_ = grad_h.detach().numpy()
+            backward_gates(gates_, t, cells_, tanh_cells_, grad_h_, grad_c_, grad_gates_)
             # dh_{t-1} = dL/dout_{t-1} + dgates_t·W_hh: (B, 4H)·(4H, H)
             if grad_outputs is not None and t > 0:
                 grad_h = torch.addmm(grad_outputs[t - 1], grad_gates[t], weight_hh)
@@ -96,48 +81,19 @@ class LSTMRecurrence(torch.autograd.Function):
             # Σ_t dgates_tᵀ·h_{t-1} as one GEMM: (4H, T·B)·(T·B, H)
             previous = hiddens[:-1].view(steps * batch, hidden)
             grad_weight_hh = grad_gates.view(steps * batch, gate_width).t() @ previous
-        return grad_gates, grad_h, grad_c, grad_weight_hh, None
+        return grad_gates, grad_h, grad_c, grad_weight_hh
 
 
 def lstm_recurrence(
-    input_proj: Tensor,
-    h0: Tensor,
-    c0: Tensor,
-    weight_hh: Tensor,
-    gate_maths: GateMaths | None = None,
+    input_proj: Tensor, h0: Tensor, c0: Tensor, weight_hh: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Run one LSTM layer over precomputed input projections; see LSTMRecurrence.
-    gate_maths None: compiled on the CPU, PyTorch ops elsewhere."""
-    if gate_maths is None:
-        gate_maths = "compiled" if input_proj.device.type == "cpu" else "torch"
-    return LSTMRecurrence.apply(input_proj, h0, c0, weight_hh, gate_maths)
+    """Run one LSTM layer over precomputed input projections (CPU tensors); see
+    LSTMRecurrence. Raises ValueError on another device."""
+    if input_proj.device.type != "cpu":
+        raise ValueError("the fused LSTM kernel runs on the CPU; use impl 'torch' elsewhere")
+    return LSTMRecurrence.apply(input_proj, h0, c0, weight_hh)
 
 
 def _numpy(*tensors: Tensor) -> tuple:
     """NumPy views sharing the tensors' memory, made once per pass, not per step."""
     return tuple(t.detach().numpy() for t in tensors)
-
-
-def _forward_torch(t, gates, cells, hiddens, tanh_cells) -> None:
-    """model.lstm_gates.forward_gates as PyTorch ops."""
-    i, f, g, o = gates[t].chunk(4, dim=1)  # each (B, H)
-    i.sigmoid_()
-    f.sigmoid_()
-    g.tanh_()
-    o.sigmoid_()
-    torch.addcmul(f * cells[t], i, g, out=cells[t + 1])
-    torch.tanh(cells[t + 1], out=tanh_cells[t])
-    torch.mul(o, tanh_cells[t], out=hiddens[t + 1])
-
-
-def _backward_torch(t, gates, cells, tanh_cells, grad_h, grad_c, grad_gates) -> None:
-    """model.lstm_gates.backward_gates as PyTorch ops."""
-    i, f, g, o = gates[t].chunk(4, dim=1)
-    tanh_cell = tanh_cells[t]
-    grad_c.addcmul_(grad_h, o * (1 - tanh_cell * tanh_cell))
-    grad_i, grad_f, grad_g, grad_o = grad_gates[t].chunk(4, dim=1)
-    torch.mul(grad_c, g * i * (1 - i), out=grad_i)
-    torch.mul(grad_c, cells[t] * f * (1 - f), out=grad_f)
-    torch.mul(grad_c, i * (1 - g * g), out=grad_g)
-    torch.mul(grad_h, tanh_cell * o * (1 - o), out=grad_o)
-    grad_c.mul_(f)

@@ -36,10 +36,6 @@ class CharRNN(nn.Module):
             config.vocab_size, config.hidden_size, config.num_layers, dropout=between_layers
         )
         self.head = nn.Linear(config.hidden_size, config.vocab_size)
-        # How the recurrence runs, not what it computes: "fused" gathers the first layer's
-        # input and runs the hand-written kernel (CPU); "torch" feeds an explicit one-hot
-        # to PyTorch's own kernels (cuDNN on GPU). Both give the same function.
-        self.impl: LstmImpl = "fused"
 
     def init_hidden(self, batch_size: int, device: torch.device | str | None = None) -> Hidden:
         """A zero state for `batch_size` independent streams."""
@@ -51,13 +47,22 @@ class CharRNN(nn.Module):
             for _ in range(count)
         )
 
-    def forward(self, ids: Tensor, hidden: Hidden | None = None) -> tuple[Tensor, Hidden]:
-        """ids (B, T) int64 → logits (B, T, V) and the state after the last step."""
+    def forward(
+        self, ids: Tensor, hidden: Hidden | None = None, impl: LstmImpl | None = None
+    ) -> tuple[Tensor, Hidden]:
+        """ids (B, T) int64 → logits (B, T, V) and the state after the last step.
+
+        `impl` says how the recurrence runs, not what it computes: "fused" gathers the first
+        layer's input and runs the hand-written kernel (CPU); "torch" feeds an explicit
+        one-hot to PyTorch's own kernels (cuDNN on GPU). None: preferred_impl(device)."""
         if hidden is None:
             hidden = self.init_hidden(ids.shape[0], ids.device)
+        impl = impl or preferred_impl(self.head.weight.device)
         ids_time_major = ids.t()  # (T, B): the recurrence walks the first axis
-        if self.impl == "torch":
+        if impl == "torch":
             outputs, hidden = self._library_layers(ids_time_major, hidden)
+        elif impl != "fused":
+            raise ValueError(f"impl must be one of {', '.join(LSTM_IMPLS)}, got {impl!r}")
         elif self.config.cell == "lstm":
             outputs, hidden = self._fused_lstm(ids_time_major, hidden)
         else:
@@ -178,6 +183,12 @@ class CharRNN(nn.Module):
 
     def _between_layers(self, outputs: Tensor) -> Tensor:
         return dropout(outputs, self.config.dropout, self.training)
+
+
+def preferred_impl(device: torch.device) -> LstmImpl:
+    """The recurrence to run on a device: the hand-written kernel on the CPU, cuDNN (or
+    PyTorch's own kernels) elsewhere."""
+    return "fused" if device.type == "cpu" else "torch"
 
 
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:

@@ -7,6 +7,7 @@ one `error: ...` line on stderr and exit status 2.
     train    a prepared-data directory → a run directory   (training.cli_train)
     eval     a checkpoint's loss in nats and bits per char on text files (training.evaluate)
     sample   a checkpoint's text, streamed to stdout       (training.inference)
+    score    each character's surprisal under a checkpoint  (training.inference)
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ from model.checkpoint import load_checkpoint
 from model.device import resolve_device
 from training.cli_train import add_train_arguments, run_train
 from training.evaluate import EVAL_SEQ_LEN, EvalResult, combine_results, evaluate_text
-from training.inference import add_sample_arguments, run_sample
+from training.inference import (
+    add_sample_arguments,
+    add_score_arguments,
+    run_sample,
+    run_score,
+)
 from training.prepare import PrepareConfig, prepare
 from training.recipe import TrainConfig
 from training.sources import DataError
@@ -35,6 +41,7 @@ def commands() -> dict[str, Command]:
         "train": (add_train_arguments, run_train, "train a model on a prepared-data directory"),
         "eval": (add_eval_arguments, run_eval, "score a checkpoint on text files"),
         "sample": (add_sample_arguments, run_sample, "generate text from a checkpoint"),
+        "score": (add_score_arguments, run_score, "each character's surprisal under a checkpoint"),
     }
 
 

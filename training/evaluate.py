@@ -16,11 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from model.checkpoint import Checkpoint
-from model.decoder import generate
-from model.device import preferred_lstm_impl
+from model.decoding.generate import SingleStream
+from model.decoding.params import GenerationParams, encode_prime
 from model.documents import document_prime
 from model.network import CharRNN, detach_hidden
-from model.sampling import SamplingConfig
 from model.vocab import Vocabulary
 from training.batches import ColumnBatches
 from training.distributed import Distributed
@@ -53,27 +52,25 @@ def total_loss(
 ) -> tuple[float, int]:
     """(summed nats, predictions) over the first `max_batches` windows (None: all), from a
     zero state carried across windows. Runs in eval mode (no dropout) through PyTorch's
-    recurrence, and restores the model's mode and implementation after."""
-    was_training, impl = model.training, model.impl
+    recurrence, and restores the model's mode after."""
+    was_training = model.training
     model.eval()
-    # Without a backward pass to run, PyTorch's own kernel is the faster one: tiny
-    # Shakespeare's validation split takes 2.0 s instead of 3.4 s through the hand-written
-    # recurrence (the same function, to float32 rounding).
-    model.impl = "torch"
     device = model.head.weight.device
     hidden = model.init_hidden(batches.batch_size, device)
     nats, count = 0.0, 0
     try:
         for index in range(min(len(batches), max_batches or len(batches))):
             inputs, targets = (t.to(device) for t in batches.window(index))  # (B, T) each
-            logits, hidden = model(inputs, hidden)  # (B, T, V)
+            # Without a backward pass to run, PyTorch's own kernel is the faster one: tiny
+            # Shakespeare's validation split takes 2.0 s instead of 3.4 s through the hand-
+            # written recurrence (the same function, to float32 rounding).
+            logits, hidden = model(inputs, hidden, "torch")  # (B, T, V)
             hidden = detach_hidden(hidden)
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum")
             nats += loss.item()  # summed in float64 on the host
             count += targets.numel()
     finally:
         model.train(was_training)
-        model.impl = impl
     return nats, count
 
 
@@ -98,19 +95,18 @@ def evaluation_sample(model: CharRNN, vocab: Vocabulary, config: TrainConfig) ->
     of documents starts it as at the start of a document."""
     if config.sample_length == 0:
         return ""
-    sampling = SamplingConfig(
+    params = GenerationParams(
+        prime=encode_prime(vocab, document_prime(config.sample_prime, vocab), skip_unknown=True),
         length=config.sample_length,
-        temperature=config.sample_temperature,
         seed=config.seed,
-        skip_unknown=True,
+        temperature=config.sample_temperature,
     )
-    prime = document_prime(config.sample_prime, vocab)
     was_training = model.training
     try:
-        text = "".join(generate(model, vocab, prime, sampling))
+        ids = [char for chunk in SingleStream(model, params) for char in chunk]
     finally:
-        model.train(was_training)  # generation switched it to eval mode
-    return config.sample_prime + text
+        model.train(was_training)  # decoding switched it to eval mode
+    return config.sample_prime + vocab.decode(ids)
 
 
 def evaluate_text(
@@ -136,7 +132,6 @@ def evaluate_text(
         )
     ids = np.asarray(vocab.encode("".join(kept)), dtype=np.int64)
     model = checkpoint.build_model(device)
-    model.impl = preferred_lstm_impl(torch.device(device))
     batches = ColumnBatches(ids, batch_size=1, seq_len=seq_len, drop_last=False)
     nats, count = total_loss(model, batches)
     return EvalResult.from_total(nats, count, len(text) - len(kept))

@@ -1,51 +1,96 @@
-"""The `sample` sub-command: stream a checkpoint's text to stdout as it is generated."""
+"""Inference from the command line, over the library the service uses (model/decoding,
+model/scoring.py), so a seed gives the same text here as from the service:
+
+    sample   a checkpoint's text, streamed to stdout, with every option of the API
+    score    how surprising each character of a text is to a checkpoint
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import sys
 from pathlib import Path
 
-from model.checkpoint import load_checkpoint
-from model.decoder import generate
-from model.device import preferred_lstm_impl, resolve_device
-from model.sampling import SamplingConfig, prime_ids, resolve_seed
+from model.checkpoint import Checkpoint, load_checkpoint
+from model.decoding.generate import DecodingFailed, SingleStream
+from model.decoding.params import (
+    DEFAULT_LENGTH,
+    MAX_LOGPROBS,
+    GenerationParams,
+    encode_logit_bias,
+    encode_prime,
+    encode_stops,
+    resolve_seed,
+)
+from model.decoding.regex import RegexLimits, compile_regex
+from model.device import resolve_device
+from model.scoring import score_text
+from model.text import NEWLINE_MODES, NEWLINES_KEEP, NEWLINES_LF, normalize_newlines
+
+FLAGS = {  # GenerationParams field → its flag, for one-line errors that name the flag
+    "top_k": "--top-k",
+    "top_p": "--top-p",
+    "min_p": "--min-p",
+    "repetition_penalty": "--repetition-penalty",
+    "repeat_last_n": "--repeat-last-n",
+    "frequency_penalty": "--frequency-penalty",
+    "presence_penalty": "--presence-penalty",
+    "logit_bias": "--logit-bias",
+    "prime": "--prime",
+}
 
 
 def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = SamplingConfig()
+    defaults = GenerationParams
     parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="a .safetensors file")
     parser.add_argument("--prime", default="", help="text to continue (default: a new paragraph)")
     parser.add_argument(
-        "--length",
-        type=int,
-        default=defaults.length,
-        help="characters to generate (default: %(default)s)",
+        "--length", type=int, default=DEFAULT_LENGTH, help="characters (default: %(default)s)"
     )
     parser.add_argument(
         "--temperature",
         type=float,
         default=defaults.temperature,
-        help="below 1 more predictable, above 1 more varied (default: %(default)s)",
+        help="0 greedy, below 1 more predictable, above 1 more varied (default: %(default)s)",
+    )
+    parser.add_argument("--top-k", type=int, default=defaults.top_k, help="0: all (default)")
+    parser.add_argument("--top-p", type=float, default=defaults.top_p, help="nucleus (default: 1)")
+    parser.add_argument(
+        "--min-p", type=float, default=defaults.min_p, help="drop chars below min_p × the top one"
     )
     parser.add_argument(
-        "--top-k",
-        type=int,
-        default=defaults.top_k,
-        help="sample only from the k most likely characters (default: all)",
-    )
-    parser.add_argument(
-        "--top-p",
+        "--repetition-penalty",
         type=float,
-        default=defaults.top_p,
-        help="sample from the smallest set reaching this probability (default: %(default)s)",
+        default=defaults.repetition_penalty,
+        help="> 1 discourages the last --repeat-last-n chars (default: 1, off)",
     )
     parser.add_argument(
-        "--seed",
+        "--repeat-last-n", type=int, default=defaults.repeat_last_n, help="(default: %(default)s)"
+    )
+    parser.add_argument("--frequency-penalty", type=float, default=defaults.frequency_penalty)
+    parser.add_argument("--presence-penalty", type=float, default=defaults.presence_penalty)
+    parser.add_argument(
+        "--logit-bias",
+        action="append",
+        default=[],
+        metavar="CHAR=BIAS",
+        help="add BIAS (-100 to 100) to CHAR's logit; -100 bans it; repeatable",
+    )
+    parser.add_argument(
+        "--stop", action="append", default=[], help="end at this string (not printed); repeatable"
+    )
+    parser.add_argument("--regex", help="the output must match this regular expression")
+    parser.add_argument(
+        "--logprobs",
         type=int,
-        default=None,
-        help="repeatable output; without it a random seed is used and printed to stderr",
+        help=f"write each generated char's log-probability and this many (0-{MAX_LOGPROBS}) "
+        "alternatives to stderr, one JSON line per char",
+    )
+    parser.add_argument(
+        "--seed", type=int, help="repeatable output; without it a seed is chosen and printed"
     )
     parser.add_argument(
         "--skip-unknown",
@@ -56,37 +101,161 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    """Write the prime and its continuation to stdout, flushing every character; the seed
-    goes to stderr when it was not given. 2 on bad input."""
+    """Write the prime and its continuation to stdout, flushing as characters come; the
+    seed goes to stderr when it was not given, and how generation ended. 2 on bad input."""
     try:
-        config = SamplingConfig(
-            length=args.length,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            seed=resolve_seed(args.seed),
-            skip_unknown=args.skip_unknown,
-        )
         device = resolve_device(args.device)
         checkpoint = load_checkpoint(args.checkpoint)
-        prime_ids(checkpoint.vocab, args.prime, args.skip_unknown)  # unknown chars fail here
+        params = sample_params(checkpoint, args)
         model = checkpoint.build_model(device)
-        model.impl = preferred_lstm_impl(device)
-    except (ValueError, OSError) as error:  # CheckpointError, OutOfVocabularyError included
-        hint = "; --skip-unknown drops them" if "vocabulary" in str(error) else ""
-        print(f"error: {' '.join(str(error).split())}{hint}", file=sys.stderr)
+    except (ValueError, OSError) as error:  # CheckpointError, ParamError included
+        print(f"error: {_one_line(error)}", file=sys.stderr)
         return 2
     if args.seed is None:
-        print(f"seed: {config.seed}", file=sys.stderr)
+        print(f"seed: {params.seed}", file=sys.stderr)
+    vocab = checkpoint.vocab
+    stream = SingleStream(model, params)
     try:
-        _write(args.prime)
-        for char in generate(model, checkpoint.vocab, args.prime, config):
-            _write(char)
+        _write(args.prime)  # as typed
+        for ids in stream:
+            _write(vocab.decode(ids))
         _write("\n")
     except BrokenPipeError:  # e.g. `| head`: the reader has all it wanted
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so the exit-time flush does not fail again
+        return 0
+    except DecodingFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    output = stream.output
+    if args.logprobs is not None:
+        for entry in output.logprobs[: output.released]:
+            top = {vocab.chars[i]: round(lp, 6) for i, lp in entry.top}
+            line = {"char": vocab.chars[entry.id], "logprob": round(entry.logprob, 6), "top": top}
+            print(json.dumps(line, ensure_ascii=False), file=sys.stderr)
+    print(f"finished: {output.finish_reason}", file=sys.stderr)
     return 0
+
+
+def sample_params(checkpoint: Checkpoint, args: argparse.Namespace) -> GenerationParams:
+    """The flags as GenerationParams; a ParamError names the flag."""
+    vocab = checkpoint.vocab
+    newlines = checkpoint.info.get("newlines")
+    if newlines not in NEWLINE_MODES:
+        newlines = NEWLINES_KEEP if "\r" in vocab else NEWLINES_LF
+    bias = {}
+    for item in args.logit_bias:
+        char, separator, value = item.rpartition("=")
+        try:
+            bias[char] = float(value)
+        except ValueError:
+            separator = ""
+        if not separator:
+            raise ValueError(f"--logit-bias: {item!r} is not CHAR=BIAS")
+    try:
+        return GenerationParams(
+            prime=encode_prime(
+                vocab, args.prime, skip_unknown=args.skip_unknown, newlines=newlines
+            ),
+            length=args.length,
+            seed=resolve_seed(args.seed),
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            min_p=args.min_p,
+            repetition_penalty=args.repetition_penalty,
+            repeat_last_n=args.repeat_last_n,
+            frequency_penalty=args.frequency_penalty,
+            presence_penalty=args.presence_penalty,
+            logit_bias=encode_logit_bias(vocab, bias),
+            stop=encode_stops(vocab, args.stop),
+            logprobs=args.logprobs,
+            regex=compile_regex(args.regex, vocab, RegexLimits()) if args.regex else None,
+        )
+    except ValueError as error:
+        field = getattr(error, "field", None)
+        if field is not None:
+            flag = FLAGS.get(field, f"--{field}")
+            raise ValueError(f"{flag}: {error.message}") from None  # type: ignore[attr-defined]
+        raise
+
+
+def add_score_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="a .safetensors file")
+    parser.add_argument("text_file", type=Path, metavar="TEXT_FILE", help="the text to score")
+    parser.add_argument("--encoding", default="utf-8", help="of the text file (default: utf-8)")
+    parser.add_argument(
+        "--per-char",
+        action="store_true",
+        help="also one JSON line per character: its surprisal in bits and the --top-n "
+        "likeliest characters at that position",
+    )
+    parser.add_argument("--top-n", type=int, default=0, help=f"0-{MAX_LOGPROBS} (default: 0)")
+    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or mps (default: cpu)")
+
+
+def run_score(args: argparse.Namespace) -> int:
+    """Print bits/char (as `eval` does; characters outside the vocabulary are left out and
+    counted), and with --per-char each character's surprisal. 2 on bad input."""
+    try:
+        if not 0 <= args.top_n <= MAX_LOGPROBS:
+            raise ValueError(f"--top-n must be in [0, {MAX_LOGPROBS}], got {args.top_n}")
+        device = resolve_device(args.device)
+        checkpoint = load_checkpoint(args.checkpoint)
+        text = _read(args.text_file, args.encoding)
+        vocab = checkpoint.vocab
+        if checkpoint.info.get("newlines") == NEWLINES_LF:
+            text = normalize_newlines(text)
+        kept = [char for char in text if char in vocab]
+        if len(kept) < 2:
+            raise ValueError("need at least 2 characters the model knows to score")
+        model = checkpoint.build_model(device)
+    except (ValueError, OSError) as error:
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    scorer = score_text(model, vocab.encode("".join(kept)), args.top_n)
+    if args.per_char:
+        for position, char in enumerate(kept):
+            logprob = scorer.logprobs[position]
+            line: dict = {"char": char}
+            if not math.isnan(logprob):
+                line["bits"] = round(-logprob / math.log(2), 6)
+                if args.top_n:
+                    line["top"] = {
+                        vocab.chars[i]: round(lp, 6)
+                        for i, lp in zip(
+                            scorer.top_ids[position], scorer.top_logprobs[position], strict=True
+                        )
+                    }
+            print(json.dumps(line, ensure_ascii=False))
+    print(
+        f"{args.text_file}: {scorer.nats_per_char:.4f} nats/char, "
+        f"{scorer.bits_per_char:.4f} bits/char, perplexity {math.exp(scorer.nats_per_char):.3f}, "
+        f"{len(kept) - 1:,} chars, {len(text) - len(kept):,} out of vocabulary"
+    )
+    return 0
+
+
+def _read(path: Path, encoding: str) -> str:
+    try:
+        return path.read_text(encoding=encoding)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a directory, not a text file") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path}: not valid {encoding} text ({error.reason} at byte {error.start})"
+        ) from None
+    except LookupError:
+        raise ValueError(f"unknown text encoding {encoding!r}") from None
+
+
+def _one_line(error: Exception) -> str:
+    message = " ".join(str(error).split())
+    if "vocabulary" in message and "skip_unknown" in message:
+        message = message.replace("set skip_unknown", "--skip-unknown")
+    return message
 
 
 def _write(text: str) -> None:

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from model.checkpoint import Checkpoint, save_checkpoint
-from model.device import preferred_lstm_impl, resolve_device
-from model.network import CharRNN
+from model.device import resolve_device
+from model.network import CharRNN, LstmImpl, preferred_impl
 from training.batches import split_batches
 from training.checkpoints import (
     RunCounters,
@@ -106,14 +106,17 @@ class Trainer:
             self.model = CharRNN(config.model_config(len(corpus.vocab)))
             if config.forget_bias:
                 self.model.set_forget_bias(config.forget_bias)
-        self.model.impl = (
-            preferred_lstm_impl(self.device) if config.lstm_impl == "auto" else config.lstm_impl
+        # How the recurrence runs (model/network.py): chosen once, passed to each forward.
+        self.impl: LstmImpl = (
+            preferred_impl(self.device) if config.lstm_impl == "auto" else config.lstm_impl  # type: ignore[assignment]
         )
-        self.precision = MixedPrecision(config.precision, self.device, self.model.impl)
+        if self.impl == "fused" and self.device.type != "cpu":
+            raise ValueError("lstm_impl 'fused' is the CPU kernel; use 'torch' or 'auto' here")
+        self.precision = MixedPrecision(config.precision, self.device, self.impl)
         self.model.to(self.device).train()
         self.optimizer = build_optimizer(self.model, config)
         self.train_step = TrainStep(
-            self.model, self.optimizer, self.precision, dist, config.grad_clip
+            self.model, self.impl, self.optimizer, self.precision, dist, config.grad_clip
         )
         self.counters = RunCounters()
         self.hidden = self.model.init_hidden(self.train_batches.batch_size, self.device)
@@ -168,7 +171,9 @@ class Trainer:
         stream = None if main else io.StringIO()
         self.progress = TrainingProgress(counters.step, self.horizon, self.show_progress, stream)
         batches, ranks = len(self.train_batches), self.dist.world_size
-        line = start_line(self.model, self.device, batches, counters.step, self.horizon, ranks)
+        line = start_line(
+            self.model, self.impl, self.device, batches, counters.step, self.horizon, ranks
+        )
         self.progress.write(line)
         probe = StepTimer(counters.step)
         try:

@@ -233,6 +233,7 @@ class TrainingProgress:
 
 def start_line(
     model: CharRNN,
+    impl: str,
     device: torch.device,
     batches_per_epoch: int,
     step: int,
@@ -245,7 +246,7 @@ def start_line(
     config = model.config
     where = f"{device.type} × {processes} processes" if processes > 1 else f"{device}"
     return (
-        f"training {parameters:.2f}M parameters ({config.cell}, {model.impl}) on {where}, "
+        f"training {parameters:.2f}M parameters ({config.cell}, {impl}) on {where}, "
         f"{batches_per_epoch} batches an epoch, from step {step}"
         + (f" of {horizon}" if horizon else " (horizon measured after the first steps)")
     )

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from model.network import CharRNN, Hidden
+from model.network import CharRNN, Hidden, LstmImpl
 from training.distributed import Distributed
 from training.recipe import PRECISIONS
 
@@ -63,12 +63,13 @@ class TrainStep:
     def __init__(
         self,
         model: CharRNN,
+        impl: LstmImpl,
         optimizer: torch.optim.Optimizer,
         precision: MixedPrecision,
         dist: Distributed,
         grad_clip: float | None,
     ):
-        self.model, self.optimizer = model, optimizer
+        self.model, self.impl, self.optimizer = model, impl, optimizer
         self.precision, self.dist = precision, dist
         self.grad_clip = grad_clip
 
@@ -81,7 +82,7 @@ class TrainStep:
         inputs = inputs.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         with self.precision.autocast():
-            logits, hidden = self.model(inputs, hidden)  # (b, T, V)
+            logits, hidden = self.model(inputs, hidden, self.impl)  # (b, T, V)
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())  # mean over b·T
         self.optimizer.zero_grad(set_to_none=True)
         self.precision.backward(loss)

@@ -23,6 +23,7 @@ from model.vocab import OutOfVocabularyError, Vocabulary
 if TYPE_CHECKING:
     from model.decoding.regex import Automaton
 
+DEFAULT_LENGTH = 200  # characters, when a request names none (the service: DEFAULT_LENGTH)
 MAX_SEED = 2**63 - 1
 MAX_TOP_K = 2**31 - 1  # any k ≥ the vocabulary size keeps every character
 MAX_TEMPERATURE = 100.0

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from model.device import preferred_lstm_impl, resolve_device
+from model.device import resolve_device
+from model.network import preferred_impl
 
 
 def test_cpu_and_auto():
@@ -21,5 +22,5 @@ def test_cuda_without_gpu():
 
 
 def test_impl_per_device():
-    assert preferred_lstm_impl(torch.device("cpu")) == "fused"
-    assert preferred_lstm_impl(torch.device("cuda")) == "torch"
+    assert preferred_impl(torch.device("cpu")) == "fused"
+    assert preferred_impl(torch.device("cuda")) == "torch"

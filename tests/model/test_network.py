@@ -24,13 +24,12 @@ def explicit_one_hot_reference(model: CharRNN) -> torch.nn.Module:
 def test_gathered_input_matches_explicit_one_hot(cell, num_layers, impl):
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(vocab_size=13, hidden_size=24, num_layers=num_layers, cell=cell))
-    model.impl = impl
     model.eval()
     reference = explicit_one_hot_reference(model)
     ids = torch.randint(0, 13, (3, 11))
     hidden = tuple(torch.randn_like(h) for h in model.init_hidden(3))
 
-    logits, new_hidden = model(ids, hidden)
+    logits, new_hidden = model(ids, hidden, impl)
 
     ref_out, ref_hidden = reference(
         F.one_hot(ids, 13).float(), hidden if cell == "lstm" else hidden[0]

@@ -62,7 +62,6 @@ def test_validation_loss_is_the_mean_and_keeps_the_mode(checkpoint):
     assert count == batches.predictions == 4 * ((len(ids) - 1) // 4)
     assert validation_loss(model, batches) == pytest.approx(nats / count)
     assert model.training  # evaluation ran without dropout and put the mode back
-    assert model.impl == "fused"  # and scored through PyTorch's kernel, then switched back
     capped, capped_count = total_loss(model, batches, max_batches=1)
     assert capped_count == 4 * 8 and capped < nats
     one_column = ColumnBatches(ids, 1, 8, drop_last=False)

@@ -46,7 +46,7 @@ def test_trains_on_cuda_in_each_precision(tmp_path, data_dir, precision):
         precision=precision,
     )
     trainer = Trainer(config, load_prepared(data_dir), progress=False)
-    assert trainer.device.type == "cuda" and trainer.model.impl == "torch"
+    assert trainer.device.type == "cuda" and trainer.impl == "torch"
     result = trainer.run()
     assert result.step == 8 and math.isfinite(result.last_val_loss)
     assert result.last_val_loss < math.log(len(load_prepared(data_dir).vocab))  # it learnt
@@ -55,19 +55,20 @@ def test_trains_on_cuda_in_each_precision(tmp_path, data_dir, precision):
     assert all(h.dtype == torch.float32 for h in state["hidden"])  # carried in fp32
 
 
-def test_fused_and_cudnn_agree_on_cuda(exact_fp32):
+def test_the_cpu_kernel_and_cudnn_agree(exact_fp32):
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(30, 64, 2, 0.0, "lstm")).cuda().train()
     ids = torch.randint(0, 30, (8, 40), device="cuda")
     targets = torch.randint(0, 30, (8, 40), device="cuda")
     hidden = tuple(torch.randn(2, 8, 64, device="cuda") * 0.5 for _ in range(2))
     results = {}
-    for impl in ("fused", "torch"):
-        model.impl = impl
-        model.zero_grad()
-        logits, (h, c) = model(ids, hidden)
+    for impl in ("fused", "torch"):  # the fused kernel on the CPU, cuDNN on the GPU
+        device = "cpu" if impl == "fused" else "cuda"
+        model.to(device).zero_grad()
+        logits, (h, c) = model(ids.to(device), tuple(x.to(device) for x in hidden), impl)
+        logits, h, c = logits.cuda(), h.cuda(), c.cuda()
         F.cross_entropy(logits.flatten(0, 1), targets.flatten()).backward()
-        grads = [p.grad.clone() for p in model.parameters()]
+        grads = [p.grad.cuda() for p in model.parameters()]
         results[impl] = (logits.detach(), h.detach(), c.detach(), grads)
     fused, cudnn = results["fused"], results["torch"]
     for a, b in zip(fused[:3], cudnn[:3], strict=True):

@@ -1,6 +1,10 @@
+import json
+
 import pytest
 
+from model.checkpoint import load_checkpoint
 from training.cli import main
+from training.evaluate import evaluate_text
 
 
 def _one_error_line(capsys, *fragments):
@@ -17,7 +21,8 @@ def test_sample_streams_repeatable_text(trained, capsys):
     argv = ["sample", best, "--prime", "the ", "--length", "30", "--seed", "3", "--top-k", "5"]
     assert main(argv) == 0
     first = capsys.readouterr()
-    assert first.out.startswith("the ") and len(first.out) == 4 + 30 + 1 and not first.err
+    assert first.out.startswith("the ") and len(first.out) == 4 + 30 + 1
+    assert first.err == "finished: length\n"
     assert main(argv) == 0
     assert capsys.readouterr().out == first.out
     assert main(["sample", best, "--prime", "the Fox", "--skip-unknown", "--length", "5"]) == 0
@@ -25,12 +30,54 @@ def test_sample_streams_repeatable_text(trained, capsys):
     assert captured.out.startswith("the Fox") and captured.err.startswith("seed: ")
 
 
+def test_sample_takes_every_option(trained, capsys):
+    best = str(trained / "run" / "best.safetensors")
+    base = ["sample", best, "--prime", "the ", "--length", "200", "--seed", "1"]
+    assert main([*base, "--logit-bias", "o=-100", "--logit-bias", "e=-100"]) == 0
+    text = capsys.readouterr().out[4:]
+    assert "o" not in text and "e" not in text and len(text) == 201
+    assert main([*base, "--regex", "quick brown", "--stop", "brown"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "the quick \n" and captured.err.endswith("finished: stop\n")
+    assert main([*base, "--length", "5", "--logprobs", "2", "--repetition-penalty", "1.3"]) == 0
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.err.splitlines()[:-1]]
+    assert "".join(line["char"] for line in lines) == captured.out[4:-1]
+    assert all(len(line["top"]) == 2 and line["logprob"] <= 0 for line in lines)
+
+
+def test_score_equals_eval(trained, capsys, tmp_path):
+    best = trained / "run" / "best.safetensors"
+    text = (trained / "fox.txt").read_text()[:900] + "QZ"  # two characters it never saw
+    path = tmp_path / "text.txt"
+    path.write_text(text)
+    assert main(["score", str(best), str(path), "--per-char", "--top-n", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    per_char = [json.loads(line) for line in out[:-1]]
+    expected = evaluate_text(load_checkpoint(best), text)
+    assert len(per_char) == expected.chars + 1 and "bits" not in per_char[0]
+    bits = sum(line["bits"] for line in per_char[1:]) / expected.chars
+    assert bits == pytest.approx(expected.bits_per_char, abs=1e-4)
+    assert f"{expected.bits_per_char:.4f} bits/char" in out[-1]
+    assert "2 out of vocabulary" in out[-1]
+    assert all(len(line["top"]) == 2 for line in per_char[1:])
+
+
 @pytest.mark.parametrize(
     ("argv", "fragments"),
     [
         (["sample", "{run}/best.safetensors", "--prime", "THE"], ["'T'", "--skip-unknown"]),
-        (["sample", "{run}/best.safetensors", "--temperature", "0"], ["temperature must be"]),
+        (["sample", "{run}/best.safetensors", "--temperature", "-1"], ["temperature"]),
+        (["sample", "{run}/best.safetensors", "--top-p", "2"], ["--top-p"]),
+        (["sample", "{run}/best.safetensors", "--logit-bias", "x"], ["CHAR=BIAS"]),
+        (["sample", "{run}/best.safetensors", "--logit-bias", "€=1"], ["--logit-bias", "€"]),
+        (["sample", "{run}/best.safetensors", "--regex", "(a"], ["--regex", "cannot compile"]),
+        (["sample", "{run}/best.safetensors", "--regex", "Q+"], ["--regex", "no text"]),
+        (["sample", "{run}/best.safetensors", "--logprobs", "9"], ["--logprobs"]),
         (["sample", "{run}/best.safetensors", "--device", "tpu"], ["unknown device 'tpu'"]),
+        (["score", "{run}/best.safetensors", "{tmp}/missing.txt"], ["no such file"]),
+        (["score", "{run}/best.safetensors", "{tmp}/fox.txt", "--top-n", "9"], ["--top-n"]),
+        (["score", "{run}/best.safetensors", "{run}"], ["is a directory"]),
     ],
 )
 def test_errors_are_one_line_and_exit_2(trained, capsys, argv, fragments):

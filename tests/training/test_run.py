@@ -113,7 +113,7 @@ def test_no_bar_without_a_terminal_but_the_lines_still_come():
 
 def test_start_line():
     model = CharRNN(ModelConfig(10, hidden_size=8, num_layers=1))
-    line = start_line(model, torch.device("cpu"), 7, 0, None)
+    line = start_line(model, "fused", torch.device("cpu"), 7, 0, None)
     assert line.startswith("training 0.00M parameters (lstm, fused) on cpu, 7 batches an epoch")
 
 
