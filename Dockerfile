@@ -67,7 +67,7 @@ COPY training/ training/
 # finds the cache stale and recompiles into the same folder.
 ENV CHECKPOINT=/app/checkpoints/shakespeare.safetensors \
     NUMBA_CACHE_DIR=/app/.numba-cache
-RUN /app/.venv/bin/python -c "from model.checkpoint import load_checkpoint; from model.decoder import BatchDecoder; BatchDecoder(load_checkpoint('$CHECKPOINT').build_model(), 1)" \
+RUN /app/.venv/bin/python -c "from model.checkpoint import load_checkpoint; from model.decoding.decoder import BatchDecoder; from model.scoring import score_text; model = load_checkpoint('$CHECKPOINT').build_model(); BatchDecoder(model, 1); score_text(model, [0, 1, 2])" \
     && chown -R 10001:10001 /app/.numba-cache
 USER 10001:10001
 EXPOSE 8000

@@ -5,11 +5,10 @@
 Two models: the default (2×256 LSTM) and a large one (3×1024), vocabulary 65 (Shakespeare).
 
 - Training: chars/s of the library's own step (training.step.TrainStep: forward, loss,
-  backward, clipping, AdamW) on random ids, batch 64 × 128 (TrainConfig's defaults), for
-  the cuDNN recurrence in fp32 and bf16 (`--precision bf16`: autocast, under which
-  PyTorch runs the cuDNN LSTM itself in fp16; see training.step) and the hand-written
-  "fused" kernel in fp32. TF32 is off, so fp32 means fp32.
-- Serving: chars/s of the service's batched decoder (model.decoder.BatchDecoder: one
+  backward, clipping, AdamW) on random ids, batch 64 × 128, for the cuDNN recurrence in
+  fp32 and bf16 (`--precision bf16`: autocast, under which PyTorch runs the cuDNN LSTM
+  itself in fp16; see training.step). TF32 is off, so fp32 means fp32.
+- Serving: chars/s of the service's batched decoder (model/decoding's BatchDecoder: one
   step of every live row, sampling included) with 1, 64 and 256 rows, weights in fp32 and
   in bf16.
 
@@ -27,15 +26,15 @@ from collections.abc import Callable
 import torch
 
 from model.config import ModelConfig
-from model.decoder import BatchDecoder
+from model.decoding.decoder import BatchDecoder
+from model.decoding.params import GenerationParams
 from model.network import CharRNN
-from model.sampling import SamplingConfig
 from training.distributed import Distributed
 from training.step import MixedPrecision, TrainStep
 
 VOCAB = 65
 MODELS = {"default 2x256": (256, 2), "large 3x1024": (1024, 3)}
-TRAIN_RUNS = (("torch", "fp32"), ("torch", "bf16"), ("fused", "fp32"))
+TRAIN_RUNS = (("torch", "fp32"), ("torch", "bf16"))
 SERVE_BATCHES = (1, 64, 256)
 SERVE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -68,9 +67,9 @@ def train_rate(
     """Training chars/s: predictions per second of full optimizer steps."""
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(VOCAB, hidden_size, num_layers, 0.5, "lstm")).to(device)
-    model.impl = impl
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=device.type == "cuda")
-    step = TrainStep(model, optimizer, MixedPrecision(precision, device, impl), Distributed(), 1.0)
+    precision_ = MixedPrecision(precision, device, impl)
+    step = TrainStep(model, impl, optimizer, precision_, Distributed(), 1.0)
     ids = torch.randint(0, VOCAB, (batch_size, seq_len + 1), device=device)
     state = {"hidden": model.init_hidden(batch_size, device)}
 
@@ -92,14 +91,17 @@ def serve_rate(
     torch.manual_seed(0)
     config = ModelConfig(VOCAB, hidden_size, num_layers, 0.0, "lstm")
     model = CharRNN(config).to(device=device, dtype=dtype)
-    model.impl = "fused"  # primes only; the steps are model.stepper's own
-    decoder = BatchDecoder(model, capacity=rows)
-    sampling = SamplingConfig(temperature=0.8, top_k=5)
+    decoder = BatchDecoder(model, capacity=rows)  # on a GPU: the network's own steps
     for row in range(rows):
-        decoder.add([1, 2, 3, 4], sampling, seed=row)
+        params = GenerationParams(
+            prime=(1, 2, 3, 4), length=10**9, seed=row, temperature=0.8, top_k=5
+        )
+        decoder.add(params)
+    while decoder.prefilling:
+        decoder.prefill(rows)
 
     def run() -> None:
-        decoder.advance(decoder.sample())
+        decoder.step()
 
     return rows * steps / _timed(run, steps, device)
 
