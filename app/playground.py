@@ -1,8 +1,11 @@
-"""The playground: a static page at / (app/static/), which streams from POST /generate/stream.
+"""The playground: a static page at / (app/static/) over the public API: a Generate view
+(POST /generate/stream with every sampling option, per-character probabilities), a Score
+view (POST /score as a heat map of surprisal) and a model picker (GET /v1/models, /model).
 
-No build step and nothing fetched from elsewhere: the page, its script and its style are
-package data, served as they are. Public even with API_KEY set; the page asks for the key
-when the API answers 401 and keeps it in the browser's localStorage.
+No build step and nothing fetched from elsewhere: the page, its ES modules (app.js imports
+the others) and its style are package data, served as they are, under a CSP that allows no
+inline script or style. Public even with API_KEY set; the page asks for the key when the
+API answers 401 and keeps it in the browser's localStorage.
 """
 
 from __future__ import annotations
