@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -263,6 +264,14 @@ async def test_too_many_requests_from_one_client_is_a_429(
     monkeypatch.setattr(
         engine, "config", dataclasses.replace(engine.config, max_requests_per_client=2)
     )
+    decoder = service.model().lane.decoder
+    step = decoder.step
+
+    def slow_step(*args: Any) -> Any:
+        time.sleep(0.002)  # the two streams outlast the requests below
+        return step(*args)
+
+    monkeypatch.setattr(decoder, "step", slow_step)
     body = {"length": 300, "seed": 1}
     async with anyio.create_task_group() as group:
         results: list[httpx.Response] = []
