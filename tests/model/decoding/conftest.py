@@ -4,7 +4,7 @@ prefill in slices, finish length-0 requests once their prime has run)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -111,6 +111,16 @@ def decode_alone(model: CharRNN, params: GenerationParams, backend: str = "auto"
     shown = [char for chunk in stream for char in chunk]
     assert shown == stream.output.ids[: stream.output.released]
     return stream.output
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Torch's forward with one intra-op thread: on a loaded 2-core box idle OpenMP
+    workers spin on the cores the test needs (a 2 × 32 step took ~30 ms, not ~0.5 ms)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
