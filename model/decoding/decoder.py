@@ -133,7 +133,8 @@ class BatchDecoder:
             raise
         self.owners[row], self.params[row] = owner, params
         cached = None
-        if self.cache is not None and not params.prompt_logprobs:
+        # A length-0 request ends when `prefill` reports its prime done: it takes that path.
+        if self.cache is not None and not params.prompt_logprobs and params.length > 0:
             cached = self.cache.get(params.prime)
         if cached is not None:
             self.network.restore(row, cached)
