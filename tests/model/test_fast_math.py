@@ -78,7 +78,7 @@ def test_gate_sigmoid_is_accurate(grid):
     assert result.dtype == np.float32
     exact = sigmoid(grid.astype(np.float64))
     assert np.abs(result - exact).max() < TANH_ERROR / 2 + 1e-7
-    assert -2e-7 < result.min() and result.max() < 1 + 2e-7
+    assert result.min() > -2e-7 and result.max() < 1 + 2e-7
     wide = grid[::101].astype(np.float64)
     np.testing.assert_allclose(_gate_sigmoid_all(wide), sigmoid(wide), atol=1e-15, rtol=0)
 
@@ -107,4 +107,6 @@ def test_lstm_cell_is_pytorchs_cell(dtype, tolerance):
         assert value.dtype == dtype
         np.testing.assert_allclose(value, expected, atol=tolerance * 10, rtol=0)
     # The new hidden value, as the step and the training recurrence compute it.
-    np.testing.assert_allclose(out_gate * tanh_cell, o * np.tanh(expected_cell), atol=tolerance * 10)
+    np.testing.assert_allclose(
+        out_gate * tanh_cell, o * np.tanh(expected_cell), atol=tolerance * 10
+    )

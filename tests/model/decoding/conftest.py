@@ -52,6 +52,7 @@ class Served:
     outputs: dict[str, RowOutput]
     slots: dict[str, int]  # the row each request had
     failures: dict[str, int]  # name → failure status
+    peak: int = 0  # the most rows one step drew for
 
 
 def serve_requests(
@@ -81,6 +82,7 @@ def serve_requests(
             served.outputs[request.name] = RowOutput()
             served.slots[request.name] = row
         if len(decoder.decoding):
+            served.peak = max(served.peak, len(decoder.decoding))
             for row in decoder.step().tolist():
                 name = names[row]
                 status = decoder.record(row, served.outputs[name])

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from model.decoding.decoder import BatchDecoder
+from model.decoding.network_rows import ROWS_PER_THREAD
 from model.decoding.output import RowOutput
 from model.decoding.params import GenerationParams
 from model.decoding.regex import RegexLimits, compile_regex
@@ -60,10 +61,10 @@ def crowd(vocab):
             prime = shared
         else:
             prime = tuple(rng.integers(0, len(vocab), int(rng.integers(1, 14))).tolist())
-        settings = {"length": int(rng.integers(5, 60)), **options[n % len(options)]}
+        settings = {"length": int(rng.integers(20, 80)), **options[n % len(options)]}
         params = GenerationParams(prime=prime, seed=1000 + n, **settings)
         # Most join early; the last requests of the shared prime join once it is cached.
-        join = int(rng.integers(0, 40)) if n < 27 else 250 + n
+        join = int(rng.integers(0, 25)) if n < 27 else 250 + n
         cancel = join + 15 if n % 10 == 4 else None
         requests.append((f"r{n}", params, join, cancel))
     return requests
@@ -76,7 +77,9 @@ def alone_outputs(model, vocab, alone):
 
     def outputs(backend):
         if backend not in cache:
-            cache[backend] = {name: alone(model, params, backend) for name, params, *_ in crowd(vocab)}
+            cache[backend] = {
+                name: alone(model, params, backend) for name, params, *_ in crowd(vocab)
+            }
         return cache[backend]
 
     return outputs
@@ -109,13 +112,15 @@ def test_a_seeded_request_gives_the_same_output_alone_and_in_a_crowd(
     served = serve(decoder, requests, prefill_rows=prefill_rows)
     expected = alone_outputs(backend)
     assert not served.failures
-    for name, params, _, cancel in requests:
+    for name, _, _, cancel in requests:
         ours = served.outputs[name]
         if cancel is None:
             same_output(ours, expected[name])
         else:
             assert ours.ids == expected[name].ids[: len(ours.ids)]
     assert len(set(served.slots.values())) > 10  # slots were reused and moved around
+    if prefill_rows > 1:  # slices of 1 let only a few rows decode at once
+        assert served.peak >= 2 * ROWS_PER_THREAD  # two threads split the step
     finishes = {output.finish_reason for output in served.outputs.values()}
     assert {"length", "stop", "regex"} <= finishes
     if cache_bytes:

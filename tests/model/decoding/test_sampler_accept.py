@@ -49,7 +49,12 @@ def expected_stops(stops, text):
         if done:
             return [*results, (FINISHED_STOP, len(done[0]))]
         held = max(
-            (size for stop in stops for size in range(1, len(stop)) if written.endswith(stop[:size])),
+            (
+                size
+                for stop in stops
+                for size in range(1, len(stop))
+                if written.endswith(stop[:size])
+            ),
             default=0,
         )
         results.append((RUNNING, held))
