@@ -118,8 +118,10 @@ class BatchDecoder:
         if not self._free:
             raise RuntimeError("decoder is full")
         prime = np.asarray(params.prime, np.int64)
-        if prime.min() < 0 or prime.max() >= self.vocab_size:
-            raise ValueError("prime ids must be in [0, vocab_size)")
+        stops = [char for stop in params.stop for char in stop]
+        ids = np.array([*params.prime, *stops, *(char for char, _ in params.logit_bias)])
+        if ids.min() < 0 or ids.max() >= self.vocab_size:
+            raise ValueError("prime, stop and logit_bias ids must be in [0, vocab_size)")
         regex_start = self.automata.acquire(params.regex) if params.regex is not None else -1
         row = self._free.pop()
         try:
@@ -131,7 +133,8 @@ class BatchDecoder:
             raise
         self.owners[row], self.params[row] = owner, params
         cached = None
-        if self.cache is not None and not params.prompt_logprobs:
+        # A length-0 request ends when `prefill` reports its prime done: it takes that path.
+        if self.cache is not None and not params.prompt_logprobs and params.length > 0:
             cached = self.cache.get(params.prime)
         if cached is not None:
             self.network.restore(row, cached)

@@ -5,9 +5,9 @@ chosen once when the decoder is built.
   (model/decoding/step.py: GIL released, row-invariant by construction, no padding: one
   stream costs one row), the sampler fused into the same compiled call.
 - TorchRows: any device and cell (cuDNN on GPUs), through the network's own forward.
-  Steps are padded to MIN_ROWS rows, as MKL computes each row of a product bit-identically
-  only from M = 8. Sampling is the same compiled chain, on a CPU copy of the rows' logits
-  (B × V floats a step).
+  Steps are padded to a multiple of MIN_ROWS rows: MKL gives a row of a product the same
+  bits in steps of 8, 16, 24, ... rows, but not below 8 nor in the tail rows of 9 to 11.
+  Sampling is the same compiled chain, on a CPU copy of the rows' logits (B × V a step).
 
 Rows are slots addressed by index, in any order; a step takes the rows it advances.
 """
@@ -154,7 +154,7 @@ class TorchRows:
     def advance(self, rows: np.ndarray, ids: np.ndarray) -> None:
         if len(rows) == 0:
             return
-        padded = max(len(rows), MIN_ROWS)
+        padded = -(-len(rows) // MIN_ROWS) * MIN_ROWS  # a multiple of MIN_ROWS
         index = torch.zeros(padded, dtype=torch.long, device=self.device)
         index[: len(rows)] = torch.from_numpy(np.asarray(rows, np.int64))
         step_ids = torch.zeros(padded, 1, dtype=torch.long, device=self.device)

@@ -205,7 +205,9 @@ def encode_logit_bias(
     pairs: dict[int, float] = {}
     for key, value in bias.items():
         if keys == "ids":
-            if not key.isdigit() or int(key) >= len(vocab):
+            # isdecimal, not isdigit: "²" is a digit int() refuses; and a short key only,
+            # as int() refuses strings past 4,300 digits.
+            if not (key.isdecimal() and len(key) <= 20) or int(key) >= len(vocab):
                 raise ParamError(
                     "logit_bias",
                     f"{key!r} is not a token id of this model (0 to {len(vocab) - 1})",

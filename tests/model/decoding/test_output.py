@@ -1,0 +1,50 @@
+import dataclasses
+
+import pytest
+
+from model.decoding.output import CharLogprob, RowOutput
+
+
+def test_held_characters_are_released_once_they_cannot_start_a_stop():
+    output = RowOutput()
+    released = []
+    for char, held in [(1, 0), (2, 1), (3, 2), (4, 1), (5, 0)]:
+        output.append(char, held)
+        released.append(output.released)
+    assert released == [1, 1, 1, 3, 5] and output.ids == [1, 2, 3, 4, 5]
+    assert output.finish_reason is None and output.logprobs == []
+
+
+def test_released_never_moves_back():
+    output = RowOutput()
+    output.append(1, 0)
+    output.append(2, 2)  # a hold-back longer than what is new: nothing shown is taken back
+    assert output.released == 1
+
+
+def test_a_finished_stop_is_never_released():
+    output = RowOutput()
+    for char, held in [(1, 0), (7, 1), (8, 2)]:
+        output.append(char, held)
+    output.finish("stop", stop_length=2)
+    assert output.released == 1 and output.finish_reason == "stop"
+
+
+@pytest.mark.parametrize("reason", ["length", "regex"])
+def test_other_ends_release_everything(reason):
+    output = RowOutput()
+    output.append(1, 0)
+    output.append(2, 1)
+    output.finish(reason)
+    assert output.released == 2 and output.finish_reason == reason
+
+
+def test_logprobs_are_kept_when_given():
+    output = RowOutput()
+    logprob = CharLogprob(3, -0.5, ((3, -0.5), (1, -1.5)))
+    output.append(3, 0, logprob)
+    output.append(4, 0)
+    assert output.logprobs == [logprob] and output.prompt_logprobs == []
+    assert output.regex_complete is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        logprob.logprob = 0.0

@@ -1,0 +1,199 @@
+import time
+
+import numpy as np
+import pytest
+
+from model.decoding.decoder import BatchDecoder
+from model.decoding.output import RowOutput
+from model.decoding.params import GenerationParams, ParamError
+from model.decoding.regex import AutomatonPool, RegexCache, RegexLimits, compile_regex
+from model.decoding.sampler import RUNNING
+
+LIMITS = RegexLimits()
+
+
+def walk(automaton, vocab, text):
+    """The automaton's state after `text` (-1 once no match can follow)."""
+    state = 0
+    for char in vocab.encode(text):
+        state = int(automaton.next[state, char])
+        if state < 0:
+            return -1
+    return state
+
+
+def test_a_single_path_pattern(vocab):
+    automaton = compile_regex("abc", vocab, LIMITS)
+    assert automaton.next.shape == (4, len(vocab)) and automaton.next.dtype == np.int32
+    assert (automaton.next >= 0).sum() == 3  # one allowed move per state but the last
+    for done, state in [("", 0), ("a", 1), ("ab", 2)]:
+        state = walk(automaton, vocab, done)
+        assert state >= 0 and automaton.open[state] and not automaton.final[state]
+    end = walk(automaton, vocab, "abc")
+    assert automaton.final[end] and not automaton.open[end]
+    assert walk(automaton, vocab, "b") == -1 and walk(automaton, vocab, "abd") == -1
+    assert automaton.nbytes == automaton.next.nbytes + 2 * 4
+
+
+def test_only_states_that_can_still_match_are_kept(vocab):
+    automaton = compile_regex("é|ab", vocab, LIMITS)  # é: not a character of the model
+    allowed = automaton.next[0] >= 0
+    assert allowed.tolist() == [char == "a" for char in vocab.chars]
+    live = compile_regex("a[bc]*d|e", vocab, LIMITS)
+    for text, state in [("a", True), ("abcb", True), ("abd", True), ("e", True), ("eb", False)]:
+        assert (walk(live, vocab, text) >= 0) == state, text
+
+
+def decode(model, params):
+    decoder = BatchDecoder(model, 1)
+    row = decoder.add(params)
+    output = RowOutput()
+    while decoder.prefilling:
+        decoder.prefill(8)
+    while decoder.step().size and decoder.record(row, output) == RUNNING:
+        pass
+    return output
+
+
+@pytest.mark.parametrize(
+    ("pattern", "bias", "text"),
+    [("abc", "", "abc"), ("(ab|cd)e", "a", "cde"), ("(ab|cd)e", "c", "abe"), ("a{3}", "", "aaa")],
+)
+def test_a_pattern_only_one_path_satisfies(model, vocab, pattern, bias, text):
+    params = GenerationParams(
+        prime=tuple(vocab.encode("hello ")),
+        length=20,
+        seed=3,
+        regex=compile_regex(pattern, vocab, LIMITS),
+        logit_bias=tuple((char, -100.0) for char in vocab.encode(bias)),
+    )
+    output = decode(model, params)
+    assert vocab.decode(output.ids) == text and output.released == len(text)
+    assert output.finish_reason == "regex" and output.regex_complete is True
+
+
+def test_length_can_end_a_match_early(model, vocab):
+    params = GenerationParams(
+        prime=(1,), length=3, seed=0, regex=compile_regex("[ab]+c", vocab, LIMITS)
+    )
+    output = decode(model, params)
+    assert set(vocab.decode(output.ids)) <= set("ab") and output.finish_reason == "length"
+    assert output.regex_complete is False
+
+
+@pytest.mark.parametrize(
+    ("pattern", "kind"),
+    [
+        ("é+", "regex_unmatchable"),
+        ("[]", "regex_unmatchable"),
+        ("(ab", "regex_invalid"),
+        ("[a-", "regex_invalid"),
+        (")", "regex_invalid"),
+        ("a{2,1}", "regex_invalid"),
+        ("(a)\\1", "regex_invalid"),
+        ("", "string_length"),
+        ("a" * 257, "string_length"),
+    ],
+)
+def test_bad_patterns_are_param_errors(vocab, pattern, kind):
+    with pytest.raises(ParamError) as raised:
+        compile_regex(pattern, vocab, LIMITS)
+    assert raised.value.field == "regex" and raised.value.kind == kind
+    assert "\n" not in str(raised.value)
+
+
+def test_a_pattern_too_complex_to_compile_in_time(vocab):
+    limits = RegexLimits(compile_seconds=0.5)
+    started = time.perf_counter()
+    with pytest.raises(ParamError) as raised:
+        compile_regex("(a|b)*a(a|b){20}", vocab, limits)  # 2^20 states
+    assert time.perf_counter() - started < 2 * limits.compile_seconds
+    assert raised.value.kind == "regex_too_complex" and "0.5 s" in str(raised.value)
+
+
+def test_the_state_cap(vocab):
+    assert compile_regex("[ab]{30}", vocab, RegexLimits(max_states=31)).states == 31
+    with pytest.raises(ParamError) as raised:
+        compile_regex("[ab]{30}", vocab, RegexLimits(max_states=30))
+    assert raised.value.kind == "regex_too_complex" and "31 states" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [{"max_pattern_chars": 0}, {"max_states": 0}, {"compile_seconds": 0}, {"compile_seconds": -1}],
+)
+def test_limits_are_positive(limits):
+    with pytest.raises(ValueError, match="positive"):
+        RegexLimits(**limits)
+    with pytest.raises(ValueError):
+        RegexLimits(compile_seconds=float("nan"))
+
+
+def test_regex_cache_compiles_a_pattern_once_and_evicts_by_bytes(vocab):
+    cache = RegexCache(vocab, LIMITS)
+    first = cache.get("ab+")
+    assert cache.get("ab+") is first and cache.get("ab*") is not first
+    size = compile_regex("[ab]{3}", vocab, LIMITS).nbytes
+    assert compile_regex("[cd]{3}", vocab, LIMITS).nbytes == size
+    small = RegexCache(vocab, LIMITS, max_bytes=2 * size)
+    one, two = small.get("[ab]{3}"), small.get("[cd]{3}")
+    assert small.get("[ab]{3}") is one  # now the most recently used
+    small.get("[ef]{3}")  # past the budget: the least recently used ([cd]) goes
+    assert small.get("[ab]{3}") is one and small.get("[cd]{3}") is not two
+    with pytest.raises(ParamError):
+        small.get("(")
+    with pytest.raises(ParamError):  # errors are not cached
+        small.get("(")
+
+
+def test_automaton_pool_offsets_and_compaction(vocab):
+    one = compile_regex("ab", vocab, LIMITS)  # 3 states
+    two = compile_regex("[a-d]{5}e", vocab, LIMITS)  # 7 states
+    pool = AutomatonPool(len(vocab))
+    assert len(pool.final) == 1 and (pool.next == -1).all()  # state 0: no automaton
+    start_two = pool.acquire(two)
+    start_one = pool.acquire(one)
+    assert (start_two, start_one) == (1, 1 + two.states) and pool.acquire(one) == start_one
+    rows = slice(start_one, start_one + one.states)
+    assert np.array_equal(pool.next[rows], np.where(one.next >= 0, one.next + start_one, -1))
+    assert np.array_equal(pool.final[rows], one.final)
+    states = np.array([-1, start_one + 1, start_two + 3, start_one])
+    pool.release(two)
+    pool.compact(states)  # two's 7 states are over half of the pool: rebuilt without it
+    assert len(pool.final) == 1 + one.states
+    assert states.tolist() == [-1, 2, start_two + 3, 1]  # rows of `two` had left already
+    pool.release(one)
+    pool.compact(states)
+    assert len(pool.final) == 1 + one.states  # one row still holds `one`
+    pool.release(one)
+    pool.compact(np.array([-1]))
+    assert len(pool.final) == 1
+
+
+def test_compaction_keeps_rows_on_their_states(model, vocab, alone):
+    """Two regex requests; the first ends, the pool is compacted, and the second moves to
+    new state numbers mid-decode: its output is the same as alone."""
+    short = GenerationParams(
+        prime=(2,), length=3, seed=1, regex=compile_regex("[a-u]{2,9}q", vocab, LIMITS)
+    )
+    long = GenerationParams(
+        prime=(3, 4), length=40, seed=2, regex=compile_regex("([a-h]+ )+", vocab, LIMITS)
+    )
+    decoder = BatchDecoder(model, 2)
+    rows = [decoder.add(short), decoder.add(long)]
+    outputs = [RowOutput(), RowOutput()]
+    while decoder.prefilling:
+        decoder.prefill(8)
+    moved = False
+    while len(decoder.decoding):
+        decoder.step()
+        for row in decoder.decoding.tolist():
+            if decoder.record(row, outputs[row]) != RUNNING:
+                decoder.remove(row)
+        before = int(decoder.sampler.regex_state[rows[1]])
+        size = len(decoder.automata.final)
+        decoder.compact()
+        if len(decoder.automata.final) < size and decoder.params[rows[1]] is not None:
+            moved = int(decoder.sampler.regex_state[rows[1]]) != before
+    assert moved
+    assert outputs[1].ids == alone(model, long).ids and outputs[1].regex_complete is not None
