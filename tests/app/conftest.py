@@ -1,15 +1,11 @@
-"""Shared fixtures: a tiny untrained checkpoint, the service serving it, an HTTP client of
-the app (through httpx's ASGI transport, lifespan included), an SSE parser, a real
-uvicorn server in a thread (`running_server`), and ways to make the engine fail."""
+"""Shared fixtures: a tiny untrained checkpoint, the service serving it, an HTTP client
+of the app (through httpx's ASGI transport, lifespan included), an SSE parser, and ways to
+make the engine fail. Helpers that tests import are in support.py."""
 
 from __future__ import annotations
 
 import contextlib
-import json
-import socket
 import string
-import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +14,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-import uvicorn
-from fastapi import FastAPI
+from support import ClientWith, Event, parse_sse, serve_asgi
 
 from app.main import create_app, load_service
 from app.service import ModelService
@@ -31,8 +26,6 @@ from model.vocab import Vocabulary
 
 CORPUS = string.ascii_letters + " .,;:!?'\n"
 INFO = {"val_loss": 1.25, "val_bits_per_char": 1.8, "corpus": "tiny", "corpus_chars": 12345}
-
-Event = tuple[str, Any]  # (event name, JSON-decoded data)
 
 
 @pytest.fixture(autouse=True)
@@ -82,22 +75,10 @@ def service(settings: Settings) -> ModelService:
     return load_service(settings)
 
 
-@contextlib.asynccontextmanager
-async def serve_asgi(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of `app`, its lifespan entered (ASGITransport alone does not run it)."""
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            yield http
-
-
 @pytest.fixture
 async def client(settings: Settings, service: ModelService) -> AsyncIterator[httpx.AsyncClient]:
     async with serve_asgi(create_app(settings, service)) as http:
         yield http
-
-
-ClientWith = Callable[..., contextlib.AbstractAsyncContextManager[httpx.AsyncClient]]
 
 
 @pytest.fixture
@@ -108,47 +89,6 @@ def client_with(settings: Settings, service: ModelService) -> ClientWith:
         return serve_asgi(create_app(settings.model_copy(update=changes), service))
 
     return make
-
-
-@contextlib.contextmanager
-def running_server(application: FastAPI, **options: Any) -> Iterator[str]:
-    """The base URL of `application` under uvicorn on a free port, in a thread; stopped
-    (gracefully, lifespan included) on exit."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        application, log_level="warning", timeout_graceful_shutdown=2, **options
-    )
-    runner = uvicorn.Server(config)
-    thread = threading.Thread(target=runner.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not runner.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        runner.should_exit = True
-        thread.join(10)
-        sock.close()
-
-
-def parse_sse(text: str) -> list[Event]:
-    """(event, data) pairs of an event stream; comments (keep-alives) skipped."""
-    events = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        name, data = "message", []
-        for line in block.split("\n"):
-            field, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if field == "event":
-                name = value
-            elif field == "data":
-                data.append(value)
-        if data:
-            events.append((name, json.loads("\n".join(data))))
-    return events
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,8 @@ import anyio
 import httpx
 import numpy as np
 import pytest
-from conftest import Event, parse_sse
 from fastapi import FastAPI
+from support import Event, parse_sse
 
 import app.main
 from app.main import create_app

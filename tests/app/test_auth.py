@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from conftest import ClientWith
 from pydantic import SecretStr
+from support import ClientWith
 
 from app.auth import key_matches
 from app.settings import Settings

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from conftest import ClientWith
+from support import ClientWith
 
 pytestmark = pytest.mark.anyio
 

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from conftest import running_server
 from pydantic import ValidationError
+from support import running_server
 
 from app.connections import uvicorn_options
 from app.main import create_app

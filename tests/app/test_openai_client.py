@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from conftest import running_server
 from pydantic import SecretStr
+from support import running_server
 
 from app.main import create_app
 from app.service import ModelService

@@ -8,8 +8,8 @@ from collections.abc import Callable
 import anyio
 import httpx
 import pytest
-from conftest import ClientWith
 from pydantic import SecretStr
+from support import ClientWith
 
 from app.engine import EngineBusy
 from app.service import ModelService

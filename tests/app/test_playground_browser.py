@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 import torch
-from conftest import running_server
 from pydantic import SecretStr
+from support import running_server
 
 from app.main import create_app, load_service
 from app.service import ModelService

@@ -13,8 +13,8 @@ import anyio
 import httpx
 import pytest
 import torch
-from conftest import serve_asgi
 from pydantic import SecretStr
+from support import serve_asgi
 
 from app.main import create_app, load_service
 from app.registry import Poller

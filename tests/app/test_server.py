@@ -11,8 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import running_server
 from fastapi import FastAPI
+from support import running_server
 
 import app.main
 

@@ -1,0 +1,72 @@
+"""Helpers the app tests import (`from support import ...`): an ASGI client with the
+lifespan entered, a real uvicorn server in a thread, and an event-stream parser. Fixtures
+live in conftest.py; a helper module of its own name keeps these imports unambiguous
+beside the other test folders' conftest files."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+Event = tuple[str, Any]  # (event name, JSON-decoded data)
+
+ClientWith = Callable[..., contextlib.AbstractAsyncContextManager[httpx.AsyncClient]]
+
+
+@contextlib.asynccontextmanager
+async def serve_asgi(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of `app`, its lifespan entered (ASGITransport alone does not run it)."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            yield http
+
+
+@contextlib.contextmanager
+def running_server(application: FastAPI, **options: Any) -> Iterator[str]:
+    """The base URL of `application` under uvicorn on a free port, in a thread; stopped
+    (gracefully, lifespan included) on exit."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(
+        application, log_level="warning", timeout_graceful_shutdown=2, **options
+    )
+    runner = uvicorn.Server(config)
+    thread = threading.Thread(target=runner.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not runner.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        runner.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def parse_sse(text: str) -> list[Event]:
+    """(event, data) pairs of an event stream; comments (keep-alives) skipped."""
+    events = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        name, data = "message", []
+        for line in block.split("\n"):
+            field, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if field == "event":
+                name = value
+            elif field == "data":
+                data.append(value)
+        if data:
+            events.append((name, json.loads("\n".join(data))))
+    return events
