@@ -12,7 +12,7 @@ vectorises (8 floats per AVX2 instruction). Indexing the 3-D arrays directly wit
 `hidden + r` in the inner loop measured 4-5× slower: it did not vectorise.
 
 The cell's maths is model.fast_math.lstm_cell, the decoding step's own: float32 uses the
-vectorisable tanh (within 3.3e-7 of the exact one), float64 libm's exact tanh, so
+vectorisable tanh (within 4e-7 of the exact one), float64 libm's exact tanh, so
 torch.autograd.gradcheck checks these very loops.
 """
 

@@ -83,6 +83,14 @@ class GenerationParams:
     regex: Automaton | None = None  # the output must match it (model/decoding/regex.py)
 
     def __post_init__(self) -> None:
+        for name in ("length", "seed", "top_k", "repeat_last_n"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ParamError(name, f"must be an integer, got {value!r}", "int_type")
+        if self.logprobs is not None and (
+            not isinstance(self.logprobs, int) or isinstance(self.logprobs, bool)
+        ):
+            raise ParamError("logprobs", f"must be an integer, got {self.logprobs!r}", "int_type")
         checks = [
             (len(self.prime) >= 1, "prime", "needs at least one character"),
             (self.length >= 0, "length", f"must be ≥ 0, got {self.length}"),

@@ -125,6 +125,18 @@ def _table(fsm: interegular.FSM, vocab: Vocabulary, shown: str, max_states: int)
             break
         live = reaches
     start = number[fsm.initial]
+    # ...and reachable from the start through them: a pattern's states no text of this
+    # vocabulary leads to (the "é" branch of `é|ab`) are dropped too.
+    reachable = np.zeros(len(states), np.bool_)
+    reachable[start] = True
+    while True:
+        targets = by_char[reachable & live]
+        grown = reachable.copy()
+        grown[targets[(targets >= 0)]] = True
+        if (grown == reachable).all():
+            break
+        reachable = grown
+    live &= reachable
     if not live[start]:
         raise ParamError(
             "regex",

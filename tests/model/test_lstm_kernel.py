@@ -40,7 +40,7 @@ def test_matches_lstm_cell_step_by_step():
 
 def test_matches_pytorchs_lstm_in_float32_with_gradients():
     """The default model's width: outputs, final state and all gradients against
-    torch.lstm (the compiled tanh is within 3.3e-7 of the exact one; gradients gather
+    torch.lstm (the compiled tanh is within 4e-7 of the exact one; gradients gather
     twelve steps of such differences)."""
     results = {}
     for kernel in ("fused", "torch"):

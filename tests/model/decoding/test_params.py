@@ -113,7 +113,17 @@ def test_hostile_values_name_their_field(field, value):
         params(**{field: value})
     assert raised.value.field == field
     assert str(raised.value).startswith(f"{field}: ")
-    assert raised.value.kind == "value_error"
+    assert raised.value.kind in ("value_error", "int_type")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("top_k", 1.5), ("length", "10"), ("seed", True), ("repeat_last_n", 2.0), ("logprobs", 1.0)],
+)
+def test_integers_must_be_integers(field, value):
+    with pytest.raises(ParamError) as raised:
+        params(**{field: value})
+    assert (raised.value.field, raised.value.kind) == (field, "int_type")
 
 
 def test_prompt_logprobs_need_logprobs():
