@@ -20,9 +20,10 @@ Beside it, at the same thread count (torch.set_num_threads), the two references:
 - 2048²: one square sgemm, the machine's peak as far as this process sees it.
 
 Each round times every (variant, B, threads) and the references once, interleaved, each
-measurement long enough (~`--seconds`) to swamp the timer; the tables give medians over
-rounds, and each fraction is the median of the per-round ratios (the machine may be
-shared: the load average is printed before and after).
+measurement long enough (~`--seconds`) to swamp the timer. The table gives each rate as
+the median over rounds [and the best round], each fraction as the median of the
+per-round ratios [and best over best]; the machine may be shared, so the load average
+is printed before and after.
 
 `--other-tree PATH` also times another checkout's step (its model/decoding/step.py and
 network_rows.py; the rest from this tree), for a before/after in one run.
@@ -31,10 +32,13 @@ network_rows.py; the rest from this tree), for a before/after in one run.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib.util
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -76,29 +80,41 @@ def _module_from(path: Path, name: str) -> ModuleType:
 
 
 def other_kernel_rows(tree: Path) -> type:
-    """Another checkout's KernelRows, stepping with that checkout's step module."""
-    step = _module_from(tree / "model" / "decoding" / "step.py", "other_step")
+    """Another checkout's KernelRows, stepping with that checkout's step module. Both files
+    are loaded from a temporary copy: numba caches compiled code beside the source under
+    the module's name, and these names are not the checkout's own."""
+    copy = Path(tempfile.mkdtemp(prefix="decode-step-other-"))
+    atexit.register(shutil.rmtree, copy, True)
+    for name in ("step.py", "network_rows.py"):
+        shutil.copyfile(tree / "model" / "decoding" / name, copy / name)
+    step = _module_from(copy / "step.py", "other_step")
     ours = sys.modules["model.decoding.step"]
     sys.modules["model.decoding.step"] = step  # what its network_rows imports
     try:
-        rows = _module_from(tree / "model" / "decoding" / "network_rows.py", "other_rows")
+        rows = _module_from(copy / "network_rows.py", "other_rows")
     finally:
         sys.modules["model.decoding.step"] = ours
     return rows.KernelRows
 
 
-def timed(run: Callable[[], object], repeats: int) -> float:
-    """Seconds per call of `run`, over `repeats` calls."""
-    started = time.perf_counter()
-    for _ in range(repeats):
-        run()
-    return (time.perf_counter() - started) / repeats
+def timed(run: Callable[[], object], repeats: int, torch_threads: int = 1) -> float:
+    """Seconds per call of `run`, over `repeats` calls, torch at `torch_threads` intra-op
+    threads (1 again afterwards, so that idle OpenMP workers leave the cores to the
+    kernel's own threads)."""
+    torch.set_num_threads(torch_threads)
+    try:
+        started = time.perf_counter()
+        for _ in range(repeats):
+            run()
+        return (time.perf_counter() - started) / repeats
+    finally:
+        torch.set_num_threads(1)
 
 
-def repeats_for(run: Callable[[], object], seconds: float) -> int:
+def repeats_for(run: Callable[[], object], seconds: float, torch_threads: int = 1) -> int:
     """How many calls of `run` take about `seconds` (after a warm-up call)."""
-    run()
-    once = timed(run, 3)
+    timed(run, 1, torch_threads)
+    once = timed(run, 3, torch_threads)
     return max(3, round(seconds / max(once, 1e-7)))
 
 
@@ -140,20 +156,6 @@ def square_case() -> Callable[[], None]:
     return run
 
 
-def with_threads(threads: int, run: Callable[[], object]) -> Callable[[], object]:
-    """`run` with torch at `threads` intra-op threads (1 again afterwards, so that idle
-    OpenMP workers leave the cores to the kernel's own threads)."""
-
-    def wrapped() -> object:
-        torch.set_num_threads(threads)
-        try:
-            return run()
-        finally:
-            torch.set_num_threads(1)
-
-    return wrapped
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
@@ -174,18 +176,20 @@ def main() -> None:
     if args.other_tree:
         variants = {"other": other_kernel_rows(args.other_tree), **variants}
 
-    # Every measurement: a name → (callable, repeats, FLOPs per call).
-    cases: dict[tuple, tuple[Callable[[], object], int, int]] = {}
+    # Every measurement: a name → (callable, repeats, FLOPs per call, torch's threads).
+    cases: dict[tuple, tuple[Callable[[], object], int, int, int]] = {}
     for threads in thread_counts:
-        square = with_threads(threads, square_case())
-        cases["square", threads] = square, repeats_for(square, args.seconds), 2 * SQUARE**3
+        square = square_case()
+        repeats = repeats_for(square, args.seconds, threads)
+        cases["square", threads] = square, repeats, 2 * SQUARE**3, threads
         for batch in batches:
-            shapes = with_threads(threads, ShapesCase(config, batch))
             flops = per_row * batch
-            cases["shapes", batch, threads] = shapes, repeats_for(shapes, args.seconds), flops
+            shapes = ShapesCase(config, batch)
+            repeats = repeats_for(shapes, args.seconds, threads)
+            cases["shapes", batch, threads] = shapes, repeats, flops, threads
             for name, rows_type in variants.items():
                 step = StepCase(rows_type, model, batch, threads)
-                cases[name, batch, threads] = step, repeats_for(step, args.seconds), flops
+                cases[name, batch, threads] = step, repeats_for(step, args.seconds), flops, 1
 
     print(f"# {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}")
     print(f"# {config.num_layers}×{config.hidden_size}, V = {config.vocab_size}: "
@@ -193,8 +197,8 @@ def main() -> None:
     print(f"# load average before: {load_average()}")
     rates: dict[tuple, list[float]] = {key: [] for key in cases}
     for _ in range(args.rounds):
-        for key, (run, repeats, flops) in cases.items():
-            rates[key].append(flops / timed(run, repeats) / 1e9)
+        for key, (run, repeats, flops, torch_threads) in cases.items():
+            rates[key].append(flops / timed(run, repeats, torch_threads) / 1e9)
     print(f"# load average after: {load_average()}; medians of {args.rounds} rounds\n")
     print_table(rates, variants, batches, thread_counts, per_row)
 
@@ -206,8 +210,16 @@ def print_table(
     thread_counts: list[int],
     per_row: int,
 ) -> None:
-    def ratio(top: list[float], bottom: list[float]) -> float:
-        return statistics.median(a / b for a, b in zip(top, bottom, strict=True))
+    """Each rate as `median [best]`, each fraction as `median of the per-round ratios
+    [best / best]`: another process's load only ever slows a measurement down, so on a
+    shared machine the best round is the nearer to the machine's own figure."""
+
+    def rate(values: list[float]) -> str:
+        return f"{statistics.median(values):.1f} [{max(values):.1f}]"
+
+    def ratio(top: list[float], bottom: list[float]) -> str:
+        per_round = statistics.median(a / b for a, b in zip(top, bottom, strict=True))
+        return f"{per_round:.0%} [{max(top) / max(bottom):.0%}]"
 
     print("| step | B | threads | µs/step | GFLOP/s | shapes sgemm GFLOP/s | of shapes "
           "| 2048² GFLOP/s | of 2048² |")  # fmt: skip
@@ -218,19 +230,18 @@ def print_table(
             shapes = rates["shapes", batch, threads]
             for name in variants:
                 step = rates[name, batch, threads]
-                rate = statistics.median(step)
-                micros = per_row * batch / (rate * 1e9) * 1e6
+                micros = per_row * batch / (statistics.median(step) * 1e9) * 1e6
                 print(
-                    f"| {name} | {batch} | {threads} | {micros:,.0f} | {rate:.1f} "
-                    f"| {statistics.median(shapes):.1f} | {ratio(step, shapes):.0%} "
-                    f"| {statistics.median(square):.1f} | {ratio(step, square):.0%} |"
+                    f"| {name} | {batch} | {threads} | {micros:,.0f} | {rate(step)} "
+                    f"| {rate(shapes)} | {ratio(step, shapes)} "
+                    f"| {rate(square)} | {ratio(step, square)} |"
                 )
     if "other" in variants:
         print("\n| B | threads | ours / other |\n|--:|--:|--:|")
         for threads in thread_counts:
             for batch in batches:
-                speedup = ratio(rates["ours", batch, threads], rates["other", batch, threads])
-                print(f"| {batch} | {threads} | {speedup:.2f}× |")
+                ours, other = rates["ours", batch, threads], rates["other", batch, threads]
+                print(f"| {batch} | {threads} | {ratio(ours, other).replace('%', ' %')} |")
 
 
 def cpu_model() -> str:
