@@ -3,6 +3,7 @@
     python benchmarks/decode_step.py                          # B = 1, 8, 64, 256; 1 and 2 threads
     python benchmarks/decode_step.py --batches 64 --threads 1 --rounds 9
     python benchmarks/decode_step.py --other-tree /tmp/old    # another checkout's step beside ours
+    python benchmarks/decode_step.py --threads 1 --clock thread  # CPU time: a shared machine
 
 The step is the engine's call: `KernelRows(model, B, threads).advance(rows, ids)` over B rows
 of the checkpoint (model/decoding/network_rows.py, model/decoding/step.py). Its FLOPs per
@@ -23,7 +24,9 @@ Each round times every (variant, B, threads) and the references once, interleave
 measurement long enough (~`--seconds`) to swamp the timer. The table gives each rate as
 the median over rounds [and the best round], each fraction as the median of the
 per-round ratios [and best over best]; the machine may be shared, so the load average
-is printed before and after.
+is printed before and after. `--clock thread` times by the calling thread's CPU time
+instead (one thread only): other processes' turns on the core drop out, their effect on
+the caches does not.
 
 `--other-tree PATH` also times another checkout's step (its model/decoding/step.py and
 network_rows.py; the rest from this tree), for a before/after in one run.
@@ -97,24 +100,28 @@ def other_kernel_rows(tree: Path) -> type:
     return rows.KernelRows
 
 
-def timed(run: Callable[[], object], repeats: int, torch_threads: int = 1) -> float:
-    """Seconds per call of `run`, over `repeats` calls, torch at `torch_threads` intra-op
-    threads (1 again afterwards, so that idle OpenMP workers leave the cores to the
-    kernel's own threads)."""
+Clock = Callable[[], float]
+CLOCKS: dict[str, Clock] = {"wall": time.perf_counter, "thread": time.thread_time}
+
+
+def timed(run: Callable[[], object], repeats: int, torch_threads: int, clock: Clock) -> float:
+    """Seconds per call of `run` by `clock`, over `repeats` calls, torch at `torch_threads`
+    intra-op threads (1 again afterwards, so that idle OpenMP workers leave the cores to
+    the kernel's own threads)."""
     torch.set_num_threads(torch_threads)
     try:
-        started = time.perf_counter()
+        started = clock()
         for _ in range(repeats):
             run()
-        return (time.perf_counter() - started) / repeats
+        return (clock() - started) / repeats
     finally:
         torch.set_num_threads(1)
 
 
-def repeats_for(run: Callable[[], object], seconds: float, torch_threads: int = 1) -> int:
+def repeats_for(run: Callable[[], object], seconds: float, torch_threads: int) -> int:
     """How many calls of `run` take about `seconds` (after a warm-up call)."""
-    timed(run, 1, torch_threads)
-    once = timed(run, 3, torch_threads)
+    timed(run, 1, torch_threads, time.perf_counter)
+    once = timed(run, 3, torch_threads, time.perf_counter)
     return max(3, round(seconds / max(once, 1e-7)))
 
 
@@ -164,9 +171,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds (median shown)")
     parser.add_argument("--seconds", type=float, default=0.1, help="per measurement")
     parser.add_argument("--other-tree", type=Path, help="a checkout whose step runs too")
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall time, or the calling thread's CPU time (--threads 1 only: it leaves out "
+        "the time other processes take the core, on a shared machine)",
+    )
     args = parser.parse_args()
     batches = [int(value) for value in args.batches.split(",")]
     thread_counts = [int(value) for value in args.threads.split(",")]
+    if args.clock == "thread" and thread_counts != [1]:
+        parser.error("--clock thread times the calling thread only: use it with --threads 1")
+    clock = CLOCKS[args.clock]
 
     torch.set_num_threads(1)
     model = load_checkpoint(args.checkpoint).build_model()
@@ -189,16 +206,16 @@ def main() -> None:
             cases["shapes", batch, threads] = shapes, repeats, flops, threads
             for name, rows_type in variants.items():
                 step = StepCase(rows_type, model, batch, threads)
-                cases[name, batch, threads] = step, repeats_for(step, args.seconds), flops, 1
+                cases[name, batch, threads] = step, repeats_for(step, args.seconds, 1), flops, 1
 
     print(f"# {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}")
     print(f"# {config.num_layers}×{config.hidden_size}, V = {config.vocab_size}: "
           f"{per_row:,} FLOPs per row and step")  # fmt: skip
-    print(f"# load average before: {load_average()}")
+    print(f"# load average before: {load_average()}; {args.clock} clock")
     rates: dict[tuple, list[float]] = {key: [] for key in cases}
     for _ in range(args.rounds):
         for key, (run, repeats, flops, torch_threads) in cases.items():
-            rates[key].append(flops / timed(run, repeats, torch_threads) / 1e9)
+            rates[key].append(flops / timed(run, repeats, torch_threads, clock) / 1e9)
     print(f"# load average after: {load_average()}; medians of {args.rounds} rounds\n")
     print_table(rates, variants, batches, thread_counts, per_row)
 
@@ -241,7 +258,9 @@ def print_table(
         for threads in thread_counts:
             for batch in batches:
                 ours, other = rates["ours", batch, threads], rates["other", batch, threads]
-                print(f"| {batch} | {threads} | {ratio(ours, other).replace('%', ' %')} |")
+                per_round = statistics.median(a / b for a, b in zip(ours, other, strict=True))
+                best = max(ours) / max(other)
+                print(f"| {batch} | {threads} | {per_round:.2f}× [{best:.2f}×] |")
 
 
 def cpu_model() -> str:
