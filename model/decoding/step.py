@@ -6,23 +6,29 @@ other core.
 Why not torch's matmul: a BLAS computes a row of an (M, K)·(K, N) product with different
 code paths (and summation orders) for different M, so a stream's numbers would depend on
 how many others share its step, and a seed would not give the same text alone and in a
-crowd. Here every output element of a product is one chain of fused multiply-adds, each
-rounded once (llvm.fma, so contraction flags cannot change it), in one order:
+crowd. Here every output element of a product is one fixed chain of operations, each
+rounded once (the multiply-adds are llvm.fma, so contraction flags cannot change them):
 
-    acc = out[row, j]                       the table row or the bias (or an earlier product)
-    acc = fma(x[row, k], W[k, j], acc)      for k = 0, 1, ..., K-1
-    out[row, j] = acc
+    total = out[row, j]                     the table row or the bias (or an earlier product)
+    for each CHUNK of k, in order (k = 0..31, 32..63, ...):
+        part = 0
+        part = fma(x[row, k], W[k, j], part)    for each k of the chunk, in order
+        total = total + part
+    out[row, j] = total
 
-The products run as a register-blocked micro-kernel: a block of ROWS rows × a PANEL of
-outputs (4 × 64 floats: 16 AVX-512 registers) accumulates over the whole k range, so each
-weight vector loaded feeds ROWS rows; the rows left over (count % ROWS) go through the same
-code as a block of 1-3 rows. A block only decides which chains advance side by side, never
-what a chain computes, so a row's numbers are the same alone, in a block or in the
-remainder, in any slot and in any thread's share, and in scoring's recurrence
-(lstm_layer_sequence); tests/model/decoding/test_step_blocked.py checks it bit for bit.
+(Sums of CHUNK products join the running total 8 times for K = 256, rather than 256 single
+products: on the shipped model that keeps the logits within 1e-5 of a float64 network
+instead of 5e-5.) The products run as a register-blocked micro-kernel: a block of ROWS rows
+× a PANEL of outputs (4 × 64 floats: 16 AVX-512 registers) accumulates each chunk in
+registers, so each weight vector loaded feeds ROWS rows; the rows left over (count % ROWS)
+go through the same code as a block of 1-3 rows. A block only decides which chains advance
+side by side, never what a chain computes, so a row's numbers are the same alone, in a
+block or in the remainder, in any slot and in any thread's share, and in scoring's
+recurrence (lstm_layer_sequence); tests/model/decoding/test_step_blocked.py checks it bit
+for bit.
 
     W (K, N) ──pack_panels──▶ panels (⌈N/PANEL⌉, K, PANEL): panel p = columns p·PANEL ..
-    one block, one panel:     for k: acc[r, :] = fma(x[row_r, k], panels[p, k, :], acc[r, :])
+    one block, one panel:     for k: part[r, :] = fma(x[row_r, k], panels[p, k, :], part[r, :])
                               (r < ROWS: 4 broadcasts, 4 vector loads, 16 vector FMAs)
 
 On CPUs without AVX-512 the same code runs (and gives a row the same numbers whatever its
@@ -55,6 +61,7 @@ from model.network import CharRNN
 ROWS = 4  # rows per block: each weight vector loaded feeds this many (_multiply_rows
 # writes out the remainder's blocks, of 1-3 rows)
 PANEL = 64  # outputs per block: ROWS × PANEL accumulators = 16 AVX-512 registers
+CHUNK = 32  # products summed apart before they join an output's running total
 
 StepWeights = tuple[np.ndarray, ...]
 
@@ -109,7 +116,7 @@ def _fma(typingctx, a, b, c):
 def _block_scratch(typingctx):
     """A pointer to ROWS × PANEL float32 on the stack (in the function's entry block).
     Unlike a heap array, it provably overlaps no argument, so LLVM keeps a block's
-    accumulators in registers across the whole k loop."""
+    accumulators in registers through a whole chunk of the k loop."""
 
     def codegen(context, builder, signature, args):
         return cgutils.alloca_once(builder, llvm_ir.FloatType(), size=ROWS * PANEL)
@@ -136,25 +143,35 @@ def _multiply_block(x, rows, first, count, panels, out):
     """out[row] += x[row] · W for row = rows[first], ..., rows[first + count - 1] (count ≤
     ROWS, a constant where inlined), W as pack_panels lays it out; x (R, K), out (R, N).
     One chain per element, as the module docstring shows: the loops over r and j only
-    choose which chains advance side by side."""
+    choose which chains advance side by side. `part` lives in registers through a chunk;
+    `total` on the stack."""
     inner, width = panels.shape[1], out.shape[1]
-    acc = carray(_block_scratch(), (ROWS, PANEL))
+    total = carray(_block_scratch(), (ROWS, PANEL))
+    part = carray(_block_scratch(), (ROWS, PANEL))
     for panel in range(panels.shape[0]):
         start = panel * PANEL
         valid = min(PANEL, width - start)
         for r in range(count):
             row = rows[first + r]
             for j in range(PANEL):
-                acc[r, j] = out[row, start + j] if j < valid else np.float32(0.0)
-        for k in range(inner):
-            for j in range(PANEL):  # vectorised: PANEL / 16 AVX-512 FMAs per row
-                weight = panels[panel, k, j]
-                for r in range(count):
-                    acc[r, j] = _fma(x[rows[first + r], k], weight, acc[r, j])
+                total[r, j] = out[row, start + j] if j < valid else np.float32(0.0)
+        for chunk in range((inner + CHUNK - 1) // CHUNK):
+            for r in range(count):
+                for j in range(PANEL):
+                    part[r, j] = np.float32(0.0)
+            for step in range(min(CHUNK, inner - chunk * CHUNK)):
+                k = chunk * CHUNK + step
+                for j in range(PANEL):  # vectorised: PANEL / 16 AVX-512 FMAs per row
+                    weight = panels[panel, k, j]
+                    for r in range(count):
+                        part[r, j] = _fma(x[rows[first + r], k], weight, part[r, j])
+            for r in range(count):
+                for j in range(PANEL):
+                    total[r, j] = total[r, j] + part[r, j]
         for r in range(count):
             row = rows[first + r]
             for j in range(valid):
-                out[row, start + j] = acc[r, j]
+                out[row, start + j] = total[r, j]
 
 
 @njit(**JIT)
