@@ -13,18 +13,6 @@ def state_arrays(model, rows):
     return h, np.zeros_like(h), gates, logits
 
 
-def test_step_weights_layout(make_model):
-    model = make_model(vocab_size=11, hidden_size=6, num_layers=3)
-    weights = step_weights(model)
-    shapes = [w.shape for w in weights]
-    assert shapes == [(11, 24), (6, 24), (2, 6, 24), (2, 6, 24), (2, 24), (6, 11), (11,)]
-    assert all(w.dtype == np.float32 and w.flags.c_contiguous for w in weights)
-    w_ih, w_hh, b_ih, b_hh = model.layer_weights(2)
-    np.testing.assert_array_equal(weights[2][1], w_ih.detach().numpy().T)
-    np.testing.assert_array_equal(weights[3][1], w_hh.detach().numpy().T)
-    np.testing.assert_array_equal(weights[4][1], (b_ih + b_hh).detach().numpy())
-
-
 @pytest.mark.parametrize(
     ("layers", "hidden", "vocab"), [(1, 12, 11), (2, 13, 23), (3, 8, 5), (2, 33, 17), (1, 1, 3)]
 )
