@@ -25,7 +25,7 @@ from numba import njit
 
 from model.decoding.sampler import sample_rows
 from model.decoding.sampler_rows import SamplerRows
-from model.decoding.step import lstm_rows_step, step_weights
+from model.decoding.step import ROWS, lstm_rows_step, step_weights
 from model.fast_math import JIT
 from model.network import CharRNN
 
@@ -95,7 +95,9 @@ class KernelRows:
         parts = min(self.threads, count // ROWS_PER_THREAD)
         if parts < 2:
             return [work(rows)]
-        bounds = [count * part // parts for part in range(parts + 1)]
+        # Parts of whole 4-row blocks (the kernel's tile), so only the last has a remainder.
+        bounds = [min(count, -(-count * part // parts // ROWS) * ROWS) for part in range(parts)]
+        bounds.append(count)
         assert self._pool is not None
         first, *others = itertools.pairwise(bounds)
         helpers = [self._pool.submit(work, rows[start:end]) for start, end in others]
