@@ -131,6 +131,7 @@ class DecodingEngine:
         self.steps = 0
         self.jobs_failed = 0
         self.last_progress = time.monotonic()  # when an iteration last completed
+        self.streaming = 0  # rows the last iteration's steps advanced, all models
 
     # --- public -----------------------------------------------------------------------
     def add_lane(self, name: str, model: CharRNN, chars: tuple[str, ...]) -> Lane:
@@ -176,11 +177,12 @@ class DecodingEngine:
         return self._thread is not None and self._thread.is_alive()
 
     def chunk_interval(self) -> float:
-        """Least seconds between two chunks of one stream, given how many are active."""
+        """Least seconds between two chunks of one stream, given how many streams the last
+        iteration advanced (rows waiting for their prime or their turn make no chunks)."""
         config = self.config
         if config.max_chunks_per_second == 0:
             return config.min_chunk_interval
-        return max(config.min_chunk_interval, self.active / config.max_chunks_per_second)
+        return max(config.min_chunk_interval, self.streaming / config.max_chunks_per_second)
 
     def start(self) -> None:
         """Start the decoding thread (idempotent; a stopped engine can start again)."""
@@ -254,9 +256,9 @@ class DecodingEngine:
             for lane, job in admitted:
                 self._admit(lane, job)
             started = time.perf_counter()
-            for lane in self.lanes:
-                if len(lane.decoder.decoding):
-                    self._step(lane)
+            self.streaming = sum(
+                self._step(lane) for lane in self.lanes if len(lane.decoder.decoding)
+            )
             decoding = time.perf_counter() - started
             self._background(decoding)
             with self._wakeup:
@@ -294,7 +296,8 @@ class DecodingEngine:
             logger.exception("admitting a request failed")
             self._fail(job, FAILED_MESSAGE)
 
-    def _step(self, lane: Lane) -> None:
+    def _step(self, lane: Lane) -> int:
+        """One decoding step of the lane's rows (their fair shares); → the rows stepped."""
         decoder = lane.decoder
         try:
             decoding = decoder.decoding
@@ -304,7 +307,7 @@ class DecodingEngine:
             logger.exception("a decoding step failed; its %d requests fail", len(decoder.decoding))
             for row in decoder.decoding.tolist():
                 self._remove(lane, row, FAILED_MESSAGE)
-            return
+            return 0
         self.steps += 1
         self.chars_generated += len(rows)
         now = time.perf_counter()
@@ -327,6 +330,7 @@ class DecodingEngine:
             else:
                 job._wake()
         decoder.compact()
+        return len(rows)
 
     def _background(self, decoding_seconds: float) -> None:
         """Prefill and scoring, within the iteration's budget (shared when both wait)."""

@@ -62,15 +62,26 @@ class _Deadline(Exception):
     pass
 
 
+YIELD_SECONDS = 0.002  # a compile gives the GIL away this often (see _deadline)
+
+
 @contextmanager
 def _deadline(seconds: float) -> Iterator[None]:
-    """Abort pure-Python work in this thread after `seconds`: a trace function, called at
-    every Python function call, raises once the time is up."""
-    end = time.monotonic() + seconds
+    """Abort pure-Python work in this thread after `seconds` of its CPU time: a trace
+    function, called at every Python function call, raises once the time is up. It also
+    gives the GIL away every YIELD_SECONDS, so a long compile in a worker thread slows
+    the event loop and the decoding thread little."""
+    end = time.thread_time() + seconds
+    next_yield = time.monotonic() + YIELD_SECONDS
 
     def trace(frame: object, event: str, arg: object) -> None:
-        if time.monotonic() > end:
-            raise _Deadline
+        nonlocal next_yield
+        now = time.monotonic()
+        if now > next_yield:
+            time.sleep(0)  # lets a waiting thread take the GIL
+            next_yield = time.monotonic() + YIELD_SECONDS
+            if time.thread_time() > end:
+                raise _Deadline
 
     previous = sys.gettrace()
     sys.settrace(trace)
@@ -161,24 +172,41 @@ def _table(fsm: interegular.FSM, vocab: Vocabulary, shown: str, max_states: int)
 
 
 class RegexCache:
-    """Compiled automata of one vocabulary, least recently used dropped past `max_bytes`.
-    Thread-safe; a pattern compiles once however many requests use it."""
+    """Compiled automata of one vocabulary, least recently used dropped past `max_bytes`,
+    and the patterns that failed (the last REFUSED_KEPT), so a pattern compiles once
+    however many requests send it. Thread-safe; one compile runs at a time, so requests
+    full of costly patterns take one thread's time at most."""
+
+    REFUSED_KEPT = 1024
 
     def __init__(self, vocab: Vocabulary, limits: RegexLimits, max_bytes: int = 64 << 20):
         self.vocab = vocab
         self.limits = limits
         self.max_bytes = max_bytes
         self._entries: OrderedDict[str, Automaton] = OrderedDict()
+        self._refused: OrderedDict[str, ParamError] = OrderedDict()
         self._bytes = 0
         self._lock = Lock()
+        self._compiling = Lock()
 
     def get(self, pattern: str) -> Automaton:
-        with self._lock:
-            found = self._entries.get(pattern)
-            if found is not None:
-                self._entries.move_to_end(pattern)
-                return found
-        automaton = compile_regex(pattern, self.vocab, self.limits)
+        with self._compiling:
+            with self._lock:
+                found = self._entries.get(pattern)
+                if found is not None:
+                    self._entries.move_to_end(pattern)
+                    return found
+                refused = self._refused.get(pattern)
+                if refused is not None:
+                    raise refused
+            try:
+                automaton = compile_regex(pattern, self.vocab, self.limits)
+            except ParamError as error:
+                with self._lock:
+                    self._refused[pattern] = error
+                    while len(self._refused) > self.REFUSED_KEPT:
+                        self._refused.popitem(last=False)
+                raise
         with self._lock:
             if pattern not in self._entries:
                 self._entries[pattern] = automaton

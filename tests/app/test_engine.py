@@ -186,7 +186,7 @@ def test_chunk_interval_stretches_with_the_number_of_streams(model):
     engine.start()
     try:
         jobs = [engine.submit(lane, params(length=10**6, seed=n)) for n in range(50)]
-        wait_until(lambda: engine.active == 50)
+        wait_until(lambda: engine.streaming == 50)
         assert engine.chunk_interval() == pytest.approx(0.5)  # 50 streams / 100 chunks/s
     finally:
         for job in jobs:
