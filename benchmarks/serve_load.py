@@ -272,6 +272,42 @@ def print_row(label: str, result: LoadResult) -> None:
     )
 
 
+def plot(results: dict, path: Path, length: int) -> None:
+    """Aggregate chars/s and p99 time to first char against N, each server (plain
+    requests, one model) a line, in one figure of two panels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, (rate_axes, first_axes) = pyplot.subplots(1, 2, figsize=(10, 4))
+    for (kind, models), runs in results.items():
+        points = sorted((n, result) for (request, n), result in runs.items() if request == "plain")
+        if models != 1 or not points:
+            continue
+        clients = [n for n, _ in points]
+        label = {"ours": "this service", "baseline": "naive server"}.get(kind, kind)
+        rate_axes.plot(clients, [r.chars_per_second for _, r in points], "o-", label=label)
+        firsts = [
+            percentile([s.first_char for s in r.results if s.first_char is not None], 99) * 1e3
+            for _, r in points
+        ]
+        first_axes.plot(clients, firsts, "o-", label=label)
+    for axes, title in (
+        (rate_axes, "aggregate chars/s"),
+        (first_axes, "p99 time to first char (ms)"),
+    ):
+        axes.set_xscale("log", base=2)
+        axes.set_yscale("log")
+        axes.set_xlabel(f"concurrent streams ({length} chars each)")
+        axes.set_title(title)
+        axes.grid(True, which="both", alpha=0.3)
+        axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    print(f"plot: {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
@@ -283,6 +319,7 @@ def main() -> None:
     parser.add_argument("--requests", default="plain", help=f"of {', '.join(REQUESTS)}")
     parser.add_argument("--models", default="1", help="comma-separated model counts (ours)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per N; the median is shown")
+    parser.add_argument("--plot", type=Path, help="a PNG of chars/s and p99 TTFC against N")
     args = parser.parse_args()
     args.clients = [int(n) for n in args.clients.split(",")]
     args.baseline_clients = [int(n) for n in (args.baseline_clients or "").split(",") if n] or (
@@ -304,6 +341,8 @@ def main() -> None:
     for kind in args.servers.split(","):
         for models in [int(m) for m in args.models.split(",")] if kind != "baseline" else [1]:
             results[kind, models] = bench_server(kind, args, models)
+    if args.plot is not None:
+        plot(results, args.plot, args.length)
     first = next(iter(results))
     for (kind, models), runs in results.items():
         for (request_kind, n), result in runs.items():
