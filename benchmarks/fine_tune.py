@@ -1,6 +1,6 @@
 """Fine-tuning the shipped model against training from scratch, for the same CPU minutes.
 
-    python benchmarks/fine_tune.py [--minutes 2,5,10]
+    python benchmarks/fine_tune.py [--minutes 2,5,10] [--chars N --name fine_tune_N]
     python benchmarks/fine_tune.py --sweep [--sweep-steps 500,1500]
 
 The corpus: the docstrings of the installed numpy package (numpy is BSD-3-Clause licensed
@@ -8,15 +8,16 @@ and a dependency, so the corpus is there offline wherever the tests run): modern
 English with code examples, tables and formulas, nothing like Shakespeare's verse; about
 1.6 MB and 120 distinct characters with numpy 2.x, some 50 of them new to the shipped
 model. `docstring_corpus` writes it deterministically (files in sorted order) for one numpy
-version, which the output names.
+version, which the output names. `--chars N` keeps its first N characters: a smaller text,
+as people's own often is.
 
 For each budget, two runs start at the same time, one process and one thread each, so both
 see the same machine: `train` with the default recipe from fresh weights, and `train
 --init-from checkpoints/shakespeare.safetensors` (the fine-tune preset). Each stops at the
 budget (max_minutes: wall-clock, its evaluations included); its last.safetensors is then
 scored with `eval`'s function on the validation split (the corpus's last 10 %) as one
-stream. Prints the table, writes benchmarks/results/fine_tune.md and fine_tune.png (the
-longest budget's validation curves, and every budget's end point).
+stream. Prints the table, writes benchmarks/results/<name>.md and <name>.png (the longest
+budget's validation curves, and every budget's end point).
 
 --sweep measures the fine-tune preset instead: fine-tune runs, two at a time, one per
 learning rate and warm-up and per length in steps, on the Python standard library's
@@ -49,8 +50,8 @@ from training.evaluate import evaluate_text
 CHECKPOINT = ROOT / "checkpoints" / "shakespeare.safetensors"
 # Evaluations during a run: a cheap partial one for the curve (8 batches of 64 × 32).
 EVAL_EVERY, EVAL_BATCHES = 200, 8
-# (lr, warm-up steps); the last is the default recipe's.
-SWEEP = [(3e-3, 20), (5e-3, 20), (1e-2, 20), (1e-2, 100)]
+# (lr, warm-up steps); (1e-2, 100) is the default recipe's.
+SWEEP = [(3e-3, 20), (5e-3, 20), (1e-2, 20), (1e-2, 100), (2e-2, 20), (4e-2, 20)]
 
 
 def docstring_corpus(root: Path) -> str:
@@ -125,11 +126,11 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores"
 
 
-def benchmark(budgets: list[float]) -> None:
+def benchmark(budgets: list[float], chars: int | None, name: str) -> None:
     rows, curves = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        data = prepared(docstring_corpus(Path(np.__file__).parent), workdir, "numpy")
+        data = prepared(docstring_corpus(Path(np.__file__).parent)[:chars], workdir, "numpy")
         text = val_text(data)
         for minutes in budgets:
             runs = {kind: workdir / f"{kind}-{minutes:g}" for kind in ("scratch", "fine-tune")}
@@ -153,15 +154,20 @@ def benchmark(budgets: list[float]) -> None:
                 flush=True,
             )
         corpus_chars = len(load_prepared(data).train) + len(text)
-    write_results(rows, curves, corpus_chars, len(text))
+    write_results(rows, curves, corpus_chars, len(text), chars, name)
 
 
-def write_results(rows: list, curves: dict, corpus_chars: int, val_chars: int) -> None:
+def write_results(
+    rows: list, curves: dict, corpus_chars: int, val_chars: int, chars: int | None, name: str
+) -> None:
+    options = f" --chars {chars} --name {name}" if chars else ""
     lines = [
         "# Fine-tuning the shipped model against training from scratch",
         "",
-        f"`python benchmarks/fine_tune.py --minutes {','.join(f'{r[0]:g}' for r in rows)}`, "
-        f"{time.strftime('%Y-%m-%d')}, {machine()}; numpy {np.__version__}'s docstrings "
+        f"`python benchmarks/fine_tune.py --minutes {','.join(f'{r[0]:g}' for r in rows)}"
+        f"{options}`, "
+        f"{time.strftime('%Y-%m-%d')}, {machine()}; numpy {np.__version__}'s docstrings"
+        f"{f', the first {chars:,} characters' if chars else ''} "
         f"({corpus_chars:,} chars, validation: the last {val_chars:,}); one thread per run, "
         "both runs of a budget at the same time.",
         "",
@@ -174,9 +180,9 @@ def write_results(rows: list, curves: dict, corpus_chars: int, val_chars: int) -
             f"{tuned['bits']:.4f} ({tuned['steps']}) |"
         )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "fine_tune.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
-    plot(rows, curves, RESULTS / "fine_tune.png")
+    plot(rows, curves, RESULTS / f"{name}.png")
 
 
 def plot(rows: list, curves: dict, path: Path) -> None:
@@ -233,13 +239,15 @@ def sweep(lengths: list[int]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", default="2,5,10", help="budgets, comma-separated")
+    parser.add_argument("--chars", type=int, default=None, help="the corpus's first N chars")
+    parser.add_argument("--name", default="fine_tune", help="result file name")
     parser.add_argument("--sweep", action="store_true", help="measure the fine-tune preset")
     parser.add_argument("--sweep-steps", default="500,1500", help="run lengths, comma-separated")
     args = parser.parse_args()
     if args.sweep:
         sweep([int(n) for n in args.sweep_steps.split(",")])
     else:
-        benchmark([float(m) for m in args.minutes.split(",")])
+        benchmark([float(m) for m in args.minutes.split(",")], args.chars, args.name)
 
 
 if __name__ == "__main__":

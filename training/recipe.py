@@ -66,9 +66,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "weight_decay": 0.0,
         "ema_decay": 0.0,
     },
-    # `train --init-from`'s: a checkpoint's weights are already good, so a gentle rate
+    # `train --init-from`'s. Fine-tuning the shipped model on the standard library's
+    # docstrings, lr 2e-2 beat 3e-3, 5e-3, 1e-2 and 4e-2 at 500 and 1,500 steps (it must
+    # also teach the new characters), and a short warm-up beat the default's 100 steps
     # (docs/training-fine-tuning.md).
-    "fine-tune": {"lr": 3e-3, "warmup_steps": 20},
+    "fine-tune": {"lr": 2e-2, "warmup_steps": 20},
 }
 
 
