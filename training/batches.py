@@ -46,15 +46,25 @@ from torch import Tensor
 class ColumnBatches:
     """The windows of one split in the column layout above; `window(k)` is batch k."""
 
-    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, drop_last: bool = True):
+    def __init__(
+        self,
+        ids: np.ndarray,
+        batch_size: int,
+        seq_len: int,
+        drop_last: bool = True,
+        id_map: np.ndarray | None = None,
+    ):
         """`drop_last`: leave out a final window shorter than `seq_len` (training, so every
-        step has the same shape); keep it for evaluation, so every prediction is scored."""
+        step has the same shape); keep it for evaluation, so every prediction is scored.
+        `id_map`: (V_data,) the model's id of each stored id, when the model's vocabulary
+        is not the data's own (fine-tuning: training.finetune.merge_vocabularies)."""
         if batch_size < 1 or seq_len < 1:
             raise ValueError(f"batch_size and seq_len must be ≥ 1, got {batch_size}, {seq_len}")
         if ids.ndim != 1:
             raise ValueError(f"ids must be one-dimensional, got shape {ids.shape}")
         self.batch_size = batch_size
         self.seq_len = seq_len
+        self.id_map = id_map
         self.column_len = (len(ids) - 1) // batch_size  # L: predictions per column
         needed = batch_size * seq_len + 1 if drop_last else batch_size + 1
         if self.column_len < 1 or (drop_last and self.column_len < seq_len):
@@ -98,7 +108,8 @@ class ColumnBatches:
         stop = min(start + self.seq_len, self.column_len)
         rows = self._read(start, stop + 1)  # (B, T + 1) ids in the stored dtype
         block = torch.empty(rows.shape, dtype=torch.int64, pin_memory=pin_memory)
-        block.numpy()[...] = rows  # the one read and conversion, straight into the block
+        # The one read and conversion, straight into the block.
+        block.numpy()[...] = rows if self.id_map is None else self.id_map[rows]
         return block[:, :-1], block[:, 1:]  # (B, T) each
 
     def columns(self, part: slice) -> ColumnBatches:
@@ -129,7 +140,9 @@ class ColumnBatches:
         return rows
 
 
-def validation_batches(ids: np.ndarray, batch_size: int, seq_len: int) -> ColumnBatches:
+def validation_batches(
+    ids: np.ndarray, batch_size: int, seq_len: int, id_map: np.ndarray | None = None
+) -> ColumnBatches:
     """The held-out split in the same layout, keeping the short last window. Fewer columns
     than `batch_size` when the split is small, so each column holds at least one full
     window: every column starts from a zero state, and short columns would score mostly
@@ -137,20 +150,24 @@ def validation_batches(ids: np.ndarray, batch_size: int, seq_len: int) -> Column
     if len(ids) < 2:
         raise ValueError(f"{len(ids)} characters are too few: at least 2 are needed")
     columns = min(batch_size, max(1, (len(ids) - 1) // seq_len))
-    return ColumnBatches(ids, columns, seq_len, drop_last=False)
+    return ColumnBatches(ids, columns, seq_len, drop_last=False, id_map=id_map)
 
 
 def split_batches(
-    train: np.ndarray, val: np.ndarray, batch_size: int, seq_len: int
+    train: np.ndarray,
+    val: np.ndarray,
+    batch_size: int,
+    seq_len: int,
+    id_map: np.ndarray | None = None,
 ) -> tuple[ColumnBatches, ColumnBatches]:
-    """Training and validation batches of a prepared corpus's two splits. Raises ValueError
-    naming the split that is too small."""
+    """Training and validation batches of a prepared corpus's two splits (`id_map`: see
+    ColumnBatches). Raises ValueError naming the split that is too small."""
     try:
-        train_batches = ColumnBatches(train, batch_size, seq_len)
+        train_batches = ColumnBatches(train, batch_size, seq_len, id_map=id_map)
     except ValueError as error:
         raise ValueError(f"training split: {error}") from None
     try:
-        return train_batches, validation_batches(val, batch_size, seq_len)
+        return train_batches, validation_batches(val, batch_size, seq_len, id_map)
     except ValueError as error:
         raise ValueError(f"validation split: {error}") from None
 

@@ -1,5 +1,5 @@
 """Pipeline stage 4, training: what a run's checkpoints hold beyond the weights, and how a
-run continues from one (`train --resume`).
+run continues from one (`train --resume`; starting from one is training.finetune).
 
 A checkpoint's `info` says how its weights came about (the training config, validation
 loss, corpus name and size, steps); last.safetensors also holds the training state an exact
@@ -8,9 +8,9 @@ tensors and JSON by model.checkpoint, never pickled).
 
 Checkpoints travel (the shipped model is one), so they record no absolute path of the
 machine that trained them: `info["train_config"]` holds `out_dir` as "." (the run
-directory, where the checkpoint was written) and `data_dir` relative to the run directory,
-e.g. "../data/shakespeare" (its name alone where no relative path exists, as across Windows
-drives). A resumed run finds its data from the checkpoint's directory that way.
+directory, where the checkpoint was written), and `data_dir` and `init_from` relative to the
+run directory, e.g. "../data/shakespeare" (the name alone where no relative path exists, as
+across Windows drives). A resumed run finds its data from the checkpoint's directory.
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ from torch import Tensor
 
 from model.checkpoint import Checkpoint, CheckpointError
 from model.network import CharRNN, Hidden
+from model.text import NEWLINES_KEEP
 from training.batches import BatchPosition
 from training.dataset import PreparedCorpus
+from training.finetune import merge_vocabularies
 from training.recipe import FIXED_ON_RESUME, TrainConfig
 
 STATE_FORMAT = "charrnn-train-state"
@@ -129,13 +131,16 @@ def resumed_config(checkpoint: Checkpoint, run_dir: Path, **changes: Any) -> Tra
         raise CheckpointError(f"no usable training config in the checkpoint ({error})") from None
     run_dir = Path(run_dir).resolve()
     located = {"data_dir": (run_dir / saved.data_dir).resolve(), "out_dir": run_dir}
+    if saved.init_from is not None:
+        located["init_from"] = (run_dir / saved.init_from).resolve()
     return saved.with_changes(**(located | changes))
 
 
 def check_resumable(checkpoint: Checkpoint, config: TrainConfig, corpus: PreparedCorpus) -> None:
     """Raise ValueError unless `config` and `corpus` can continue `checkpoint`'s run: a
     training state is there, nothing in FIXED_ON_RESUME changed, and the data is the same
-    (vocabulary and size, so the saved position means the same text)."""
+    (size, and no character the run's vocabulary lacks, so the saved position means the
+    same text)."""
     if checkpoint.training_state is None:
         raise ValueError("the checkpoint has no training state (only last.safetensors has)")
     saved = TrainConfig.from_json(checkpoint.info.get("train_config", {}))
@@ -145,8 +150,8 @@ def check_resumable(checkpoint: Checkpoint, config: TrainConfig, corpus: Prepare
                 f"cannot change {name} when resuming (the run has {getattr(saved, name)!r}, "
                 f"asked for {getattr(config, name)!r})"
             )
-    if checkpoint.vocab != corpus.vocab:
-        raise ValueError("the checkpoint's vocabulary differs from the prepared data's")
+    if merge_vocabularies(checkpoint.vocab, corpus.vocab)[0] != checkpoint.vocab:
+        raise ValueError("the prepared data holds characters the checkpoint's vocabulary lacks")
     chars, run_chars = corpus.meta.get("source_chars"), checkpoint.info.get("corpus_chars")
     if chars != run_chars:
         raise ValueError(
@@ -260,16 +265,21 @@ def checkpoint_info(
         "tokens": counters.tokens,
         "corpus": corpus_meta.get("corpus"),
         "corpus_chars": corpus_meta.get("source_chars"),
+        "newlines": corpus_meta.get("newlines", NEWLINES_KEEP),  # as meta.json: see model.text
         "elapsed_seconds": elapsed_seconds,
         "torch_version": torch.__version__,
     }
 
 
-def relative_paths(config: TrainConfig) -> dict[str, str]:
-    """`data_dir` and `out_dir` as a checkpoint records them: relative to the run directory
-    (see the module docstring), with "/" separators on every system."""
-    try:
-        data_dir = Path(os.path.relpath(config.data_dir, config.out_dir)).as_posix()
-    except ValueError:  # on another drive (Windows): no relative path leads there
-        data_dir = config.data_dir.name
-    return {"data_dir": data_dir, "out_dir": "."}
+def relative_paths(config: TrainConfig) -> dict[str, str | None]:
+    """`data_dir`, `out_dir` and `init_from` as a checkpoint records them: relative to the
+    run directory (see the module docstring), with "/" separators on every system."""
+
+    def relative(path: Path) -> str:
+        try:
+            return Path(os.path.relpath(path, config.out_dir)).as_posix()
+        except ValueError:  # on another drive (Windows): no relative path leads there
+            return path.name
+
+    init_from = None if config.init_from is None else relative(config.init_from)
+    return {"data_dir": relative(config.data_dir), "out_dir": ".", "init_from": init_from}

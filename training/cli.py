@@ -19,6 +19,7 @@ from pathlib import Path
 
 from model.checkpoint import load_checkpoint
 from model.device import resolve_device
+from model.text import NEWLINES_KEEP
 from training.cli_train import add_train_arguments, run_train
 from training.evaluate import EVAL_SEQ_LEN, EvalResult, combine_results, evaluate_text
 from training.inference import (
@@ -158,6 +159,14 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
         const="line",
         help="each non-empty line is a document (line endings become the separator)",
     )
+    parser.add_argument(
+        "--keep-newlines",
+        dest="newlines",
+        action="store_const",
+        const=NEWLINES_KEEP,
+        default=defaults.newlines,
+        help="keep line endings as they are (default: CRLF and lone CR become LF)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
 
 
@@ -173,6 +182,7 @@ def run_prepare(args: argparse.Namespace) -> int:
             min_chars=args.batch_size * args.seq_len + 1,
             min_val_chars=args.seq_len + 1,
             documents=args.documents,
+            newlines=args.newlines,
         )
     except ValueError as error:  # an option out of range, e.g. --val-fraction 1.5
         return _fail(error)

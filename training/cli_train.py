@@ -1,6 +1,7 @@
 """The `train` command: flags in, a TrainConfig and a Trainer run (training.loop), one
 summary line out. A new run starts from fresh weights; `--resume` continues a run exactly
-where it stopped (training.checkpoints).
+where it stopped (training.checkpoints); `--init-from` fine-tunes a checkpoint's weights
+(training.finetune) with the "fine-tune" preset unless another is given.
 
 Ctrl-C or SIGTERM stop the run after the current step, save last.safetensors and print the
 command that resumes it; the exit status is then 130 (SIGINT) or 143 (SIGTERM).
@@ -26,8 +27,10 @@ from training.checkpoints import resumed_config
 from training.dataset import load_prepared
 from training.distributed import DEFAULT_TIMEOUT_SECONDS, DistributedError, process_group
 from training.evaluate import bits_per_char
+from training.finetune import fine_tune_config
 from training.loop import Trainer, TrainHooks, TrainResult
 from training.recipe import (
+    ARCHITECTURE,
     LSTM_IMPL_CHOICES,
     OPTIMIZERS,
     PRECISIONS,
@@ -108,6 +111,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "options given change the saved config (not the model or batch shape)",
     )
     parser.add_argument(
+        "--init-from",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="fine-tune: start a new run from this checkpoint's weights, with its network "
+        "(its vocabulary gains the data's new characters) and the fine-tune preset",
+    )
+    parser.add_argument(
         "--preset",
         choices=tuple(PRESETS),
         help="start from a named set of settings (flags given too override it): "
@@ -177,8 +187,17 @@ def _config(
     if args.resume is None:
         if data_dir is None or args.out is None:
             raise ValueError("train needs DATA_DIR and --out RUN_DIR (or --resume RUN_DIR)")
-        settings = {**preset(args.preset or "default"), **given}
-        return TrainConfig(data_dir, args.out.resolve(), **settings), None
+        if args.init_from is None:
+            settings = {**preset(args.preset or "default"), **given}
+            return TrainConfig(data_dir, args.out.resolve(), **settings), None
+        init = load_checkpoint(args.init_from)
+        # A preset's network settings give way to the checkpoint's; flags given do not.
+        chosen = preset(args.preset or "fine-tune").items()
+        settings = {**{k: v for k, v in chosen if k not in ARCHITECTURE}, **given}
+        path = args.init_from.resolve()
+        return fine_tune_config(init, path, data_dir, args.out.resolve(), **settings), None
+    if args.init_from is not None:
+        raise ValueError("--init-from starts a new run; --resume continues one: give only one")
     if args.preset is not None:
         raise ValueError("--preset starts a new run; a resumed run keeps its saved settings")
     path = resume_path(args.resume)

@@ -13,6 +13,9 @@ The vocabulary is the text's characters sorted by code point. A cut (`--max-voca
 separator (training.prepare) is always kept, however rare: it marks where every document
 starts, and the service stops a sample at it.
 
+A model fine-tuned on the data keeps its own vocabulary and appends the data's new
+characters to it; the ids on disk stay the data's own (training.finetune).
+
 The directory is written into a hidden temporary sibling that is renamed into place when
 complete, so readers see the old directory or the new one, never a mix, and a failure
 leaves nothing half-written behind.
@@ -32,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.text import NEWLINE_MODES, NEWLINES_KEEP
 from model.vocab import Vocabulary
 from training.sources import DataError
 
@@ -99,6 +103,8 @@ class PreparedMeta:
     """How the text was cut into documents ("file", "line"), None when it was not."""
     document_count: int = 0
     """Documents in the text (separators written), 0 without documents."""
+    newlines: str = NEWLINES_KEEP
+    """"lf": CRLF and lone CR were turned into LF (model.text); "keep": as they were."""
 
     @property
     def source_chars(self) -> int:
@@ -124,6 +130,7 @@ class PreparedMeta:
             "documents": self.documents,
             "separator": self.vocab.separator,
             "document_count": self.document_count,
+            "newlines": self.newlines,
         }
 
     @classmethod
@@ -138,6 +145,8 @@ class PreparedMeta:
             unknown_count=int(data.get("unknown_count", 0)),
             documents=data.get("documents"),
             document_count=int(data.get("document_count", 0)),
+            # Data prepared before the mode was recorded kept its line endings.
+            newlines=data.get("newlines", NEWLINES_KEEP),
         )
         if data["dtype"] != meta.dtype.name:
             raise ValueError(f"dtype {data['dtype']!r} does not fit the vocabulary")
@@ -145,6 +154,8 @@ class PreparedMeta:
             raise ValueError("negative split size")
         if data.get("source_chars", meta.source_chars) != meta.source_chars:
             raise ValueError("source_chars is not train_size + val_size")
+        if meta.newlines not in NEWLINE_MODES:
+            raise ValueError(f"unknown newlines mode {meta.newlines!r}")
         if (meta.documents is None) != (meta.vocab.separator is None):
             raise ValueError("documents and the vocabulary's separator disagree")
         return meta

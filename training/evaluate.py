@@ -20,6 +20,7 @@ from model.decoding.generate import SingleStream
 from model.decoding.params import GenerationParams, encode_prime
 from model.documents import document_prime
 from model.network import CharRNN, detach_hidden
+from model.text import NEWLINES_LF, normalize_newlines
 from model.vocab import Vocabulary
 from training.batches import ColumnBatches
 from training.distributed import Distributed
@@ -121,8 +122,11 @@ def evaluate_text(
     The rule for characters outside the vocabulary (not one of `vocab.chars`): they are
     counted in `oov_chars` and removed from the text before scoring, so the text is scored
     as if they were not there. A vocabulary's unknown symbol (U+FFFD) written in the text
-    is in the vocabulary and scored like any other character. Raises ValueError when fewer
-    than two characters are left."""
+    is in the vocabulary and scored like any other character. A model trained on text with
+    LF line endings (`info["newlines"]`, model.text) scores the text's CRLF and CR as LF.
+    Raises ValueError when fewer than two characters are left."""
+    if checkpoint.info.get("newlines") == NEWLINES_LF:
+        text = normalize_newlines(text)
     vocab = checkpoint.vocab
     kept = [c for c in text if c in vocab]
     if len(kept) < 2:

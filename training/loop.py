@@ -3,6 +3,7 @@ checkpoints, until a limit (training.run) stops it.
 
 Knows nothing of the command line: a Trainer takes a TrainConfig, a prepared corpus and,
 to continue a run, its last checkpoint; hooks let a caller stop it (signals) or watch it.
+A config with `init_from` starts from that checkpoint's weights (training.finetune).
 
 In a data-parallel run (training.distributed) every rank runs this loop on its own columns
 in lockstep: all ranks step, evaluate their share of the validation columns and take part
@@ -35,6 +36,7 @@ from training.checkpoints import (
 from training.dataset import PreparedCorpus
 from training.distributed import Distributed
 from training.evaluate import bits_per_char, evaluation_sample, validation_loss
+from training.finetune import fine_tune_weights, load_init, merge_vocabularies
 from training.recipe import (
     StepTimer,
     TrainConfig,
@@ -88,24 +90,33 @@ class Trainer:
     ):
         """Raises ValueError for a corpus too small for the batch shape, an unusable device
         or precision, a batch that does not split over the ranks of `dist` (None: one
-        process), or a checkpoint that does not fit the config and corpus."""
+        process), or a checkpoint (resumed, or config.init_from) that does not fit the
+        config and corpus."""
         self.config, self.corpus = config, corpus
         self.hooks = hooks or TrainHooks()
         self.dist = dist = dist or Distributed()
         self.show_progress = progress and dist.is_main
         self.device = dist.training_device(resolve_device(config.device))
         self.run_dir = RunDirectory(config.out_dir)
+        init = load_init(config) if resume is None and config.init_from is not None else None
+        # The model's vocabulary: the data's, or a checkpoint's with the data's new characters.
+        base = resume if resume is not None else init
+        self.vocab, id_map = corpus.vocab, None
+        if base is not None:
+            self.vocab, id_map = merge_vocabularies(base.vocab, corpus.vocab)
         train_batches, val_batches = split_batches(
-            corpus.train, corpus.val, config.batch_size, config.seq_len
+            corpus.train, corpus.val, config.batch_size, config.seq_len, id_map
         )
         self.columns = dist.batch_columns(config.batch_size)  # this rank's, of the batch
         self.train_batches = train_batches.columns(self.columns)
         self.val_batches = val_batches.columns(dist.share(val_batches.batch_size))
         with torch.random.fork_rng(devices=[]):  # seeded initialisation, caller's RNG kept
             torch.manual_seed(config.seed)  # the same on every rank: identical weights
-            self.model = CharRNN(config.model_config(len(corpus.vocab)))
+            self.model = CharRNN(config.model_config(len(self.vocab)))
             if config.forget_bias:
                 self.model.set_forget_bias(config.forget_bias)
+        if init is not None:
+            self.model.load_state_dict(fine_tune_weights(init, self.vocab))
         # How the recurrence runs (model/network.py): chosen once, passed to each forward.
         self.impl: LstmImpl = (
             preferred_impl(self.device) if config.lstm_impl == "auto" else config.lstm_impl  # type: ignore[assignment]
@@ -266,7 +277,7 @@ class Trainer:
             val_bits_per_char=bits_per_char(val_loss),
             lr=self.lr,
             chars_per_second=self._chars_per_second(),
-            sample=evaluation_sample(evaluated, self.corpus.vocab, self.config) if main else "",
+            sample=evaluation_sample(evaluated, self.vocab, self.config) if main else "",
         )
         improved = counters.record_evaluation(val_loss)
         if main and (improved or not self.run_dir.best.exists()):
@@ -287,7 +298,7 @@ class Trainer:
         info = checkpoint_info(
             self.config, self.counters, self._epoch(), self._elapsed(), self.corpus.meta
         )
-        return Checkpoint.from_model(self._result_model(), self.corpus.vocab, info, state)
+        return Checkpoint.from_model(self._result_model(), self.vocab, info, state)
 
     def _result_model(self) -> CharRNN:
         """What the run evaluates, samples and saves: the weight average if there is one."""

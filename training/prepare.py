@@ -22,6 +22,9 @@ prepared text the separator only ever marks a document boundary.
 With --doc-per-line the line endings ("\\n" or "\\r\\n") are dropped, the separator marks
 the boundary, and empty lines are not documents. Files and empty files: an empty file is no
 document; a file's own line breaks stay.
+
+Line endings: CRLF and a lone CR become LF before anything else (model.text), unless
+`--keep-newlines` keeps the bytes; meta.json records which ("newlines": "lf" or "keep").
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from model.text import NEWLINE_MODES, NEWLINES_KEEP, NEWLINES_LF, normalize_newlines
 from training.dataset import (
     CODE_POINTS,
     UNKNOWN,
@@ -79,6 +83,8 @@ class PrepareConfig:
     documents: str | None = None
     """"file": each input file is a document, "line": each line is; the documents are
     joined with a separator character (see above). None: the text as it is."""
+    newlines: str = NEWLINES_LF
+    """"lf": CRLF and lone CR become LF; "keep": line endings stay as they are."""
 
     def __post_init__(self) -> None:
         if not 0 < self.val_fraction < 1:
@@ -96,6 +102,9 @@ class PrepareConfig:
         for name in ("min_count", "min_chars", "min_val_chars", "chunk_chars"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.newlines not in NEWLINE_MODES:
+            modes = ", ".join(NEWLINE_MODES)
+            raise ValueError(f"newlines must be one of {modes}, got {self.newlines!r}")
         if self.documents is not None and self.documents not in DOCUMENT_MODES:
             modes = ", ".join(DOCUMENT_MODES)
             raise ValueError(f"documents must be one of {modes} or None, got {self.documents!r}")
@@ -117,9 +126,8 @@ def prepare(
         with tqdm(
             desc="counting", total=corpus.size_bytes, unit="B", unit_scale=True, disable=show
         ) as bar:
-            counts = count_code_points(
-                text_chunks(corpus, config.chunk_chars, config.documents), bar.update
-            )
+            chunks = text_chunks(corpus, config.chunk_chars, config.documents, config.newlines)
+            counts = count_code_points(chunks, bar.update)
         meta, table = _plan(counts, corpus.name, config)
         with (
             atomic_directory(out_dir) as tmp,
@@ -127,7 +135,7 @@ def prepare(
                 desc="encoding", total=corpus.size_bytes, unit="B", unit_scale=True, disable=show
             ) as bar,
         ):
-            chunks = text_chunks(corpus, config.chunk_chars, config.documents)
+            chunks = text_chunks(corpus, config.chunk_chars, config.documents, config.newlines)
             write_ids(
                 chunks, table, meta.train_size, meta.source_chars, meta.corpus, tmp, bar.update
             )
@@ -167,40 +175,56 @@ def _plan(counts: np.ndarray, name: str, config: PrepareConfig) -> tuple[Prepare
         unknown_count,
         config.documents,
         0 if separator is None else int(counts[ord(separator)]),
+        config.newlines,
     )
     return meta, id_table(vocab, meta.dtype)
 
 
-def text_chunks(corpus: Corpus, chunk_chars: int, documents: str | None) -> Chunks:
-    """The text `prepare` encodes: the corpus as it is (documents None), or its documents
-    joined as above ("file" or "line")."""
+def text_chunks(corpus: Corpus, chunk_chars: int, documents: str | None, newlines: str) -> Chunks:
+    """The text `prepare` encodes, its line endings as `newlines` says: the corpus as it is
+    (documents None), or its documents joined as above ("file" or "line")."""
     if documents is None:
-        return corpus.chunks(chunk_chars)
+        return with_newlines(corpus.chunks(chunk_chars), newlines)
     if documents == "file":
-        return file_documents(corpus, chunk_chars)
+        return file_documents(corpus, chunk_chars, newlines)
     if documents == "line":
-        return line_documents(corpus, chunk_chars)
+        return line_documents(corpus, chunk_chars, newlines)
     raise ValueError(f"documents must be one of {', '.join(DOCUMENT_MODES)}, got {documents!r}")
 
 
-def file_documents(corpus: Corpus, chunk_chars: int) -> Chunks:
+def with_newlines(chunks: Chunks, newlines: str) -> Chunks:
+    """`chunks` with CRLF and lone CR as LF ("lf"), or as they are ("keep"). A chunk that
+    ends in "\\r" holds it back: with a "\\n" starting the next chunk it is one CRLF."""
+    if newlines == NEWLINES_KEEP:
+        yield from chunks
+        return
+    held = ""
+    for text, nbytes in chunks:
+        text = held + text
+        held = "\r" if text.endswith("\r") else ""
+        yield normalize_newlines(text[: len(text) - len(held)]), nbytes
+    if held:
+        yield "\n", 0
+
+
+def file_documents(corpus: Corpus, chunk_chars: int, newlines: str) -> Chunks:
     """Each source (file, stdin, built-in corpus) a document, the separator before each."""
     for source in corpus.sources:
         started = False
-        for text, nbytes in source.chunks(chunk_chars):
+        for text, nbytes in with_newlines(source.chunks(chunk_chars), newlines):
             if text and not started:
                 yield SEPARATOR, 0
                 started = True
             yield text.replace(SEPARATOR, UNKNOWN), nbytes
 
 
-def line_documents(corpus: Corpus, chunk_chars: int) -> Chunks:
+def line_documents(corpus: Corpus, chunk_chars: int, newlines: str) -> Chunks:
     """Each non-empty line a document. Lines run across chunks, so the state between chunks
     is whether the current line has started (its separator written) and whether the chunk
     ended in a "\\r" that may be half of a "\\r\\n"."""
     in_line = False
     pending_cr = False
-    for text, nbytes in corpus.chunks(chunk_chars):
+    for text, nbytes in with_newlines(corpus.chunks(chunk_chars), newlines):
         if pending_cr:  # the held "\r": a line ending if "\n" follows, else text
             text, pending_cr = "\r" + text, False
         lines = text.replace(SEPARATOR, UNKNOWN).replace("\r\n", "\n").split("\n")

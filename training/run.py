@@ -115,15 +115,12 @@ class RunDirectory:
         return records
 
     def keep_metrics_up_to(self, step: int) -> list[dict[str, Any]]:
-        """Drop records after `step` — written after the checkpoint a run resumes from —
-        and damaged lines, so the file reads as one uninterrupted run. Returns the records
-        kept."""
-        records = [r for r in self.read_metrics() if r["step"] <= step]
+        """Drop records after `step` (written after the checkpoint a run resumes from) and
+        damaged lines, so the file reads as one uninterrupted run; returns the records kept."""
+        kept = [r for r in self.read_metrics() if r["step"] <= step]
         self.path.mkdir(parents=True, exist_ok=True)
-        _replace_file(
-            self.metrics, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        )
-        return records
+        _replace_file(self.metrics, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+        return kept
 
 
 def _replace_file(path: Path, text: str) -> None:

@@ -14,7 +14,6 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from support import ClientWith, Event, parse_sse, serve_asgi
 
 from app.main import create_app, load_service
 from app.service import ModelService
@@ -23,6 +22,7 @@ from model.checkpoint import Checkpoint, save_checkpoint
 from model.config import ModelConfig
 from model.network import CharRNN
 from model.vocab import Vocabulary
+from tests.app.support import ClientWith, Event, parse_sse, serve_asgi
 
 CORPUS = string.ascii_letters + " .,;:!?'\n"
 INFO = {"val_loss": 1.25, "val_bits_per_char": 1.8, "corpus": "tiny", "corpus_chars": 12345}

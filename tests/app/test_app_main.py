@@ -13,7 +13,6 @@ import httpx
 import numpy as np
 import pytest
 from fastapi import FastAPI
-from support import Event, parse_sse
 
 import app.main
 from app.main import create_app
@@ -21,6 +20,7 @@ from app.requests import generation_params
 from app.schemas import GenerateRequest
 from app.service import ModelService
 from app.settings import Settings
+from tests.app.support import Event, parse_sse
 
 pytestmark = pytest.mark.anyio
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import httpx
 import pytest
 from pydantic import SecretStr
-from support import ClientWith
 
 from app.auth import key_matches
 from app.settings import Settings
+from tests.app.support import ClientWith
 
 pytestmark = pytest.mark.anyio
 

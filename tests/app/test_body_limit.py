@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from support import ClientWith
+
+from tests.app.support import ClientWith
 
 pytestmark = pytest.mark.anyio
 

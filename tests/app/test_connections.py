@@ -16,11 +16,11 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from pydantic import ValidationError
-from support import running_server
 
 from app.connections import uvicorn_options
 from app.main import create_app
 from app.settings import Settings
+from tests.app.support import running_server
 
 TIMEOUT = 0.5  # every timeout of the server under test
 LIMIT = 3.0  # how long a test waits for the server to close a connection

@@ -6,11 +6,11 @@ from collections.abc import Iterator
 
 import pytest
 from pydantic import SecretStr
-from support import running_server
 
 from app.main import create_app
 from app.service import ModelService
 from app.settings import Settings
+from tests.app.support import running_server
 
 openai = pytest.importorskip("openai", reason="the openai client is a dev dependency")
 

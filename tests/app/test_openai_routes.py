@@ -9,10 +9,10 @@ import anyio
 import httpx
 import pytest
 from pydantic import SecretStr
-from support import ClientWith
 
 from app.engine import EngineBusy
 from app.service import ModelService
+from tests.app.support import ClientWith
 
 pytestmark = pytest.mark.anyio
 

@@ -18,7 +18,6 @@ import httpx
 import pytest
 import torch
 from pydantic import SecretStr
-from support import running_server
 
 from app.main import create_app, load_service
 from app.service import ModelService
@@ -27,6 +26,7 @@ from model.checkpoint import Checkpoint, save_checkpoint
 from model.config import ModelConfig
 from model.network import CharRNN
 from model.vocab import Vocabulary
+from tests.app.support import running_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 if not Path(CHROMIUM).exists():

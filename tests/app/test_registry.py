@@ -14,7 +14,6 @@ import httpx
 import pytest
 import torch
 from pydantic import SecretStr
-from support import serve_asgi
 
 from app.main import create_app, load_service
 from app.registry import Poller
@@ -23,6 +22,7 @@ from model.checkpoint import Checkpoint, save_checkpoint
 from model.config import ModelConfig
 from model.network import CharRNN
 from model.vocab import Vocabulary
+from tests.app.support import serve_asgi
 
 pytestmark = pytest.mark.anyio
 

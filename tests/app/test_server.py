@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from support import running_server
 
 import app.main
+from tests.app.support import running_server
 
 Parse = Callable[[str], list[tuple[str, Any]]]
 

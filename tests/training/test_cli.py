@@ -94,6 +94,25 @@ def test_prepare_document_flags(tmp_path, capsys):
         _prepare([*argv, "--documents", "--doc-per-line"])
 
 
+def test_prepare_turns_crlf_into_lf_unless_told_to_keep_it(tmp_path, capsys):
+    (tmp_path / "w.txt").write_bytes(b"one\r\ntwo\rthree\r\n" * 4)
+    argv = [str(tmp_path / "w.txt"), "--no-progress", "--batch-size", "1", "--seq-len", "1"]
+    assert _prepare([*argv, "--out", str(tmp_path / "lf")]) == 0
+    lf = load_prepared(tmp_path / "lf")
+    assert "\r" not in lf.vocab and lf.meta["newlines"] == "lf" and lf.meta["source_chars"] == 56
+    assert _prepare([*argv, "--out", str(tmp_path / "kept"), "--keep-newlines"]) == 0
+    kept = load_prepared(tmp_path / "kept")
+    assert "\r" in kept.vocab and kept.meta["newlines"] == "keep"
+    assert kept.meta["source_chars"] == 64 and "keep line endings" in _help(capsys)
+
+
+def _help(capsys) -> str:
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        _prepare(["--help"])
+    return capsys.readouterr().out
+
+
 def test_eval_prints_one_line_per_file_and_a_total(trained, capsys):
     (trained / "other.txt").write_text("the lazy dog!")  # "!" is not in the vocabulary
     best = str(trained / "run" / "best.safetensors")

@@ -47,6 +47,7 @@ def test_load_errors(prepared, tmp_path):
         ({"vocab": {"chars": "abc"}}, "malformed"),
         ({"train_size": None}, "malformed"),
         ({"source_chars": 1}, "malformed.*source_chars"),
+        ({"newlines": "crlf"}, "malformed.*unknown newlines mode 'crlf'"),
     ],
 )
 def test_load_rejects_other_meta(prepared, changes, message):
@@ -64,3 +65,11 @@ def test_load_rejects_garbled_meta(prepared):
 def test_meta_json_round_trip():
     meta = PreparedMeta(Vocabulary(("a", "\ufffd"), unknown="\ufffd"), 9, 1, "x", 0.1, 4)
     assert PreparedMeta.from_json(meta.to_json()) == meta
+
+
+def test_data_prepared_before_newline_modes_kept_its_line_endings(prepared):
+    meta = json.loads((prepared / "meta.json").read_text())
+    del meta["newlines"]
+    (prepared / "meta.json").write_text(json.dumps(meta))
+    assert PreparedMeta.from_json(meta).newlines == "keep"
+    assert load_prepared(prepared).meta.get("newlines") is None  # meta.json as written

@@ -73,3 +73,12 @@ def test_combined_results_weigh_by_characters():
     b = EvalResult.from_total(nats=30.0, chars=10)
     total = combine_results([a, b])
     assert (total.nats_per_char, total.chars, total.oov_chars) == (2.0, 20, 1)
+
+
+def test_a_model_of_lf_text_scores_crlf_as_lf(checkpoint):
+    crlf, lf = "abc\r\ndef\rgh\n" * 3, "abc\ndef\ngh\n" * 3
+    kept = evaluate_text(checkpoint, crlf)
+    assert kept.oov_chars == 6  # "\r" is not in the vocabulary: left out
+    checkpoint.info["newlines"] = "lf"
+    assert evaluate_text(checkpoint, crlf) == evaluate_text(checkpoint, lf)
+    assert evaluate_text(checkpoint, crlf).oov_chars == 0

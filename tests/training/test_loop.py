@@ -118,6 +118,7 @@ def test_the_run_directory(tmp_path, corpus):
     assert info["corpus_chars"] == len(TEXT)
     assert info["train_config"] == config.to_json() | {"data_dir": "../data", "out_dir": "."}
     assert info["val_loss"] == records[-1]["val_loss"] and "torch_version" in info
+    assert info["newlines"] == "lf"  # as the data was prepared
     assert last.build_model()(torch.tensor([[0, 1, 2]]))[0].shape == (1, 3, len(corpus.vocab))
 
 

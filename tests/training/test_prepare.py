@@ -7,6 +7,7 @@ import pytest
 
 from model.checkpoint import load_checkpoint
 from model.documents import truncate_at_separator
+from model.text import NEWLINES_KEEP, NEWLINES_LF
 from model.vocab import Vocabulary
 from training import prepare as prepare_module
 from training.dataset import load_prepared
@@ -57,6 +58,7 @@ def test_round_trip_split_and_meta(tmp_path):
         "documents": None,
         "separator": None,
         "document_count": 0,
+        "newlines": "lf",
     }
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hamlet.txt", "prepared"]
 
@@ -66,6 +68,28 @@ def test_several_files_are_joined_with_newlines(tmp_path):
     meta = prepare(inputs, tmp_path / "out", SMALL, progress=False)
     assert meta.corpus == "a.txt+b.txt"
     assert _decoded(load_prepared(tmp_path / "out")) == "first\nsecond\n"
+
+
+@pytest.mark.parametrize("chunk_chars", [1, 2, 3, 7, 100])
+def test_crlf_and_lone_cr_become_lf_across_chunk_boundaries(tmp_path, chunk_chars):
+    text = "a\r\nb\rc\r\r\nd\n\re\r"
+    with open_corpus([_write(tmp_path / "w.txt", text)], "utf-8", "*") as corpus:
+        chunks = list(text_chunks(corpus, chunk_chars, None, NEWLINES_LF))
+    assert "".join(t for t, _ in chunks) == "a\nb\nc\n\nd\n\ne\n"
+    assert sum(n for _, n in chunks) == len(text.encode())  # every input byte reported
+
+
+def test_a_windows_corpus_has_no_cr_in_its_vocabulary(tmp_path):
+    lines = "".join(f"line {n} of a Windows file\r\n" for n in range(20))
+    config = PrepareConfig(min_chars=1, min_val_chars=1, chunk_chars=5)
+    meta = prepare([_write(tmp_path / "w.txt", lines)], tmp_path / "lf", config, progress=False)
+    assert "\r" not in meta.vocab and meta.source_chars == len(lines) - 20
+    assert _decoded(load_prepared(tmp_path / "lf")) == lines.replace("\r\n", "\n")
+    assert json.loads((tmp_path / "lf" / "meta.json").read_text())["newlines"] == "lf"
+    keep = PrepareConfig(min_chars=1, min_val_chars=1, chunk_chars=5, newlines=NEWLINES_KEEP)
+    meta = prepare([str(tmp_path / "w.txt")], tmp_path / "kept", keep, progress=False)
+    assert "\r" in meta.vocab and _decoded(load_prepared(tmp_path / "kept")) == lines
+    assert load_prepared(tmp_path / "kept").meta["newlines"] == "keep"
 
 
 def test_large_vocabulary_uses_uint16_little_endian(tmp_path):
@@ -180,6 +204,8 @@ def test_replaces_prepared_data_but_nothing_else(tmp_path):
         {"min_count": 0},
         {"min_chars": 0},
         {"chunk_chars": 0},
+        {"newlines": "crlf"},
+        {"newlines": None},
     ],
 )
 def test_config_validation(changes):
@@ -189,9 +215,9 @@ def test_config_validation(changes):
         PrepareConfig(**changes)
 
 
-def _joined(paths, documents, chunk_chars=3):
+def _joined(paths, documents, chunk_chars=3, newlines=NEWLINES_LF):
     with open_corpus([str(p) for p in paths], "utf-8", "*") as corpus:
-        return "".join(t for t, _ in text_chunks(corpus, chunk_chars, documents))
+        return "".join(t for t, _ in text_chunks(corpus, chunk_chars, documents, newlines))
 
 
 def _decoded_dir(out):
@@ -210,8 +236,10 @@ def test_each_file_is_a_document(tmp_path):
 def test_each_nonempty_line_is_a_document(tmp_path, chunk_chars):
     (tmp_path / "a.txt").write_bytes(b"one\r\ntwo\n\n\r\nthree\rx\nlast")
     (tmp_path / "b.txt").write_bytes(b"next file\r")
-    joined = _joined([tmp_path], "line", chunk_chars)
-    assert joined == f"{SEP}one{SEP}two{SEP}three\rx{SEP}last{SEP}next file"
+    kept = _joined([tmp_path], "line", chunk_chars, NEWLINES_KEEP)
+    assert kept == f"{SEP}one{SEP}two{SEP}three\rx{SEP}last{SEP}next file"
+    joined = _joined([tmp_path], "line", chunk_chars)  # the lone "\r" ends a line too
+    assert joined == f"{SEP}one{SEP}two{SEP}three{SEP}x{SEP}last{SEP}next file"
 
 
 def test_separators_in_the_text_become_u_fffd(tmp_path):
@@ -226,7 +254,7 @@ def test_unknown_mode_is_refused(tmp_path):
         open_corpus([str(tmp_path / "a.txt")], "utf-8", "*") as corpus,
         pytest.raises(ValueError, match="documents must be one of"),
     ):
-        text_chunks(corpus, 3, "page")
+        text_chunks(corpus, 3, "page", NEWLINES_LF)
     with pytest.raises(ValueError, match="documents must be one of"):
         PrepareConfig(documents="page")
 
@@ -265,7 +293,7 @@ def test_a_vocabulary_cut_keeps_the_separator(tmp_path):
 def test_line_documents_report_input_bytes(tmp_path):
     (tmp_path / "a.txt").write_bytes(b"ab\ncd\n")
     with open_corpus([str(tmp_path / "a.txt")], "utf-8", "*") as corpus:
-        assert sum(n for _, n in line_documents(corpus, 4)) == 6
+        assert sum(n for _, n in line_documents(corpus, 4, NEWLINES_LF)) == 6
 
 
 def test_the_separator_travels_into_checkpoints(tmp_path):

@@ -1,0 +1,254 @@
+"""Fine-tuning the shipped model against training from scratch, for the same CPU minutes.
+
+    python benchmarks/fine_tune.py [--minutes 2,5,10] [--chars N --name fine_tune_N]
+    python benchmarks/fine_tune.py --sweep [--sweep-steps 500,1500]
+
+The corpus: the docstrings of the installed numpy package (numpy is BSD-3-Clause licensed
+and a dependency, so the corpus is there offline wherever the tests run): modern technical
+English with code examples, tables and formulas, nothing like Shakespeare's verse; about
+1.6 MB and 120 distinct characters with numpy 2.x, some 50 of them new to the shipped
+model. `docstring_corpus` writes it deterministically (files in sorted order) for one numpy
+version, which the output names. `--chars N` keeps its first N characters: a smaller text,
+as people's own often is.
+
+For each budget, two runs start at the same time, one process and one thread each, so both
+see the same machine: `train` with the default recipe from fresh weights, and `train
+--init-from checkpoints/shakespeare.safetensors` (the fine-tune preset). Each stops at the
+budget (max_minutes: wall-clock, its evaluations included); its last.safetensors is then
+scored with `eval`'s function on the validation split (the corpus's last 10 %) as one
+stream. Prints the table, writes benchmarks/results/<name>.md and <name>.png (the longest
+budget's validation curves, and every budget's end point).
+
+--sweep measures the fine-tune preset instead: fine-tune runs, two at a time, one per
+learning rate and warm-up and per length in steps, on the Python standard library's
+docstrings (a corpus of the same kind but not the benchmark's, so the preset is not tuned
+on it). Every fine-tune run takes the same time per step, so lengths in steps rank the
+settings as minutes would, and unlike minutes they do not depend on the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import platform
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from time_to_loss import RESULTS, ROOT  # benchmarks/ is the script's own directory
+
+from model.checkpoint import load_checkpoint
+from training.dataset import load_prepared
+from training.evaluate import evaluate_text
+
+CHECKPOINT = ROOT / "checkpoints" / "shakespeare.safetensors"
+# Evaluations during a run: a cheap partial one for the curve (8 batches of 64 × 32).
+EVAL_EVERY, EVAL_BATCHES = 200, 8
+# (lr, warm-up steps); (1e-2, 100) is the default recipe's.
+SWEEP = [(3e-3, 20), (5e-3, 20), (1e-2, 20), (1e-2, 100), (2e-2, 20), (4e-2, 20)]
+
+
+def docstring_corpus(root: Path) -> str:
+    """The docstrings (module, class, function) of every .py file under `root`, test
+    folders left out, in sorted path order, one blank line between two."""
+    texts = []
+    for path in sorted(root.rglob("*.py")):
+        if {"tests", "test", "site-packages", "idlelib"} & set(path.relative_to(root).parts):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            kinds = ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef
+            if isinstance(node, kinds) and (doc := ast.get_docstring(node)):
+                texts.append(doc.strip())
+    return "\n\n".join(texts) + "\n"
+
+
+def prepared(text: str, workdir: Path, name: str) -> Path:
+    (workdir / f"{name}.txt").write_text(text, encoding="utf-8")
+    data = workdir / f"{name}-data"
+    command = ["prepare", str(workdir / f"{name}.txt"), "--out", str(data), "--no-progress"]
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-m", "training", *command], check=True, cwd=ROOT, env=env)
+    return data
+
+
+def train_commands(data: Path, out: Path, limit: list[str], init: bool, extra: list[str]):
+    command = [sys.executable, "-m", "training", "train", str(data), "--out", str(out)]
+    command += [*limit, "--threads", "1", "--no-progress"]
+    command += ["--eval-every", str(EVAL_EVERY), "--eval-batches", str(EVAL_BATCHES)]
+    command += ["--sample-length", "0", *extra]
+    return command + (["--init-from", str(CHECKPOINT)] if init else [])
+
+
+def run_together(commands: list[list[str]], logs: Path) -> None:
+    """Start the commands at once (one thread each) and wait for all; their output goes to
+    numbered files in `logs`, shown when a run fails."""
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    processes = []
+    for n, command in enumerate(commands):
+        log = (logs / f"run-{n}.log").open("w")
+        processes.append((subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log), n))
+    for process, n in processes:
+        if process.wait() != 0:
+            raise SystemExit(f"a run failed: {commands[n]}\n{(logs / f'run-{n}.log').read_text()}")
+
+
+def score(run: Path, val_text: str) -> dict:
+    """The run's last weights on the validation text, one stream; and its curve."""
+    checkpoint = load_checkpoint(run / "last.safetensors")
+    result = evaluate_text(checkpoint, val_text)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    curve = [(r["elapsed_seconds"] / 60, r["val_bits_per_char"]) for r in records]
+    return {"bits": result.bits_per_char, "steps": checkpoint.info["step"], "curve": curve}
+
+
+def val_text(data: Path) -> str:
+    corpus = load_prepared(data)
+    return corpus.vocab.decode(np.asarray(corpus.val).tolist())
+
+
+def machine() -> str:
+    model = platform.processor() or "?"
+    try:
+        lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+        model = next(line.split(":", 1)[1].strip() for line in lines if "Model name" in line)
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def benchmark(budgets: list[float], chars: int | None, name: str) -> None:
+    rows, curves = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        data = prepared(docstring_corpus(Path(np.__file__).parent)[:chars], workdir, "numpy")
+        text = val_text(data)
+        for minutes in budgets:
+            runs = {kind: workdir / f"{kind}-{minutes:g}" for kind in ("scratch", "fine-tune")}
+            limit = ["--max-minutes", str(minutes)]
+            started = time.monotonic()
+            run_together(
+                [
+                    train_commands(data, runs["scratch"], limit, False, []),
+                    train_commands(data, runs["fine-tune"], limit, True, []),
+                ],
+                workdir,
+            )
+            results = {kind: score(path, text) for kind, path in runs.items()}
+            curves[minutes] = {kind: r["curve"] for kind, r in results.items()}
+            rows.append((minutes, results["scratch"], results["fine-tune"]))
+            print(
+                f"{minutes:g} min: scratch {results['scratch']['bits']:.4f} bits/char "
+                f"({results['scratch']['steps']} steps), fine-tune "
+                f"{results['fine-tune']['bits']:.4f} ({results['fine-tune']['steps']} steps) "
+                f"[{time.monotonic() - started:.0f} s]",
+                flush=True,
+            )
+        corpus_chars = len(load_prepared(data).train) + len(text)
+    write_results(rows, curves, corpus_chars, len(text), chars, name)
+
+
+def write_results(
+    rows: list, curves: dict, corpus_chars: int, val_chars: int, chars: int | None, name: str
+) -> None:
+    options = f" --chars {chars} --name {name}" if chars else ""
+    lines = [
+        "# Fine-tuning the shipped model against training from scratch",
+        "",
+        f"`python benchmarks/fine_tune.py --minutes {','.join(f'{r[0]:g}' for r in rows)}"
+        f"{options}`, "
+        f"{time.strftime('%Y-%m-%d')}, {machine()}; numpy {np.__version__}'s docstrings"
+        f"{f', the first {chars:,} characters' if chars else ''} "
+        f"({corpus_chars:,} chars, validation: the last {val_chars:,}); one thread per run, "
+        "both runs of a budget at the same time.",
+        "",
+        "| CPU minutes | scratch: val bits/char (steps) | fine-tune: val bits/char (steps) |",
+        "|--:|--:|--:|",
+    ]
+    for minutes, scratch, tuned in rows:
+        lines.append(
+            f"| {minutes:g} | {scratch['bits']:.4f} ({scratch['steps']}) | "
+            f"{tuned['bits']:.4f} ({tuned['steps']}) |"
+        )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+    plot(rows, curves, RESULTS / f"{name}.png")
+
+
+def plot(rows: list, curves: dict, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    longest = max(curves)
+    for kind, colour in (("scratch", "tab:blue"), ("fine-tune", "tab:orange")):
+        minutes, bits = zip(*curves[longest][kind], strict=True)
+        axes.plot(minutes, bits, color=colour, alpha=0.5, label=f"{kind}, during {longest:g} min")
+        ends = [(r[0], r[1 if kind == "scratch" else 2]["bits"]) for r in rows]
+        axes.plot(*zip(*ends, strict=True), "o", color=colour, label=f"{kind}, at the end")
+    axes.set_xlabel("CPU minutes (one thread)")
+    axes.set_ylabel("validation bits/char")
+    axes.set_title("numpy docstrings: fine-tuning the Shakespeare model vs from scratch")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, format="png")
+
+
+def sweep(lengths: list[int]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        stdlib = Path(sysconfig.get_paths()["stdlib"])
+        data = prepared(docstring_corpus(stdlib)[:1_600_000], workdir, "stdlib")
+        text = val_text(data)
+        print("sweep: fine-tune runs on the standard library's docstrings")
+        runs = [(steps, lr, warmup) for steps in lengths for lr, warmup in SWEEP]
+        for pair in range(0, len(runs), 2):
+            settings = runs[pair : pair + 2]
+            outs = [workdir / f"s{steps}-lr{lr:g}-w{warmup}" for steps, lr, warmup in settings]
+            commands = [
+                train_commands(
+                    data,
+                    out,
+                    ["--max-steps", str(steps)],
+                    True,
+                    ["--lr", str(lr), "--warmup-steps", str(warmup)],
+                )
+                for out, (steps, lr, warmup) in zip(outs, settings, strict=True)
+            ]
+            run_together(commands, workdir)
+            for (steps, lr, warmup), out in zip(settings, outs, strict=True):
+                bits = score(out, text)["bits"]
+                print(
+                    f"{steps} steps, lr {lr:g}, warm-up {warmup}: {bits:.4f} bits/char", flush=True
+                )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", default="2,5,10", help="budgets, comma-separated")
+    parser.add_argument("--chars", type=int, default=None, help="the corpus's first N chars")
+    parser.add_argument("--name", default="fine_tune", help="result file name")
+    parser.add_argument("--sweep", action="store_true", help="measure the fine-tune preset")
+    parser.add_argument("--sweep-steps", default="500,1500", help="run lengths, comma-separated")
+    args = parser.parse_args()
+    if args.sweep:
+        sweep([int(n) for n in args.sweep_steps.split(",")])
+    else:
+        benchmark([float(m) for m in args.minutes.split(",")], args.chars, args.name)
+
+
+if __name__ == "__main__":
+    main()
