@@ -1,4 +1,6 @@
-"""The character vocabulary: sorted unique characters, id = position in that order."""
+"""The character vocabulary: unique characters, id = position. `from_text` sorts them by
+code point (so ids do not depend on where characters first appear); a fine-tuned model's
+vocabulary is its base model's characters followed by the new ones (training/finetune.py)."""
 
 from __future__ import annotations
 
@@ -20,8 +22,9 @@ class OutOfVocabularyError(ValueError):
 
 @dataclass(frozen=True)
 class Vocabulary:
-    """Maps characters to ids and back. The order is sorted by code point, so it does not
-    depend on where characters first appear in the corpus (torch-rnn's weakness)."""
+    """Maps characters to ids and back, id = position in `chars`. Made from text, the order
+    is by code point, so it does not depend on where characters first appear in the corpus
+    (torch-rnn's weakness); fine-tuning appends new characters, keeping old ids."""
 
     chars: tuple[str, ...]
     # Optional stand-in for characters left out of the vocabulary (rare characters cut by
