@@ -7,7 +7,7 @@ active request by one character per step, in one batched step per model.
 
 One iteration of the thread:
   1. admit waiting requests into free rows (cheap: the prime runs later);
-  2. one decoding step per model with decoding rows (each model a Lane);
+  2. one decoding step per model with decoding rows (each model a Lane: app/lane.py);
   3. background work under a time budget (prefill_share of the engine's time while
      streams decode, at least one character per iteration), so a burst of long primes or
      a long text to score cannot freeze the streams already running:
@@ -31,17 +31,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from app.fairness import FairShare
+import numpy as np
+
 from app.jobs import Job, ScoreJob
+from app.lane import FAILED_MESSAGE, EngineCounters, Lane
 from model.decoding.decoder import BatchDecoder
 from model.decoding.params import GenerationParams
-from model.decoding.sampler import FAILURES, RUNNING
 from model.network import CharRNN
 from model.scoring import Scorer
 
 logger = logging.getLogger("charrnn.engine")
-
-FAILED_MESSAGE = "generation failed; the server's log has the details"
 
 
 class EngineBusy(RuntimeError):
@@ -93,25 +92,6 @@ class EngineConfig:
             raise ValueError(f"prefill_share must be in (0, 1), got {self.prefill_share}")
 
 
-class Lane:
-    """One model's decoder inside the engine, and the requests in its rows."""
-
-    def __init__(self, name: str, model: CharRNN, chars: tuple[str, ...], config: EngineConfig):
-        self.name = name
-        self.model = model
-        self.chars = chars
-        self.decoder = BatchDecoder(
-            model,
-            config.max_active,
-            threads=config.decode_threads,
-            prime_cache_bytes=config.prime_cache_bytes,
-        )
-        self.retiring = False  # replaced or evicted: leaves the engine once it is empty
-        self.fair = FairShare()
-        self.row_seconds = 1e-4  # running estimate of a prefill row-character's cost
-        self.score_seconds = 3e-5  # and of a scored character's
-
-
 class DecodingEngine:
     """Owns the lanes' decoders in one background thread; `submit` is thread-safe."""
 
@@ -124,18 +104,38 @@ class DecodingEngine:
         # Scoring reads a text's upper layers on this thread while the first layer of its
         # next slice runs on the engine's (model/scoring.py).
         self._scorer_thread = ThreadPoolExecutor(1, "scorer")
+        # Runs other lanes' steps beside the engine thread's (_step_lanes).
+        threads = config.decode_threads
+        self._pool = ThreadPoolExecutor(threads - 1, "lanes") if threads > 1 else None
         self._wakeup = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self.chars_generated = 0
-        self.steps = 0
-        self.jobs_failed = 0
+        self.counters = EngineCounters()
         self.last_progress = time.monotonic()  # when an iteration last completed
         self.streaming = 0  # rows the last iteration's steps advanced, all models
 
     # --- public -----------------------------------------------------------------------
+    @property
+    def steps(self) -> int:
+        return self.counters.steps
+
+    @property
+    def chars_generated(self) -> int:
+        return self.counters.chars_generated
+
+    @property
+    def jobs_failed(self) -> int:
+        return self.counters.jobs_failed
+
     def add_lane(self, name: str, model: CharRNN, chars: tuple[str, ...]) -> Lane:
-        lane = Lane(name, model, chars, self.config)
+        config = self.config
+        decoder = BatchDecoder(
+            model,
+            config.max_active,
+            threads=config.decode_threads,
+            prime_cache_bytes=config.prime_cache_bytes,
+        )
+        lane = Lane(name, model, chars, decoder, self.counters)
         with self._wakeup:
             self.lanes = [*self.lanes, lane]  # a new list: the engine thread may be reading
         return lane
@@ -254,11 +254,9 @@ class DecodingEngine:
                     break
                 admitted = self._pop_admissible()
             for lane, job in admitted:
-                self._admit(lane, job)
+                lane.admit(job)
             started = time.perf_counter()
-            self.streaming = sum(
-                self._step(lane) for lane in self.lanes if len(lane.decoder.decoding)
-            )
+            self.streaming = self._step_lanes()
             decoding = time.perf_counter() - started
             self._background(decoding)
             with self._wakeup:
@@ -270,6 +268,8 @@ class DecodingEngine:
         return bool(self._scores) or any(lane.decoder.size for lane in self.lanes)
 
     def _pop_admissible(self) -> list[tuple[Lane, Job]]:
+        if not self._queue:
+            return []
         admitted: list[tuple[Lane, Job]] = []
         free = {id(lane): lane.decoder.free for lane in self.lanes}
         waiting: collections.deque[tuple[Lane, Job]] = collections.deque()
@@ -286,56 +286,37 @@ class DecodingEngine:
         self._queue.extendleft(reversed(waiting))
         return admitted
 
-    def _admit(self, lane: Lane, job: Job) -> None:
-        if job.cancelled:
-            job._finish()
-            return
-        try:
-            lane.decoder.add(job.params, job)
-        except Exception:
-            logger.exception("admitting a request failed")
-            self._fail(job, FAILED_MESSAGE)
+    def _step_lanes(self) -> int:
+        """One decoding step of every lane with decoding rows; → the rows stepped. One lane
+        splits its step over the decoding threads; several run side by side, each lane on
+        one thread, the threads' rows balanced, so a step costs one hand-off, not one each."""
+        lanes = [lane for lane in self.lanes if len(lane.decoder.decoding)]
+        if len(lanes) <= 1 or self._pool is None:
+            return sum(lane.step() for lane in lanes)
+        plans = [(lane, lane.plan()) for lane in lanes]
+        buckets: list[list[int]] = [[] for _ in range(self.config.decode_threads)]
+        loads = [0] * len(buckets)
+        for index in sorted(range(len(plans)), key=lambda i: -len(plans[i][1])):
+            lightest = loads.index(min(loads))
+            buckets[lightest].append(index)
+            loads[lightest] += len(plans[index][1])
+        drawn: list[np.ndarray | None] = [None] * len(plans)
 
-    def _step(self, lane: Lane) -> int:
-        """One decoding step of the lane's rows (their fair shares); → the rows stepped."""
-        decoder = lane.decoder
-        try:
-            decoding = decoder.decoding
-            clients = [decoder.owners[row].client for row in decoding.tolist()]
-            rows = decoder.step(lane.fair.rows(decoding, clients))
-        except Exception:  # the batched step itself: its rows cannot be told apart
-            logger.exception("a decoding step failed; its %d requests fail", len(decoder.decoding))
-            for row in decoder.decoding.tolist():
-                self._remove(lane, row, FAILED_MESSAGE)
-            return 0
-        self.steps += 1
-        self.chars_generated += len(rows)
-        now = time.perf_counter()
-        for row in rows.tolist():
-            job: Job = decoder.owners[row]
-            try:
-                status = decoder.record(row, job.output)
-            except Exception:
-                logger.exception("recording a generated character failed")
-                self._remove(lane, row, FAILED_MESSAGE)
-                continue
-            if status in FAILURES:
-                logger.warning("request failed: %s", FAILURES[status])
-                self._remove(lane, row, FAILURES[status])
-                continue
-            if job.stats.first_char_at is None:
-                job.stats.first_char_at = now
-            if status != RUNNING or job.cancelled:
-                self._remove(lane, row)
-            else:
-                job._wake()
-        decoder.compact()
-        return len(rows)
+        def run(bucket: list[int]) -> None:
+            for index in bucket:
+                lane, rows = plans[index]
+                drawn[index] = lane.kernel(rows, split=False)
+
+        helpers = [self._pool.submit(run, bucket) for bucket in buckets[1:] if bucket]
+        run(buckets[0])
+        for helper in helpers:
+            helper.result()
+        return sum(lane.record(rows) for (lane, _), rows in zip(plans, drawn, strict=True))
 
     def _background(self, decoding_seconds: float) -> None:
         """Prefill and scoring, within the iteration's budget (shared when both wait)."""
         share = self.config.prefill_share
-        if decoding_seconds > 0:
+        if self.streaming:
             budget = decoding_seconds * share / (1 - share)
         else:
             budget = self.config.idle_prefill_seconds
@@ -360,8 +341,7 @@ class DecodingEngine:
         except Exception:
             logger.exception("scoring a text failed")
             self._scores.popleft()
-            self.jobs_failed += 1
-            job._finish(FAILED_MESSAGE)
+            self._fail(job, FAILED_MESSAGE)
             return
         if chars:
             seconds = (time.perf_counter() - started) / chars
@@ -378,51 +358,13 @@ class DecodingEngine:
             for lane in lanes:
                 spent = time.perf_counter() - started
                 max_rows = max(1, int((budget - spent) / lane.row_seconds))
-                self._prefill_slice(lane, max_rows)
+                lane.prefill_slice(max_rows)
             lanes = [lane for lane in lanes if lane.decoder.prefilling]
             if time.perf_counter() - started >= budget:
                 return
 
-    def _prefill_slice(self, lane: Lane, max_rows: int) -> None:
-        decoder = lane.decoder
-        started = time.perf_counter()
-        try:
-            rows, positions, done = decoder.prefill(max_rows)
-        except Exception:  # a batched prefill step: fail the rows it held
-            logger.exception("a prefill step failed")
-            for row in list(decoder.rows()):
-                if row not in set(decoder.decoding.tolist()):
-                    self._remove(lane, row, FAILED_MESSAGE)
-            return
-        if len(rows):
-            seconds = (time.perf_counter() - started) / len(rows)
-            lane.row_seconds = 0.8 * lane.row_seconds + 0.2 * seconds
-        for row, position in zip(rows.tolist(), positions.tolist(), strict=True):
-            job: Job = decoder.owners[row]
-            try:
-                decoder.record_prompt(row, position, job.output)
-            except Exception:
-                logger.exception("recording a prompt log-probability failed")
-                self._remove(lane, row, FAILED_MESSAGE)
-                continue
-            if job.cancelled:
-                self._remove(lane, row)
-        for row in done:
-            job = decoder.owners[row]
-            if job is not None and job.params.length == 0:
-                decoder.finish_unsampled(row, job.output)
-                self._remove(lane, row)
-
-    def _remove(self, lane: Lane, row: int, error: str | None = None) -> None:
-        job: Job = lane.decoder.owners[row]
-        lane.decoder.remove(row)
-        if error is None:
-            job._finish()
-        else:
-            self._fail(job, error)
-
-    def _fail(self, job: Job, message: str) -> None:
-        self.jobs_failed += 1
+    def _fail(self, job: Job | ScoreJob, message: str) -> None:
+        self.counters.jobs_failed += 1
         job._finish(message)
 
     def _fail_everything(self, message: str) -> None:
@@ -430,12 +372,10 @@ class DecodingEngine:
             waiting = [job for _, job in self._queue]
             self._queue.clear()
         for lane in self.lanes:
-            for row in list(lane.decoder.rows()):
-                self._remove(lane, row, message)
+            lane.fail_all(message)
         for job in waiting:
             if not job.done:
                 self._fail(job, message)
         while self._scores:
             _, score_job = self._scores.popleft()
-            self.jobs_failed += 1
-            score_job._finish(message)
+            self._fail(score_job, message)

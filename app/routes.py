@@ -37,7 +37,6 @@ from app.jobs import Job, JobFailed
 from app.registry import ModelUnavailable
 from app.requests import generation_params, score_ids
 from app.schemas import (
-    CharLogprob,
     GenerateRequest,
     GenerateResponse,
     GenerationEnd,
@@ -170,14 +169,16 @@ BodyJob = Annotated[Submitted, Depends(_running(body_job))]
 QueryJob = Annotated[Submitted, Depends(_running(query_job))]
 
 
-def logprob_entries(job: Job, entries: list[RawLogprob]) -> list[CharLogprob]:
+def logprob_entries(job: Job, entries: list[RawLogprob]) -> list[dict[str, Any]]:
+    """The schema's CharLogprob as plain dicts: streams send thousands a second, and
+    building them as pydantic models cost more than generating the characters."""
     chars = job.chars
     return [
-        CharLogprob(
-            char=chars[entry.id],
-            logprob=entry.logprob,
-            top=[TopLogprob(char=chars[i], logprob=lp) for i, lp in entry.top],
-        )
+        {
+            "char": chars[entry.id],
+            "logprob": entry.logprob,
+            "top": [{"char": chars[i], "logprob": lp} for i, lp in entry.top],
+        }
         for entry in entries
     ]
 
@@ -223,7 +224,7 @@ async def events(
             yield sse.event("chars", json.dumps(chunk.text, ensure_ascii=False))
             if job.params.logprobs is not None:
                 entries = logprob_entries(job, chunk.logprobs)
-                yield sse.event("logprobs", json.dumps([e.model_dump() for e in entries]))
+                yield sse.event("logprobs", json.dumps(entries, ensure_ascii=False))
     except JobFailed as error:
         yield sse.event("error", StreamError(message=str(error)).model_dump_json())
         return

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from app.engine import DecodingEngine, Lane
+from app.engine import DecodingEngine
+from app.lane import Lane
 from app.schemas import Limits, ModelInfo, NetworkConfig, TrainingInfo
 from model.checkpoint import CheckpointError, load_checkpoint
 from model.decoding.regex import RegexCache, RegexLimits

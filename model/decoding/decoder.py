@@ -205,14 +205,18 @@ class BatchDecoder:
         return rows, positions, done
 
     # --- decode -------------------------------------------------------------------------
-    def step(self, rows: np.ndarray | None = None) -> np.ndarray:
+    def step(self, rows: np.ndarray | None = None, split: bool = True) -> np.ndarray:
         """Draw one character for every decoding row (or those of `rows`) and feed it back
         (rows that finish with it are not advanced). → the rows drawn; their results are in
-        the sampler's outputs: ids, status (model/decoding/sampler.py), held, logprobs."""
+        the sampler's outputs: ids, status (model/decoding/sampler.py), held, logprobs.
+        split False keeps the step on the calling thread (the caller runs several decoders'
+        steps side by side)."""
         rows = self._decoding if rows is None else rows
         if len(rows) == 0:
             return rows
-        running = self.network.sample_and_advance(rows, self.sampler, self.automata.tables)
+        running = self.network.sample_and_advance(
+            rows, self.sampler, self.automata.tables, split
+        )
         self.sampler.refill(running)
         return rows
 
@@ -248,12 +252,15 @@ class BatchDecoder:
         if count < 0:
             return None
         sampler = self.sampler
-        top = tuple(
-            (int(sampler.top_ids[row, n]), float(sampler.top_logprobs[row, n]))
-            for n in range(count)
+        # tolist() converts a row in one call: per character, on the engine's hot path
+        ids, logprobs = (
+            sampler.top_ids[row, :count].tolist(),
+            sampler.top_logprobs[row, :count].tolist(),
         )
         chosen = int(sampler.ids[row]) if char_id is None else char_id
-        return CharLogprob(chosen, float(sampler.chosen[row]), top)
+        return CharLogprob(
+            chosen, float(sampler.chosen[row]), tuple(zip(ids, logprobs, strict=True))
+        )
 
     def regex_complete(self, row: int) -> bool:
         """Whether the row's output so far is a whole match of its regex."""

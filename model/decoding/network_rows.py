@@ -118,10 +118,12 @@ class KernelRows:
         self._in_parts(np.arange(len(rows)), work)
 
     def sample_and_advance(
-        self, rows: np.ndarray, sampler: SamplerRows, automata: Automata
+        self, rows: np.ndarray, sampler: SamplerRows, automata: Automata, split: bool = True
     ) -> np.ndarray:
         """Draw each row's next character (sampler.out), then advance the rows still
-        running with it, in one compiled call per thread; → the rows still running."""
+        running with it, in one compiled call per thread (one call on the calling thread
+        with split False: the caller runs several decoders side by side instead);
+        → the rows still running."""
 
         def work(part: np.ndarray) -> np.ndarray:
             return _sample_and_step(
@@ -129,6 +131,8 @@ class KernelRows:
                 self._weights, self.h, self.c, self.gates, self.logits,
             )  # fmt: skip
 
+        if not split:
+            return work(rows)
         return np.concatenate(self._in_parts(rows, work))
 
     def snapshot(self, row: int) -> RowSnapshot:
@@ -169,7 +173,7 @@ class TorchRows:
         self.logits[rows] = logits[: len(rows), 0].float().cpu().numpy()
 
     def sample_and_advance(
-        self, rows: np.ndarray, sampler: SamplerRows, automata: Automata
+        self, rows: np.ndarray, sampler: SamplerRows, automata: Automata, split: bool = True
     ) -> np.ndarray:
         running = sample_rows(
             rows, self.logits, sampler.settings, sampler.state, automata, sampler.out

@@ -265,6 +265,8 @@ class AutomatonPool:
     def compact(self, states: np.ndarray) -> None:
         """Drop unused automata when they fill over half the pool; `states` (rows' global
         regex states, -1 for none) are renumbered in place."""
+        if not self._offsets:  # no automaton at all: every step of a regex-free decoder
+            return
         used = [(a, offset) for a, offset, rows in self._offsets.values() if rows > 0]
         if 2 * sum(a.states for a, _ in used) + 1 >= len(self.final):
             return

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from app.engine import FAILED_MESSAGE, ClientBusy, DecodingEngine, EngineBusy, EngineConfig
+from app.engine import ClientBusy, DecodingEngine, EngineBusy, EngineConfig
 from app.jobs import Job, JobFailed
+from app.lane import FAILED_MESSAGE
 from model.config import ModelConfig
 from model.decoding.generate import SingleStream
 from model.decoding.params import GenerationParams, encode_stops
@@ -361,5 +362,41 @@ def test_a_client_with_many_streams_does_not_slow_the_others(model):
         # light stepped every time; heavy's 40 rows shared ~half the steps between them.
         assert sum(job.done for job in heavy) == 0
         assert text_of(heavy[0]) == text_of(alone)  # later, but the same text
+    finally:
+        engine.stop()
+
+
+def test_lanes_step_side_by_side_and_a_failing_one_fails_alone(model, monkeypatch):
+    engine, first = make_engine(model)
+    torch.manual_seed(1)
+    other_model = CharRNN(ModelConfig(vocab_size=len(VOCAB), hidden_size=32)).eval()
+    second = engine.add_lane("other", other_model, VOCAB.chars)
+    alone = [
+        SingleStream(lane_model, params(length=200, seed=n))
+        for n, lane_model in ((3, model), (4, other_model))
+    ]
+    expected = [VOCAB.decode([i for ids in stream for i in ids]) for stream in alone]
+    real_step = first.decoder.step
+    calls = 0
+
+    def flaky(*args):
+        nonlocal calls
+        calls += 1
+        if calls == 20:
+            raise RuntimeError("boom")
+        return real_step(*args)
+
+    engine.start()
+    try:
+        jobs = [
+            engine.submit(first, params(length=200, seed=3)),
+            engine.submit(second, params(length=200, seed=4)),
+        ]
+        assert [text_of(job) for job in jobs] == expected  # side by side, the same texts
+        monkeypatch.setattr(first.decoder, "step", flaky)
+        doomed = engine.submit(first, params(length=200, seed=3))
+        survivor = engine.submit(second, params(length=200, seed=4))
+        assert doomed.wait(5) and doomed.error == FAILED_MESSAGE
+        assert text_of(survivor) == expected[1]
     finally:
         engine.stop()

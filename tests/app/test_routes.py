@@ -12,7 +12,7 @@ import anyio
 import httpx
 import pytest
 
-from app.engine import FAILED_MESSAGE
+from app.lane import FAILED_MESSAGE
 from app.service import ModelService
 from model.vocab import Vocabulary
 
