@@ -227,6 +227,12 @@ class DecodingEngine:
             self._wakeup.notify()
         return job
 
+    def client_full(self, client: str) -> bool:
+        """Whether `client` has its max_requests_per_client in already (a quick look,
+        without the lock: submit's own check is the one that counts)."""
+        limit = self.config.max_requests_per_client
+        return limit > 0 and self._per_client.get(client, 0) >= limit
+
     def _claim(self, job: Job | ScoreJob, client: str | None) -> None:  # with the lock held
         limit = self.config.max_requests_per_client
         if client is None or limit == 0:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -38,6 +39,7 @@ from app.engine import DecodingEngine, EngineBusy
 from app.errors import engine_busy, validation_error
 from app.metrics import Metrics, MetricsMiddleware
 from app.metrics import router as metrics_router
+from app.quota import ClientQuotaMiddleware
 from app.registry import Poller
 from app.routes import router
 from app.service import ModelService
@@ -59,6 +61,10 @@ the seed it used: pass it back to get the same text again. `/v1/completions` and
 def load_service(settings: Settings) -> ModelService:
     """The model(s) the settings name, on their device. Raises CheckpointError / ValueError."""
     torch.set_num_threads(settings.torch_threads)  # process-wide: the service owns the process
+    # The decoding thread needs the GIL briefly after each compiled step; while the event
+    # loop is busy (a burst of requests) it waits up to this long for it, per hand-off.
+    # CPython's 5 ms made a step wait behind the loop 3-4 times over under a request flood.
+    sys.setswitchinterval(settings.gil_switch_seconds)
     return ModelService.load(
         settings.checkpoint,
         settings.device,
@@ -148,6 +154,7 @@ def create_app(settings: Settings | None = None, service: ModelService | None = 
             allow_headers=["Authorization", "Content-Type"],
             max_age=600,
         )
+    app.add_middleware(ClientQuotaMiddleware, engine=lambda: engine_of(app))
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     if settings.access_log:
         app.add_middleware(AccessLogMiddleware)
