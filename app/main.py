@@ -63,7 +63,6 @@ def load_service(settings: Settings) -> ModelService:
     torch.set_num_threads(settings.torch_threads)  # process-wide: the service owns the process
     # The decoding thread needs the GIL briefly after each compiled step; while the event
     # loop is busy (a burst of requests) it waits up to this long for it, per hand-off.
-    # CPython's 5 ms made a step wait behind the loop 3-4 times over under a request flood.
     sys.setswitchinterval(settings.gil_switch_seconds)
     return ModelService.load(
         settings.checkpoint,
