@@ -13,7 +13,7 @@ from model.checkpoint import CheckpointError, load_checkpoint
 from model.decoding.regex import RegexCache, RegexLimits
 from model.device import resolve_device
 from model.network import CharRNN
-from model.text import NEWLINE_MODES, NEWLINES_KEEP, NEWLINES_LF
+from model.text import newline_mode
 from model.vocab import Vocabulary
 
 
@@ -48,13 +48,7 @@ class ServedModel:
         self.checkpoint_path = Path(checkpoint_path)
         self.info = dict(info or {})
         self.regexes = RegexCache(vocab, regex_limits or RegexLimits())
-        recorded = self.info.get("newlines")
-        # A checkpoint that does not say: its vocabulary tells whether it ever saw "\r".
-        self.newlines = (
-            recorded
-            if recorded in NEWLINE_MODES
-            else (NEWLINES_KEEP if "\r" in vocab else NEWLINES_LF)
-        )
+        self.newlines = newline_mode(self.info, vocab)
 
     @classmethod
     def load(

@@ -10,7 +10,7 @@ and their FLOP/s against this machine's GEMM peak: the fastest any of the step's
 shapes, or a 2048² one, ran in this process (each round, median of repeats; the best over
 rounds, so it errs high).
 
-Last, what issue 4's 1.4× would leave for the part of our step outside oneDNN's layer (the
+Last, what the 1.4× target would leave for the part of our step outside oneDNN's layer (the
 first layer, the output layer, dropout, loss, optimizer), next to what that part takes
 now and what its GEMMs alone would take at the GEMM peak with everything else free.
 benchmarks/lstm_gemm_bound.py times those GEMMs in the step's own order instead.
@@ -40,7 +40,7 @@ from training.step import tune_allocator
 
 ONEDNN_LSTM = ("aten::mkldnn_rnn_layer", "aten::mkldnn_rnn_layer_backward")
 CHARS = BATCH * SEQ
-TARGET = 1.4  # issue 4's ours/baseline
+TARGET = 1.4  # the throughput target, ours/baseline
 
 
 def gemm_flops_per_second(repeats: int = 20) -> float:

@@ -3,24 +3,13 @@
 same character stands before every document in the training text).
 
     training text   ␞first document␞second document␞third ...
-    a sample        "and so it ended.␞Another one beg"  →  "and so it ended.", ended
+    a sample        "and so it ended.␞..."  →  "and so it ended." (finish_reason "stop": the
+                    separator is one of the request's stop strings, model/decoding/params.py)
 """
 
 from __future__ import annotations
 
 from model.vocab import Vocabulary
-
-
-def truncate_at_separator(text: str, vocab: Vocabulary) -> tuple[str, bool]:
-    """`text` up to (not including) the first document separator, and whether there was
-    one, i.e. whether the document ended. A vocabulary without a separator never ends a
-    document: (text, False)."""
-    if vocab.separator is None:
-        return text, False
-    end = text.find(vocab.separator)
-    if end < 0:
-        return text, False
-    return text[:end], True
 
 
 def document_prime(prime: str, vocab: Vocabulary) -> str:

@@ -10,6 +10,8 @@ meta.json and in the checkpoint's `info["newlines"]`.
 
 from __future__ import annotations
 
+from collections.abc import Container, Mapping
+
 NEWLINES_LF = "lf"  # CRLF and lone CR become LF
 NEWLINES_KEEP = "keep"  # line endings kept as they are
 NEWLINE_MODES: tuple[str, ...] = (NEWLINES_LF, NEWLINES_KEEP)
@@ -18,3 +20,17 @@ NEWLINE_MODES: tuple[str, ...] = (NEWLINES_LF, NEWLINES_KEEP)
 def normalize_newlines(text: str) -> str:
     """`text` with every CRLF and every lone CR turned into LF."""
     return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def newline_mode(info: Mapping[str, object], chars: Container[str]) -> str:
+    """A checkpoint's newline mode: what its `info` records, or for a checkpoint that
+    records none, "keep" if its vocabulary holds "\r" (it was trained on it), else "lf"."""
+    recorded = info.get("newlines")
+    if recorded in NEWLINE_MODES:
+        return str(recorded)
+    return NEWLINES_KEEP if "\r" in chars else NEWLINES_LF
+
+
+def as_read(text: str, mode: str) -> str:
+    """`text` as a model of this newline mode reads it."""
+    return normalize_newlines(text) if mode == NEWLINES_LF else text

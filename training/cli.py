@@ -30,7 +30,7 @@ from training.inference import (
 )
 from training.prepare import PrepareConfig, prepare
 from training.recipe import TrainConfig
-from training.sources import DataError
+from training.sources import DataError, read_text_file
 
 Command = tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]
 
@@ -228,7 +228,7 @@ def run_eval(args: argparse.Namespace) -> int:
         checkpoint = load_checkpoint(args.checkpoint)
         results = []
         for path in args.texts:
-            text = _read(path, args.encoding)
+            text = read_text_file(path, args.encoding)
             result = evaluate_text(checkpoint, text, device, seq_len=args.seq_len)
             results.append(result)
             print(format_result(str(path), result), flush=True)
@@ -246,18 +246,3 @@ def format_result(name: str, result: EvalResult) -> str:
         f"perplexity {result.perplexity:.3f}, {result.chars:,} chars, "
         f"{result.oov_chars:,} out of vocabulary"
     )
-
-
-def _read(path: Path, encoding: str) -> str:
-    try:
-        return path.read_text(encoding=encoding)
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ValueError(f"{path}: is a directory, not a text file") from None
-    except UnicodeDecodeError as error:
-        raise ValueError(
-            f"{path}: not valid {encoding} text ({error.reason} at byte {error.start})"
-        ) from None
-    except LookupError:
-        raise ValueError(f"unknown text encoding {encoding!r}") from None

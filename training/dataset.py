@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.checkpoint_header import MAX_VOCAB_SIZE
 from model.text import NEWLINE_MODES, NEWLINES_KEEP
 from model.vocab import Vocabulary
 from training.sources import DataError
@@ -55,8 +56,14 @@ def choose_vocabulary(
     """The vocabulary for `counts` ((0x110000,) occurrences by code point) and how many
     characters of the text its cut maps to the unknown symbol (0 without a cut).
     `separator`, when given, must occur in the counts and is kept whatever the limits.
-    Raises DataError when the limits leave no character."""
+    Raises DataError when the limits leave no character, or when there is no max_vocab and
+    the text has more characters than a checkpoint can hold."""
     present = np.flatnonzero(counts)  # code points in the text, ascending
+    if max_vocab is None and len(present) > MAX_VOCAB_SIZE:
+        raise DataError(
+            f"{name}: {len(present):,} distinct characters; a checkpoint holds at most "
+            f"{MAX_VOCAB_SIZE:,}: prepare with --max-vocab (rarer ones become U+FFFD)"
+        )
     kept = present[counts[present] >= min_count]
     over = max_vocab is not None and len(kept) > max_vocab
     must_keep = [] if separator is None else [ord(separator)]

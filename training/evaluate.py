@@ -20,7 +20,7 @@ from model.decoding.generate import SingleStream
 from model.decoding.params import GenerationParams, encode_prime
 from model.documents import document_prime
 from model.network import CharRNN, detach_hidden
-from model.text import NEWLINES_LF, normalize_newlines
+from model.text import as_read, newline_mode
 from model.vocab import Vocabulary
 from training.batches import ColumnBatches
 from training.distributed import Distributed
@@ -125,8 +125,7 @@ def evaluate_text(
     is in the vocabulary and scored like any other character. A model trained on text with
     LF line endings (`info["newlines"]`, model.text) scores the text's CRLF and CR as LF.
     Raises ValueError when fewer than two characters are left."""
-    if checkpoint.info.get("newlines") == NEWLINES_LF:
-        text = normalize_newlines(text)
+    text = as_read(text, newline_mode(checkpoint.info, checkpoint.vocab))
     vocab = checkpoint.vocab
     kept = [c for c in text if c in vocab]
     if len(kept) < 2:

@@ -27,8 +27,9 @@ from model.decoding.params import (
 )
 from model.decoding.regex import RegexLimits, compile_regex
 from model.device import resolve_device
-from model.scoring import score_text
-from model.text import NEWLINE_MODES, NEWLINES_KEEP, NEWLINES_LF, normalize_newlines
+from model.scoring import Scorer, score_text
+from model.text import as_read, newline_mode
+from training.sources import read_text_file
 
 FLAGS = {  # GenerationParams field → its flag, for one-line errors that name the flag
     "top_k": "--top-k",
@@ -120,10 +121,8 @@ def run_sample(args: argparse.Namespace) -> int:
         for ids in stream:
             _write(vocab.decode(ids))
         _write("\n")
-    except BrokenPipeError:  # e.g. `| head`: the reader has all it wanted
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # so the exit-time flush does not fail again
-        return 0
+    except BrokenPipeError:
+        return _reader_left()
     except DecodingFailed as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -140,9 +139,7 @@ def run_sample(args: argparse.Namespace) -> int:
 def sample_params(checkpoint: Checkpoint, args: argparse.Namespace) -> GenerationParams:
     """The flags as GenerationParams; a ParamError names the flag."""
     vocab = checkpoint.vocab
-    newlines = checkpoint.info.get("newlines")
-    if newlines not in NEWLINE_MODES:
-        newlines = NEWLINES_KEEP if "\r" in vocab else NEWLINES_LF
+    newlines = newline_mode(checkpoint.info, vocab)
     bias = {}
     for item in args.logit_bias:
         char, separator, value = item.rpartition("=")
@@ -202,10 +199,9 @@ def run_score(args: argparse.Namespace) -> int:
             raise ValueError(f"--top-n must be in [0, {MAX_LOGPROBS}], got {args.top_n}")
         device = resolve_device(args.device)
         checkpoint = load_checkpoint(args.checkpoint)
-        text = _read(args.text_file, args.encoding)
+        text = read_text_file(args.text_file, args.encoding)
         vocab = checkpoint.vocab
-        if checkpoint.info.get("newlines") == NEWLINES_LF:
-            text = normalize_newlines(text)
+        text = as_read(text, newline_mode(checkpoint.info, vocab))
         kept = [char for char in text if char in vocab]
         if len(kept) < 2:
             raise ValueError("need at least 2 characters the model knows to score")
@@ -214,41 +210,40 @@ def run_score(args: argparse.Namespace) -> int:
         print(f"error: {_one_line(error)}", file=sys.stderr)
         return 2
     scorer = score_text(model, vocab.encode("".join(kept)), args.top_n)
-    if args.per_char:
-        for position, char in enumerate(kept):
-            logprob = scorer.logprobs[position]
-            line: dict = {"char": char}
-            if not math.isnan(logprob):
-                line["bits"] = round(-logprob / math.log(2), 6)
-                if args.top_n:
-                    line["top"] = {
-                        vocab.chars[i]: round(lp, 6)
-                        for i, lp in zip(
-                            scorer.top_ids[position], scorer.top_logprobs[position], strict=True
-                        )
-                    }
-            print(json.dumps(line, ensure_ascii=False))
-    print(
-        f"{args.text_file}: {scorer.nats_per_char:.4f} nats/char, "
-        f"{scorer.bits_per_char:.4f} bits/char, perplexity {math.exp(scorer.nats_per_char):.3f}, "
-        f"{len(kept) - 1:,} chars, {len(text) - len(kept):,} out of vocabulary"
-    )
+    try:
+        if args.per_char:
+            for position, char in enumerate(kept):
+                print(
+                    json.dumps(_char_line(scorer, position, char, vocab.chars), ensure_ascii=False)
+                )
+        print(
+            f"{args.text_file}: {scorer.nats_per_char:.4f} nats/char, "
+            f"{scorer.bits_per_char:.4f} bits/char, "
+            f"perplexity {math.exp(scorer.nats_per_char):.3f}, "
+            f"{len(kept) - 1:,} chars, {len(text) - len(kept):,} out of vocabulary"
+        )
+    except BrokenPipeError:
+        return _reader_left()
     return 0
 
 
-def _read(path: Path, encoding: str) -> str:
-    try:
-        return path.read_text(encoding=encoding)
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ValueError(f"{path}: is a directory, not a text file") from None
-    except UnicodeDecodeError as error:
-        raise ValueError(
-            f"{path}: not valid {encoding} text ({error.reason} at byte {error.start})"
-        ) from None
-    except LookupError:
-        raise ValueError(f"unknown text encoding {encoding!r}") from None
+def _char_line(scorer: Scorer, position: int, char: str, chars: tuple[str, ...]) -> dict:
+    """One character of `score --per-char`: its surprisal in bits, and the likeliest ones."""
+    line: dict = {"char": char}
+    logprob = scorer.logprobs[position]
+    if not math.isnan(logprob):
+        line["bits"] = round(-logprob / math.log(2), 6)
+        if scorer.top_n:
+            ids, logprobs = scorer.top_ids[position], scorer.top_logprobs[position]
+            line["top"] = {chars[i]: round(lp, 6) for i, lp in zip(ids, logprobs, strict=True)}
+    return line
+
+
+def _reader_left() -> int:
+    """stdout's reader closed it (`| head`): it has all it wanted, so that is a success."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # so the exit-time flush does not fail again
+    return 0
 
 
 def _one_line(error: Exception) -> str:

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from model.checkpoint_header import MAX_VOCAB_SIZE
 from model.text import NEWLINE_MODES, NEWLINES_KEEP, NEWLINES_LF, normalize_newlines
 from training.dataset import (
     CODE_POINTS,
@@ -97,8 +98,11 @@ class PrepareConfig:
             raise ValueError(f"unknown text encoding {self.encoding!r}")
         if not self.glob:
             raise ValueError("glob must not be empty")
-        if self.max_vocab is not None and self.max_vocab < 2:
-            raise ValueError(f"max_vocab must be at least 2, got {self.max_vocab}")
+        if self.max_vocab is not None and not 2 <= self.max_vocab <= MAX_VOCAB_SIZE:
+            raise ValueError(
+                f"max_vocab must be in [2, {MAX_VOCAB_SIZE}] (a checkpoint's most), "
+                f"got {self.max_vocab}"
+            )
         for name in ("min_count", "min_chars", "min_val_chars", "chunk_chars"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -322,3 +322,22 @@ def iter_shakespeare() -> Iterator[str]:
             # Plays are separated like speeches, by one blank line.
             yield text if first else "\n" + text
             first = False
+
+
+def read_text_file(path: Path, encoding: str = "utf-8") -> str:
+    """A whole text file as it is (line endings kept: the model's mode decides, see
+    model/text.py). Raises ValueError with one line for a missing file, a directory, bytes
+    that are not `encoding`, or an unknown encoding."""
+    try:
+        with path.open(encoding=encoding, newline="") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a directory, not a text file") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path}: not valid {encoding} text ({error.reason} at byte {error.start})"
+        ) from None
+    except LookupError:
+        raise ValueError(f"unknown text encoding {encoding!r}") from None

@@ -119,7 +119,7 @@ def check_precision(precision: str, device: torch.device, lstm_impl: str) -> Non
 
 
 class MixedPrecision:
-    """The precision's autocast region and, for fp16, its loss scaler."""
+    """The precision's autocast region and, for bf16 and fp16, its gradient scaler."""
 
     def __init__(self, precision: str, device: torch.device, lstm_impl: str):
         """Raises ValueError for a precision the device or recurrence cannot train in."""

@@ -214,9 +214,7 @@ class BatchDecoder:
         rows = self._decoding if rows is None else rows
         if len(rows) == 0:
             return rows
-        running = self.network.sample_and_advance(
-            rows, self.sampler, self.automata.tables, split
-        )
+        running = self.network.sample_and_advance(rows, self.sampler, self.automata.tables, split)
         self.sampler.refill(running)
         return rows
 

@@ -190,7 +190,9 @@ def encode_prime(
 
 def encode_stops(vocab: Vocabulary, stops: Sequence[str]) -> tuple[tuple[int, ...], ...]:
     """Stop strings as ids. One holding a character the model cannot write can never
-    appear in its output, so it is dropped (the request is still valid)."""
+    appear in its output, so it is dropped (the request is still valid). A model of
+    documents (its vocabulary has a separator) also stops where a document ends, at the
+    separator, unless the request's own stops leave no room for it."""
     if len(stops) > MAX_STOPS:
         raise ParamError("stop", f"at most {MAX_STOPS} stop strings", "too_long")
     encoded = []
@@ -201,6 +203,10 @@ def encode_stops(vocab: Vocabulary, stops: Sequence[str]) -> tuple[tuple[int, ..
             )
         if not vocab.missing(stop):
             encoded.append(tuple(vocab.encode(stop)))
+    if vocab.separator is not None and len(encoded) < MAX_STOPS:
+        end_of_document = tuple(vocab.encode(vocab.separator))
+        if end_of_document not in encoded:
+            encoded.append(end_of_document)
     return tuple(encoded)
 
 

@@ -1,4 +1,5 @@
-from model.documents import document_prime, truncate_at_separator
+from model.decoding.params import MAX_STOPS, encode_stops
+from model.documents import document_prime
 from model.vocab import Vocabulary
 
 SEP = "\u241e"
@@ -6,15 +7,16 @@ DOCS = Vocabulary(("a", "b", " ", SEP), separator=SEP)
 PLAIN = Vocabulary(("a", "b", " ", SEP))  # the same character, but no separator declared
 
 
-def test_truncate_at_the_first_separator():
-    assert truncate_at_separator(f"ab a{SEP}ba{SEP}b", DOCS) == ("ab a", True)
-    assert truncate_at_separator(f"{SEP}ab", DOCS) == ("", True)
-    assert truncate_at_separator("ab ab", DOCS) == ("ab ab", False)
-    assert truncate_at_separator("", DOCS) == ("", False)
+def test_a_model_of_documents_stops_at_the_separator():
+    sep_id = DOCS.encode(SEP)[0]
+    assert encode_stops(DOCS, []) == ((sep_id,),)
+    assert encode_stops(DOCS, ["ab"]) == (tuple(DOCS.encode("ab")), (sep_id,))
+    assert encode_stops(DOCS, [SEP]) == ((sep_id,),)  # not twice
+    assert len(encode_stops(DOCS, ["a"] * MAX_STOPS)) == MAX_STOPS  # no room: the request's
 
 
 def test_no_separator_in_the_vocabulary_never_ends_a_document():
-    assert truncate_at_separator(f"ab{SEP}ba", PLAIN) == (f"ab{SEP}ba", False)
+    assert encode_stops(PLAIN, []) == ()
 
 
 def test_document_prime_starts_a_document():

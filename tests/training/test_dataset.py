@@ -1,9 +1,11 @@
 import json
 
+import numpy as np
 import pytest
 
+from model.checkpoint_header import MAX_VOCAB_SIZE
 from model.vocab import Vocabulary
-from training.dataset import PreparedMeta, load_prepared
+from training.dataset import PreparedMeta, choose_vocabulary, load_prepared
 from training.prepare import PrepareConfig, prepare
 from training.sources import DataError
 
@@ -73,3 +75,12 @@ def test_data_prepared_before_newline_modes_kept_its_line_endings(prepared):
     (prepared / "meta.json").write_text(json.dumps(meta))
     assert PreparedMeta.from_json(meta).newlines == "keep"
     assert load_prepared(prepared).meta.get("newlines") is None  # meta.json as written
+
+
+def test_more_characters_than_a_checkpoint_holds_need_max_vocab():
+    counts = np.zeros(0x110000, np.int64)
+    counts[0x4E00 : 0x4E00 + MAX_VOCAB_SIZE + 10] = 1  # CJK and beyond: 65,546 characters
+    with pytest.raises(DataError, match="--max-vocab"):
+        choose_vocabulary(counts, "big.txt")
+    vocab, mapped = choose_vocabulary(counts, "big.txt", max_vocab=1000)
+    assert len(vocab) == 1000 and mapped == MAX_VOCAB_SIZE + 10 - 999 - 1  # and U+FFFD

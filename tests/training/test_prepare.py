@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from model.checkpoint import load_checkpoint
-from model.documents import truncate_at_separator
+from model.decoding.params import encode_stops
 from model.text import NEWLINES_KEEP, NEWLINES_LF
 from model.vocab import Vocabulary
 from training import prepare as prepare_module
@@ -314,5 +314,4 @@ def test_the_separator_travels_into_checkpoints(tmp_path):
     Trainer(train, corpus, progress=False).run()
     checkpoint = load_checkpoint(tmp_path / "run" / "best.safetensors")
     assert checkpoint.vocab.separator == SEP and checkpoint.vocab == corpus.vocab
-    text, ended = truncate_at_separator(f"on the{SEP}cat", checkpoint.vocab)
-    assert (text, ended) == ("on the", True)
+    assert encode_stops(checkpoint.vocab, []) == ((checkpoint.vocab.encode(SEP)[0],),)
