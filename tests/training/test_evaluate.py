@@ -77,8 +77,10 @@ def test_combined_results_weigh_by_characters():
 
 def test_a_model_of_lf_text_scores_crlf_as_lf(checkpoint):
     crlf, lf = "abc\r\ndef\rgh\n" * 3, "abc\ndef\ngh\n" * 3
-    kept = evaluate_text(checkpoint, crlf)
-    assert kept.oov_chars == 6  # "\r" is not in the vocabulary: left out
     checkpoint.info["newlines"] = "lf"
     assert evaluate_text(checkpoint, crlf) == evaluate_text(checkpoint, lf)
     assert evaluate_text(checkpoint, crlf).oov_chars == 0
+    checkpoint.info["newlines"] = "keep"  # the bytes as they are: "\r" is not in its vocabulary
+    assert evaluate_text(checkpoint, crlf).oov_chars == 6
+    del checkpoint.info["newlines"]  # unrecorded, no "\r" in its vocabulary: read as LF
+    assert evaluate_text(checkpoint, crlf) == evaluate_text(checkpoint, lf)
