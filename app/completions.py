@@ -30,7 +30,7 @@ from app.requests import generation_params
 from app.schemas import GenerateRequest, SamplingFields
 from app.served_model import ServedModel
 from app.service import ModelService
-from model.decoding.output import CharLogprob
+from model.decoding.output import Logprobs as CharLogprobs
 from model.decoding.params import (
     MAX_SEED,
     GenerationParams,
@@ -185,32 +185,33 @@ class CompletionRun:
         async for chunk in choice.job.chunks():
             if echo_pending:
                 echo_pending = False
-                yield self._add(choice, choice.echo, self._prompt_logprobs(choice))
+                yield self._add(choice, choice.echo, self._prompt_logprobs(choice), True)
             yield self._add(choice, chunk.text, chunk.logprobs)
         if echo_pending:  # max_tokens 0, or nothing generated
-            yield self._add(choice, choice.echo, self._prompt_logprobs(choice))
+            yield self._add(choice, choice.echo, self._prompt_logprobs(choice), True)
 
-    def _prompt_logprobs(self, choice: _Choice) -> list[CharLogprob | None]:
-        """The echoed prompt's entries: none for its first character (nothing precedes it)."""
-        if self.request.logprobs is None:
-            return []
-        return [None, *choice.job.output.prompt_logprobs]
+    def _prompt_logprobs(self, choice: _Choice) -> CharLogprobs:
+        """The echoed prompt's logprobs: each character's but the first (nothing precedes
+        it; `_add` gives it None)."""
+        return choice.job.output.prompt_logprobs
 
     def _add(
-        self, choice: _Choice, text: str, entries: list[CharLogprob | None]
+        self, choice: _Choice, text: str, raw: CharLogprobs, first_unscored: bool = False
     ) -> tuple[str, Logprobs]:
+        """`text` with its logprobs (one per character; with `first_unscored`, all but
+        the first) as OpenAI's columns; also appended to the choice's whole."""
         piece = Logprobs()
         if self.request.logprobs is not None:
             chars = choice.job.chars
-            for offset, (char, entry) in enumerate(zip(text, entries, strict=False)):
-                piece.tokens.append(char)
-                piece.text_offset.append(choice.offsets + offset)
-                if entry is None:
-                    piece.token_logprobs.append(None)
-                    piece.top_logprobs.append(None)
-                else:
-                    piece.token_logprobs.append(entry.logprob)
-                    piece.top_logprobs.append({chars[i]: lp for i, lp in entry.top})
+            lead: list[None] = [None] if first_unscored else []
+            tops = [
+                {chars[i]: lp for i, lp in zip(ids, lps, strict=True)}
+                for ids, lps in zip(raw.top_ids, raw.top_logprobs, strict=True)
+            ]
+            piece.tokens = list(text)
+            piece.text_offset = list(range(choice.offsets, choice.offsets + len(text)))
+            piece.token_logprobs = [*lead, *raw.chosen][: len(text)]
+            piece.top_logprobs = [*lead, *tops][: len(text)]
             whole = choice.logprobs
             whole.tokens += piece.tokens
             whole.token_logprobs += piece.token_logprobs

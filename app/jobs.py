@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from model.decoding.output import CharLogprob, RowOutput
+from model.decoding.output import Logprobs, RowOutput
 from model.decoding.params import GenerationParams
 from model.scoring import Scorer
 
@@ -37,7 +37,7 @@ class JobStats:
 @dataclass(frozen=True)
 class Chunk:
     text: str
-    logprobs: list[CharLogprob]  # one per character of text, when the request asked
+    logprobs: Logprobs  # one per character of text, when the request asked (else empty)
 
 
 class Job:
@@ -104,7 +104,8 @@ class Job:
         end = self.output.released
         start, self._taken = self._taken, end
         ids = self.output.ids[start:end]
-        logprobs = self.output.logprobs[start:end] if self.params.logprobs is not None else []
+        asked = self.params.logprobs is not None
+        logprobs = self.output.logprobs.slice(start, end) if asked else Logprobs()
         return Chunk("".join(self.chars[i] for i in ids), logprobs)
 
     async def chunks(

@@ -99,10 +99,17 @@ class Lane:
         self.counters.steps += 1
         self.counters.chars_generated += len(rows)
         now = time.perf_counter()
-        for row in rows.tolist():
+        try:
+            draws = decoder.draws(rows)
+        except Exception:  # reading the step's results failed: its rows cannot go on
+            logger.exception("reading a decoding step's results failed")
+            for row in rows.tolist():
+                self.remove(row, FAILED_MESSAGE)
+            return 0
+        for index, row in enumerate(draws.rows):
             job: Job = decoder.owners[row]
             try:
-                status = decoder.record(row, job.output)
+                status = draws.record(index, job.output)
             except Exception:
                 logger.exception("recording a generated character failed")
                 self.remove(row, FAILED_MESSAGE)

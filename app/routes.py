@@ -7,8 +7,9 @@ The streams are server-sent events (app/sse.py), with `Cache-Control: no-cache`,
     event: chars            (any number of these; data is a JSON string of 1+ chars)
     data: "To be, or no"
 
-    event: logprobs         (with `logprobs`: right after each chars event, one entry per char)
-    data: [{"char": "T", "logprob": -0.4, "top": [...]}, ...]
+    event: logprobs         (with `logprobs`: right after each chars event, columns with
+    data: {"chars": ["T", ...], "logprobs": [-0.4, ...],     one entry per char)
+           "top_chars": [["T", "A"], ...], "top_logprobs": [[-0.4, -1.9], ...]}
 
     event: done             (last: how it ended, and the stats)
     data: {"finish_reason": "length", "stats": {"chars": 200, ...}}
@@ -47,11 +48,10 @@ from app.schemas import (
     ScoreRequest,
     ScoreResponse,
     StreamError,
-    TopLogprob,
 )
 from app.served_model import ServedModel, UnknownModel
 from app.service import ModelService
-from model.decoding.output import CharLogprob as RawLogprob
+from model.decoding.output import Logprobs as RawLogprobs
 from model.decoding.params import GenerationParams, ParamError
 
 logger = logging.getLogger("uvicorn.error")
@@ -169,18 +169,16 @@ BodyJob = Annotated[Submitted, Depends(_running(body_job))]
 QueryJob = Annotated[Submitted, Depends(_running(query_job))]
 
 
-def logprob_entries(job: Job, entries: list[RawLogprob]) -> list[dict[str, Any]]:
-    """The schema's CharLogprob as plain dicts: streams send thousands a second, and
-    building them as pydantic models cost more than generating the characters."""
+def logprob_columns(job: Job, logprobs: RawLogprobs) -> dict[str, Any]:
+    """The schema's Logprobs as a plain dict (streams send thousands of entries a second:
+    lists of numbers serialise fast, a pydantic model or a dict per entry does not)."""
     chars = job.chars
-    return [
-        {
-            "char": chars[entry.id],
-            "logprob": entry.logprob,
-            "top": [{"char": chars[i], "logprob": lp} for i, lp in entry.top],
-        }
-        for entry in entries
-    ]
+    return {
+        "chars": [chars[i] for i in logprobs.ids],
+        "logprobs": logprobs.chosen,
+        "top_chars": [[chars[i] for i in ids] for ids in logprobs.top_ids],
+        "top_logprobs": logprobs.top_logprobs,
+    }
 
 
 def stats_of(job: Job, chars: int) -> GenerationStats:
@@ -201,7 +199,8 @@ def stats_of(job: Job, chars: int) -> GenerationStats:
 
 def end_of(job: Job, chars: int) -> GenerationEnd:
     output = job.output
-    prompt = logprob_entries(job, output.prompt_logprobs) if job.params.prompt_logprobs else None
+    asked = job.params.prompt_logprobs
+    prompt = logprob_columns(job, output.prompt_logprobs) if asked else None
     return GenerationEnd(
         finish_reason=output.finish_reason or "length",
         regex_complete=output.regex_complete,
@@ -223,8 +222,8 @@ async def events(
             chars += len(chunk.text)
             yield sse.event("chars", json.dumps(chunk.text, ensure_ascii=False))
             if job.params.logprobs is not None:
-                entries = logprob_entries(job, chunk.logprobs)
-                yield sse.event("logprobs", json.dumps(entries, ensure_ascii=False))
+                columns = logprob_columns(job, chunk.logprobs)
+                yield sse.event("logprobs", json.dumps(columns, ensure_ascii=False))
     except JobFailed as error:
         yield sse.event("error", StreamError(message=str(error)).model_dump_json())
         return
@@ -266,11 +265,10 @@ async def named_model_info(service: Service, name: str) -> ModelInfo:
 async def generate(service: Service, submitted: BodyJob) -> GenerateResponse:
     """Generate up to `length` characters continuing `prime`, all at once."""
     served, job, body = submitted
-    text, logprobs = [], []
+    text = []
     try:
         async for chunk in job.chunks():
             text.append(chunk.text)
-            logprobs.extend(chunk.logprobs)
     except JobFailed as error:
         raise HTTPException(status_code=500, detail=str(error)) from None
     joined = "".join(text)
@@ -278,7 +276,9 @@ async def generate(service: Service, submitted: BodyJob) -> GenerateResponse:
     return GenerateResponse(
         text=joined,
         prime=served.vocab.decode(job.params.prime) if body.prime else "",
-        logprobs=logprob_entries(job, logprobs) if job.params.logprobs is not None else None,
+        logprobs=logprob_columns(job, job.output.logprobs.slice(0, len(joined)))
+        if job.params.logprobs is not None
+        else None,
         **end.model_dump(),
     )
 
@@ -325,15 +325,11 @@ async def score(service: Service, body: ScoreRequest, request: Request) -> Score
     logprobs[0] = None
     bits: list[float | None] = (-scorer.logprobs / math.log(2)).tolist()
     bits[0] = None
-    top = None
+    top_chars = top_logprobs = None
     if body.top_n:
         chars = served.vocab.chars
-        top = [[]] + [
-            [TopLogprob(char=chars[i], logprob=lp) for i, lp in zip(row_ids, row_lps, strict=True)]
-            for row_ids, row_lps in zip(
-                scorer.top_ids[1:].tolist(), scorer.top_logprobs[1:].tolist(), strict=True
-            )
-        ]
+        top_chars = [[]] + [[chars[i] for i in row] for row in scorer.top_ids[1:].tolist()]
+        top_logprobs = [[], *scorer.top_logprobs[1:].tolist()]
     seconds = (job.finished_at or time.perf_counter()) - job.submitted_at
     return ScoreResponse(
         model=served.name,
@@ -347,6 +343,7 @@ async def score(service: Service, body: ScoreRequest, request: Request) -> Score
         perplexity=math.exp(scorer.nats_per_char),
         logprobs=logprobs,
         surprisal_bits=bits,
-        top=top,
+        top_chars=top_chars,
+        top_logprobs=top_logprobs,
         seconds=seconds,
     )

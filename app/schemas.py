@@ -168,15 +168,16 @@ class GenerateRequest(SamplingFields):
     )
 
 
-class TopLogprob(BaseModel):
-    char: str
-    logprob: float
+class Logprobs(BaseModel):
+    """Log-probabilities of a run of characters, as columns: entry i of each list is about
+    chars[i] (the layout of OpenAI's legacy completion logprobs)."""
 
-
-class CharLogprob(BaseModel):
-    char: str
-    logprob: float = Field(description="natural log of the char's probability")
-    top: list[TopLogprob] = Field(description="the likeliest chars at this position")
+    chars: list[str]
+    logprobs: list[float] = Field(description="natural log of each char's probability")
+    top_chars: list[list[str]] = Field(
+        description="the likeliest chars at each position, most likely first"
+    )
+    top_logprobs: list[list[float]] = Field(description="their log-probabilities")
 
 
 class GenerationStats(BaseModel):
@@ -202,7 +203,9 @@ class GenerationEnd(BaseModel):
         description="with a regex: whether the text is a whole match (false when "
         "length ran out first)",
     )
-    prompt_logprobs: list[CharLogprob] | None = None
+    prompt_logprobs: Logprobs | None = Field(
+        None, description="with prompt_logprobs: the prime's chars after the first"
+    )
     stats: GenerationStats
 
 
@@ -211,7 +214,7 @@ class GenerateResponse(GenerationEnd):
     prime: str = Field(
         description="the prime as the network read it (unknown chars dropped or replaced)"
     )
-    logprobs: list[CharLogprob] | None = None
+    logprobs: Logprobs | None = Field(None, description="with logprobs: one per char of text")
 
 
 class ScoreRequest(BaseModel):
@@ -248,9 +251,10 @@ class ScoreResponse(BaseModel):
         "for the first"
     )
     surprisal_bits: list[float | None] = Field(description="-logprob in bits, per character")
-    top: list[list[TopLogprob]] | None = Field(
-        None, description="with top_n: the likeliest characters at each position"
+    top_chars: list[list[str]] | None = Field(
+        None, description="with top_n: the likeliest characters at each position ([] first)"
     )
+    top_logprobs: list[list[float]] | None = Field(None, description="with top_n: theirs")
     seconds: float
 
 

@@ -2,10 +2,10 @@
 
     python benchmarks/lstm_gemm_bound.py [--rounds 7] [--steps 2]
 
-The throughput target is 1.4× the seed's training chars/s (default model, batch
-128 × seq 100). A training step of the 2 × 256 LSTM must at least run these matrix products; this script
-times exactly them, into preallocated buffers, with no gate maths, no dropout, no loss, no
-optimizer and no Python autograd, and alternates that with the seed's full step
+The throughput target is 1.4× the seed's training chars/s (default model, batch 128 × seq
+100). A training step of the 2 × 256 LSTM must at least run these matrix products; this
+script times exactly them, into preallocated buffers, with no gate maths, no dropout, no
+loss, no optimizer and no Python autograd, and alternates that with the seed's full step
 (benchmarks/naive_seed.py) in the same process. The ratio it prints is an upper bound on
 any implementation that uses this machine's GEMM (MKL/oneDNN through torch): real steps
 add the element-wise work on top.

@@ -174,13 +174,15 @@ export class GenerateView {
           count += [...event.data].length;
           if (atBottom) box.scrollTop = box.scrollHeight;
         } else if (event.event === "logprobs") {
-          // One entry per character of the chars event just before.
+          // Columns, one entry per character of the chars event just before.
           const spans = output.children;
-          for (const entry of event.data) {
-            this.entries[shaded] = entry;
-            if (spans[shaded]) shade(spans[shaded], bitsOf(entry.logprob));
+          const { chars, logprobs, top_chars: topChars, top_logprobs: topLogprobs } = event.data;
+          chars.forEach((char, i) => {
+            const top = topChars[i].map((c, j) => ({ char: c, logprob: topLogprobs[i][j] }));
+            this.entries[shaded] = { char, logprob: logprobs[i], top };
+            if (spans[shaded]) shade(spans[shaded], bitsOf(logprobs[i]));
             shaded += 1;
-          }
+          });
         } else if (event.event === "done") {
           done = event.data;
           raw = event.raw;

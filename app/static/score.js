@@ -70,7 +70,9 @@ export class ScoreView {
     return {
       title: `${shown(char)}: ${result.surprisal_bits[index].toFixed(2)} bits`,
       lines: [`p ${percent(logprob)}, logprob ${logprob.toFixed(3)}`],
-      top: result.top ? result.top[index] : [],
+      top: result.top_chars
+        ? result.top_chars[index].map((c, j) => ({ char: c, logprob: result.top_logprobs[index][j] }))
+        : [],
     };
   }
 

@@ -19,12 +19,13 @@ of others, in any slot, prefilled in any slices, cached or not:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from model.decoding.network_rows import KernelRows, TorchRows, kernel_supported
-from model.decoding.output import CharLogprob, RowOutput
+from model.decoding.output import RowOutput
 from model.decoding.params import GenerationParams
 from model.decoding.prime_cache import PrimeCache
 from model.decoding.regex import AutomatonPool
@@ -218,47 +219,46 @@ class BatchDecoder:
         self.sampler.refill(running)
         return rows
 
+    def draws(self, rows: np.ndarray) -> Draws:
+        """The last step's results for `rows`, read out in bulk (a few array-to-list
+        conversions, not a numpy access per row and field)."""
+        sampler = self.sampler
+        counts = sampler.logprobs[rows]
+        asked = bool(len(rows)) and int(counts.max()) >= 0
+        return Draws(
+            self,
+            rows.tolist(),
+            sampler.ids[rows].tolist(),
+            sampler.held[rows].tolist(),
+            sampler.status[rows].tolist(),
+            counts.tolist(),
+            sampler.chosen[rows].tolist() if asked else [],
+            sampler.top_ids[rows].tolist() if asked else [],
+            sampler.top_logprobs[rows].tolist() if asked else [],
+        )
+
     def record(self, row: int, output: RowOutput) -> int:
         """Move the row's last draw into `output` (its char, logprobs, hold-back, and
         how it ended). → its status; for a failure, FAILURES[status] says why."""
-        sampler = self.sampler
-        status = int(sampler.status[row])
-        if status in FAILURES:
-            return status
-        output.append(int(sampler.ids[row]), int(sampler.held[row]), self._logprob(row))
-        if status != RUNNING:
-            stop_length = int(sampler.held[row]) if status == FINISHED_STOP else 0
-            output.finish(FINISH_REASONS[status], stop_length)
-            if self.params[row].regex is not None:  # type: ignore[union-attr]
-                output.regex_complete = self.regex_complete(row)
-        return status
+        return self.draws(np.array([row], np.int64)).record(0, output)
 
     def record_prompt(self, row: int, position: int, output: RowOutput) -> None:
         """After `prefill` read prime[position]: the next prime char's logprob, if asked."""
         params = self.params[row]
         if params is not None and params.prompt_logprobs and position + 1 < len(params.prime):
-            output.prompt_logprobs.append(self._logprob(row, params.prime[position + 1]))
+            count = int(self.sampler.logprobs[row])
+            output.prompt_logprobs.append(
+                params.prime[position + 1],
+                float(self.sampler.chosen[row]),
+                self.sampler.top_ids[row, :count].tolist(),
+                self.sampler.top_logprobs[row, :count].tolist(),
+            )
 
     def finish_unsampled(self, row: int, output: RowOutput) -> None:
         """A request with length 0 ends once its prime has run."""
         output.finish("length")
         if self.params[row].regex is not None:  # type: ignore[union-attr]
             output.regex_complete = self.regex_complete(row)
-
-    def _logprob(self, row: int, char_id: int | None = None) -> CharLogprob | None:
-        count = int(self.sampler.logprobs[row])
-        if count < 0:
-            return None
-        sampler = self.sampler
-        # tolist() converts a row in one call: per character, on the engine's hot path
-        ids, logprobs = (
-            sampler.top_ids[row, :count].tolist(),
-            sampler.top_logprobs[row, :count].tolist(),
-        )
-        chosen = int(sampler.ids[row]) if char_id is None else char_id
-        return CharLogprob(
-            chosen, float(sampler.chosen[row]), tuple(zip(ids, logprobs, strict=True))
-        )
 
     def regex_complete(self, row: int) -> bool:
         """Whether the row's output so far is a whole match of its regex."""
@@ -268,3 +268,36 @@ class BatchDecoder:
     def compact(self) -> None:
         """Housekeeping between steps: drop automata no row uses any more."""
         self.automata.compact(self.sampler.regex_state)
+
+
+@dataclass
+class Draws:
+    """One step's results for some rows, as lists (BatchDecoder.draws)."""
+
+    decoder: BatchDecoder
+    rows: list[int]
+    ids: list[int]
+    held: list[int]
+    status: list[int]
+    counts: list[int]  # logprobs asked for (-1: none)
+    chosen: list[float]
+    top_ids: list[list[int]]
+    top_logprobs: list[list[float]]
+
+    def record(self, index: int, output: RowOutput) -> int:
+        """Move the index-th row's draw into `output`. → its status (FAILURES: why not)."""
+        status = self.status[index]
+        if status in FAILURES:
+            return status
+        char, count = self.ids[index], self.counts[index]
+        if count >= 0:
+            top_ids, top = self.top_ids[index], self.top_logprobs[index]
+            output.logprobs.append(char, self.chosen[index], top_ids[:count], top[:count])
+        output.append(char, self.held[index])
+        if status != RUNNING:
+            stop_length = self.held[index] if status == FINISHED_STOP else 0
+            output.finish(FINISH_REASONS[status], stop_length)
+            row = self.rows[index]
+            if self.decoder.params[row].regex is not None:  # type: ignore[union-attr]
+                output.regex_complete = self.decoder.regex_complete(row)
+        return status

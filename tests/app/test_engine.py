@@ -12,6 +12,7 @@ from app.engine import ClientBusy, DecodingEngine, EngineBusy, EngineConfig
 from app.jobs import Job, JobFailed
 from app.lane import FAILED_MESSAGE
 from model.config import ModelConfig
+from model.decoding.decoder import Draws
 from model.decoding.generate import SingleStream
 from model.decoding.params import GenerationParams, encode_stops
 from model.network import CharRNN
@@ -255,14 +256,14 @@ def test_a_row_whose_sampling_fails_fails_alone(running, monkeypatch):
 def test_a_row_whose_output_cannot_be_recorded_fails_alone(running, monkeypatch):
     engine, lane = running
     decoder = lane.decoder
-    real_record = decoder.record
+    real_record = Draws.record
 
-    def record(row, output):
-        if decoder.params[row].seed == 666 and len(output.ids) == 5:
+    def record(draws, index, output):
+        if decoder.params[draws.rows[index]].seed == 666 and len(output.ids) == 5:
             raise ValueError("broken output")
-        return real_record(row, output)
+        return real_record(draws, index, output)
 
-    monkeypatch.setattr(decoder, "record", record)
+    monkeypatch.setattr(Draws, "record", record)
     texts, bad = run_ten_beside(engine, lane, params(seed=666, length=100))
     assert [len(text) for text in texts] == [120] * 12
     assert bad.wait(5) and bad.error == FAILED_MESSAGE
@@ -326,12 +327,12 @@ def test_prompt_logprobs_are_recorded_during_the_prefill(running, model):
     job = engine.submit(lane, params("the cat", length=3, logprobs=2, prompt_logprobs=True))
     text_of(job)
     prompt = job.output.prompt_logprobs
-    assert [entry.id for entry in prompt] == VOCAB.encode("he cat")
+    assert prompt.ids == VOCAB.encode("he cat")
     with torch.no_grad():
         logits, _ = model(torch.tensor([VOCAB.encode("the cat")]))
     expected = torch.log_softmax(logits[0, :-1].double(), dim=-1)
-    for position, entry in enumerate(prompt):
-        assert entry.logprob == pytest.approx(float(expected[position, entry.id]), abs=1e-4)
+    for position, (char, logprob) in enumerate(zip(prompt.ids, prompt.chosen, strict=True)):
+        assert logprob == pytest.approx(float(expected[position, char]), abs=1e-4)
 
 
 def test_one_client_cannot_take_every_row(model):

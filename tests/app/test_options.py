@@ -26,6 +26,9 @@ async def native(client: httpx.AsyncClient, body: dict) -> dict:
     return response.json()
 
 
+COLUMNS = ("chars", "logprobs", "top_chars", "top_logprobs")
+
+
 async def streamed(client: httpx.AsyncClient, sse: Parse, body: dict, get: bool = False) -> dict:
     """The stream's text, logprobs and done event, put together like /generate's."""
     if get:
@@ -43,8 +46,9 @@ async def streamed(client: httpx.AsyncClient, sse: Parse, body: dict, get: bool 
     events = sse(response.text)
     assert events[-1][0] == "done", events[-1]
     text = "".join(data for name, data in events if name == "chars")
-    logprobs = [entry for name, data in events if name == "logprobs" for entry in data]
-    return {"text": text, "logprobs": logprobs or None, **events[-1][1]}
+    pieces = [data for name, data in events if name == "logprobs"]
+    logprobs = {key: [x for piece in pieces for x in piece[key]] for key in COLUMNS}
+    return {"text": text, "logprobs": logprobs if pieces else None, **events[-1][1]}
 
 
 async def every_api(client: httpx.AsyncClient, sse: Parse, body: dict) -> list[dict]:
@@ -136,13 +140,16 @@ async def test_logprobs_in_the_native_api(client: httpx.AsyncClient, sse: Parse)
     body = {"prime": "To be", "length": 30, "seed": 5, "logprobs": 3, "prompt_logprobs": True}
     result = await native(client, body)
     logprobs = result["logprobs"]
-    assert "".join(entry["char"] for entry in logprobs) == result["text"]
-    for entry in logprobs:
-        tops = [top["logprob"] for top in entry["top"]]
+    assert "".join(logprobs["chars"]) == result["text"]
+    assert all(len(logprobs[key]) == len(result["text"]) for key in COLUMNS)
+    for chosen, tops in zip(logprobs["logprobs"], logprobs["top_logprobs"], strict=True):
         assert len(tops) == 3 and tops == sorted(tops, reverse=True)
-        assert entry["logprob"] <= tops[0] + 1e-12 and entry["logprob"] <= 0
-        assert math.isclose(sum(math.exp(t) for t in tops), sum(math.exp(t) for t in tops))
-    assert "".join(entry["char"] for entry in result["prompt_logprobs"]) == "o be"
+        assert chosen <= tops[0] + 1e-12 and chosen <= 0
+        assert sum(math.exp(t) for t in tops) <= 1 + 1e-9
+    for char, chosen, top_chars, tops in zip(*(logprobs[key] for key in COLUMNS), strict=True):
+        if char in top_chars:  # the chosen char among the likeliest: the same number
+            assert tops[top_chars.index(char)] == chosen
+    assert "".join(result["prompt_logprobs"]["chars"]) == "o be"
     streamed_result = await streamed(client, sse, body)
     assert streamed_result["logprobs"] == logprobs
     assert streamed_result["prompt_logprobs"] == result["prompt_logprobs"]
@@ -164,8 +171,11 @@ async def test_openai_logprobs_and_echo(client: httpx.AsyncClient) -> None:
     native_prompt = await native(
         client, {"prime": "To be", "length": 1, "logprobs": 2, "prompt_logprobs": True}
     )
-    assert choice["logprobs"]["token_logprobs"][1:5] == [
-        entry["logprob"] for entry in native_prompt["prompt_logprobs"]
+    assert choice["logprobs"]["token_logprobs"][1:5] == native_prompt["prompt_logprobs"]["logprobs"]
+    top_prompt = native_prompt["prompt_logprobs"]
+    assert choice["logprobs"]["top_logprobs"][1:5] == [
+        dict(zip(chars, lps, strict=True))
+        for chars, lps in zip(top_prompt["top_chars"], top_prompt["top_logprobs"], strict=True)
     ]
     # max_tokens 0 with echo and logprobs scores the prompt alone, as OpenAI's API does.
     scored = (

@@ -272,10 +272,11 @@ def test_probabilities_show_on_hover(page: Any, open_url: str) -> None:
     tip = page.locator("#tip")
     expect(tip).to_be_hidden()
     for index in (7, 33):
-        entry = reply["logprobs"][index]
+        logprob = reply["logprobs"]["logprobs"][index]
         chars.nth(index).hover()
         expect(tip).to_be_visible()
-        expect(tip).to_contain_text(f"logprob {entry['logprob']:.3f}")
+        expect(tip).to_contain_text(f"logprob {logprob:.3f}")
+        expect(tip.locator("li").first).to_contain_text(reply["logprobs"]["top_chars"][index][0])
         expect(tip.locator("li")).to_have_count(5)
         expect(chars.nth(index)).to_have_class(re.compile(r"\bheat\d\b"))
     page.mouse.move(5, 5)

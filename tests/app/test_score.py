@@ -41,9 +41,15 @@ async def test_scores_are_the_networks_log_probabilities(
     assert result["nats_per_char"] == pytest.approx(-expected.mean(), abs=1e-6)
     assert result["bits_per_char"] == pytest.approx(result["nats_per_char"] / math.log(2))
     assert result["perplexity"] == pytest.approx(math.exp(result["nats_per_char"]))
-    assert result["top"][0] == [] and all(len(top) == 3 for top in result["top"][1:])
-    for position, top in enumerate(result["top"][1:], start=1):
-        assert top[0]["logprob"] >= result["logprobs"][position] - 1e-12
+    top_chars, top_logprobs = result["top_chars"], result["top_logprobs"]
+    assert top_chars[0] == [] == top_logprobs[0]
+    assert all(len(chars) == 3 for chars in top_chars[1:])
+    for position, tops in enumerate(top_logprobs[1:], start=1):
+        assert len(tops) == 3 and tops == sorted(tops, reverse=True)
+        assert tops[0] >= result["logprobs"][position] - 1e-12
+        char = TEXT[position]
+        if char in top_chars[position]:
+            assert tops[top_chars[position].index(char)] == result["logprobs"][position]
 
 
 async def test_a_long_text_goes_through_in_slices_beside_a_stream(

@@ -4,7 +4,6 @@ import json
 from app import sse
 from app.jobs import Job
 from app.routes import events
-from model.decoding.output import CharLogprob
 from model.decoding.params import GenerationParams
 
 CHARS = ("a", "b", "\n")
@@ -50,7 +49,8 @@ def test_silence_becomes_keepalive_comments_then_chars_and_done():
 
 def test_logprobs_follow_their_chars_and_an_error_ends_the_stream():
     failing = job(logprobs=1)
-    failing.output.append(1, held=0, logprob=CharLogprob(1, -0.5, ((0, -0.25),)))
+    failing.output.logprobs.append(1, -0.5, [0], [-0.25])
+    failing.output.append(1, held=0)
     failing._finish("generation failed")
 
     async def collect():
@@ -58,7 +58,10 @@ def test_logprobs_follow_their_chars_and_an_error_ends_the_stream():
 
     chars, logprobs, error = asyncio.run(collect())
     assert chars == 'event: chars\ndata: "b"\n\n'
-    assert json.loads(logprobs.split("data: ", 1)[1]) == [
-        {"char": "b", "logprob": -0.5, "top": [{"char": "a", "logprob": -0.25}]}
-    ]
+    assert json.loads(logprobs.split("data: ", 1)[1]) == {
+        "chars": ["b"],
+        "logprobs": [-0.5],
+        "top_chars": [["a"]],
+        "top_logprobs": [[-0.25]],
+    }
     assert error == 'event: error\ndata: {"message":"generation failed"}\n\n'

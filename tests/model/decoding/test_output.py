@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from model.decoding.output import CharLogprob, RowOutput
+from model.decoding.output import CharLogprob, Logprobs, RowOutput
 
 
 def test_held_characters_are_released_once_they_cannot_start_a_stop():
@@ -12,7 +12,7 @@ def test_held_characters_are_released_once_they_cannot_start_a_stop():
         output.append(char, held)
         released.append(output.released)
     assert released == [1, 1, 1, 3, 5] and output.ids == [1, 2, 3, 4, 5]
-    assert output.finish_reason is None and output.logprobs == []
+    assert output.finish_reason is None and len(output.logprobs) == 0
 
 
 def test_released_never_moves_back():
@@ -39,12 +39,17 @@ def test_other_ends_release_everything(reason):
     assert output.released == 2 and output.finish_reason == reason
 
 
-def test_logprobs_are_kept_when_given():
+def test_logprobs_are_kept_as_columns():
     output = RowOutput()
-    logprob = CharLogprob(3, -0.5, ((3, -0.5), (1, -1.5)))
-    output.append(3, 0, logprob)
+    output.logprobs.append(3, -0.5, [3, 1], [-0.5, -1.5])
+    output.append(3, 0)
+    output.logprobs.append(4, -2.0, [3, 1], [-0.4, -1.2])
     output.append(4, 0)
-    assert output.logprobs == [logprob] and output.prompt_logprobs == []
-    assert output.regex_complete is None
+    assert output.logprobs.ids == [3, 4] and output.logprobs.chosen == [-0.5, -2.0]
+    assert len(output.prompt_logprobs) == 0 and output.regex_complete is None
+    first = output.logprobs.slice(0, 1)
+    assert first == Logprobs([3], [-0.5], [[3, 1]], [[-0.5, -1.5]])
+    assert first.entries() == [CharLogprob(3, -0.5, ((3, -0.5), (1, -1.5)))]
+    assert len(output.logprobs.slice(1, 5)) == 1 and len(output.logprobs.slice(2, 2)) == 0
     with pytest.raises(dataclasses.FrozenInstanceError):
-        logprob.logprob = 0.0
+        first.entries()[0].logprob = 0.0
