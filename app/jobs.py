@@ -136,7 +136,7 @@ class Job:
                     try:
                         await asyncio.wait_for(event.wait(), keepalive)
                     except TimeoutError:
-                        yield Chunk("", [])
+                        yield Chunk("", Logprobs())
                         continue
                 if self._ready():
                     last_yield = loop.time()

@@ -9,7 +9,9 @@ about twice the event loop's time per request here).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
+import orjson
 from starlette.responses import StreamingResponse
 
 MEDIA_TYPE = "text/event-stream"
@@ -24,6 +26,13 @@ DOCS = {"content": {MEDIA_TYPE: {}}, "description": "A stream of server-sent eve
 def event(name: str, data: str) -> str:
     """One event; `data` must not contain a newline (JSON-encode it first)."""
     return f"event: {name}\ndata: {data}\n\n"
+
+
+def json_event(name: str, value: Any) -> str:
+    """One event whose data is `value` as JSON. orjson, not the json module: a stream with
+    logprobs sends six floats a character, and json's float formatting held the event
+    loop (and the GIL the decoding thread needs) longer than generating them took."""
+    return event(name, orjson.dumps(value).decode())
 
 
 def response(events: AsyncIterator[str]) -> StreamingResponse:

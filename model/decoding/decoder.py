@@ -292,7 +292,9 @@ class Draws:
         char, count = self.ids[index], self.counts[index]
         if count >= 0:
             top_ids, top = self.top_ids[index], self.top_logprobs[index]
-            output.logprobs.append(char, self.chosen[index], top_ids[:count], top[:count])
+            if count < len(top_ids):  # the arrays are MAX_LOGPROBS wide
+                top_ids, top = top_ids[:count], top[:count]
+            output.logprobs.append(char, self.chosen[index], top_ids, top)
         output.append(char, self.held[index])
         if status != RUNNING:
             stop_length = self.held[index] if status == FINISHED_STOP else 0

@@ -115,21 +115,38 @@ def _scores(r, logits, settings, state, automata):
 @njit(inline="always", **JIT)
 def _logprobs(r, logits, chosen, count, out):
     """The chosen character's log-probability and the `count` likeliest ones', under the
-    network's own distribution (log-softmax of the raw logits)."""
-    row = logits[r].astype(np.float64)
-    peak = row.max()
-    log_total = peak + math.log(np.exp(row - peak).sum())
-    out[3][r] = row[chosen] - log_total
+    network's own distribution (log-softmax of the raw logits). No allocation: it runs
+    for every row of every step that asks."""
+    vocab = logits.shape[1]
+    peak = -math.inf
+    for j in range(vocab):
+        peak = max(peak, np.float64(logits[r, j]))
+    total = 0.0
+    for j in range(vocab):
+        total += math.exp(np.float64(logits[r, j]) - peak)
+    log_total = peak + math.log(total)
+    out[3][r] = np.float64(logits[r, chosen]) - log_total
     top_ids, top_logprobs = out[4], out[5]
-    taken = np.zeros(row.shape[0], dtype=np.bool_)
+    # Selection by rank: the n-th likeliest is the largest below the (n-1)-th, ties to the
+    # lowest id (as a stable sort by descending logit orders them).
+    previous_id = -1
     for n in range(count):
         best = -1
-        for j in range(row.shape[0]):
-            if not taken[j] and (best < 0 or row[j] > row[best]):
+        for j in range(vocab):
+            if previous_id >= 0 and not _ranks_below(logits, r, j, previous_id):
+                continue
+            if best < 0 or logits[r, j] > logits[r, best]:
                 best = j
-        taken[best] = True
         top_ids[r, n] = best
-        top_logprobs[r, n] = row[best] - log_total
+        top_logprobs[r, n] = np.float64(logits[r, best]) - log_total
+        previous_id = best
+
+
+@njit(inline="always", **JIT)
+def _ranks_below(logits, r, j, other):
+    """Whether char j comes after `other` in descending-logit order (ties: by id)."""
+    a, b = logits[r, j], logits[r, other]
+    return a < b or (a == b and j > other)
 
 
 @njit(inline="always", **JIT)

@@ -56,8 +56,10 @@ def test_logprobs_follow_their_chars_and_an_error_ends_the_stream():
     async def collect():
         return [event async for event in events(failing, lambda: 0.0)]
 
-    chars, logprobs, error = asyncio.run(collect())
-    assert chars == 'event: chars\ndata: "b"\n\n'
+    both, error = asyncio.run(collect())  # chars and their logprobs: one write
+    chars, logprobs = both.split("\n\n", 1)
+    assert chars == 'event: chars\ndata: "b"'
+    assert logprobs.startswith("event: logprobs\ndata: ") and logprobs.endswith("\n\n")
     assert json.loads(logprobs.split("data: ", 1)[1]) == {
         "chars": ["b"],
         "logprobs": [-0.5],
