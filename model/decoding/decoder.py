@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from model.decoding.automaton import AutomatonPool
 from model.decoding.network_rows import KernelRows, TorchRows, kernel_supported
 from model.decoding.output import RowOutput
 from model.decoding.params import GenerationParams
 from model.decoding.prime_cache import PrimeCache
-from model.decoding.regex import AutomatonPool
 from model.decoding.sampler import (
     FAILURES,
     FINISH_REASONS,

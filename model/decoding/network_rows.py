@@ -31,7 +31,7 @@ from model.network import CharRNN
 
 MIN_ROWS = 8
 ROWS_PER_THREAD = 8  # fewer rows than this per thread: not worth a hand-off
-Automata = tuple[np.ndarray, np.ndarray, np.ndarray]  # model/decoding/regex.py's pool
+Automata = tuple[np.ndarray, np.ndarray, np.ndarray]  # model/decoding/automaton.py's pool
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,10 @@ import math
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from model.decoding.automaton import Automaton
 from model.text import NEWLINES_LF, normalize_newlines
 from model.vocab import OutOfVocabularyError, Vocabulary
-
-if TYPE_CHECKING:
-    from model.decoding.regex import Automaton
 
 DEFAULT_LENGTH = 200  # characters, when a request names none (the service: DEFAULT_LENGTH)
 MAX_SEED = 2**63 - 1

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from model.decoding.automaton import AutomatonPool
 from model.decoding.network_rows import (
     MIN_ROWS,
     KernelRows,
@@ -10,7 +11,6 @@ from model.decoding.network_rows import (
     kernel_supported,
 )
 from model.decoding.params import GenerationParams
-from model.decoding.regex import AutomatonPool
 from model.decoding.sampler import sample_rows
 from model.decoding.sampler_rows import SamplerRows
 

@@ -9,8 +9,9 @@ character there. A missing, extra or mis-weighted character moves a boundary and
 import numpy as np
 import pytest
 
+from model.decoding.automaton import AutomatonPool
 from model.decoding.params import GenerationParams
-from model.decoding.regex import AutomatonPool, RegexLimits, compile_regex
+from model.decoding.regex import RegexLimits, compile_regex
 from model.decoding.sampler import (
     FAILED_NO_CANDIDATE,
     FAILED_NON_FINITE,

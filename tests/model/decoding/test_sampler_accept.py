@@ -4,8 +4,9 @@ how many of its last characters are held back, against brute-force references.""
 import numpy as np
 import pytest
 
+from model.decoding.automaton import AutomatonPool
 from model.decoding.params import GenerationParams
-from model.decoding.regex import AutomatonPool, RegexLimits, compile_regex
+from model.decoding.regex import RegexLimits, compile_regex
 from model.decoding.sampler import (
     FINISHED_LENGTH,
     FINISHED_REGEX,

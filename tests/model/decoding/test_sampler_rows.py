@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from model.decoding.automaton import AutomatonPool
 from model.decoding.params import MAX_REPEAT_LAST_N, GenerationParams
-from model.decoding.regex import AutomatonPool
 from model.decoding.sampler import sample_rows
 from model.decoding.sampler_rows import UNIFORM_BLOCK, SamplerRows, failure_table
 
