@@ -2,7 +2,8 @@
 
 Options override the environment variables of app/settings.py. The model is loaded before
 the port is bound, so a bad checkpoint ends the process at once with a one-line error.
-Connections get the timeouts and the limit of app/connections.py.
+Connections get the timeouts and the limit of app/connections.py, and a peer at its quota
+its 429 from its first bytes (app/quota.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import argparse
 import uvicorn
 
 from app.connections import uvicorn_options
-from app.main import serving_app
+from app.main import engine_of, serving_app
+from app.quota import EarlyRefusal
 from app.settings import Settings
 from model.device import DEVICE_CHOICES
 
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         # Running streams get this long to finish after SIGTERM; the lifespan then waits
         # (as long again at most) for what is still queued, and stops the engine.
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
-        **uvicorn_options(settings),
+        **uvicorn_options(settings, EarlyRefusal(lambda: engine_of(app))),
     )
 
 

@@ -19,11 +19,13 @@ instead (--timeout-keep-alive, --limit-concurrency) and has no header timeout.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from app.quota import Refusal
 from app.settings import Settings
 
 Wait = Literal["head", "unread body"]
@@ -40,19 +42,53 @@ class HeadTimeoutProtocol(H11Protocol):
 
     head_timeout: ClassVar[float]
     body_timeout: ClassVar[float]
+    # app/quota.py's EarlyRefusal: a peer at its quota gets its 429 from the first bytes.
+    early_refusal: ClassVar[Callable[[str, bytes], Refusal | None] | None] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
         self._waiting_for: Wait | None = None
+        self._first_bytes = True
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._watch()
 
     def data_received(self, data: bytes) -> None:
+        if self._first_bytes:
+            self._first_bytes = False
+            if self._refused_early(data):
+                return
         super().data_received(data)
         self._watch()
+
+    def _refused_early(self, data: bytes) -> bool:
+        """Write the 429 for a peer at its quota and close, without parsing the request.
+        Not for a trusted proxy's connections: their client is in a header."""
+        refuse = type(self).early_refusal
+        if refuse is None or self.client is None or self._trusted_proxy(self.client[0]):
+            return False
+        answer = refuse(self.client[0], data)
+        if answer is None:
+            return False
+        headers, body = answer
+        head = [b"HTTP/1.1 429 Too Many Requests"]
+        head += [name + b": " + value for name, value in self.server_state.default_headers]
+        head += [name + b": " + value for name, value in headers]
+        self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        self.transport.close()
+        self._arm(None)
+        return True
+
+    def _trusted_proxy(self, host: str) -> bool:
+        """Whether uvicorn takes this peer's X-Forwarded-For (FORWARDED_ALLOW_IPS: exact
+        addresses or "*"; a network range is treated as trusted, to be safe)."""
+        if not self.config.proxy_headers:
+            return False
+        allowed = self.config.forwarded_allow_ips
+        entries = allowed.split(",") if isinstance(allowed, str) else allowed
+        return any(e.strip() in ("*", host) or "/" in e for e in entries)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -90,20 +126,26 @@ class HeadTimeoutProtocol(H11Protocol):
         self.transport.close()
 
 
-def head_timeout_protocol(settings: Settings) -> type[HeadTimeoutProtocol]:
+def head_timeout_protocol(
+    settings: Settings, early_refusal: Callable[[str, bytes], Refusal | None] | None = None
+) -> type[HeadTimeoutProtocol]:
     """`HeadTimeoutProtocol` with the timeouts of `settings` (uvicorn builds the protocol
     itself, one per connection, so they travel as class attributes)."""
     attributes = {
         "head_timeout": settings.header_timeout_seconds,
         "body_timeout": settings.body_timeout_seconds,
+        "early_refusal": early_refusal,
     }
     return type("HeadTimeoutProtocol", (HeadTimeoutProtocol,), attributes)
 
 
-def uvicorn_options(settings: Settings) -> dict[str, Any]:
-    """Keyword arguments of uvicorn.run / uvicorn.Config for the connection limits."""
+def uvicorn_options(
+    settings: Settings, early_refusal: Callable[[str, bytes], Refusal | None] | None = None
+) -> dict[str, Any]:
+    """Keyword arguments of uvicorn.run / uvicorn.Config for the connection limits (and,
+    given app/quota.py's EarlyRefusal for the app, the 429 of a peer at its quota)."""
     return {
-        "http": head_timeout_protocol(settings),
+        "http": head_timeout_protocol(settings, early_refusal),
         "timeout_keep_alive": settings.keep_alive_seconds,
         "limit_concurrency": settings.max_connections,
     }

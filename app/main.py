@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -61,9 +60,6 @@ the seed it used: pass it back to get the same text again. `/v1/completions` and
 def load_service(settings: Settings) -> ModelService:
     """The model(s) the settings name, on their device. Raises CheckpointError / ValueError."""
     torch.set_num_threads(settings.torch_threads)  # process-wide: the service owns the process
-    # The decoding thread needs the GIL briefly after each compiled step; while the event
-    # loop is busy (a burst of requests) it waits up to this long for it, per hand-off.
-    sys.setswitchinterval(settings.gil_switch_seconds)
     return ModelService.load(
         settings.checkpoint,
         settings.device,

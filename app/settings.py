@@ -81,14 +81,6 @@ class Settings(BaseSettings):
         ge=1,
         description="threads that share a decoding step's rows (CPU kernel)",
     )
-    gil_switch_seconds: float = Field(
-        0.0005,
-        gt=0,
-        le=0.1,
-        allow_inf_nan=False,
-        description="how long a thread holds the GIL before a waiting one gets it "
-        "(Python's switch interval; CPython's default is 0.005)",
-    )
     prefill_share: float = Field(
         EngineConfig.prefill_share,
         gt=0,

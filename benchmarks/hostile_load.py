@@ -6,19 +6,24 @@ The server is `python -m app` (the shipped checkpoint, default settings) in its 
 Each well-behaved stream comes from its own loopback address (127.0.1.N, as 64 users
 would), POSTs /generate/stream for `--length` chars and records the gaps between its
 chunks. The same 64 streams run twice per repeat, alternately: quiet, then while hostile
-clients (from 127.0.0.66-70) send at the same time:
+clients (from 127.0.0.66-71, in a process of their own) send at the same time:
 
   fields      bodies with huge, negative, NaN and wrongly typed fields, a regex bomb
   primes      bursts of 2,000-char primes (length 1)
   slow        headers and bodies trickled a byte at a time, idle sockets
   scan        random methods and paths
   hangups     streams dropped mid-way
-  flood       as many long streams as the server lets one client open (held open)
-  probes      GET /health every 100 ms and GET /metrics every second
+  flood       as many long streams as the server lets one client open (held open), and
+              more every 0.1 s from 300 connections (429s, as fast as they come back)
+
+and probes (GET /health every 100 ms, /metrics every second) run beside the 64 streams.
+The attackers' own CPU time is taken from the same cores as the server's.
 
 It prints, per phase (medians over repeats): streams completed / N, their aggregate chars/s
 and p99 gap between chunks, and the ratio hostile/quiet; /health failures and its p99
-latency; the server's peak RSS; the tracebacks in its log; what the hostile requests got.
+latency; the server's peak RSS; the tracebacks in its log; what the hostile requests got;
+and the cores each side used (the server's event loop, its decoding threads, the
+attackers' process), which on a small machine shows how much of it the attack itself took.
 Targets: N/N complete, ratio >= 0.7, p99 gap < 250 ms, RSS < 1 GB, /health always 200,
 no traceback.
 """
@@ -30,6 +35,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import multiprocessing
 import os
 import random
 import statistics
@@ -39,15 +45,17 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from serve_load import free_port, peak_rss_mb, percentile, wait_healthy  # noqa: E402
+from serve_load import cpu_seconds, free_port, peak_rss_mb, percentile, wait_healthy  # noqa: E402
 
-ATTACKERS = [f"127.0.0.{n}" for n in range(66, 71)]
+CPU_KEYS = ("loop", "threads", "attackers")  # the server's event loop and other threads
+ATTACKERS = [f"127.0.0.{n}" for n in range(66, 72)]  # one address per kind of attack
 
 
 @dataclass
@@ -131,8 +139,6 @@ class Hostile:
         self.vocabulary = [c for c in vocabulary if c not in '"\\'] or ["a"]
         self.stop = asyncio.Event()
         self.statuses: collections.Counter[str] = collections.Counter()
-        self.health: list[float] = []
-        self.health_failures = 0
         self.rng = random.Random(0)
 
     def tally(self, kind: str, status: int | None) -> None:
@@ -228,7 +234,7 @@ class Hostile:
             while not self.stop.is_set():
                 try:
                     reader, writer = await asyncio.open_connection(
-                        "127.0.0.1", self.port, local_addr=(ATTACKERS[0], 0)
+                        "127.0.0.1", self.port, local_addr=(ATTACKERS[5], 0)
                     )
                 except OSError:
                     await asyncio.sleep(0.1)
@@ -248,7 +254,43 @@ class Hostile:
 
         await asyncio.gather(*(one() for _ in range(300)))
 
-    async def probes(self) -> None:
+    def tasks(self) -> list:
+        return [
+            self.fields(),
+            self.primes(),
+            self.slow(),
+            self.scan(),
+            self.hangups(),
+            self.flood(),
+        ]
+
+
+def attack(port: int, vocabulary: list[str], stop: Any, statuses: Any) -> None:
+    """The hostile clients until `stop` (a multiprocessing Event) is set, in a process of
+    their own as they would be on machines of their own; their tally goes to `statuses`."""
+    hostile = Hostile(port, vocabulary)
+
+    async def run() -> None:
+        tasks = [asyncio.create_task(task) for task in hostile.tasks()]
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        hostile.stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(run())
+    statuses.put(dict(hostile.statuses))
+
+
+class Probes:
+    """GET /health every 100 ms and GET /metrics every second, as an orchestrator would."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.stop = asyncio.Event()
+        self.health: list[float] = []
+        self.health_failures = 0
+
+    async def run(self) -> None:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}", timeout=10) as c:
             tick = 0
             while not self.stop.is_set():
@@ -265,31 +307,32 @@ class Hostile:
                         await c.get("/metrics")
                 await asyncio.sleep(0.1)
 
-    def tasks(self) -> list:
-        return [
-            self.fields(),
-            self.primes(),
-            self.slow(),
-            self.scan(),
-            self.hangups(),
-            self.flood(),
-            self.probes(),
-        ]
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds so far of a process (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def phase(port: int, streams: int, length: int, hostile: Hostile | None) -> dict:
+async def phase(
+    port: int, streams: int, length: int, probes: Probes | None, server: int, attacker: int = 0
+) -> dict:
+    """The streams, once; CPU use is in cores (CPU seconds per wall second)."""
     running = []
-    if hostile is not None:
-        hostile.stop.clear()
-        running = [asyncio.create_task(task) for task in hostile.tasks()]
-        await asyncio.sleep(3)  # let the attack build up first
+    if probes is not None:
+        probes.stop.clear()
+        running = [asyncio.create_task(probes.run())]
+    before = cpu_seconds(server), process_cpu(attacker) if attacker else 0.0
     started = time.perf_counter()
     results = await asyncio.gather(
         *(good_stream(port, f"127.0.1.{n + 1}", length, n) for n in range(streams))
     )
     seconds = time.perf_counter() - started
-    if hostile is not None:
-        hostile.stop.set()
+    after = cpu_seconds(server), process_cpu(attacker) if attacker else 0.0
+    cpu = {name: (after[0][name] - before[0][name]) / seconds for name in after[0]}
+    cpu["attackers"] = (after[1] - before[1]) / seconds
+    if probes is not None:
+        probes.stop.set()
         await asyncio.gather(*running, return_exceptions=True)
     done = [r for r in results if r.error is None]
     return {
@@ -297,6 +340,7 @@ async def phase(port: int, streams: int, length: int, hostile: Hostile | None) -
         "chars_per_second": sum(r.chars for r in done) / seconds,
         "p99_gap_ms": percentile([g for r in results for g in r.gaps], 99) * 1e3,
         "errors": collections.Counter(r.error for r in results if r.error),
+        "cpu": cpu,
     }
 
 
@@ -326,13 +370,22 @@ def main() -> None:
     try:
         wait_healthy(port, server)
         vocabulary = httpx.get(f"http://127.0.0.1:{port}/model").json()["vocabulary"]
-        asyncio.run(phase(port, 8, 50, None))  # warm-up
+        asyncio.run(phase(port, 8, 50, None, server.pid))  # warm-up
         quiet, hostile_runs = [], []
-        hostile = Hostile(port, vocabulary)
+        probes = Probes(port)
+        statuses: collections.Counter[str] = collections.Counter()
+        spawn = multiprocessing.get_context("spawn")
         for _ in range(args.repeats):
-            quiet.append(asyncio.run(phase(port, args.streams, args.length, None)))
-            hostile = Hostile(port, vocabulary) if hostile is None else hostile
-            hostile_runs.append(asyncio.run(phase(port, args.streams, args.length, hostile)))
+            quiet.append(asyncio.run(phase(port, args.streams, args.length, None, server.pid)))
+            stop, tally = spawn.Event(), spawn.Queue()
+            attacker = spawn.Process(target=attack, args=(port, vocabulary, stop, tally))
+            attacker.start()
+            time.sleep(3)  # let the attack build up first
+            under_attack = phase(port, args.streams, args.length, probes, server.pid, attacker.pid)
+            hostile_runs.append(asyncio.run(under_attack))
+            stop.set()
+            statuses.update(tally.get(timeout=120))
+            attacker.join(60)
         rss = peak_rss_mb(server.pid)
         alive = server.poll() is None
     finally:
@@ -349,19 +402,20 @@ def main() -> None:
         f"{os.cpu_count()} CPUs, {args.streams} streams x {args.length} chars, "
         f"median of {args.repeats}"
     )
-    print("| phase | completed | chars/s | p99 gap ms |")
-    print("|---|--:|--:|--:|")
+    print("| phase | completed | chars/s | p99 gap ms | CPU: loop | threads | attackers |")
+    print("|---|--:|--:|--:|--:|--:|--:|")
     for name, runs in (("quiet", quiet), ("hostile", hostile_runs)):
         completed = min(run["completed"] for run in runs)
+        cores = [statistics.median(run["cpu"][key] for run in runs) for key in CPU_KEYS]
         print(
             f"| {name} | {completed}/{args.streams} | {median(runs, 'chars_per_second'):.0f} | "
-            f"{median(runs, 'p99_gap_ms'):.0f} |"
+            f"{median(runs, 'p99_gap_ms'):.0f} | " + " | ".join(f"{c:.2f}" for c in cores) + " |"
         )
     ratio = median(hostile_runs, "chars_per_second") / median(quiet, "chars_per_second")
     print(f"hostile/quiet chars/s: {ratio:.2f}x (target >= 0.7)")
-    health = hostile.health
+    health = probes.health
     print(
-        f"/health: {hostile.health_failures} failures of {len(health)}, "
+        f"/health: {probes.health_failures} failures of {len(health)}, "
         f"p99 {percentile(health, 99) * 1e3:.0f} ms"
     )
     print(
@@ -371,7 +425,7 @@ def main() -> None:
     errors = sum((run["errors"] for run in quiet + hostile_runs), collections.Counter())
     if errors:
         print(f"well-behaved stream errors: {dict(errors)}")
-    print("hostile requests by outcome:", dict(sorted(hostile.statuses.items())))
+    print("hostile requests by outcome:", dict(sorted(statuses.items())))
     print(f"server log: {log.name}")
 
 

@@ -20,8 +20,11 @@ for `--length` chars over a plain socket and reads the SSE events. The request k
 
 With `--models M`, the server serves M copies of the checkpoint (MODELS_DIR) and the
 clients are spread over them. Per N it runs `--repeats` times and prints the median run's
-aggregate chars/s, p50/p99 time to first char, p99 gap between events, errors and the
-server's peak RSS; then ratios against the first server / request kind / model count.
+aggregate chars/s, p50/p99 time to first char, p99 gap between events, errors, the
+server's peak RSS, and where the CPU went (cores busy on average: the server's main
+thread, which runs the event loop; its other threads, which decode; this client process,
+which shares the machine); then ratios against the first server / request kind / model
+count.
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ class LoadResult:
     seconds: float
     results: list[StreamResult]
     peak_rss_mb: float
+    cpu: dict[str, float]  # CPU seconds a wall second (1.0: one core busy), by where spent
 
     @property
     def chars_per_second(self) -> float:
@@ -96,6 +100,21 @@ def server_command(kind: str, target: Path, port: int, other_tree: Path | None) 
     if target.is_dir():
         return [sys.executable, "-m", "app", "--port", str(port)]  # MODELS_DIR: env
     return [sys.executable, "-m", "app", "--checkpoint", str(target), "--port", str(port)]
+
+
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds so far of the server's main thread (its event loop) and of its other
+    threads together (decoding, the kernel's helpers), and of this client process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used = {"loop": 0.0, "threads": 0.0}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        seconds = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        used["loop" if task.name == str(pid) else "threads"] += seconds
+    return {**used, "client": time.process_time()}
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -178,6 +197,7 @@ async def _body_chunks(reader: asyncio.StreamReader, chunked: bool) -> AsyncIter
 async def run_load(
     port: int, clients: int, length: int, pid: int, extra: dict, models: list[str] | None
 ) -> LoadResult:
+    before = cpu_seconds(pid)
     started = time.perf_counter()
     results = await asyncio.gather(
         *(
@@ -193,7 +213,9 @@ async def run_load(
         )
     )
     seconds = time.perf_counter() - started
-    return LoadResult(clients, seconds, list(results), peak_rss_mb(pid))
+    after = cpu_seconds(pid)
+    cpu = {name: (after[name] - before[name]) / seconds for name in after}
+    return LoadResult(clients, seconds, list(results), peak_rss_mb(pid), cpu)
 
 
 def wait_healthy(port: int, process: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -245,14 +267,16 @@ def bench_server(kind: str, args: argparse.Namespace, models: int) -> dict:
         kinds = ["plain"] if kind == "baseline" else args.requests.split(",")
         clients = args.baseline_clients if kind == "baseline" else args.clients
         for n in clients:
-            for request_kind in kinds:
-                extra = REQUESTS[request_kind]
-                # The run with the median chars/s of `repeats` (a shared machine is noisy).
-                runs = [
-                    asyncio.run(run_load(port, n, args.length, process.pid, extra, names))
-                    for _ in range(args.repeats)
-                ]
-                result = sorted(runs, key=lambda run: run.chars_per_second)[len(runs) // 2]
+            # The request kinds take turns, so that a shared machine's drift is spread over
+            # them; each kind's run with the median chars/s of `repeats` is kept.
+            runs: dict[str, list[LoadResult]] = {request_kind: [] for request_kind in kinds}
+            for _ in range(args.repeats):
+                for request_kind in kinds:
+                    extra = REQUESTS[request_kind]
+                    run = asyncio.run(run_load(port, n, args.length, process.pid, extra, names))
+                    runs[request_kind].append(run)
+            for request_kind, done in runs.items():
+                result = sorted(done, key=lambda run: run.chars_per_second)[len(done) // 2]
                 results[request_kind, n] = result
                 print_row(f"{kind}/{request_kind}/{models}m", result)
         return results
@@ -269,7 +293,8 @@ def print_row(label: str, result: LoadResult) -> None:
     print(
         f"| {label:22} | {result.clients:4d} | {result.chars_per_second:10.0f} | "
         f"{percentile(firsts, 50) * 1e3:9.1f} | {percentile(firsts, 99) * 1e3:9.1f} | "
-        f"{percentile(gaps, 99) * 1e3:9.1f} | {result.errors:6d} | {result.peak_rss_mb:8.0f} |",
+        f"{percentile(gaps, 99) * 1e3:9.1f} | {result.errors:6d} | {result.peak_rss_mb:8.0f} | "
+        f"{result.cpu['loop']:.2f} | {result.cpu['threads']:.2f} | {result.cpu['client']:.2f} |",
         flush=True,
     )
 
@@ -336,9 +361,9 @@ def main() -> None:
     )
     print(
         "| server/request/models | N | chars/s | p50 TTFC ms | p99 TTFC ms | p99 gap ms "
-        "| errors | RSS MB |"
+        "| errors | RSS MB | CPU: loop | threads | client |"
     )
-    print("|---|--:|--:|--:|--:|--:|--:|--:|")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     results: dict[tuple[str, int], dict] = {}
     for kind in args.servers.split(","):
         for models in [int(m) for m in args.models.split(",")] if kind != "baseline" else [1]:

@@ -18,7 +18,8 @@ import pytest
 from pydantic import ValidationError
 
 from app.connections import uvicorn_options
-from app.main import create_app
+from app.main import create_app, engine_of
+from app.quota import EarlyRefusal, Refusal
 from app.settings import Settings
 from tests.app.support import running_server
 
@@ -242,3 +243,61 @@ def test_the_default_connection_limit_leaves_room_for_the_engine_queue() -> None
     # limit's bare 503 must not come first.
     defaults = Settings.model_construct()
     assert defaults.max_connections > defaults.max_active + defaults.max_queue
+
+
+def test_a_peer_at_its_quota_gets_its_429_from_the_connection(settings: Settings) -> None:
+    """One request per client, and a stream running from 127.0.0.5 and one from 127.0.0.1:
+    127.0.0.5's next requests are refused by the protocol from their first bytes (their
+    bodies are never sent: the app never sees them), its /health still answers and other
+    clients are served; 127.0.0.1, a trusted proxy by uvicorn's default, is left to the
+    app's middleware, which refuses it too."""
+    changed = Settings(**{**settings.model_dump(), "access_log": False})
+    changed = changed.model_copy(update={"max_requests_per_client": 1, "max_length": 10**6})
+    app = create_app(changed)
+    refusals: list[str] = []
+    early = EarlyRefusal(lambda: engine_of(app))
+
+    def spy(client: str, data: bytes) -> Refusal | None:
+        answer = early(client, data)
+        if answer is not None:
+            refusals.append(client)
+        return answer
+
+    def answer(source: str, raw: bytes) -> tuple[float | None, bytes]:
+        with socket.create_connection(address, source_address=(source, 0)) as sock:
+            sock.sendall(raw)
+            return watch(sock)
+
+    body = json.dumps({"length": 10**6}).encode()
+    json_head = ("Content-Type: application/json", f"Content-Length: {len(body)}")
+    with running_server(app, **uvicorn_options(changed, spy)) as url:
+        parts = urlsplit(url)
+        address = (parts.hostname, parts.port)
+        held = []
+        for source in ("127.0.0.5", "127.0.0.1"):
+            sock = socket.create_connection(address, source_address=(source, 0))
+            held.append(sock)
+            sock.sendall(request_head("POST", "/generate/stream", *json_head) + body)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")  # the stream runs
+        try:
+            for path in ("/generate", "/v1/completions"):
+                # A body is promised but never sent: only an early answer can come.
+                closed_after, received = answer(
+                    "127.0.0.5", request_head("POST", path, "Content-Length: 100")
+                )
+                assert status_of(received) == 429, received
+                assert closed_after is not None and closed_after < TIMEOUT
+                lowered = received.lower()
+                assert b"retry-after: 1" in lowered and b"connection: close" in lowered
+                assert b"date: " in lowered  # uvicorn's default headers, as on every answer
+                assert (b"rate_limit_exceeded" in received) == path.startswith("/v1/")
+            assert refusals == ["127.0.0.5", "127.0.0.5"]
+            health = answer("127.0.0.5", request_head("GET", "/health", "Connection: close"))
+            assert status_of(health[1]) == 200
+            small = request_head("POST", "/generate", *json_head[:1], "Content-Length: 2")
+            assert status_of(answer("127.0.0.6", small + b"{}")[1]) == 200
+            assert status_of(answer("127.0.0.1", small + b"{}")[1]) == 429
+            assert refusals == ["127.0.0.5", "127.0.0.5"]  # that one was the middleware's
+        finally:
+            for sock in held:
+                sock.close()

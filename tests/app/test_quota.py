@@ -1,10 +1,14 @@
-"""app/quota.py: a client at its quota gets its 429 before its request is read."""
+"""app/quota.py: a client at its quota gets its 429 before its request is read (the
+middleware), or from its connection's first bytes (EarlyRefusal; under a real server in
+tests/app/test_connections.py)."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
 
+from app.engine import EngineConfig
+from app.quota import EarlyRefusal
 from app.service import ModelService
 
 pytestmark = pytest.mark.anyio
@@ -47,3 +51,58 @@ def test_client_full_follows_the_engines_count(service: ModelService) -> None:
         assert engine.client_full("10.1.1.1")
     finally:
         del engine._per_client["10.1.1.1"]
+
+
+class FullEngine:
+    """An engine stand-in whose clients in `full` are at their quota."""
+
+    def __init__(self, *full: str):
+        self.full = set(full)
+        self.config = EngineConfig(max_requests_per_client=3)
+
+    def client_full(self, client: str) -> bool:
+        return client in self.full
+
+
+@pytest.mark.parametrize(
+    "first_bytes",
+    [
+        b"POST /generate HTTP/1.1\r\nHost: x\r\n",
+        b"POST /generate/stream HTTP/1.1\r\n",
+        b"GET /generate/stream?prime=a&length=5 HTTP/1.1\r\n\r\n",
+        b"POST /score HTTP/1.0\r\n",
+        b"POST /v1/completions HTTP/1.1\r\nContent-Length: 99999\r\n\r\n{",
+    ],
+)
+def test_early_refusal_of_a_full_client_on_an_engine_route(first_bytes: bytes) -> None:
+    refuse = EarlyRefusal(lambda: FullEngine("10.0.0.1"))  # type: ignore[arg-type, return-value]
+    answer = refuse("10.0.0.1", first_bytes)
+    assert answer is not None
+    headers, body = answer
+    assert (b"retry-after", b"1") in headers and (b"connection", b"close") in headers
+    assert (b"content-length", str(len(body)).encode()) in headers
+    assert b"3 requests running or waiting" in body
+    assert (b'"rate_limit_exceeded"' in body) == (b"/v1/" in first_bytes)
+    assert refuse("10.0.0.2", first_bytes) is None  # another client: served as usual
+
+
+@pytest.mark.parametrize(
+    "first_bytes",
+    [
+        b"GET /health HTTP/1.1\r\n",  # no work for the engine
+        b"POST /generate",  # the request line is not complete yet
+        b"POST /generate HTTP/1.1",
+        b"POST  /generate HTTP/1.1\r\n",  # not a request line h11 would accept
+        b"POST /generate\r\n",
+        b"\xff\xfe /generate HTTP/1.1\r\n",
+        b"POST /generated HTTP/1.1\r\n",
+        b"",
+    ],
+)
+def test_anything_else_is_left_to_the_app(first_bytes: bytes) -> None:
+    refuse = EarlyRefusal(lambda: FullEngine("10.0.0.1"))  # type: ignore[arg-type, return-value]
+    assert refuse("10.0.0.1", first_bytes) is None
+
+
+def test_no_early_refusal_while_no_model_is_loaded() -> None:
+    assert EarlyRefusal(lambda: None)("10.0.0.1", b"POST /generate HTTP/1.1\r\n") is None
