@@ -39,7 +39,8 @@ stamp_dir=$("$py" -c 'import sys; print(sys.prefix)')
 # numba caches each compiled function beside its source and checks only that file's
 # timestamp, not those of the compiled helpers it calls from other files: after an update
 # of model/, cached kernels could run old code. Drop them when model/'s sources change.
-sources=$(cat model/*.py model/*/*.py 2>/dev/null | sha256sum | cut -c1-16)
+# (`|| true`: the container's dependency layer has no model/ sources yet.)
+sources=$( (cat model/*.py model/*/*.py 2>/dev/null || true) | sha256sum | cut -c1-16)
 if [ ! -f "$stamp_dir/.charrnn-kernels-$sources" ]; then
   find model -path '*/__pycache__/*' \( -name '*.nbi' -o -name '*.nbc' \) -delete 2>/dev/null || true
   rm -f "$stamp_dir"/.charrnn-kernels-*
