@@ -19,7 +19,9 @@ for `--length` chars over a plain socket and reads the SSE events. The request k
               repeated until the length)
 
 With `--models M`, the server serves M copies of the checkpoint (MODELS_DIR) and the
-clients are spread over them. Per N it runs `--repeats` times and prints the median run's
+clients are spread over them. All servers are started at once and stay up; per N each
+repeat runs every server and request kind in turn (only one is busy at a time), so a
+shared machine's drift falls on all of them alike. Per N it prints the median run's
 aggregate chars/s, p50/p99 time to first char, p99 gap between events, errors, the
 server's peak RSS, and where the CPU went (cores busy on average: the server's main
 thread, which runs the event loop; its other threads, which decode; this client process,
@@ -242,8 +244,23 @@ def percentile(values: list[float], q: float) -> float:
     )
 
 
-def bench_server(kind: str, args: argparse.Namespace, models: int) -> dict:
-    """{(request kind, N): median LoadResult} for one server process."""
+@dataclass
+class Server:
+    """One server process under test: `kind` serving `models` copies of the checkpoint."""
+
+    kind: str
+    models: int
+    port: int
+    process: subprocess.Popen
+    names: list[str] | None  # the model names clients ask for (None: the default model)
+    folder: Path | None  # MODELS_DIR, removed at the end
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}/{{}}/{self.models}m"
+
+
+def start_server(kind: str, args: argparse.Namespace, models: int) -> Server:
     port = free_port()
     env = {**os.environ, "LOG_LEVEL": "warning", "ACCESS_LOG": "false"}
     tree = args.other_tree if kind == "other" else ROOT
@@ -257,34 +274,68 @@ def bench_server(kind: str, args: argparse.Namespace, models: int) -> dict:
         env.update(MODELS_DIR=str(folder), CHECKPOINT="", MAX_LOADED_MODELS=str(models))
         target = folder
     process = subprocess.Popen(server_command(kind, target, port, tree), env=env, cwd=tree)
-    try:
-        wait_healthy(port, process)
-        for name in names or [None]:  # load every model and compile before measuring
+    return Server(kind, models, port, process, names, folder)
+
+
+def warm_up(server: Server) -> None:
+    """Wait until healthy, then load every model and compile before measuring."""
+    wait_healthy(server.port, server.process)
+    for name in server.names or [None]:
+        for clients in (1, 8):
             warm = [name] if name else None
-            for warm_up in (1, 8):
-                asyncio.run(run_load(port, warm_up, 20, process.pid, REQUESTS["plain"], warm))
-        results = {}
-        kinds = ["plain"] if kind == "baseline" else args.requests.split(",")
-        clients = args.baseline_clients if kind == "baseline" else args.clients
-        for n in clients:
-            # The request kinds take turns, so that a shared machine's drift is spread over
-            # them; each kind's run with the median chars/s of `repeats` is kept.
-            runs: dict[str, list[LoadResult]] = {request_kind: [] for request_kind in kinds}
-            for _ in range(args.repeats):
+            asyncio.run(
+                run_load(server.port, clients, 20, server.process.pid, REQUESTS["plain"], warm)
+            )
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    server.process.wait(30)
+    if server.folder is not None:
+        shutil.rmtree(server.folder, ignore_errors=True)
+
+
+def bench(servers: list[Server], args: argparse.Namespace) -> dict:
+    """{(kind, models): {(request kind, N): median LoadResult}}. All servers are up at
+    once, idle but for the one being measured, and the runs take turns (server by server,
+    request kind by kind, within each repeat), so a shared machine's drift is spread over
+    all of them; each one's run with the median chars/s of `repeats` is kept."""
+    runs: dict[tuple[str, int], dict[tuple[str, int], list[LoadResult]]] = {
+        (server.kind, server.models): {} for server in servers
+    }
+    for n in args.clients:
+        for _ in range(args.repeats):
+            for server in servers:
+                clients = args.baseline_clients if server.kind == "baseline" else args.clients
+                if n not in clients:
+                    continue
+                kinds = ["plain"] if server.kind == "baseline" else args.requests.split(",")
                 for request_kind in kinds:
-                    extra = REQUESTS[request_kind]
-                    run = asyncio.run(run_load(port, n, args.length, process.pid, extra, names))
-                    runs[request_kind].append(run)
-            for request_kind, done in runs.items():
-                result = sorted(done, key=lambda run: run.chars_per_second)[len(done) // 2]
-                results[request_kind, n] = result
-                print_row(f"{kind}/{request_kind}/{models}m", result)
-        return results
-    finally:
-        process.terminate()
-        process.wait(30)
-        if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
+                    result = asyncio.run(
+                        run_load(
+                            server.port,
+                            n,
+                            args.length,
+                            server.process.pid,
+                            REQUESTS[request_kind],
+                            server.names,
+                        )
+                    )
+                    runs[server.kind, server.models].setdefault((request_kind, n), []).append(
+                        result
+                    )
+        for server in servers:
+            for (request_kind, clients), done in runs[server.kind, server.models].items():
+                if clients == n:
+                    print_row(server.label.format(request_kind), median_run(done))
+    return {
+        key: {point: median_run(done) for point, done in points.items()}
+        for key, points in runs.items()
+    }
+
+
+def median_run(runs: list[LoadResult]) -> LoadResult:
+    return sorted(runs, key=lambda run: run.chars_per_second)[len(runs) // 2]
 
 
 def print_row(label: str, result: LoadResult) -> None:
@@ -364,10 +415,17 @@ def main() -> None:
         "| errors | RSS MB | CPU: loop | threads | client |"
     )
     print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
-    results: dict[tuple[str, int], dict] = {}
-    for kind in args.servers.split(","):
-        for models in [int(m) for m in args.models.split(",")] if kind != "baseline" else [1]:
-            results[kind, models] = bench_server(kind, args, models)
+    servers: list[Server] = []
+    try:
+        for kind in args.servers.split(","):
+            model_counts = [int(m) for m in args.models.split(",")] if kind != "baseline" else [1]
+            servers += [start_server(kind, args, models) for models in model_counts]
+        for server in servers:
+            warm_up(server)
+        results = bench(servers, args)
+    finally:
+        for server in servers:
+            stop_server(server)
     if args.plot is not None:
         plot(results, args.plot, args.length)
     first = next(iter(results))
