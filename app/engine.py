@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.jobs import Job, ScoreJob
+from app.jobs import EngineWork, Job, ScoreJob
 from app.lane import FAILED_MESSAGE, EngineCounters, Lane
 from model.decoding.decoder import BatchDecoder
 from model.decoding.params import GenerationParams
@@ -233,7 +233,7 @@ class DecodingEngine:
         limit = self.config.max_requests_per_client
         return limit > 0 and self._per_client.get(client, 0) >= limit
 
-    def _claim(self, job: Job | ScoreJob, client: str | None) -> None:  # with the lock held
+    def _claim(self, job: EngineWork, client: str | None) -> None:  # with the lock held
         limit = self.config.max_requests_per_client
         if client is None or limit == 0:
             return
@@ -369,7 +369,7 @@ class DecodingEngine:
             if time.perf_counter() - started >= budget:
                 return
 
-    def _fail(self, job: Job | ScoreJob, message: str) -> None:
+    def _fail(self, job: EngineWork, message: str) -> None:
         self.counters.jobs_failed += 1
         job._finish(message)
 

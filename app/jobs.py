@@ -40,7 +40,54 @@ class Chunk:
     logprobs: Logprobs  # one per character of text, when the request asked (else empty)
 
 
-class Job:
+class EngineWork:
+    """What a generation and a score share: the engine finishes it once (with an error or
+    not), a client may cancel it, and one coroutine may wait to be woken from the engine's
+    thread."""
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+        self._done = threading.Event()
+        self._cancelled = False
+        self._lock = threading.Lock()  # guards the waiter hand-off only
+        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+        self._on_finish: Callable[[], None] | None = None  # the engine's per-client count
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def cancel(self) -> None:
+        """Stop the work (the client left); the engine drops it at its next turn."""
+        self._cancelled = True
+
+    # --- engine side -----------------------------------------------------------------
+    def _finish(self, error: str | None = None) -> None:
+        if self.done:
+            return
+        self.error = error
+        self._finished_at(time.perf_counter())
+        self._done.set()
+        if self._on_finish is not None:
+            self._on_finish()
+        self._wake()
+
+    def _finished_at(self, now: float) -> None:
+        """Record when the work ended (each kind keeps it in its own place)."""
+
+    def _wake(self) -> None:
+        with self._lock:
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            loop, event = waiter
+            loop.call_soon_threadsafe(event.set)
+
+
+class Job(EngineWork):
     """One generation request. `chars` maps ids to characters (the model's vocabulary)."""
 
     def __init__(
@@ -54,45 +101,13 @@ class Job:
         self.chars = chars
         self.model = model
         self.client = client  # who asked (an address): for per-client limits and shares
+        super().__init__()
         self.output = RowOutput()
         self.stats = JobStats(prime_chars=len(params.prime), seed=params.seed)
-        self.error: str | None = None
-        self._done = threading.Event()
-        self._cancelled = False
-        self._lock = threading.Lock()  # guards the waiter hand-off only
-        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
         self._taken = 0
-        self._on_finish: Callable[[], None] | None = None  # the engine's per-client count
 
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled
-
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    def cancel(self) -> None:
-        """Stop generating (the client left); the engine frees the row at its next step."""
-        self._cancelled = True
-
-    # --- engine side -----------------------------------------------------------------
-    def _finish(self, error: str | None = None) -> None:
-        if self.done:
-            return
-        self.error = error
-        self.stats.finished_at = time.perf_counter()
-        self._done.set()
-        if self._on_finish is not None:
-            self._on_finish()
-        self._wake()
-
-    def _wake(self) -> None:
-        with self._lock:
-            waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            loop, event = waiter
-            loop.call_soon_threadsafe(event.set)
+    def _finished_at(self, now: float) -> None:
+        self.stats.finished_at = now
 
     # --- consumer side ---------------------------------------------------------------
     def _ready(self) -> bool:
@@ -154,46 +169,19 @@ class Job:
         return self._done.wait(timeout)
 
 
-class ScoreJob:
+class ScoreJob(EngineWork):
     """One text to score (model/scoring.py's Scorer), run by the engine in slices between
     decoding steps. `await job.result()` once it is queued."""
 
     def __init__(self, scorer: Scorer, model: str):
+        super().__init__()
         self.scorer = scorer
         self.model = model
         self.submitted_at = time.perf_counter()
         self.finished_at: float | None = None
-        self.error: str | None = None
-        self._done = threading.Event()
-        self._cancelled = False
-        self._lock = threading.Lock()
-        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
-        self._on_finish: Callable[[], None] | None = None  # the engine's per-client count
 
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled
-
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    def cancel(self) -> None:
-        self._cancelled = True
-
-    def _finish(self, error: str | None = None) -> None:
-        if self.done:
-            return
-        self.error = error
-        self.finished_at = time.perf_counter()
-        self._done.set()
-        if self._on_finish is not None:
-            self._on_finish()
-        with self._lock:
-            waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            loop, event = waiter
-            loop.call_soon_threadsafe(event.set)
+    def _finished_at(self, now: float) -> None:
+        self.finished_at = now
 
     async def result(self) -> Scorer:
         """Wait for the scores; raises JobFailed if the engine failed the job. Leaving
