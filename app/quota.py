@@ -17,6 +17,7 @@ on a kept-alive connection, a request line split over packets) gets the middlewa
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 
@@ -47,8 +48,10 @@ class ClientQuotaMiddleware:
 Refusal = tuple[list[tuple[bytes, bytes]], bytes]  # a 429's headers and body
 
 
+@functools.lru_cache(maxsize=64)
 def refusal(path: str, limit: int) -> Refusal:
-    """The 429 for a request to `path` from a client with `limit` requests in the engine."""
+    """The 429 for a request to `path` from a client with `limit` requests in the engine
+    (made once per route and limit: a flood asks for it at every connection)."""
     message = f"too many requests: this client already has {limit} requests running or waiting"
     if path.startswith("/v1/"):  # OpenAI's error shape, as app/openai_routes.py answers
         error = {"message": message, "type": "invalid_request_error", "param": None}
