@@ -25,7 +25,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from serve_load import free_port, wait_healthy  # noqa: E402
+from load_client import free_port, wait_healthy  # noqa: E402
 
 from model.checkpoint import load_checkpoint  # noqa: E402
 from training.evaluate import evaluate_text  # noqa: E402

@@ -1,0 +1,192 @@
+"""The hostile clients of benchmarks/hostile_load.py: each kind of attack a loop until told
+to stop, from an address of its own, tallying what the server answered. `attack()` runs
+them all in a process of their own, as they would run on machines of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import random
+from typing import Any
+
+ATTACKERS = [f"127.0.0.{n}" for n in range(66, 72)]  # one address per kind of attack
+
+
+async def request(
+    port: int, raw: bytes, source: str, read: bool = True, timeout: float = 30.0
+) -> int | None:
+    """Send raw bytes from `source`; → the status code (None if the connection failed)."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    except OSError:
+        return None
+    try:
+        writer.write(raw)
+        await writer.drain()
+        if not read:
+            return None
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+        return int(head.split(b" ", 2)[1])
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+        return None
+    finally:
+        writer.close()
+
+
+def post(path: str, body: bytes, method: bytes = b"POST") -> bytes:
+    return (
+        method + b" " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: "
+        b"application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
+    )
+
+
+class Hostile:
+    """The hostile clients, each a loop until `stop` is set; statuses are tallied."""
+
+    def __init__(self, port: int, vocabulary: list[str]):
+        self.port = port
+        self.vocabulary = [c for c in vocabulary if c not in '"\\'] or ["a"]
+        self.stop = asyncio.Event()
+        self.statuses: collections.Counter[str] = collections.Counter()
+        self.rng = random.Random(0)
+
+    def tally(self, kind: str, status: int | None) -> None:
+        self.statuses[f"{kind} {status if status is not None else 'closed'}"] += 1
+
+    async def fields(self) -> None:
+        bodies = [
+            b'{"prime": "a", "length": 5, "top_k": 9223372036854775808}',
+            b'{"prime": "a", "length": -1}',
+            b'{"prime": "a", "temperature": NaN}',
+            b'{"prime": "a", "temperature": 1e999}',
+            b'{"prime": "a", "top_p": "lots"}',
+            b'{"prime": "\\ud800"}',
+            b'{"prime": "a", "regex": "(a|b)*a(a|b){40}"}',
+            b'{"prime": "a", "stop": ["a","b","c","d","e"]}',
+            b'{"prime": "a", "logit_bias": {"a": 1e308}}',
+            b'{"prime": 12345}',
+            b"\xff\xfe\xfd",
+            b"[" * 5000,
+        ]
+        while not self.stop.is_set():
+            body = self.rng.choice(bodies)
+            path = self.rng.choice(["/generate", "/generate/stream", "/score"])
+            self.tally("fields", await request(self.port, post(path, body), ATTACKERS[0]))
+            await asyncio.sleep(0.01)
+
+    async def primes(self) -> None:
+        while not self.stop.is_set():
+            burst = []
+            for _ in range(16):
+                prime = "".join(self.rng.choices(self.vocabulary, k=2000))
+                body = json.dumps({"prime": prime, "length": 1}).encode()
+                burst.append(request(self.port, post("/generate", body), ATTACKERS[1], timeout=120))
+            for status in await asyncio.gather(*burst):
+                self.tally("primes", status)
+            await asyncio.sleep(0.5)
+
+    async def slow(self) -> None:
+        async def trickle(raw: bytes) -> None:
+            try:
+                _, writer = await asyncio.open_connection(
+                    "127.0.0.1", self.port, local_addr=(ATTACKERS[2], 0)
+                )
+            except OSError:
+                return
+            try:
+                for byte in raw:
+                    if self.stop.is_set():
+                        break
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    await asyncio.sleep(1.0)
+                self.tally("slow", None)
+            except OSError:
+                self.tally("slow", None)  # the server hung up on it: what should happen
+            finally:
+                writer.close()
+
+        while not self.stop.is_set():
+            tasks = [trickle(post("/generate", b'{"prime": "a", "length": 5}')) for _ in range(40)]
+            tasks += [trickle(b"") for _ in range(20)]  # idle sockets
+            await asyncio.gather(*tasks)
+
+    async def scan(self) -> None:
+        methods = [b"GET", b"PUT", b"DELETE", b"PATCH", b"BREW", b"X" * 30, b"TRACE"]
+        while not self.stop.is_set():
+            method = self.rng.choice(methods) + str(self.rng.randrange(1000)).encode()
+            path = "/" + "".join(self.rng.choices("abcdefgh/", k=self.rng.randrange(1, 40)))
+            self.tally("scan", await request(self.port, post(path, b"{}", method), ATTACKERS[3]))
+            await asyncio.sleep(0.005)
+
+    async def hangups(self) -> None:
+        body = json.dumps({"prime": "a", "length": 2000}).encode()
+        while not self.stop.is_set():
+            try:
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", self.port, local_addr=(ATTACKERS[4], 0)
+                )
+                writer.write(post("/generate/stream", body))
+                await writer.drain()
+                await reader.read(2000)
+                writer.transport.abort()  # gone mid-stream, without a goodbye
+                self.tally("hangups", None)
+            except OSError:
+                pass
+            await asyncio.sleep(0.05)
+
+    async def flood(self) -> None:
+        """As many long streams as one client may open, held open and read slowly."""
+        body = json.dumps({"prime": "a", "length": 2000}).encode()
+
+        async def one() -> None:
+            while not self.stop.is_set():
+                try:
+                    reader, writer = await asyncio.open_connection(
+                        "127.0.0.1", self.port, local_addr=(ATTACKERS[5], 0)
+                    )
+                except OSError:
+                    await asyncio.sleep(0.1)
+                    continue
+                try:
+                    writer.write(post("/generate/stream", body))
+                    await writer.drain()
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    self.tally("flood", int(head.split(b" ", 2)[1]))
+                    while not self.stop.is_set() and await reader.read(256):
+                        await asyncio.sleep(0.05)
+                except (OSError, asyncio.IncompleteReadError):
+                    pass
+                finally:
+                    writer.close()
+                await asyncio.sleep(0.1)
+
+        await asyncio.gather(*(one() for _ in range(300)))
+
+    def tasks(self) -> list:
+        return [
+            self.fields(),
+            self.primes(),
+            self.slow(),
+            self.scan(),
+            self.hangups(),
+            self.flood(),
+        ]
+
+
+def attack(port: int, vocabulary: list[str], stop: Any, statuses: Any) -> None:
+    """The hostile clients until `stop` (a multiprocessing Event) is set, in a process of
+    their own as they would be on machines of their own; their tally goes to `statuses`."""
+    hostile = Hostile(port, vocabulary)
+
+    async def run() -> None:
+        tasks = [asyncio.create_task(task) for task in hostile.tasks()]
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        hostile.stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(run())
+    statuses.put(dict(hostile.statuses))
