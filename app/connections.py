@@ -3,17 +3,19 @@
     HEADER_TIMEOUT_SECONDS   the request line and headers must be complete this long after the
                              connection opens, or after the first byte of the next request on
                              a kept-alive connection; else the connection is closed
-    KEEP_ALIVE_SECONDS       an idle connection between requests is closed (uvicorn's own)
+    KEEP_ALIVE_SECONDS       an idle connection is closed between requests (uvicorn's own)
     MAX_CONNECTIONS          past it, requests get uvicorn's plain 503 (its limit_concurrency)
     BODY_TIMEOUT_SECONDS     in the app (app/body_timeout.py), and here for a body that the
                              app answered without reading: the rest must arrive within it
+    HTTP_PARSER              httptools (uvicorn's C parser, the default) or h11 (its
+                             pure-Python one): the same limits over either
 
 uvicorn itself times only the idle wait between requests, and a byte received stops that
 clock: a client trickling a request head (or a body nobody reads) would keep its
-connection as long as it liked. `HeadTimeoutProtocol` is uvicorn's pure-Python HTTP/1.1
-protocol (h11) with one deadline per connection for that. `python -m app` serves with it
-whether or not httptools is installed; `uvicorn app.main:app` uses uvicorn's own flags
-instead (--timeout-keep-alive, --limit-concurrency) and has no header timeout.
+connection as long as it liked. `ConnectionDeadlines` adds one deadline per connection for
+that, and the early 429 of app/quota.py, to either of uvicorn's HTTP/1.1 protocols.
+`python -m app` serves with them; `uvicorn app.main:app` uses uvicorn's own flags instead
+(--timeout-keep-alive, --limit-concurrency) and has no header timeout.
 """
 
 from __future__ import annotations
@@ -24,15 +26,20 @@ from typing import Any, ClassVar, Literal
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.quota import Refusal
 from app.settings import Settings
 
 Wait = Literal["head", "unread body"]
+MAX_HEAD_BYTES = 16 * 1024  # h11's bound on an incomplete request head (uvicorn's default)
+EarlyRefusalHook = Callable[[str, bytes], Refusal | None]
 
 
-class HeadTimeoutProtocol(H11Protocol):
-    """Closes a connection that keeps the server waiting for a request it never completes.
+class ConnectionDeadlines:
+    """Closes a connection that keeps the server waiting for a request it never completes;
+    mixed into one of uvicorn's HTTP/1.1 protocols (H11Deadlines, HttpToolsDeadlines), which
+    says what the client owes (`_owed`).
 
     The deadline runs while the client owes a request head and uvicorn's keep-alive clock
     is not running (a new connection, or bytes of the next request have arrived), and while
@@ -40,10 +47,19 @@ class HeadTimeoutProtocol(H11Protocol):
     dropped once the head is complete, so a request's own time (a long stream) is never cut.
     """
 
+    # What the protocol this is mixed into provides (uvicorn's names, both protocols).
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
+    client: tuple[str, int] | None
+    config: Any
+    server_state: Any
+    logger: Any
+    timeout_keep_alive_task: asyncio.TimerHandle | None
+
     head_timeout: ClassVar[float]
     body_timeout: ClassVar[float]
     # app/quota.py's EarlyRefusal: a peer at its quota gets its 429 from the first bytes.
-    early_refusal: ClassVar[Callable[[str, bytes], Refusal | None] | None] = None
+    early_refusal: ClassVar[EarlyRefusalHook | None] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -51,8 +67,8 @@ class HeadTimeoutProtocol(H11Protocol):
         self._waiting_for: Wait | None = None
         self._first_bytes = True
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
         self._watch()
 
     def data_received(self, data: bytes) -> None:
@@ -60,7 +76,7 @@ class HeadTimeoutProtocol(H11Protocol):
             self._first_bytes = False
             if self._refused_early(data):
                 return
-        super().data_received(data)
+        super().data_received(data)  # type: ignore[misc]
         self._watch()
 
     def _refused_early(self, data: bytes) -> bool:
@@ -91,23 +107,24 @@ class HeadTimeoutProtocol(H11Protocol):
         return any(e.strip() in ("*", host) or "/" in e for e in entries)
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        super().on_response_complete()  # type: ignore[misc]
         self._watch()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._arm(None)
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def _owed(self) -> Wait | None:
+        """What the client owes now, by the protocol's own state: the rest of a request's
+        head, the rest of a body the app answered without reading, or nothing."""
+        raise NotImplementedError
 
     def _watch(self) -> None:
         """Arm, keep or drop the deadline for what the connection now waits for."""
-        if self.transport.is_closing():
-            self._arm(None)
-        elif self.conn.their_state is h11.IDLE and self.timeout_keep_alive_task is None:
-            self._arm("head")
-        elif self.conn.their_state is h11.SEND_BODY and self.cycle.response_complete:
-            self._arm("unread body")
-        else:
-            self._arm(None)
+        owed = None if self.transport.is_closing() else self._owed()
+        if owed == "head" and self.timeout_keep_alive_task is not None:
+            owed = None  # between requests: uvicorn's keep-alive clock runs instead
+        self._arm(owed)
 
     def _arm(self, waiting_for: Wait | None) -> None:
         if waiting_for == self._waiting_for:
@@ -126,26 +143,88 @@ class HeadTimeoutProtocol(H11Protocol):
         self.transport.close()
 
 
-def head_timeout_protocol(
-    settings: Settings, early_refusal: Callable[[str, bytes], Refusal | None] | None = None
-) -> type[HeadTimeoutProtocol]:
-    """`HeadTimeoutProtocol` with the timeouts of `settings` (uvicorn builds the protocol
-    itself, one per connection, so they travel as class attributes)."""
+class H11Deadlines(ConnectionDeadlines, H11Protocol):
+    """The deadlines over uvicorn's pure-Python protocol (h11)."""
+
+    def _owed(self) -> Wait | None:
+        state = self.conn.their_state
+        if state is h11.IDLE:  # h11 leaves IDLE once a head is complete
+            return "head"
+        if state is h11.SEND_BODY and self.cycle.response_complete:
+            return "unread body"
+        return None
+
+
+class HttpToolsDeadlines(ConnectionDeadlines, HttpToolsProtocol):
+    """The deadlines over uvicorn's httptools protocol (llhttp, in C): it keeps no request
+    state of its own to read, so the parser's callbacks note where the request is. llhttp
+    does not bound a request head's size, and uvicorn keeps every header it reads: the
+    head gets h11's bound here (MAX_HEAD_BYTES), so both parsers refuse the same heads."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_complete = False  # of the request being read
+        self._message_complete = False
+        self._head_bytes = 0  # received while its head was not complete
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._head_complete or self.transport.is_closing():
+            return
+        self._head_bytes += len(data)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._arm(None)
+            self.send_400_response("Request head too large.")
+
+    def on_message_begin(self) -> None:
+        self._head_complete = self._message_complete = False
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self._head_complete = True
+        self._head_bytes = 0
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._message_complete = True
+        super().on_message_complete()
+
+    def _owed(self) -> Wait | None:
+        if not self._head_complete:
+            return "head"
+        cycle = self.cycle  # None until a head is complete (and after a websocket upgrade)
+        if not self._message_complete and cycle is not None and cycle.response_complete:
+            return "unread body"
+        return None
+
+
+PROTOCOLS: dict[str, type[ConnectionDeadlines]] = {
+    "httptools": HttpToolsDeadlines,
+    "h11": H11Deadlines,
+}
+
+
+def deadline_protocol(
+    settings: Settings, early_refusal: EarlyRefusalHook | None = None
+) -> type[ConnectionDeadlines]:
+    """The protocol of settings.http_parser with the timeouts of `settings` (uvicorn builds
+    the protocol itself, one per connection, so they travel as class attributes)."""
     attributes = {
         "head_timeout": settings.header_timeout_seconds,
         "body_timeout": settings.body_timeout_seconds,
         "early_refusal": early_refusal,
     }
-    return type("HeadTimeoutProtocol", (HeadTimeoutProtocol,), attributes)
+    base = PROTOCOLS[settings.http_parser]
+    return type(base.__name__, (base,), attributes)
 
 
 def uvicorn_options(
-    settings: Settings, early_refusal: Callable[[str, bytes], Refusal | None] | None = None
+    settings: Settings, early_refusal: EarlyRefusalHook | None = None
 ) -> dict[str, Any]:
     """Keyword arguments of uvicorn.run / uvicorn.Config for the connection limits (and,
     given app/quota.py's EarlyRefusal for the app, the 429 of a peer at its quota)."""
     return {
-        "http": head_timeout_protocol(settings, early_refusal),
+        "http": deadline_protocol(settings, early_refusal),
         "timeout_keep_alive": settings.keep_alive_seconds,
         "limit_concurrency": settings.max_connections,
     }

@@ -154,6 +154,11 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         description="an idle connection is closed after this long between requests",
     )
+    http_parser: Literal["httptools", "h11"] = Field(
+        "httptools",
+        description="uvicorn's HTTP/1.1 parser: httptools (C, faster) or h11 (pure Python); "
+        "the same timeouts and limits apply to both",
+    )
     max_connections: int = Field(
         2048,
         ge=1,

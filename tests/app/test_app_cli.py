@@ -12,7 +12,7 @@ import pytest
 from fastapi import FastAPI
 
 import app.__main__ as cli
-from app.connections import HeadTimeoutProtocol
+from app.connections import H11Deadlines, HttpToolsDeadlines
 from app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,10 +62,14 @@ def test_connection_limits_reach_uvicorn(
     monkeypatch.setenv("KEEP_ALIVE_SECONDS", "75")
     monkeypatch.setenv("MAX_CONNECTIONS", "500")
     cli.main(["--checkpoint", str(checkpoint_path), "--device", "cpu"])
-    assert issubclass(served["http"], HeadTimeoutProtocol)
+    assert issubclass(served["http"], HttpToolsDeadlines)  # the default parser
     assert (served["http"].head_timeout, served["http"].body_timeout) == (3.0, 4.0)
     assert (served["timeout_keep_alive"], served["limit_concurrency"]) == (75.0, 500)
     assert served["app"].state.settings.body_timeout_seconds == 4.0  # the app's 408
+    monkeypatch.setenv("HTTP_PARSER", "h11")
+    cli.main(["--checkpoint", str(checkpoint_path), "--device", "cpu"])
+    assert issubclass(served["http"], H11Deadlines)
+    assert served["http"].head_timeout == 3.0
 
 
 def test_connection_limit_errors_are_one_line(

@@ -1,6 +1,7 @@
 """app/connections.py and app/body_timeout.py under a real uvicorn, through raw sockets:
 slow heads and bodies are cut, idle connections closed, open connections bounded, and a
-stream longer than every timeout runs to its end. Timeouts are 0.5 s here."""
+stream longer than every timeout runs to its end. Timeouts are 0.5 s here. Every test runs
+over both of uvicorn's HTTP/1.1 protocols (HTTP_PARSER: httptools and h11)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from app.connections import uvicorn_options
+from app.connections import H11Deadlines, HttpToolsDeadlines, uvicorn_options
 from app.main import create_app, engine_of
 from app.quota import EarlyRefusal, Refusal
 from app.settings import Settings
@@ -44,9 +45,14 @@ def serving(settings: Settings, **changes: Any) -> Iterator[tuple[str, int]]:
         yield parts.hostname, parts.port
 
 
+@pytest.fixture(scope="module", params=["httptools", "h11"])
+def parser(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def address(settings: Settings) -> Iterator[tuple[str, int]]:
-    with serving(settings, **FAST) as host_port:
+def address(settings: Settings, parser: str) -> Iterator[tuple[str, int]]:
+    with serving(settings, http_parser=parser, **FAST) as host_port:
         yield host_port
 
 
@@ -153,8 +159,25 @@ def test_a_body_the_app_does_not_read_cannot_hold_the_connection(
     assert closed_after is not None and closed_after < TIMEOUT + 1
 
 
-def test_past_max_connections_requests_get_503(settings: Settings) -> None:
-    with serving(settings, max_connections=3, header_timeout_seconds=30.0) as address:
+def test_an_endless_request_head_gets_400_and_the_connection_closed(
+    address: tuple[str, int],
+) -> None:
+    head = request_head("GET", "/health")[:-2]  # the head not ended: headers keep coming
+    with socket.create_connection(address) as sock:
+        sock.sendall(head)
+        sent = 0
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            while sent < 1 << 20:  # 1 MiB of headers, far past the 16 KiB a head may take
+                sock.sendall(b"X-Padding: " + b"a" * 1000 + b"\r\n")
+                sent += 1013
+        closed_after, received = watch(sock)
+    assert status_of(received) == 400, received
+    assert closed_after is not None and closed_after < TIMEOUT
+
+
+def test_past_max_connections_requests_get_503(settings: Settings, parser: str) -> None:
+    limits = {"max_connections": 3, "header_timeout_seconds": 30.0}
+    with serving(settings, http_parser=parser, **limits) as address:
         # Two clients in the middle of a request (their heads not yet complete)...
         waiting = [socket.create_connection(address) for _ in range(2)]
         for sock in waiting:
@@ -175,9 +198,12 @@ def test_past_max_connections_requests_get_503(settings: Settings) -> None:
         assert status == 200
 
 
-def test_a_stream_longer_than_every_timeout_is_not_cut(settings: Settings, sse: Parse) -> None:
+def test_a_stream_longer_than_every_timeout_is_not_cut(
+    settings: Settings, parser: str, sse: Parse
+) -> None:
     """A stream read for 3x the timeouts, and one queued (silent) behind it meanwhile."""
-    with serving(settings, max_active=1, max_length=10**6, **FAST) as (host, port):
+    limits = {"max_active": 1, "max_length": 10**6, "http_parser": parser}
+    with serving(settings, **limits, **FAST) as (host, port):
         base_url = f"http://{host}:{port}"
         queued: dict[str, Any] = {}
 
@@ -228,6 +254,23 @@ def test_max_connections_must_be_a_positive_integer(
         Settings()
 
 
+@pytest.mark.parametrize("value", ["", "HTTPTOOLS2", "auto", "0"])
+def test_http_parser_must_be_a_known_one(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("HTTP_PARSER", value)
+    with pytest.raises(ValidationError, match="http_parser"):
+        Settings()
+
+
+@pytest.mark.parametrize(
+    ("value", "protocol"), [("httptools", HttpToolsDeadlines), ("h11", H11Deadlines)]
+)
+def test_http_parser_picks_the_protocol(
+    monkeypatch: pytest.MonkeyPatch, value: str, protocol: type
+) -> None:
+    monkeypatch.setenv("HTTP_PARSER", value)
+    assert issubclass(uvicorn_options(Settings())["http"], protocol)
+
+
 def test_the_options_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HEADER_TIMEOUT_SECONDS", "2.5")
     monkeypatch.setenv("BODY_TIMEOUT_SECONDS", "7")
@@ -245,14 +288,17 @@ def test_the_default_connection_limit_leaves_room_for_the_engine_queue() -> None
     assert defaults.max_connections > defaults.max_active + defaults.max_queue
 
 
-def test_a_peer_at_its_quota_gets_its_429_from_the_connection(settings: Settings) -> None:
+def test_a_peer_at_its_quota_gets_its_429_from_the_connection(
+    settings: Settings, parser: str
+) -> None:
     """One request per client, and a stream running from 127.0.0.5 and one from 127.0.0.1:
     127.0.0.5's next requests are refused by the protocol from their first bytes (their
     bodies are never sent: the app never sees them), its /health still answers and other
     clients are served; 127.0.0.1, a trusted proxy by uvicorn's default, is left to the
     app's middleware, which refuses it too."""
     changed = Settings(**{**settings.model_dump(), "access_log": False})
-    changed = changed.model_copy(update={"max_requests_per_client": 1, "max_length": 10**6})
+    limits = {"max_requests_per_client": 1, "max_length": 10**6, "http_parser": parser}
+    changed = changed.model_copy(update=limits)
     app = create_app(changed)
     refusals: list[str] = []
     early = EarlyRefusal(lambda: engine_of(app))
