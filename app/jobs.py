@@ -74,12 +74,18 @@ class EngineWork:
         self._done.set()
         if self._on_finish is not None:
             self._on_finish()
-        self._wake()
+        self._wake(last=True)
 
     def _finished_at(self, now: float) -> None:
         """Record when the work ended (each kind keeps it in its own place)."""
 
-    def _wake(self) -> None:
+    def _wake(self, last: bool = False) -> None:
+        """Wake the waiting coroutine, if one waits. The engine calls it for every row at
+        every step: without `last`, a look without the lock comes first. A waiter that
+        registers just after that look is woken by the row's next step, and the last wake
+        of all (at the end) always takes the lock, so none waits forever."""
+        if not last and self._waiter is None:
+            return
         with self._lock:
             waiter, self._waiter = self._waiter, None
         if waiter is not None:

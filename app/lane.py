@@ -50,6 +50,7 @@ class Lane:
         self.counters = counters
         self.retiring = False  # replaced or evicted: leaves the engine once it is empty
         self.fair = FairShare()
+        self._every_row_fair: np.ndarray | None = None  # see plan()
         self.row_seconds = 1e-4  # running estimate of a prefill row-character's cost
         self.score_seconds = 3e-5  # and of a scored character's
 
@@ -74,10 +75,14 @@ class Lane:
         """The decoding rows this step advances: each client's fair share (app/fairness.py)."""
         decoder = self.decoder
         decoding = decoder.decoding
-        if len(decoding) <= 1:
+        if len(decoding) <= 1 or decoding is self._every_row_fair:
             return decoding
         clients = [decoder.owners[row].client for row in decoding.tolist()]
-        return self.fair.rows(decoding, clients)
+        rows = self.fair.rows(decoding, clients)
+        # The decoder replaces its `decoding` array whenever a row joins or leaves: while
+        # it is the same array and every client was within its share, so is every step.
+        self._every_row_fair = decoding if rows is decoding else None
+        return rows
 
     def kernel(self, rows: np.ndarray, split: bool = True) -> np.ndarray | None:
         """The batched step itself; → the rows drawn, or None when it failed (its rows

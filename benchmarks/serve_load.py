@@ -257,6 +257,10 @@ def main() -> None:
             if base is not None and (kind, models) != first and request_kind == "plain":
                 ratio = result.chars_per_second / base.chars_per_second
                 print(f"{kind}/{models}m vs {first[0]}/{first[1]}m at N={n}: {ratio:.2f}x chars/s")
+            one_model = results.get((kind, 1), {}).get((request_kind, n))
+            if one_model is not None and models != 1 and first != (kind, 1):
+                ratio = result.chars_per_second / one_model.chars_per_second
+                print(f"{kind}/{models}m vs {kind}/1m at N={n}: {ratio:.2f}x chars/s")
             if plain is not None and request_kind != "plain":
                 ratio = result.chars_per_second / plain.chars_per_second
                 print(f"{kind}/{models}m {request_kind} vs plain at N={n}: {ratio:.2f}x chars/s")

@@ -223,15 +223,15 @@ class BatchDecoder:
         """The last step's results for `rows`, read out in bulk (a few array-to-list
         conversions, not a numpy access per row and field)."""
         sampler = self.sampler
-        counts = sampler.logprobs[rows]
-        asked = bool(len(rows)) and int(counts.max()) >= 0
+        counts = sampler.logprobs[rows].tolist()
+        asked = bool(counts) and max(counts) >= 0  # a list's max: no numpy call per step
         return Draws(
             self,
             rows.tolist(),
             sampler.ids[rows].tolist(),
             sampler.held[rows].tolist(),
             sampler.status[rows].tolist(),
-            counts.tolist(),
+            counts,
             sampler.chosen[rows].tolist() if asked else [],
             sampler.top_ids[rows].tolist() if asked else [],
             sampler.top_logprobs[rows].tolist() if asked else [],
