@@ -9,6 +9,7 @@
                              app answered without reading: the rest must arrive within it
     HTTP_PARSER              httptools (uvicorn's C parser, the default) or h11 (its
                              pure-Python one): the same limits over either
+    EVENT_LOOP               uvloop (auto, where installed) or asyncio: either runs them
 
 uvicorn itself times only the idle wait between requests, and a byte received stops that
 clock: a client trickling a request head (or a body nobody reads) would keep its
@@ -225,6 +226,7 @@ def uvicorn_options(
     given app/quota.py's EarlyRefusal for the app, the 429 of a peer at its quota)."""
     return {
         "http": deadline_protocol(settings, early_refusal),
+        "loop": settings.event_loop,
         "timeout_keep_alive": settings.keep_alive_seconds,
         "limit_concurrency": settings.max_connections,
     }

@@ -159,6 +159,11 @@ class Settings(BaseSettings):
         description="uvicorn's HTTP/1.1 parser: httptools (C, faster) or h11 (pure Python); "
         "the same timeouts and limits apply to both",
     )
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto",
+        description="the event loop: uvloop (libuv, in C) or Python's asyncio; auto takes "
+        "uvloop where it is installed (a dependency everywhere but Windows)",
+    )
     max_connections: int = Field(
         2048,
         ge=1,

@@ -1,7 +1,8 @@
 """app/connections.py and app/body_timeout.py under a real uvicorn, through raw sockets:
 slow heads and bodies are cut, idle connections closed, open connections bounded, and a
 stream longer than every timeout runs to its end. Timeouts are 0.5 s here. Every test runs
-over both of uvicorn's HTTP/1.1 protocols (HTTP_PARSER: httptools and h11)."""
+over both of uvicorn's HTTP/1.1 protocols (HTTP_PARSER: httptools and h11) and both event
+loops (EVENT_LOOP: uvloop and asyncio), paired: the default stack and the pure-Python one."""
 
 from __future__ import annotations
 
@@ -45,14 +46,21 @@ def serving(settings: Settings, **changes: Any) -> Iterator[tuple[str, int]]:
         yield parts.hostname, parts.port
 
 
-@pytest.fixture(scope="module", params=["httptools", "h11"])
-def parser(request: pytest.FixtureRequest) -> str:
-    return request.param
+STACKS = {
+    "httptools-uvloop": {"http_parser": "httptools", "event_loop": "uvloop"},
+    "h11-asyncio": {"http_parser": "h11", "event_loop": "asyncio"},
+}
+
+
+@pytest.fixture(scope="module", params=list(STACKS))
+def stack(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The settings of an HTTP parser and an event loop."""
+    return STACKS[request.param]
 
 
 @pytest.fixture(scope="module")
-def address(settings: Settings, parser: str) -> Iterator[tuple[str, int]]:
-    with serving(settings, http_parser=parser, **FAST) as host_port:
+def address(settings: Settings, stack: dict[str, str]) -> Iterator[tuple[str, int]]:
+    with serving(settings, **stack, **FAST) as host_port:
         yield host_port
 
 
@@ -175,9 +183,9 @@ def test_an_endless_request_head_gets_400_and_the_connection_closed(
     assert closed_after is not None and closed_after < TIMEOUT
 
 
-def test_past_max_connections_requests_get_503(settings: Settings, parser: str) -> None:
+def test_past_max_connections_requests_get_503(settings: Settings, stack: dict[str, str]) -> None:
     limits = {"max_connections": 3, "header_timeout_seconds": 30.0}
-    with serving(settings, http_parser=parser, **limits) as address:
+    with serving(settings, **stack, **limits) as address:
         # Two clients in the middle of a request (their heads not yet complete)...
         waiting = [socket.create_connection(address) for _ in range(2)]
         for sock in waiting:
@@ -199,10 +207,10 @@ def test_past_max_connections_requests_get_503(settings: Settings, parser: str) 
 
 
 def test_a_stream_longer_than_every_timeout_is_not_cut(
-    settings: Settings, parser: str, sse: Parse
+    settings: Settings, stack: dict[str, str], sse: Parse
 ) -> None:
     """A stream read for 3x the timeouts, and one queued (silent) behind it meanwhile."""
-    limits = {"max_active": 1, "max_length": 10**6, "http_parser": parser}
+    limits = {"max_active": 1, "max_length": 10**6, **stack}
     with serving(settings, **limits, **FAST) as (host, port):
         base_url = f"http://{host}:{port}"
         queued: dict[str, Any] = {}
@@ -254,11 +262,20 @@ def test_max_connections_must_be_a_positive_integer(
         Settings()
 
 
-@pytest.mark.parametrize("value", ["", "HTTPTOOLS2", "auto", "0"])
-def test_http_parser_must_be_a_known_one(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
-    monkeypatch.setenv("HTTP_PARSER", value)
-    with pytest.raises(ValidationError, match="http_parser"):
+@pytest.mark.parametrize("field", ["http_parser", "event_loop"])
+@pytest.mark.parametrize("value", ["", "HTTPTOOLS2", "tokio", "0"])
+def test_http_parser_and_event_loop_must_be_known_ones(
+    monkeypatch: pytest.MonkeyPatch, field: str, value: str
+) -> None:
+    monkeypatch.setenv(field.upper(), value)
+    with pytest.raises(ValidationError, match=field):
         Settings()
+
+
+def test_the_event_loop_reaches_uvicorn(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert uvicorn_options(Settings())["loop"] == "auto"  # uvloop where installed
+    monkeypatch.setenv("EVENT_LOOP", "asyncio")
+    assert uvicorn_options(Settings())["loop"] == "asyncio"
 
 
 @pytest.mark.parametrize(
@@ -289,7 +306,7 @@ def test_the_default_connection_limit_leaves_room_for_the_engine_queue() -> None
 
 
 def test_a_peer_at_its_quota_gets_its_429_from_the_connection(
-    settings: Settings, parser: str
+    settings: Settings, stack: dict[str, str]
 ) -> None:
     """One request per client, and a stream running from 127.0.0.5 and one from 127.0.0.1:
     127.0.0.5's next requests are refused by the protocol from their first bytes (their
@@ -297,7 +314,7 @@ def test_a_peer_at_its_quota_gets_its_429_from_the_connection(
     clients are served; 127.0.0.1, a trusted proxy by uvicorn's default, is left to the
     app's middleware, which refuses it too."""
     changed = Settings(**{**settings.model_dump(), "access_log": False})
-    limits = {"max_requests_per_client": 1, "max_length": 10**6, "http_parser": parser}
+    limits = {"max_requests_per_client": 1, "max_length": 10**6, **stack}
     changed = changed.model_copy(update=limits)
     app = create_app(changed)
     refusals: list[str] = []
