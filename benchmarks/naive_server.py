@@ -107,10 +107,21 @@ def main() -> None:
         help="let nn.LSTM use oneDNN: ~3 ms per one-character call here, against ~0.4 ms for "
         "PyTorch's own kernel, so the default (off) is the faster, fairer baseline",
     )
+    parser.add_argument(
+        "--http-stack",
+        choices=["seed", "c"],
+        default="seed",
+        help="seed (default): uvicorn's pure-Python HTTP parser and event loop (h11, asyncio),"
+        " as the seed was served; c: httptools and uvloop, as our service is",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.backends.mkldnn.enabled = args.onednn
-    uvicorn.run(build_app(args.checkpoint), host=args.host, port=args.port, log_level="warning")
+    # uvicorn would take httptools and uvloop wherever they are installed (ours installs
+    # them), and a character per event leans on them: the seed had neither.
+    stack = {"http": "h11", "loop": "asyncio"} if args.http_stack == "seed" else {}
+    app = build_app(args.checkpoint)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", **stack)
 
 
 if __name__ == "__main__":

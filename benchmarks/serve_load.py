@@ -7,7 +7,9 @@
     python benchmarks/serve_load.py --servers other,ours --other-tree /tmp/old  # another checkout
 
 Each server runs as its own process on a free port with the same checkpoint (access logs
-off). `baseline` is benchmarks/naive_server.py (one sampling loop per request); `other` is
+off). `baseline` is benchmarks/naive_server.py (one sampling loop per request) on the
+seed's HTTP stack (uvicorn's h11 and asyncio), `baseline-c` the same on httptools and
+uvloop (the stack ours runs on: a character per event leans on it); `other` is
 `python -m app` from another checkout of this repository (`--other-tree`), to compare two
 versions in one run. Each client comes from its own loopback address (127.0.1.1, ...: as
 many users would; the service limits requests per client), POSTs /generate/stream asking
@@ -57,9 +59,11 @@ from load_client import (  # noqa: E402
 
 
 def server_command(kind: str, target: Path, port: int, other_tree: Path | None) -> list[str]:
-    if kind == "baseline":
+    if kind.startswith("baseline"):
         script = str(ROOT / "benchmarks" / "naive_server.py")
-        return [sys.executable, script, "--checkpoint", str(target), "--port", str(port)]
+        stack = "c" if kind == "baseline-c" else "seed"
+        command = [sys.executable, script, "--checkpoint", str(target), "--port", str(port)]
+        return [*command, "--http-stack", stack]
     if target.is_dir():
         return [sys.executable, "-m", "app", "--port", str(port)]  # MODELS_DIR: env
     return [sys.executable, "-m", "app", "--checkpoint", str(target), "--port", str(port)]
@@ -127,10 +131,11 @@ def bench(servers: list[Server], args: argparse.Namespace) -> dict:
     for n in args.clients:
         for _ in range(args.repeats):
             for server in servers:
-                clients = args.baseline_clients if server.kind == "baseline" else args.clients
+                naive = server.kind.startswith("baseline")
+                clients = args.baseline_clients if naive else args.clients
                 if n not in clients:
                     continue
-                kinds = ["plain"] if server.kind == "baseline" else args.requests.split(",")
+                kinds = ["plain"] if naive else args.requests.split(",")
                 for request_kind in kinds:
                     result = asyncio.run(
                         run_load(
@@ -213,7 +218,8 @@ def main() -> None:
     parser.add_argument("--clients", default="1,8,64,256", help="comma-separated N values")
     parser.add_argument("--baseline-clients", default=None, help="N values for the baseline")
     parser.add_argument("--length", type=int, default=500)
-    parser.add_argument("--servers", default="baseline,ours", help="baseline, ours, other")
+    servers = "baseline, baseline-c, ours, other"
+    parser.add_argument("--servers", default="baseline,ours", help=servers)
     parser.add_argument("--other-tree", type=Path, help="a checkout for the `other` server")
     parser.add_argument("--requests", default="plain", help=f"of {', '.join(REQUESTS)}")
     parser.add_argument("--models", default="1", help="comma-separated model counts (ours)")
@@ -239,7 +245,8 @@ def main() -> None:
     servers: list[Server] = []
     try:
         for kind in args.servers.split(","):
-            model_counts = [int(m) for m in args.models.split(",")] if kind != "baseline" else [1]
+            naive = kind.startswith("baseline")
+            model_counts = [1] if naive else [int(m) for m in args.models.split(",")]
             servers += [start_server(kind, args, models) for models in model_counts]
         for server in servers:
             warm_up(server)
