@@ -58,8 +58,13 @@ from load_client import (  # noqa: E402
 )
 
 
+def naive(kind: str) -> bool:
+    """Whether a server kind is the naive server (on either HTTP stack)."""
+    return kind in ("baseline", "baseline-c")
+
+
 def server_command(kind: str, target: Path, port: int, other_tree: Path | None) -> list[str]:
-    if kind.startswith("baseline"):
+    if naive(kind):
         script = str(ROOT / "benchmarks" / "naive_server.py")
         stack = "c" if kind == "baseline-c" else "seed"
         command = [sys.executable, script, "--checkpoint", str(target), "--port", str(port)]
@@ -131,11 +136,10 @@ def bench(servers: list[Server], args: argparse.Namespace) -> dict:
     for n in args.clients:
         for _ in range(args.repeats):
             for server in servers:
-                naive = server.kind.startswith("baseline")
-                clients = args.baseline_clients if naive else args.clients
+                clients = args.baseline_clients if naive(server.kind) else args.clients
                 if n not in clients:
                     continue
-                kinds = ["plain"] if naive else args.requests.split(",")
+                kinds = ["plain"] if naive(server.kind) else args.requests.split(",")
                 for request_kind in kinds:
                     result = asyncio.run(
                         run_load(
@@ -245,8 +249,7 @@ def main() -> None:
     servers: list[Server] = []
     try:
         for kind in args.servers.split(","):
-            naive = kind.startswith("baseline")
-            model_counts = [1] if naive else [int(m) for m in args.models.split(",")]
+            model_counts = [1] if naive(kind) else [int(m) for m in args.models.split(",")]
             servers += [start_server(kind, args, models) for models in model_counts]
         for server in servers:
             warm_up(server)
