@@ -37,12 +37,7 @@ def generation_params(
             {"le": limits.max_length},
         )
     if len(body.prime) > limits.max_prime_length:
-        raise ParamError(
-            "prime",
-            f"String should have at most {limits.max_prime_length} characters",
-            "string_too_long",
-            {"max_length": limits.max_prime_length, "length": len(body.prime)},
-        )
+        raise _too_long("prime", limits.max_prime_length, len(body.prime))
     if body.prompt_logprobs and body.logprobs is None:
         raise ParamError("prompt_logprobs", "needs logprobs (0 to 5)", "missing_logprobs")
     vocab = served.vocab
@@ -72,12 +67,7 @@ def score_ids(served: ServedModel, limits: Limits, body: ScoreRequest) -> tuple[
     """The text to score as ids, and how many characters were left out (skip_unknown).
     Raises ParamError("text")."""
     if len(body.text) > limits.max_score_chars:
-        raise ParamError(
-            "text",
-            f"String should have at most {limits.max_score_chars} characters",
-            "string_too_long",
-            {"max_length": limits.max_score_chars, "length": len(body.text)},
-        )
+        raise _too_long("text", limits.max_score_chars, len(body.text))
     vocab = served.vocab
     text = normalize_newlines(body.text) if served.newlines == NEWLINES_LF else body.text
     missing = vocab.missing(text)
@@ -95,3 +85,13 @@ def score_ids(served: ServedModel, limits: Limits, body: ScoreRequest) -> tuple[
             "text", "needs at least two characters the model knows", "string_too_short"
         )
     return ids, len(text) - len(ids)
+
+
+def _too_long(field: str, limit: int, length: int) -> ParamError:
+    """The 422 of a string past its limit, in pydantic's own shape."""
+    return ParamError(
+        field,
+        f"String should have at most {limit} characters",
+        "string_too_long",
+        {"max_length": limit, "length": length},
+    )
