@@ -193,7 +193,7 @@ class CompletionRun:
     def _prompt_logprobs(self, choice: _Choice) -> CharLogprobs:
         """The echoed prompt's logprobs: each character's but the first (nothing precedes
         it; `_add` gives it None)."""
-        return choice.job.output.prompt_logprobs
+        return choice.job.output.prompt_logprobs.read(self.request.logprobs or 0)
 
     def _add(
         self, choice: _Choice, text: str, raw: CharLogprobs, first_unscored: bool = False
@@ -202,15 +202,15 @@ class CompletionRun:
         the first) as OpenAI's columns; also appended to the choice's whole."""
         piece = Logprobs()
         if self.request.logprobs is not None:
-            chars = choice.job.chars
             lead: list[None] = [None] if first_unscored else []
+            top_chars = choice.job.char_array[raw.top_ids].tolist()
             tops = [
-                {chars[i]: lp for i, lp in zip(ids, lps, strict=True)}
-                for ids, lps in zip(raw.top_ids, raw.top_logprobs, strict=True)
+                dict(zip(chars, lps, strict=True))
+                for chars, lps in zip(top_chars, raw.top_logprobs.tolist(), strict=True)
             ]
             piece.tokens = list(text)
             piece.text_offset = list(range(choice.offsets, choice.offsets + len(text)))
-            piece.token_logprobs = [*lead, *raw.chosen][: len(text)]
+            piece.token_logprobs = [*lead, *raw.chosen.tolist()][: len(text)]
             piece.top_logprobs = [*lead, *tops][: len(text)]
             whole = choice.logprobs
             whole.tokens += piece.tokens

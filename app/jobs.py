@@ -15,6 +15,9 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
 
 from model.decoding.output import Logprobs, RowOutput
 from model.decoding.params import GenerationParams
@@ -108,9 +111,14 @@ class Job(EngineWork):
         self.model = model
         self.client = client  # who asked (an address): for per-client limits and shares
         super().__init__()
-        self.output = RowOutput()
+        self.output = RowOutput(params.length)
         self.stats = JobStats(prime_chars=len(params.prime), seed=params.seed)
         self._taken = 0
+
+    @cached_property
+    def char_array(self) -> np.ndarray:
+        """`chars` as an object array, to look up many ids at once (logprobs' columns)."""
+        return np.array(self.chars, dtype=object)
 
     def _finished_at(self, now: float) -> None:
         self.stats.finished_at = now
@@ -125,8 +133,10 @@ class Job(EngineWork):
         end = self.output.released
         start, self._taken = self._taken, end
         ids = self.output.ids[start:end]
-        asked = self.params.logprobs is not None
-        logprobs = self.output.logprobs.slice(start, end) if asked else Logprobs()
+        count = self.params.logprobs
+        logprobs = (
+            Logprobs.empty() if count is None else self.output.logprobs.slice(start, end, count)
+        )
         return Chunk("".join(self.chars[i] for i in ids), logprobs)
 
     async def chunks(
@@ -157,7 +167,7 @@ class Job(EngineWork):
                     try:
                         await asyncio.wait_for(event.wait(), keepalive)
                     except TimeoutError:
-                        yield Chunk("", Logprobs())
+                        yield Chunk("", Logprobs.empty())
                         continue
                 if self._ready():
                     last_yield = loop.time()

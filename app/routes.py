@@ -42,6 +42,7 @@ from app.schemas import (
     GenerationEnd,
     GenerationStats,
     Health,
+    Logprobs,
     ModelInfo,
     ReloadReport,
     ScoreRequest,
@@ -169,15 +170,24 @@ QueryJob = Annotated[Submitted, Depends(_running(query_job))]
 
 
 def logprob_columns(job: Job, logprobs: RawLogprobs) -> dict[str, Any]:
-    """The schema's Logprobs as a plain dict (streams send thousands of entries a second:
-    lists of numbers serialise fast, a pydantic model or a dict per entry does not)."""
-    char = job.chars.__getitem__
+    """The schema's Logprobs as a plain dict of columns, numbers as numpy arrays: streams
+    send thousands of entries a second, and orjson writes arrays without a Python object
+    per number (a pydantic model or a dict per entry costs far more)."""
+    chars = job.char_array
     return {
-        "chars": list(map(char, logprobs.ids)),
+        "chars": chars[logprobs.ids].tolist(),
         "logprobs": logprobs.chosen,
-        "top_chars": [list(map(char, ids)) for ids in logprobs.top_ids],
+        "top_chars": chars[logprobs.top_ids].tolist(),
         "top_logprobs": logprobs.top_logprobs,
     }
+
+
+def logprobs_model(job: Job, logprobs: RawLogprobs) -> Logprobs:
+    """The same as the response schema (numbers as lists, for pydantic)."""
+    columns = logprob_columns(job, logprobs)
+    columns["logprobs"] = logprobs.chosen.tolist()
+    columns["top_logprobs"] = logprobs.top_logprobs.tolist()
+    return Logprobs(**columns)
 
 
 def stats_of(job: Job, chars: int) -> GenerationStats:
@@ -198,8 +208,9 @@ def stats_of(job: Job, chars: int) -> GenerationStats:
 
 def end_of(job: Job, chars: int) -> GenerationEnd:
     output = job.output
-    asked = job.params.prompt_logprobs
-    prompt = logprob_columns(job, output.prompt_logprobs) if asked else None
+    count = job.params.logprobs
+    asked = job.params.prompt_logprobs and count is not None
+    prompt = logprobs_model(job, output.prompt_logprobs.read(count)) if asked else None
     return GenerationEnd(
         finish_reason=output.finish_reason or "length",
         regex_complete=output.regex_complete,
@@ -275,9 +286,9 @@ async def generate(service: Service, submitted: BodyJob) -> GenerateResponse:
     return GenerateResponse(
         text=joined,
         prime=served.vocab.decode(job.params.prime) if body.prime else "",
-        logprobs=logprob_columns(job, job.output.logprobs.slice(0, len(joined)))
-        if job.params.logprobs is not None
-        else None,
+        logprobs=None
+        if job.params.logprobs is None
+        else logprobs_model(job, job.output.logprobs.slice(0, len(joined), job.params.logprobs)),
         **end.model_dump(),
     )
 

@@ -31,8 +31,9 @@ def event(name: str, data: str) -> str:
 def json_event(name: str, value: Any) -> str:
     """One event whose data is `value` as JSON. orjson, not the json module: a stream with
     logprobs sends six floats a character, and json's float formatting held the event
-    loop (and the GIL the decoding thread needs) longer than generating them took."""
-    return event(name, orjson.dumps(value).decode())
+    loop (and the GIL the decoding thread needs) longer than generating them took; numpy
+    arrays in `value` are written as lists, without a Python object per number."""
+    return event(name, orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode())
 
 
 def response(events: AsyncIterator[str]) -> StreamingResponse:

@@ -128,7 +128,7 @@ def run_sample(args: argparse.Namespace) -> int:
         return 2
     output = stream.output
     if args.logprobs is not None:
-        for entry in output.logprobs.slice(0, output.released).entries():
+        for entry in output.logprobs.slice(0, output.released, args.logprobs).entries():
             top = {vocab.chars[i]: round(lp, 6) for i, lp in entry.top}
             line = {"char": vocab.chars[entry.id], "logprob": round(entry.logprob, 6), "top": top}
             print(json.dumps(line, ensure_ascii=False), file=sys.stderr)

@@ -26,7 +26,7 @@ import numpy as np
 
 from model.decoding.automaton import AutomatonPool
 from model.decoding.network_rows import KernelRows, TorchRows, kernel_supported
-from model.decoding.output import RowOutput
+from model.decoding.output import CHOSEN, ID, ROW_WIDTH, TOP_IDS, TOP_LOGPROBS, RowOutput
 from model.decoding.params import GenerationParams
 from model.decoding.prime_cache import PrimeCache
 from model.decoding.sampler import (
@@ -232,10 +232,18 @@ class BatchDecoder:
             sampler.held[rows].tolist(),
             sampler.status[rows].tolist(),
             counts,
-            sampler.chosen[rows].tolist() if asked else [],
-            sampler.top_ids[rows].tolist() if asked else [],
-            sampler.top_logprobs[rows].tolist() if asked else [],
+            list(self._logprob_rows(rows)) if asked else [],
         )
+
+    def _logprob_rows(self, rows: np.ndarray) -> np.ndarray:
+        """The sampler's logprob outputs for `rows`, one LogprobBuffer row each."""
+        sampler = self.sampler
+        packed = np.empty((len(rows), ROW_WIDTH))  # (R, ROW_WIDTH)
+        packed[:, ID] = sampler.ids[rows]
+        packed[:, CHOSEN] = sampler.chosen[rows]
+        packed[:, TOP_IDS:TOP_LOGPROBS] = sampler.top_ids[rows]
+        packed[:, TOP_LOGPROBS:] = sampler.top_logprobs[rows]
+        return packed
 
     def record(self, row: int, output: RowOutput) -> int:
         """Move the row's last draw into `output` (its char, logprobs, hold-back, and
@@ -246,13 +254,9 @@ class BatchDecoder:
         """After `prefill` read prime[position]: the next prime char's logprob, if asked."""
         params = self.params[row]
         if params is not None and params.prompt_logprobs and position + 1 < len(params.prime):
-            count = int(self.sampler.logprobs[row])
-            output.prompt_logprobs.append(
-                params.prime[position + 1],
-                float(self.sampler.chosen[row]),
-                self.sampler.top_ids[row, :count].tolist(),
-                self.sampler.top_logprobs[row, :count].tolist(),
-            )
+            packed = self._logprob_rows(np.array([row], np.int64))[0]
+            packed[ID] = params.prime[position + 1]  # the prime's char, not a draw
+            output.prompt_logprobs.append_row(packed)
 
     def finish_unsampled(self, row: int, output: RowOutput) -> None:
         """A request with length 0 ends once its prime has run."""
@@ -280,21 +284,16 @@ class Draws:
     held: list[int]
     status: list[int]
     counts: list[int]  # logprobs asked for (-1: none)
-    chosen: list[float]
-    top_ids: list[list[int]]
-    top_logprobs: list[list[float]]
+    logprobs: list[np.ndarray]  # LogprobBuffer rows, when any row asked (else empty)
 
     def record(self, index: int, output: RowOutput) -> int:
         """Move the index-th row's draw into `output`. → its status (FAILURES: why not)."""
         status = self.status[index]
         if status in FAILURES:
             return status
-        char, count = self.ids[index], self.counts[index]
-        if count >= 0:
-            top_ids, top = self.top_ids[index], self.top_logprobs[index]
-            if count < len(top_ids):  # the arrays are MAX_LOGPROBS wide
-                top_ids, top = top_ids[:count], top[:count]
-            output.logprobs.append(char, self.chosen[index], top_ids, top)
+        char = self.ids[index]
+        if self.counts[index] >= 0:
+            output.logprobs.append_row(self.logprobs[index])
         output.append(char, self.held[index])
         if status != RUNNING:
             stop_length = self.held[index] if status == FINISHED_STOP else 0

@@ -9,13 +9,23 @@ Characters that may begin a stop string are held back until they cannot (`held`)
 stop string, once complete, is never released: a stream never shows text that later turns
 out to belong to a stop string.
 
-Log-probabilities are kept as columns (one list per field), the way they are read out in
-bulk and sent, rather than as an object per character.
+Log-probabilities are kept as columns of numbers (a numpy row per character, written by
+the engine in one assignment), and read out as arrays: a stream of logprobs then costs no
+Python object per value on either thread, and orjson writes the arrays directly.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+import numpy as np
+
+from model.decoding.params import MAX_LOGPROBS
+
+# A character's row in a LogprobBuffer: its id, its logprob, then the MAX_LOGPROBS
+# likeliest ids and their logprobs (ids as float64: exact below 2**53).
+ID, CHOSEN, TOP_IDS, TOP_LOGPROBS = 0, 1, 2, 2 + MAX_LOGPROBS
+ROW_WIDTH = 2 + 2 * MAX_LOGPROBS
 
 
 @dataclass(frozen=True)
@@ -28,49 +38,104 @@ class CharLogprob:
     top: tuple[tuple[int, float], ...]
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class Logprobs:
-    """Log-probabilities of a run of characters, one entry per character in each list."""
+    """Log-probabilities of a run of N characters, as arrays (copies: the reader's own)."""
 
-    ids: list[int] = field(default_factory=list)  # the characters
-    chosen: list[float] = field(default_factory=list)  # their log-probabilities
-    top_ids: list[list[int]] = field(default_factory=list)  # the likeliest, most likely first
-    top_logprobs: list[list[float]] = field(default_factory=list)
+    ids: np.ndarray  # (N,) int64: the characters
+    chosen: np.ndarray  # (N,) float64: their log-probabilities
+    top_ids: np.ndarray  # (N, k) int64: the k likeliest, most likely first
+    top_logprobs: np.ndarray  # (N, k) float64
+
+    @classmethod
+    def empty(cls, count: int = 0) -> Logprobs:
+        return cls(
+            np.zeros(0, np.int64),
+            np.zeros(0),
+            np.zeros((0, count), np.int64),
+            np.zeros((0, count)),
+        )
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def append(self, char_id: int, chosen: float, top_ids: list[int], top: list[float]) -> None:
-        # The lists grow in this order and a reader slices below the output's `released`
-        # (or takes the whole after the end), so it never sees a half-written entry.
-        self.top_logprobs.append(top)
-        self.top_ids.append(top_ids)
-        self.chosen.append(chosen)
-        self.ids.append(char_id)
+    def __eq__(self, other: object) -> bool:
+        """Same characters and numbers, compared exactly."""
+        if not isinstance(other, Logprobs):
+            return NotImplemented
+        columns = ("ids", "chosen", "top_ids", "top_logprobs")
+        return all(np.array_equal(getattr(self, c), getattr(other, c)) for c in columns)
 
-    def slice(self, start: int, end: int) -> Logprobs:
-        return Logprobs(
-            self.ids[start:end],
-            self.chosen[start:end],
-            self.top_ids[start:end],
-            self.top_logprobs[start:end],
-        )
+    __hash__ = None  # type: ignore[assignment]  # mutable arrays inside
 
     def entries(self) -> list[CharLogprob]:
         """The same, an object per character (for readers that want one)."""
         return [
             CharLogprob(char, chosen, tuple(zip(ids, logprobs, strict=True)))
             for char, chosen, ids, logprobs in zip(
-                self.ids, self.chosen, self.top_ids, self.top_logprobs, strict=True
+                self.ids.tolist(),
+                self.chosen.tolist(),
+                self.top_ids.tolist(),
+                self.top_logprobs.tolist(),
+                strict=True,
             )
         ]
 
 
+class LogprobBuffer:
+    """Log-probabilities as they are made, one ROW_WIDTH row per character, in an array
+    that doubles when full (first sized for the characters expected). Written by one
+    thread and read by another without a lock: a row is complete before the reader may ask
+    for it (RowOutput.released), and growing copies the rows into the new array before the
+    new array replaces the old one."""
+
+    def __init__(self, capacity: int = 16):
+        # Nothing is allocated until the first row: most requests ask for no logprobs.
+        self._rows = np.empty((0, ROW_WIDTH))  # (capacity, ROW_WIDTH)
+        self._first_capacity = max(capacity, 1)
+        self._length = 0
+
+    def __len__(self) -> int:
+        return self._length
+
+    def append_row(self, row: np.ndarray) -> None:
+        """One character's row, laid out as ROW_WIDTH describes."""
+        rows, length = self._rows, self._length
+        if length == len(rows):
+            grown = np.empty((max(2 * length, self._first_capacity), ROW_WIDTH))
+            grown[:length] = rows
+            self._rows = rows = grown
+        rows[length] = row
+        self._length = length + 1
+
+    def append(self, char_id: int, chosen: float, top_ids: list[int], top: list[float]) -> None:
+        row = np.zeros(ROW_WIDTH)
+        row[ID], row[CHOSEN] = char_id, chosen
+        row[TOP_IDS : TOP_IDS + len(top_ids)] = top_ids
+        row[TOP_LOGPROBS : TOP_LOGPROBS + len(top)] = top
+        self.append_row(row)
+
+    def slice(self, start: int, end: int, count: int) -> Logprobs:
+        """Characters start..end (clipped to what is written), with `count` alternatives."""
+        rows = self._rows[start : min(end, self._length)]  # (N, ROW_WIDTH)
+        return Logprobs(
+            rows[:, ID].astype(np.int64),
+            rows[:, CHOSEN].copy(),
+            rows[:, TOP_IDS : TOP_IDS + count].astype(np.int64),
+            rows[:, TOP_LOGPROBS : TOP_LOGPROBS + count].copy(),
+        )
+
+    def read(self, count: int) -> Logprobs:
+        """Everything written so far."""
+        return self.slice(0, self._length, count)
+
+
 class RowOutput:
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = 16) -> None:
+        # capacity: the characters expected (the request's length), so the logprobs rarely grow
         self.ids: list[int] = []
-        self.logprobs = Logprobs()  # one per generated char, when asked for
-        self.prompt_logprobs = Logprobs()  # one per prime char after the first
+        self.logprobs = LogprobBuffer(capacity)  # one per generated char, when asked for
+        self.prompt_logprobs = LogprobBuffer()  # one per prime char after the first
         self.released = 0  # ids[:released] can be shown
         self.finish_reason: str | None = None  # "length", "stop" or "regex" once ended
         self.regex_complete: bool | None = None  # with a regex: is the output a whole match

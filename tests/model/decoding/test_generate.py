@@ -81,7 +81,7 @@ def test_prompt_logprobs_are_the_networks(model, backend):
     _, output = chunks(model, params, backend)
     expected = log_softmax(model, prime)
     assert len(output.prompt_logprobs) == len(prime) - 1
-    for position, entry in enumerate(output.prompt_logprobs.entries()):
+    for position, entry in enumerate(output.prompt_logprobs.read(3).entries()):
         row = expected[position]  # the logits after prime[: position + 1]
         assert entry.id == prime[position + 1]
         assert entry.logprob == pytest.approx(row[entry.id], abs=1e-5)
@@ -107,7 +107,7 @@ def test_logprobs_are_the_raw_networks_whatever_the_sampler_does(model, backend)
     _, output = chunks(model, params, backend)
     assert len(output.logprobs) == 30 and 3 not in output.ids
     expected = log_softmax(model, [*prime, *output.ids])
-    for i, entry in enumerate(output.logprobs.entries()):
+    for i, entry in enumerate(output.logprobs.read(5).entries()):
         row = expected[len(prime) - 1 + i]
         assert entry.id == output.ids[i]
         assert entry.logprob == pytest.approx(row[entry.id], abs=1e-5)
@@ -117,7 +117,7 @@ def test_logprobs_are_the_raw_networks_whatever_the_sampler_does(model, backend)
 
 def test_zero_alternatives_still_give_the_chosen_logprob(model):
     _, output = chunks(model, GenerationParams(prime=(1,), length=5, seed=0, logprobs=0))
-    assert len(output.logprobs) == 5 and output.logprobs.top_ids == [[]] * 5
+    assert len(output.logprobs) == 5 and output.logprobs.read(0).top_ids.tolist() == [[]] * 5
     _, output = chunks(model, GenerationParams(prime=(1,), length=5, seed=0))
     assert len(output.logprobs) == 0
 

