@@ -1,7 +1,7 @@
 """Fine-tuning the shipped model against training from scratch, for the same CPU minutes.
 
     python benchmarks/fine_tune.py [--minutes 2,5,10] [--chars N --name fine_tune_N]
-    python benchmarks/fine_tune.py --sweep [--sweep-steps 500,1500]
+    python benchmarks/fine_tune.py --sweep [--sweep-steps 550,1650]
 
 The corpus: the docstrings of the installed numpy package (numpy is BSD-3-Clause licensed
 and a dependency, so the corpus is there offline wherever the tests run): modern technical
@@ -20,7 +20,7 @@ stream. Prints the table, writes benchmarks/results/<name>.md and <name>.png (th
 budget's validation curves, and every budget's end point).
 
 --sweep measures the fine-tune preset instead: fine-tune runs, two at a time, one per
-learning rate and warm-up and per length in steps, on the Python standard library's
+learning rate, warm-up and dropout and per length in steps, on the Python standard library's
 docstrings (a corpus of the same kind but not the benchmark's, so the preset is not tuned
 on it). Every fine-tune run takes the same time per step, so lengths in steps rank the
 settings as minutes would, and unlike minutes they do not depend on the machine's load.
@@ -50,8 +50,20 @@ from training.evaluate import evaluate_text
 CHECKPOINT = ROOT / "checkpoints" / "shakespeare.safetensors"
 # Evaluations during a run: a cheap partial one for the curve (8 batches of 64 × 32).
 EVAL_EVERY, EVAL_BATCHES = 200, 8
-# (lr, warm-up steps); (1e-2, 100) is the default recipe's.
-SWEEP = [(3e-3, 20), (5e-3, 20), (1e-2, 20), (1e-2, 100), (2e-2, 20), (4e-2, 20)]
+# (lr, warm-up steps, dropout); (1e-2, 100) is the default recipe's, dropout None the
+# checkpoint's own (0.5).
+SWEEP = [
+    (3e-3, 20, None),
+    (5e-3, 20, None),
+    (1e-2, 20, None),
+    (1e-2, 100, None),
+    (2e-2, 20, None),
+    (4e-2, 20, None),
+    (1e-2, 20, 0.25),
+    (2e-2, 20, 0.25),
+    (2e-2, 20, 0.1),
+    (2e-2, 20, 0.0),
+]
 
 
 def docstring_corpus(root: Path) -> str:
@@ -214,26 +226,29 @@ def sweep(lengths: list[int]) -> None:
         data = prepared(docstring_corpus(stdlib)[:1_600_000], workdir, "stdlib")
         text = val_text(data)
         print("sweep: fine-tune runs on the standard library's docstrings")
-        runs = [(steps, lr, warmup) for steps in lengths for lr, warmup in SWEEP]
+        runs = [(steps, *setting) for steps in lengths for setting in SWEEP]
         for pair in range(0, len(runs), 2):
             settings = runs[pair : pair + 2]
-            outs = [workdir / f"s{steps}-lr{lr:g}-w{warmup}" for steps, lr, warmup in settings]
+            outs = [workdir / "-".join(map(str, setting)) for setting in settings]
             commands = [
-                train_commands(
-                    data,
-                    out,
-                    ["--max-steps", str(steps)],
-                    True,
-                    ["--lr", str(lr), "--warmup-steps", str(warmup)],
-                )
-                for out, (steps, lr, warmup) in zip(outs, settings, strict=True)
+                train_commands(data, out, ["--max-steps", str(steps)], True, flags(*setting))
+                for out, (steps, *setting) in zip(outs, settings, strict=True)
             ]
             run_together(commands, workdir)
-            for (steps, lr, warmup), out in zip(settings, outs, strict=True):
+            for (steps, lr, warmup, dropout), out in zip(settings, outs, strict=True):
                 bits = score(out, text)["bits"]
+                kept = "the checkpoint's" if dropout is None else dropout
                 print(
-                    f"{steps} steps, lr {lr:g}, warm-up {warmup}: {bits:.4f} bits/char", flush=True
+                    f"{steps} steps, lr {lr:g}, warm-up {warmup}, dropout {kept}: "
+                    f"{bits:.4f} bits/char",
+                    flush=True,
                 )
+
+
+def flags(lr: float, warmup: int, dropout: float | None) -> list[str]:
+    if dropout is None:  # the checkpoint's own, given outright: the preset sets one
+        dropout = load_checkpoint(CHECKPOINT).config.dropout
+    return ["--lr", str(lr), "--warmup-steps", str(warmup), "--dropout", str(dropout)]
 
 
 def main() -> None:
@@ -242,7 +257,7 @@ def main() -> None:
     parser.add_argument("--chars", type=int, default=None, help="the corpus's first N chars")
     parser.add_argument("--name", default="fine_tune", help="result file name")
     parser.add_argument("--sweep", action="store_true", help="measure the fine-tune preset")
-    parser.add_argument("--sweep-steps", default="500,1500", help="run lengths, comma-separated")
+    parser.add_argument("--sweep-steps", default="550,1650", help="run lengths, comma-separated")
     args = parser.parse_args()
     if args.sweep:
         sweep([int(n) for n in args.sweep_steps.split(",")])

@@ -26,6 +26,7 @@ from model.decoding.params import MAX_LOGPROBS
 # likeliest ids and their logprobs (ids as float64: exact below 2**53).
 ID, CHOSEN, TOP_IDS, TOP_LOGPROBS = 0, 1, 2, 2 + MAX_LOGPROBS
 ROW_WIDTH = 2 + 2 * MAX_LOGPROBS
+FIRST_CAPACITY_CAP = 4096  # rows (384 KiB) a buffer first takes at most
 
 
 @dataclass(frozen=True)
@@ -90,9 +91,11 @@ class LogprobBuffer:
     new array replaces the old one."""
 
     def __init__(self, capacity: int = 16):
-        # Nothing is allocated until the first row: most requests ask for no logprobs.
+        # Nothing is allocated until the first row: most requests ask for no logprobs. A
+        # long request starts at FIRST_CAPACITY_CAP rows and grows as it is written, so
+        # its length alone reserves no memory.
         self._rows = np.empty((0, ROW_WIDTH))  # (capacity, ROW_WIDTH)
-        self._first_capacity = max(capacity, 1)
+        self._first_capacity = min(max(capacity, 1), FIRST_CAPACITY_CAP)
         self._length = 0
 
     def __len__(self) -> int:

@@ -170,7 +170,12 @@ def test_the_command_line_fine_tunes_with_the_preset(new_data, capsys):
     config = json.loads((new_data / "cli" / "config.json").read_text())
     assert config["lr"] == 1e-3  # the flag
     assert config["warmup_steps"] == preset("fine-tune")["warmup_steps"]  # the preset
-    assert config["hidden_size"] == 16 and config["dropout"] == 0.25  # the checkpoint's
+    assert config["dropout"] == preset("fine-tune")["dropout"] != 0.25  # the preset's
+    assert config["hidden_size"] == 16  # the checkpoint's
+
+
+def test_without_a_dropout_setting_the_checkpoints_is_kept(new_data):
+    assert _config(new_data, "r").dropout == 0.25  # the base checkpoint's
 
 
 def _one_error_line(capsys, *fragments):

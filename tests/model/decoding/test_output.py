@@ -3,7 +3,14 @@ import dataclasses
 import numpy as np
 import pytest
 
-from model.decoding.output import CharLogprob, LogprobBuffer, Logprobs, RowOutput
+from model.decoding.output import (
+    FIRST_CAPACITY_CAP,
+    ROW_WIDTH,
+    CharLogprob,
+    LogprobBuffer,
+    Logprobs,
+    RowOutput,
+)
 
 
 def test_held_characters_are_released_once_they_cannot_start_a_stop():
@@ -77,3 +84,9 @@ def test_an_empty_read_out_has_the_asked_width():
     empty = Logprobs.empty(3)
     assert len(empty) == 0 and empty.top_ids.shape == (0, 3) and empty.entries() == []
     assert len(LogprobBuffer().read(5)) == 0
+
+
+def test_a_long_request_reserves_no_more_than_the_first_cap():
+    buffer = LogprobBuffer(capacity=10**9)
+    buffer.append(1, -0.1, [1], [-0.1])
+    assert buffer._rows.shape == (FIRST_CAPACITY_CAP, ROW_WIDTH)
