@@ -115,12 +115,15 @@ def run_together(commands: list[list[str]], logs: Path) -> None:
 
 
 def score(run: Path, val_text: str) -> dict:
-    """The run's last weights on the validation text, one stream; and its curve."""
+    """The run's last weights on the validation text, one stream; the same for its best
+    weights (best.safetensors: kept at the evaluation with the lowest validation loss,
+    what a user samples from); and its curve."""
     checkpoint = load_checkpoint(run / "last.safetensors")
-    result = evaluate_text(checkpoint, val_text)
+    bits = evaluate_text(checkpoint, val_text).bits_per_char
+    best = evaluate_text(load_checkpoint(run / "best.safetensors"), val_text).bits_per_char
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     curve = [(r["elapsed_seconds"] / 60, r["val_bits_per_char"]) for r in records]
-    return {"bits": result.bits_per_char, "steps": checkpoint.info["step"], "curve": curve}
+    return {"bits": bits, "best": best, "steps": checkpoint.info["step"], "curve": curve}
 
 
 def val_text(data: Path) -> str:
@@ -160,8 +163,9 @@ def benchmark(budgets: list[float], chars: int | None, name: str) -> None:
             rows.append((minutes, results["scratch"], results["fine-tune"]))
             print(
                 f"{minutes:g} min: scratch {results['scratch']['bits']:.4f} bits/char "
-                f"({results['scratch']['steps']} steps), fine-tune "
-                f"{results['fine-tune']['bits']:.4f} ({results['fine-tune']['steps']} steps) "
+                f"({results['scratch']['steps']} steps; best {results['scratch']['best']:.4f}), "
+                f"fine-tune {results['fine-tune']['bits']:.4f} "
+                f"({results['fine-tune']['steps']} steps; best {results['fine-tune']['best']:.4f}) "
                 f"[{time.monotonic() - started:.0f} s]",
                 flush=True,
             )
@@ -183,13 +187,19 @@ def write_results(
         f"({corpus_chars:,} chars, validation: the last {val_chars:,}); one thread per run, "
         "both runs of a budget at the same time.",
         "",
-        "| CPU minutes | scratch: val bits/char (steps) | fine-tune: val bits/char (steps) |",
-        "|--:|--:|--:|",
+        "Validation bits/char of each run's last weights (steps), and of its best weights "
+        "(best.safetensors, chosen by the run's own partial evaluations every "
+        f"{EVAL_EVERY} steps).",
+        "",
+        "| CPU minutes | scratch: last (steps) | scratch: best | fine-tune: last (steps) "
+        "| fine-tune: best |",
+        "|--:|--:|--:|--:|--:|",
     ]
     for minutes, scratch, tuned in rows:
         lines.append(
             f"| {minutes:g} | {scratch['bits']:.4f} ({scratch['steps']}) | "
-            f"{tuned['bits']:.4f} ({tuned['steps']}) |"
+            f"{scratch['best']:.4f} | {tuned['bits']:.4f} ({tuned['steps']}) | "
+            f"{tuned['best']:.4f} |"
         )
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
