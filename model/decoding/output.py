@@ -16,6 +16,7 @@ Python object per value on either thread, and orjson writes the arrays directly.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,13 +50,19 @@ class Logprobs:
     top_logprobs: np.ndarray  # (N, k) float64
 
     @classmethod
+    @functools.cache
     def empty(cls, count: int = 0) -> Logprobs:
-        return cls(
+        """No characters (one shared object per width: every chunk of a request without
+        logprobs carries one; its arrays are read-only)."""
+        columns = (
             np.zeros(0, np.int64),
             np.zeros(0),
             np.zeros((0, count), np.int64),
             np.zeros((0, count)),
         )
+        for column in columns:
+            column.setflags(write=False)
+        return cls(*columns)
 
     def __len__(self) -> int:
         return len(self.ids)
