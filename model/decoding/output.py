@@ -118,13 +118,6 @@ class LogprobBuffer:
         rows[length] = row
         self._length = length + 1
 
-    def append(self, char_id: int, chosen: float, top_ids: list[int], top: list[float]) -> None:
-        row = np.zeros(ROW_WIDTH)
-        row[ID], row[CHOSEN] = char_id, chosen
-        row[TOP_IDS : TOP_IDS + len(top_ids)] = top_ids
-        row[TOP_LOGPROBS : TOP_LOGPROBS + len(top)] = top
-        self.append_row(row)
-
     def slice(self, start: int, end: int, count: int) -> Logprobs:
         """Characters start..end (clipped to what is written), with `count` alternatives."""
         rows = self._rows[start : min(end, self._length)]  # (N, ROW_WIDTH)

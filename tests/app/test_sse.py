@@ -5,6 +5,7 @@ from app import sse
 from app.jobs import Job
 from app.routes import events
 from model.decoding.params import GenerationParams
+from tests.model.decoding.test_output import logprob_row
 
 CHARS = ("a", "b", "\n")
 
@@ -49,7 +50,7 @@ def test_silence_becomes_keepalive_comments_then_chars_and_done():
 
 def test_logprobs_follow_their_chars_and_an_error_ends_the_stream():
     failing = job(logprobs=1)
-    failing.output.logprobs.append(1, -0.5, [0], [-0.25])
+    failing.output.logprobs.append_row(logprob_row(1, -0.5, [0], [-0.25]))
     failing.output.append(1, held=0)
     failing._finish("generation failed")
 

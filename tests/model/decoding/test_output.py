@@ -4,13 +4,26 @@ import numpy as np
 import pytest
 
 from model.decoding.output import (
+    CHOSEN,
     FIRST_CAPACITY_CAP,
+    ID,
     ROW_WIDTH,
+    TOP_IDS,
+    TOP_LOGPROBS,
     CharLogprob,
     LogprobBuffer,
     Logprobs,
     RowOutput,
 )
+
+
+def logprob_row(char_id, chosen, top_ids, top):
+    """A LogprobBuffer row, as the decoder lays one out."""
+    row = np.zeros(ROW_WIDTH)
+    row[ID], row[CHOSEN] = char_id, chosen
+    row[TOP_IDS : TOP_IDS + len(top_ids)] = top_ids
+    row[TOP_LOGPROBS : TOP_LOGPROBS + len(top)] = top
+    return row
 
 
 def test_held_characters_are_released_once_they_cannot_start_a_stop():
@@ -49,9 +62,9 @@ def test_other_ends_release_everything(reason):
 
 def test_logprobs_are_kept_as_columns():
     output = RowOutput()
-    output.logprobs.append(3, -0.5, [3, 1], [-0.5, -1.5])
+    output.logprobs.append_row(logprob_row(3, -0.5, [3, 1], [-0.5, -1.5]))
     output.append(3, 0)
-    output.logprobs.append(4, -2.0, [3, 1], [-0.4, -1.2])
+    output.logprobs.append_row(logprob_row(4, -2.0, [3, 1], [-0.4, -1.2]))
     output.append(4, 0)
     both = output.logprobs.read(2)
     assert both.ids.tolist() == [3, 4] and both.chosen.tolist() == [-0.5, -2.0]
@@ -70,10 +83,10 @@ def test_logprobs_are_kept_as_columns():
 def test_a_logprob_buffer_grows_without_changing_what_was_read():
     buffer = LogprobBuffer(capacity=2)
     for char in range(5):
-        buffer.append(char, -float(char), [char], [-1.0 - char])
+        buffer.append_row(logprob_row(char, -float(char), [char], [-1.0 - char]))
     early = buffer.slice(0, 2, 1)  # read before it grows again: a copy, not a view
     for char in range(5, 40):
-        buffer.append(char, -float(char), [char], [-1.0 - char])
+        buffer.append_row(logprob_row(char, -float(char), [char], [-1.0 - char]))
     everything = buffer.read(1)
     assert len(buffer) == 40 and everything.ids.tolist() == list(range(40))
     assert everything.top_logprobs[:, 0].tolist() == [-1.0 - c for c in range(40)]
@@ -88,5 +101,5 @@ def test_an_empty_read_out_has_the_asked_width():
 
 def test_a_long_request_reserves_no_more_than_the_first_cap():
     buffer = LogprobBuffer(capacity=10**9)
-    buffer.append(1, -0.1, [1], [-0.1])
+    buffer.append_row(logprob_row(1, -0.1, [1], [-0.1]))
     assert buffer._rows.shape == (FIRST_CAPACITY_CAP, ROW_WIDTH)
