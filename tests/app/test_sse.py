@@ -3,7 +3,7 @@ import json
 
 from app import sse
 from app.jobs import Job
-from app.routes import events
+from app.native_responses import events
 from model.decoding.params import GenerationParams
 from tests.model.decoding.test_output import logprob_row
 
