@@ -236,7 +236,13 @@ def sweep(lengths: list[int]) -> None:
         data = prepared(docstring_corpus(stdlib)[:1_600_000], workdir, "stdlib")
         text = val_text(data)
         print("sweep: fine-tune runs on the standard library's docstrings")
-        runs = [(steps, *setting) for steps in lengths for setting in SWEEP]
+        # dropout None: the checkpoint's own, given outright (the preset sets another)
+        own = load_checkpoint(CHECKPOINT).config.dropout
+        runs = [
+            (steps, lr, warmup, own if dropout is None else dropout)
+            for steps in lengths
+            for lr, warmup, dropout in SWEEP
+        ]
         for pair in range(0, len(runs), 2):
             settings = runs[pair : pair + 2]
             outs = [workdir / "-".join(map(str, setting)) for setting in settings]
@@ -247,17 +253,14 @@ def sweep(lengths: list[int]) -> None:
             run_together(commands, workdir)
             for (steps, lr, warmup, dropout), out in zip(settings, outs, strict=True):
                 bits = score(out, text)["bits"]
-                kept = "the checkpoint's" if dropout is None else dropout
                 print(
-                    f"{steps} steps, lr {lr:g}, warm-up {warmup}, dropout {kept}: "
+                    f"{steps} steps, lr {lr:g}, warm-up {warmup}, dropout {dropout:g}: "
                     f"{bits:.4f} bits/char",
                     flush=True,
                 )
 
 
-def flags(lr: float, warmup: int, dropout: float | None) -> list[str]:
-    if dropout is None:  # the checkpoint's own, given outright: the preset sets one
-        dropout = load_checkpoint(CHECKPOINT).config.dropout
+def flags(lr: float, warmup: int, dropout: float) -> list[str]:
     return ["--lr", str(lr), "--warmup-steps", str(warmup), "--dropout", str(dropout)]
 
 
