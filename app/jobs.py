@@ -111,7 +111,7 @@ class Job(EngineWork):
         self.model = model
         self.client = client  # who asked (an address): for per-client limits and shares
         super().__init__()
-        self.output = RowOutput(params.length)
+        self.output = RowOutput()
         self.stats = JobStats(prime_chars=len(params.prime), seed=params.seed)
         self._taken = 0
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from model.decoding.automaton import AutomatonPool
 from model.decoding.network_rows import KernelRows, TorchRows, kernel_supported
-from model.decoding.output import CHOSEN, ID, ROW_WIDTH, TOP_IDS, TOP_LOGPROBS, RowOutput
+from model.decoding.output import RECORD_BYTES, RowOutput
 from model.decoding.params import GenerationParams
 from model.decoding.prime_cache import PrimeCache
 from model.decoding.sampler import (
@@ -232,18 +232,8 @@ class BatchDecoder:
             sampler.held[rows].tolist(),
             sampler.status[rows].tolist(),
             counts,
-            list(self._logprob_rows(rows)) if asked else [],
+            self.sampler.logprob_records[rows].tobytes() if asked else b"",
         )
-
-    def _logprob_rows(self, rows: np.ndarray) -> np.ndarray:
-        """The sampler's logprob outputs for `rows`, one LogprobBuffer row each."""
-        sampler = self.sampler
-        packed = np.empty((len(rows), ROW_WIDTH))  # (R, ROW_WIDTH)
-        packed[:, ID] = sampler.ids[rows]
-        packed[:, CHOSEN] = sampler.chosen[rows]
-        packed[:, TOP_IDS:TOP_LOGPROBS] = sampler.top_ids[rows]
-        packed[:, TOP_LOGPROBS:] = sampler.top_logprobs[rows]
-        return packed
 
     def record(self, row: int, output: RowOutput) -> int:
         """Move the row's last draw into `output` (its char, logprobs, hold-back, and
@@ -254,9 +244,7 @@ class BatchDecoder:
         """After `prefill` read prime[position]: the next prime char's logprob, if asked."""
         params = self.params[row]
         if params is not None and params.prompt_logprobs and position + 1 < len(params.prime):
-            packed = self._logprob_rows(np.array([row], np.int64))[0]
-            packed[ID] = params.prime[position + 1]  # the prime's char, not a draw
-            output.prompt_logprobs.append_row(packed)
+            output.prompt_logprobs.append_row(self.sampler.logprob_records[row].tobytes())
 
     def finish_unsampled(self, row: int, output: RowOutput) -> None:
         """A request with length 0 ends once its prime has run."""
@@ -284,7 +272,7 @@ class Draws:
     held: list[int]
     status: list[int]
     counts: list[int]  # logprobs asked for (-1: none)
-    logprobs: list[np.ndarray]  # LogprobBuffer rows, when any row asked (else empty)
+    logprobs: bytes  # the rows' logprob records, when any row asked (else empty)
 
     def record(self, index: int, output: RowOutput) -> int:
         """Move the index-th row's draw into `output`. → its status (FAILURES: why not)."""
@@ -293,7 +281,8 @@ class Draws:
             return status
         char = self.ids[index]
         if self.counts[index] >= 0:
-            output.logprobs.append_row(self.logprobs[index])
+            start = index * RECORD_BYTES
+            output.logprobs.append_row(self.logprobs[start : start + RECORD_BYTES])
         output.append(char, self.held[index])
         if status != RUNNING:
             stop_length = self.held[index] if status == FINISHED_STOP else 0

@@ -25,7 +25,7 @@ class DecodingFailed(RuntimeError):
 class SingleStream:
     def __init__(self, model: CharRNN, params: GenerationParams, backend: str = "auto"):
         self.decoder = BatchDecoder(model, capacity=1, backend=backend)
-        self.output = RowOutput(params.length)
+        self.output = RowOutput()
         self.row = self.decoder.add(params)
         self._length = params.length
 

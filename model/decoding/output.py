@@ -9,9 +9,10 @@ Characters that may begin a stop string are held back until they cannot (`held`)
 stop string, once complete, is never released: a stream never shows text that later turns
 out to belong to a stop string.
 
-Log-probabilities are kept as columns of numbers (a numpy row per character, written by
-the engine in one assignment), and read out as arrays: a stream of logprobs then costs no
-Python object per value on either thread, and orjson writes the arrays directly.
+Log-probabilities are kept as records of numbers (ROW_WIDTH float64 per character, appended
+by the engine as one slice of the step's bytes), and read out as arrays: a stream of
+logprobs then costs no Python object per value on either thread, and orjson writes the
+arrays directly.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from model.decoding.params import MAX_LOGPROBS
 # likeliest ids and their logprobs (ids as float64: exact below 2**53).
 ID, CHOSEN, TOP_IDS, TOP_LOGPROBS = 0, 1, 2, 2 + MAX_LOGPROBS
 ROW_WIDTH = 2 + 2 * MAX_LOGPROBS
-FIRST_CAPACITY_CAP = 4096  # rows (384 KiB) a buffer first takes at most
+RECORD_BYTES = 8 * ROW_WIDTH
 
 
 @dataclass(frozen=True)
@@ -91,36 +92,30 @@ class Logprobs:
 
 
 class LogprobBuffer:
-    """Log-probabilities as they are made, one ROW_WIDTH row per character, in an array
-    that doubles when full (first sized for the characters expected). Written by one
-    thread and read by another without a lock: a row is complete before the reader may ask
-    for it (RowOutput.released), and growing copies the rows into the new array before the
-    new array replaces the old one."""
+    """Log-probabilities as they are made: one ROW_WIDTH record of float64 per character,
+    appended as bytes. Written by one thread and read by another without a lock: a record
+    is complete before the reader may ask for it (RowOutput.released), and appending to or
+    slicing a bytearray is one step under the GIL. The bytearray grows as it is written
+    (amortised), so a request's length reserves nothing, and a request that asks for no
+    logprobs holds an empty one."""
 
-    def __init__(self, capacity: int = 16):
-        # Nothing is allocated until the first row: most requests ask for no logprobs. A
-        # long request starts at FIRST_CAPACITY_CAP rows and grows as it is written, so
-        # its length alone reserves no memory.
-        self._rows = np.empty((0, ROW_WIDTH))  # (capacity, ROW_WIDTH)
-        self._first_capacity = min(max(capacity, 1), FIRST_CAPACITY_CAP)
+    def __init__(self) -> None:
+        self._bytes = bytearray()
         self._length = 0
 
     def __len__(self) -> int:
         return self._length
 
-    def append_row(self, row: np.ndarray) -> None:
-        """One character's row, laid out as ROW_WIDTH describes."""
-        rows, length = self._rows, self._length
-        if length == len(rows):
-            grown = np.empty((max(2 * length, self._first_capacity), ROW_WIDTH))
-            grown[:length] = rows
-            self._rows = rows = grown
-        rows[length] = row
-        self._length = length + 1
+    def append_row(self, row: bytes) -> None:
+        """One character's record: RECORD_BYTES of float64, laid out as ROW_WIDTH says."""
+        self._bytes += row
+        self._length += 1
 
     def slice(self, start: int, end: int, count: int) -> Logprobs:
         """Characters start..end (clipped to what is written), with `count` alternatives."""
-        rows = self._rows[start : min(end, self._length)]  # (N, ROW_WIDTH)
+        end = min(end, self._length)
+        raw = self._bytes[start * RECORD_BYTES : end * RECORD_BYTES]  # the reader's copy
+        rows = np.frombuffer(raw).reshape(-1, ROW_WIDTH)  # (N, ROW_WIDTH)
         return Logprobs(
             rows[:, ID].astype(np.int64),
             rows[:, CHOSEN].copy(),
@@ -134,10 +129,9 @@ class LogprobBuffer:
 
 
 class RowOutput:
-    def __init__(self, capacity: int = 16) -> None:
-        # capacity: the characters expected (the request's length), so the logprobs rarely grow
+    def __init__(self) -> None:
         self.ids: list[int] = []
-        self.logprobs = LogprobBuffer(capacity)  # one per generated char, when asked for
+        self.logprobs = LogprobBuffer()  # one per generated char, when asked for
         self.prompt_logprobs = LogprobBuffer()  # one per prime char after the first
         self.released = 0  # ids[:released] can be shown
         self.finish_reason: str | None = None  # "length", "stop" or "regex" once ended

@@ -9,7 +9,7 @@ Each link is a pure function of the row's logits and state and is skipped at its
 setting. `accept` is the only place a row's state changes (llama.cpp's apply/accept
 split). Log-probabilities come from the network's own distribution, before the first link.
 
-A row's arrays (first axis: rows; see model/decoding/rows_table.py for their shapes):
+A row's arrays (first axis: rows; see model/decoding/sampler_rows.py for their shapes):
 
     settings  temperature, top_k, top_p, min_p, repetition_penalty, repeat_last_n,
               frequency_penalty, presence_penalty, bias (R, V), has_bias, logprobs,
@@ -17,7 +17,7 @@ A row's arrays (first axis: rows; see model/decoding/rows_table.py for their sha
     state     uniforms (R, U), positions, generated, ring (R, W), pushed,
               window_counts (R, V), counts (R, V), kmp (R, S), regex_state
     automata  next (states, V) int32 (-1: no path to a match), final (states,), open (states,)
-    out       ids, status, held, chosen (logprob), top_ids (R, N), top_logprobs (R, N)
+    out       ids, status, held, logprob records (R, ROW_WIDTH: model/decoding/output.py)
 
 Status of a row after a draw: RUNNING, or why it ended (see the constants below).
 """
@@ -29,6 +29,7 @@ import math
 import numpy as np
 from numba import njit
 
+from model.decoding.output import CHOSEN, ID, TOP_IDS, TOP_LOGPROBS
 from model.fast_math import JIT
 
 RUNNING = 0
@@ -114,9 +115,11 @@ def _scores(r, logits, settings, state, automata):
 
 @njit(inline="always", **JIT)
 def _logprobs(r, logits, chosen, count, out):
-    """The chosen character's log-probability and the `count` likeliest ones', under the
-    network's own distribution (log-softmax of the raw logits). No allocation: it runs
-    for every row of every step that asks."""
+    """Row r's logprob record (out[3][r], laid out as model/decoding/output.py's ROW_WIDTH):
+    the chosen character, its log-probability, and the `count` likeliest characters with
+    theirs, under the network's own distribution (log-softmax of the raw logits). No
+    allocation: it runs for every row of every step that asks."""
+    record = out[3]
     vocab = logits.shape[1]
     peak = -math.inf
     for j in range(vocab):
@@ -125,28 +128,28 @@ def _logprobs(r, logits, chosen, count, out):
     for j in range(vocab):
         total += math.exp(np.float64(logits[r, j]) - peak)
     log_total = peak + math.log(total)
-    out[3][r] = np.float64(logits[r, chosen]) - log_total
-    top_ids, top_logprobs = out[4], out[5]
-    # Selection by rank: the n-th likeliest is the largest below the (n-1)-th, ties to the
-    # lowest id (as a stable sort by descending logit orders them).
-    previous_id = -1
+    record[r, ID] = chosen
+    record[r, CHOSEN] = np.float64(logits[r, chosen]) - log_total
+    # The `count` likeliest in one pass, by insertion into the record's top slots: most
+    # likely first, ties to the lowest id (as a stable sort by descending logit orders
+    # them), since a later id only moves above strictly smaller logits.
+    filled = 0
+    for j in range(vocab):
+        value = logits[r, j]
+        if filled < count:
+            slot = filled
+            filled += 1
+        elif count > 0 and value > logits[r, int(record[r, TOP_IDS + count - 1])]:
+            slot = count - 1
+        else:
+            continue
+        while slot > 0 and logits[r, int(record[r, TOP_IDS + slot - 1])] < value:
+            record[r, TOP_IDS + slot] = record[r, TOP_IDS + slot - 1]
+            slot -= 1
+        record[r, TOP_IDS + slot] = j
     for n in range(count):
-        best = -1
-        for j in range(vocab):
-            if previous_id >= 0 and not _ranks_below(logits, r, j, previous_id):
-                continue
-            if best < 0 or logits[r, j] > logits[r, best]:
-                best = j
-        top_ids[r, n] = best
-        top_logprobs[r, n] = np.float64(logits[r, best]) - log_total
-        previous_id = best
-
-
-@njit(inline="always", **JIT)
-def _ranks_below(logits, r, j, other):
-    """Whether char j comes after `other` in descending-logit order (ties: by id)."""
-    a, b = logits[r, j], logits[r, other]
-    return a < b or (a == b and j > other)
+        best = int(record[r, TOP_IDS + n])
+        record[r, TOP_LOGPROBS + n] = np.float64(logits[r, best]) - log_total
 
 
 @njit(inline="always", **JIT)
@@ -253,6 +256,6 @@ def sample_rows(rows, logits, settings, state, automata, out):
 
 @njit(**JIT)
 def prompt_logprob(r, logits, next_id, count, out):
-    """While a prime runs: the log-probability of its next character `next_id` and the
+    """While a prime runs: the logprob record of its next character `next_id` and the
     `count` likeliest alternatives, into out (as for a generated character)."""
     _logprobs(r, logits, next_id, count, out)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.decoding.params import MAX_LOGPROBS, MAX_REPEAT_LAST_N, MAX_STOP_CHARS, MAX_STOPS
+from model.decoding.output import ROW_WIDTH
+from model.decoding.params import MAX_REPEAT_LAST_N, MAX_STOP_CHARS, MAX_STOPS
 
 UNIFORM_BLOCK = 64  # random numbers drawn per refill
 
@@ -48,9 +49,8 @@ class SamplerRows:
         self.ids = np.zeros(rows, np.int64)
         self.status = np.zeros(rows, np.int64)
         self.held = np.zeros(rows, np.int64)
-        self.chosen = np.zeros(rows)
-        self.top_ids = np.zeros((rows, MAX_LOGPROBS), np.int64)
-        self.top_logprobs = np.zeros((rows, MAX_LOGPROBS))
+        # (rows, ROW_WIDTH): a row's logprob record, for requests that ask (else stale)
+        self.logprob_records = np.zeros((rows, ROW_WIDTH))
         self.generators: list[np.random.Generator | None] = [None] * rows
         # What the compiled chain takes, in its order (model/decoding/sampler.py).
         self.settings = (
@@ -85,9 +85,7 @@ class SamplerRows:
             self.ids,
             self.status,
             self.held,
-            self.chosen,
-            self.top_ids,
-            self.top_logprobs,
+            self.logprob_records,
         )
 
     def assign(self, row: int, params, prime: np.ndarray, regex_start: int = -1) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from model.decoding.automaton import AutomatonPool
+from model.decoding.output import CHOSEN, ID, TOP_IDS, TOP_LOGPROBS
 from model.decoding.params import GenerationParams
 from model.decoding.regex import RegexLimits, compile_regex
 from model.decoding.sampler import (
@@ -18,6 +19,7 @@ from model.decoding.sampler import (
     FAILURES,
     RUNNING,
     filtered_probs,
+    prompt_logprob,
     sample_rows,
 )
 from model.decoding.sampler_rows import SamplerRows
@@ -324,3 +326,26 @@ def test_filtered_probs_is_sorted_and_keeps_ties_in_vocabulary_order():
     probs, _, kept = filtered_probs(np.array([0.0, -np.inf, -np.inf]), 1.0, 0, 1.0, 0.0)
     assert kept == 1 and probs.tolist() == [1.0, 0.0, 0.0]
     assert filtered_probs(np.full(3, -np.inf), 1.0, 0, 1.0, 0.0)[2] == 0
+
+
+@pytest.mark.parametrize("count", [0, 1, 3, 5])
+def test_logprob_record_ranks_the_likeliest_with_ties_by_id(count):
+    """The record: the character, its log-softmax, and the `count` likeliest by descending
+    logit, ties to the lowest id, whatever the order the vocabulary holds them in."""
+    rng = np.random.default_rng(count)
+    sampler = SamplerRows(1, V)
+    for trial in range(200):
+        # Few distinct values, so most rows hold ties, at the top and at the cut.
+        row = rng.integers(-3, 3, V).astype(np.float32) * (0.5 if trial % 2 else 1.0)
+        chosen = int(rng.integers(V))
+        prompt_logprob(0, row[None, :], chosen, count, sampler.out)
+        record = sampler.logprob_records[0]
+        wide = row.astype(np.float64)
+        log_softmax = wide - wide.max() - np.log(np.exp(wide - wide.max()).sum())
+        top = np.argsort(-row, kind="stable")[:count]
+        assert record[ID] == chosen
+        assert record[CHOSEN] == pytest.approx(log_softmax[chosen], abs=1e-12)
+        assert record[TOP_IDS : TOP_IDS + count].tolist() == top.tolist()
+        np.testing.assert_allclose(
+            record[TOP_LOGPROBS : TOP_LOGPROBS + count], log_softmax[top], atol=1e-12
+        )

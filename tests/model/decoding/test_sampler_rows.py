@@ -131,5 +131,5 @@ def test_arrays_the_chain_takes_are_in_its_order():
     sampler = SamplerRows(2, V)
     assert sampler.settings[0] is sampler.temperature and sampler.settings[14] is sampler.length
     assert sampler.state[0] is sampler.uniforms and sampler.state[8] is sampler.regex_state
-    assert sampler.out[0] is sampler.ids and sampler.out[5] is sampler.top_logprobs
+    assert sampler.out[0] is sampler.ids and sampler.out[3] is sampler.logprob_records
     assert sampler.bias.shape == (2, V) and sampler.ring.shape == (2, MAX_REPEAT_LAST_N)
