@@ -51,6 +51,8 @@ HIDDEN_SIZE = 256
 LONG = 20000
 START_SECONDS = 60
 FAIL_TIMEOUT = 2  # seconds nginx leaves a replica alone after it failed (nginx's default: 10)
+PER_CLIENT = 128  # deploy/nginx.conf's limit_conn: requests in progress from one address
+FLOOD, OTHER = "127.0.0.3", "127.0.0.4"  # client addresses of the connection-limit test
 
 
 @dataclass
@@ -266,6 +268,37 @@ def test_openai_completions_through_the_balancer(cluster):
         streamed = "".join(json.loads(line[6:])["choices"][0]["text"] for line in lines[:-1])
         # The same seed gives the same text on either replica: they serve one model.
         assert streamed == completion.json()["choices"][0]["text"]
+
+
+def test_one_address_past_its_connection_limit_is_refused_by_nginx(cluster):
+    """PER_CLIENT requests in progress from one address (heads sent, bodies not yet: nginx
+    holds them without asking a replica); the next one from that address gets nginx's own
+    429, and another address is served as usual."""
+    held: list[socket.socket] = []
+    head = (
+        b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 40\r\n\r\n"
+    )
+    port = int(cluster.url.rsplit(":", 1)[1])
+    before = sum(replica.served("/generate") for replica in cluster.replicas)
+    try:
+        for _ in range(PER_CLIENT):
+            connection = socket.create_connection(("127.0.0.1", port), source_address=(FLOOD, 0))
+            connection.sendall(head)
+            held.append(connection)
+        time.sleep(0.5)  # nginx has read every head
+        with httpx.Client(transport=httpx.HTTPTransport(local_address=FLOOD)) as client:
+            refused = client.post(f"{cluster.url}/generate", json={"length": 5}, timeout=10)
+        assert refused.status_code == 429 and "nginx" in refused.text, refused.text
+        with httpx.Client(transport=httpx.HTTPTransport(local_address=OTHER)) as client:
+            served = client.post(f"{cluster.url}/generate", json={"length": 5}, timeout=30)
+        assert served.status_code == 200, served.text
+    finally:
+        for connection in held:
+            connection.close()
+    time.sleep(0.2)  # each replica writes its log line once the response has ended
+    # Only the other address's request reached a replica.
+    assert sum(replica.served("/generate") for replica in cluster.replicas) == before + 1
 
 
 def test_a_full_replica_hands_its_requests_to_the_other(cluster):
