@@ -7,7 +7,8 @@ active request by one character per step, in one batched step per model.
 
 One iteration of the thread:
   1. admit waiting requests into free rows (cheap: the prime runs later);
-  2. one decoding step per model with decoding rows (each model a Lane: app/lane.py);
+  2. one decoding step per model with decoding rows (each model a Lane: app/lane.py;
+     steps and background work: app/engine_steps.py);
   3. background work under a time budget (prefill_share of the engine's time while
      streams decode, at least one character per iteration), so a burst of long primes or
      a long text to score cannot freeze the streams already running:
@@ -25,22 +26,18 @@ the detail.
 from __future__ import annotations
 
 import collections
-import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numpy as np
-
+from app.engine_steps import background_budget, prefill, score_slice, step_lanes
 from app.jobs import EngineWork, Job, ScoreJob
-from app.lane import FAILED_MESSAGE, EngineCounters, Lane
+from app.lane import EngineCounters, Lane
 from model.decoding.decoder import BatchDecoder
 from model.decoding.params import GenerationParams
 from model.network import CharRNN
 from model.scoring import Scorer
-
-logger = logging.getLogger("charrnn.engine")
 
 
 class EngineBusy(RuntimeError):
@@ -262,7 +259,7 @@ class DecodingEngine:
             for lane, job in admitted:
                 lane.admit(job)
             started = time.perf_counter()
-            self.streaming = self._step_lanes()
+            self.streaming = step_lanes(self.lanes, self._pool, self.config.decode_threads)
             decoding = time.perf_counter() - started
             self._background(decoding)
             with self._wakeup:
@@ -292,82 +289,21 @@ class DecodingEngine:
         self._queue.extendleft(reversed(waiting))
         return admitted
 
-    def _step_lanes(self) -> int:
-        """One decoding step of every lane with decoding rows; → the rows stepped. One lane
-        splits its step over the decoding threads; several run side by side, each lane on
-        one thread, the threads' rows balanced, so a step costs one hand-off, not one each."""
-        lanes = [lane for lane in self.lanes if len(lane.decoder.decoding)]
-        if len(lanes) <= 1 or self._pool is None:
-            return sum(lane.step() for lane in lanes)
-        plans = [(lane, lane.plan()) for lane in lanes]
-        buckets: list[list[int]] = [[] for _ in range(self.config.decode_threads)]
-        loads = [0] * len(buckets)
-        for index in sorted(range(len(plans)), key=lambda i: -len(plans[i][1])):
-            lightest = loads.index(min(loads))
-            buckets[lightest].append(index)
-            loads[lightest] += len(plans[index][1])
-        drawn: list[np.ndarray | None] = [None] * len(plans)
-
-        def run(bucket: list[int]) -> None:
-            for index in bucket:
-                lane, rows = plans[index]
-                drawn[index] = lane.kernel(rows, split=False)
-
-        helpers = [self._pool.submit(run, bucket) for bucket in buckets[1:] if bucket]
-        run(buckets[0])
-        for helper in helpers:
-            helper.result()
-        return sum(lane.record(rows) for (lane, _), rows in zip(plans, drawn, strict=True))
-
     def _background(self, decoding_seconds: float) -> None:
         """Prefill and scoring, within the iteration's budget (shared when both wait)."""
-        share = self.config.prefill_share
-        if self.streaming:
-            budget = decoding_seconds * share / (1 - share)
-        else:
-            budget = self.config.idle_prefill_seconds
         prefilling = any(lane.decoder.prefilling for lane in self.lanes)
-        if prefilling and self._scores:
-            budget /= 2
+        config = self.config
+        budget = background_budget(
+            decoding_seconds,
+            self.streaming,
+            config.prefill_share,
+            config.idle_prefill_seconds,
+            shared=prefilling and bool(self._scores),
+        )
         if prefilling:
-            self._prefill(budget)
-        if self._scores:
-            self._score(budget)
-
-    def _score(self, budget: float) -> None:
-        """The oldest text to score reads its next slice."""
-        lane, job = self._scores[0]
-        if job.cancelled:
+            prefill(self.lanes, budget)
+        if self._scores and score_slice(*self._scores[0], budget):
             self._scores.popleft()
-            job._finish()
-            return
-        started = time.perf_counter()
-        try:
-            chars = job.scorer.advance(max(16, min(4096, int(budget / lane.score_seconds))))
-        except Exception:
-            logger.exception("scoring a text failed")
-            self._scores.popleft()
-            self._fail(job, FAILED_MESSAGE)
-            return
-        if chars:
-            seconds = (time.perf_counter() - started) / chars
-            lane.score_seconds = 0.8 * lane.score_seconds + 0.2 * seconds
-        if job.scorer.done:
-            self._scores.popleft()
-            job._finish()
-
-    def _prefill(self, budget: float) -> None:
-        """Run primes in batched slices for at most `budget` seconds."""
-        started = time.perf_counter()
-        lanes = [lane for lane in self.lanes if lane.decoder.prefilling]
-        while lanes:
-            for lane in lanes:
-                spent = time.perf_counter() - started
-                max_rows = max(1, int((budget - spent) / lane.row_seconds))
-                lane.prefill_slice(max_rows)
-            lanes = [lane for lane in lanes if lane.decoder.prefilling]
-            if time.perf_counter() - started >= budget:
-                return
 
     def _fail(self, job: EngineWork, message: str) -> None:
         self.counters.jobs_failed += 1

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.fairness import FairShare
-from app.jobs import Job
+from app.jobs import EngineWork, Job
 from model.decoding.decoder import BatchDecoder
 from model.decoding.sampler import FAILURES, RUNNING
 from model.network import CharRNN
@@ -173,7 +173,7 @@ class Lane:
         else:
             self.fail(job, error)
 
-    def fail(self, job: Job, message: str) -> None:
+    def fail(self, job: EngineWork, message: str) -> None:
         self.counters.jobs_failed += 1
         job._finish(message)
 
