@@ -2,6 +2,7 @@
 (the CLI in subprocesses, placed by WORLD_SIZE/RANK/LOCAL_RANK/MASTER_ADDR/MASTER_PORT)."""
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -37,9 +38,20 @@ OPTIONS = {
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port below the kernel's ephemeral range. Rank 1 keeps connecting to the store
+    until rank 0 listens, and a connection to an unused port inside that range can get that
+    very port as its own source and connect to itself (TCP self-connect), after which rank 0
+    cannot listen there (EADDRINUSE)."""
+    ranges = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    low = int(ranges.read_text().split()[0]) if ranges.exists() else 32768
+    for port in random.Random().sample(range(10000, low), 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def _rank_env(rank: int, world_size: int, port: int) -> dict[str, str]:
