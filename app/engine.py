@@ -34,8 +34,9 @@ from dataclasses import dataclass
 from app.engine_steps import background_budget, prefill, score_slice, step_lanes
 from app.jobs import EngineWork, Job, ScoreJob
 from app.lane import EngineCounters, Lane
-from model.decoding.decoder import BatchDecoder
+from model.decoding.decoder import BLOCK_STEPS, BatchDecoder
 from model.decoding.params import GenerationParams
+from model.decoding.sampler_rows import UNIFORM_BLOCK
 from model.network import CharRNN
 from model.scoring import Scorer
 
@@ -61,6 +62,9 @@ class EngineConfig:
     # Threads that share a step's rows (the CPU kernel releases the GIL). Two on a 2-core
     # machine: the event loop needs little CPU next to the kernel.
     decode_threads: int = 2
+    # Characters each row draws per decoding step (one compiled call; fewer when it ends):
+    # the engine's Python between calls, and its waits for the GIL, are paid once for all.
+    block_steps: int = BLOCK_STEPS
     # The most of the engine's time primes may take while other streams decode.
     prefill_share: float = 0.25
     # Prefill time per iteration when no stream decodes (new work is checked after it).
@@ -76,7 +80,7 @@ class EngineConfig:
     max_chunks_per_second: float = 1000.0
 
     def __post_init__(self) -> None:
-        for name in ("max_active", "max_admit_per_step", "decode_threads"):
+        for name in ("max_active", "max_admit_per_step", "decode_threads", "block_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("max_queue", "prime_cache_bytes", "max_requests_per_client"):
@@ -85,6 +89,8 @@ class EngineConfig:
         for name in ("min_chunk_interval", "max_chunks_per_second", "idle_prefill_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        if self.block_steps > UNIFORM_BLOCK:
+            raise ValueError(f"block_steps must be at most {UNIFORM_BLOCK}, got {self.block_steps}")
         if not 0 < self.prefill_share < 1:
             raise ValueError(f"prefill_share must be in (0, 1), got {self.prefill_share}")
 
@@ -131,6 +137,7 @@ class DecodingEngine:
             config.max_active,
             threads=config.decode_threads,
             prime_cache_bytes=config.prime_cache_bytes,
+            block_steps=config.block_steps,
         )
         lane = Lane(name, model, chars, decoder, self.counters)
         with self._wakeup:

@@ -94,15 +94,13 @@ class Lane:
             return None
 
     def record(self, rows: np.ndarray | None) -> int:
-        """Move each drawn row's character into its job; end the jobs that are done.
+        """Move each drawn row's characters into its job; end the jobs that are done.
         → the rows stepped."""
         decoder = self.decoder
         if rows is None:
             for row in decoder.decoding.tolist():
                 self.remove(row, FAILED_MESSAGE)
             return 0
-        self.counters.steps += 1
-        self.counters.chars_generated += len(rows)
         now = time.perf_counter()
         try:
             draws = decoder.draws(rows)
@@ -111,6 +109,8 @@ class Lane:
             for row in rows.tolist():
                 self.remove(row, FAILED_MESSAGE)
             return 0
+        self.counters.steps += max(draws.counts, default=0)
+        self.counters.chars_generated += sum(draws.counts)
         for index, row in enumerate(draws.rows):
             job: Job = decoder.owners[row]
             try:

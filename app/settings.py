@@ -15,6 +15,7 @@ from app.engine import EngineConfig
 from app.schemas import Limits
 from model.decoding.params import DEFAULT_LENGTH
 from model.decoding.regex import RegexLimits
+from model.decoding.sampler_rows import UNIFORM_BLOCK
 from model.device import DEVICE_CHOICES
 
 # The model the repository ships, wherever the service is started from.
@@ -80,6 +81,12 @@ class Settings(BaseSettings):
         EngineConfig.decode_threads,
         ge=1,
         description="threads that share a decoding step's rows (CPU kernel)",
+    )
+    decode_block_steps: int = Field(
+        EngineConfig.block_steps,
+        ge=1,
+        le=UNIFORM_BLOCK,
+        description="characters each stream draws per decoding step (one compiled call)",
     )
     prefill_share: float = Field(
         EngineConfig.prefill_share,
@@ -223,6 +230,7 @@ class Settings(BaseSettings):
             max_queue=self.max_queue,
             max_requests_per_client=self.max_requests_per_client,
             decode_threads=self.decode_threads,
+            block_steps=self.decode_block_steps,
             prefill_share=self.prefill_share,
             prime_cache_bytes=int(self.prime_cache_mb * 2**20),
         )

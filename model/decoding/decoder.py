@@ -4,8 +4,9 @@ Each request takes a row (a slot) and goes through two phases:
 
     add ──▶ prefill: its prime runs through the network, a slice at a time, batched with
             other rows' primes (or its state comes from the prime cache at once)
-        ──▶ decode: each `step` draws one character per row with its own sampler chain and
-            feeds it back, until its length, a stop string or its regex ends it
+        ──▶ decode: each `step` draws up to `block_steps` characters per row, one at a time
+            with its own sampler chain, each fed back, until its length, a stop string or
+            its regex ends it
         ──▶ remove
 
 A seeded request produces the same text whether it is decoded alone or beside any number
@@ -36,10 +37,15 @@ from model.decoding.sampler import (
     RUNNING,
     prompt_logprob,
 )
-from model.decoding.sampler_rows import SamplerRows
+from model.decoding.sampler_rows import UNIFORM_BLOCK, SamplerRows, StepBlock
 from model.network import CharRNN
 
 BACKENDS = ("auto", "kernel", "torch")
+# Characters a row draws per `step` call. Between calls the engine's Python runs (recording
+# the characters, admitting requests) and takes the GIL back from the HTTP event loop each
+# time; 8 draws per call served 1.11× the chars/s of 1 at 64 streams, and 1.5× under the
+# hostile-load benchmark (docs/benchmarks.md), for a few ms more before a row is reused.
+BLOCK_STEPS = 8
 
 
 class BatchDecoder:
@@ -49,6 +55,8 @@ class BatchDecoder:
     "auto": the kernel where it applies (a float32 LSTM on the CPU), torch elsewhere.
     threads: how many threads the kernel may split a step's rows over.
     prime_cache_bytes: memory for the states after recent primes (0: no cache).
+    block_steps: characters each row draws per `step` call (fewer if it ends first), in
+    one compiled call: the Python around a call is paid once for all of them.
     """
 
     def __init__(
@@ -59,9 +67,12 @@ class BatchDecoder:
         threads: int = 1,
         backend: str = "auto",
         prime_cache_bytes: int = 0,
+        block_steps: int = BLOCK_STEPS,
     ):
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
+        if not 1 <= block_steps <= UNIFORM_BLOCK:
+            raise ValueError(f"block_steps must be in [1, {UNIFORM_BLOCK}], got {block_steps}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         model = model.eval()
@@ -73,6 +84,7 @@ class BatchDecoder:
         self.vocab_size = model.config.vocab_size
         self.capacity = capacity
         self.sampler = SamplerRows(capacity, self.vocab_size)
+        self.block = StepBlock.empty(block_steps, capacity)
         self.automata = AutomatonPool(self.vocab_size)
         self.cache = PrimeCache(prime_cache_bytes) if prime_cache_bytes else None
         self.owners: list[Any] = [None] * capacity
@@ -86,7 +98,7 @@ class BatchDecoder:
     def _compile(self) -> None:
         """Compile the sampler (or load it from numba's cache) now, not on a first request."""
         none = np.zeros(0, np.int64)
-        self.network.sample_and_advance(none, self.sampler, self.automata.tables)
+        self.network.sample_and_advance(none, self.sampler, self.automata.tables, self.block)
         prompt_logprob(0, self.network.logits, 0, 0, self.sampler.out)
 
     # --- rows ---------------------------------------------------------------------------
@@ -207,32 +219,38 @@ class BatchDecoder:
 
     # --- decode -------------------------------------------------------------------------
     def step(self, rows: np.ndarray | None = None, split: bool = True) -> np.ndarray:
-        """Draw one character for every decoding row (or those of `rows`) and feed it back
-        (rows that finish with it are not advanced). → the rows drawn; their results are in
-        the sampler's outputs: ids, status (model/decoding/sampler.py), held, logprobs.
-        split False keeps the step on the calling thread (the caller runs several decoders'
-        steps side by side)."""
+        """Draw up to block_steps characters for every decoding row (or those of `rows`),
+        each fed back; a row stops at the character that ends it. → the rows drawn; their
+        results are in `self.block` (read them with `draws`). split False keeps the call on
+        the calling thread (the caller runs several decoders' steps side by side)."""
         rows = self._decoding if rows is None else rows
         if len(rows) == 0:
             return rows
-        running = self.network.sample_and_advance(rows, self.sampler, self.automata.tables, split)
-        self.sampler.refill(running)
+        block = self.block
+        self.sampler.refill(rows, block.steps)  # enough random numbers for every step
+        self.network.sample_and_advance(rows, self.sampler, self.automata.tables, block, split)
         return rows
 
     def draws(self, rows: np.ndarray) -> Draws:
-        """The last step's results for `rows`, read out in bulk (a few array-to-list
-        conversions, not a numpy access per row and field)."""
-        sampler = self.sampler
-        counts = sampler.logprobs[rows].tolist()
-        asked = bool(counts) and max(counts) >= 0  # a list's max: no numpy call per step
+        """The last `step`'s results for `rows`, read out in bulk (a few array-to-list
+        conversions, not a numpy access per row, step and field)."""
+        block = self.block
+        counts = block.counts[rows]  # (m,): steps each row took, ≥ 1
+        last = counts - 1
+        asked = self.sampler.logprobs[rows].tolist()
+        records = b""
+        if asked and max(asked) >= 0:  # (m, steps, ROW_WIDTH): each row's records in a run
+            records = block.records[:, rows].transpose(1, 0, 2).tobytes()
         return Draws(
             self,
             rows.tolist(),
-            sampler.ids[rows].tolist(),
-            sampler.held[rows].tolist(),
-            sampler.status[rows].tolist(),
-            counts,
-            self.sampler.logprob_records[rows].tobytes() if asked else b"",
+            counts.tolist(),
+            block.ids[:, rows].T.tolist(),
+            block.held[last, rows].tolist(),
+            block.status[last, rows].tolist(),
+            asked,
+            records,
+            block.steps * RECORD_BYTES,
         )
 
     def record(self, row: int, output: RowOutput) -> int:
@@ -244,7 +262,7 @@ class BatchDecoder:
         """After `prefill` read prime[position]: the next prime char's logprob, if asked."""
         params = self.params[row]
         if params is not None and params.prompt_logprobs and position + 1 < len(params.prime):
-            output.prompt_logprobs.append_row(self.sampler.logprob_records[row].tobytes())
+            output.prompt_logprobs.append(self.sampler.logprob_records[row].tobytes())
 
     def finish_unsampled(self, row: int, output: RowOutput) -> None:
         """A request with length 0 ends once its prime has run."""
@@ -264,30 +282,33 @@ class BatchDecoder:
 
 @dataclass
 class Draws:
-    """One step's results for some rows, as lists (BatchDecoder.draws)."""
+    """One `step`'s results for some rows, as lists (BatchDecoder.draws)."""
 
     decoder: BatchDecoder
     rows: list[int]
-    ids: list[int]
-    held: list[int]
-    status: list[int]
-    counts: list[int]  # logprobs asked for (-1: none)
-    logprobs: bytes  # the rows' logprob records, when any row asked (else empty)
+    counts: list[int]  # characters each row drew (its last may be a failure)
+    ids: list[list[int]]  # each row's draws, block_steps long (the first `count` are its)
+    held: list[int]  # after each row's last draw
+    status: list[int]  # of each row's last draw
+    asked: list[int]  # logprobs asked for (-1: none)
+    records: bytes  # each row's block of logprob records, when any row asked (else empty)
+    row_bytes: int  # one row's block of records
 
     def record(self, index: int, output: RowOutput) -> int:
-        """Move the index-th row's draw into `output`. → its status (FAILURES: why not)."""
-        status = self.status[index]
-        if status in FAILURES:
+        """Move the index-th row's characters into `output`. → the status of its last draw
+        (FAILURES: why it failed; the characters before that one are kept)."""
+        status, count = self.status[index], self.counts[index]
+        drawn = count - 1 if status in FAILURES else count  # a failed draw has no character
+        if drawn:
+            if self.asked[index] >= 0:
+                start = index * self.row_bytes
+                output.logprobs.append(self.records[start : start + drawn * RECORD_BYTES], drawn)
+            output.extend(self.ids[index][:drawn], self.held[index])
+        if status in FAILURES or status == RUNNING:
             return status
-        char = self.ids[index]
-        if self.counts[index] >= 0:
-            start = index * RECORD_BYTES
-            output.logprobs.append_row(self.logprobs[start : start + RECORD_BYTES])
-        output.append(char, self.held[index])
-        if status != RUNNING:
-            stop_length = self.held[index] if status == FINISHED_STOP else 0
-            output.finish(FINISH_REASONS[status], stop_length)
-            row = self.rows[index]
-            if self.decoder.params[row].regex is not None:  # type: ignore[union-attr]
-                output.regex_complete = self.decoder.regex_complete(row)
+        stop_length = self.held[index] if status == FINISHED_STOP else 0
+        output.finish(FINISH_REASONS[status], stop_length)
+        row = self.rows[index]
+        if self.decoder.params[row].regex is not None:  # type: ignore[union-attr]
+            output.regex_complete = self.decoder.regex_complete(row)
         return status

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from model.decoding.decoder import BatchDecoder
+from model.decoding.decoder import BLOCK_STEPS, BatchDecoder
 from model.decoding.output import RowOutput
 from model.decoding.params import GenerationParams
 from model.decoding.sampler import FAILURES, RUNNING
@@ -23,8 +23,15 @@ class DecodingFailed(RuntimeError):
 
 
 class SingleStream:
-    def __init__(self, model: CharRNN, params: GenerationParams, backend: str = "auto"):
-        self.decoder = BatchDecoder(model, capacity=1, backend=backend)
+    def __init__(
+        self,
+        model: CharRNN,
+        params: GenerationParams,
+        backend: str = "auto",
+        block_steps: int = BLOCK_STEPS,
+    ):
+        # block_steps: characters per step call, each step's released text one piece
+        self.decoder = BatchDecoder(model, capacity=1, backend=backend, block_steps=block_steps)
         self.output = RowOutput()
         self.row = self.decoder.add(params)
         self._length = params.length

@@ -24,7 +24,7 @@ import torch
 from numba import njit
 
 from model.decoding.sampler import sample_rows
-from model.decoding.sampler_rows import SamplerRows
+from model.decoding.sampler_rows import SamplerRows, StepBlock
 from model.decoding.step import ROWS, lstm_rows_step, step_weights
 from model.fast_math import JIT
 from model.network import CharRNN
@@ -57,10 +57,29 @@ def kernel_supported(model: CharRNN) -> bool:
 
 
 @njit(**JIT)
-def _sample_and_step(rows, settings, state, automata, out, weights, h, c, gates, logits):
-    running = sample_rows(rows, logits, settings, state, automata, out)
-    lstm_rows_step(running, out[0][running], weights, h, c, gates, logits)
-    return running
+def keep_step(k, rows, out, block):
+    """Copy step k's sampler outputs (out) for `rows` into the block; they took k + 1 steps."""
+    ids, status, held, records, counts = block
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        ids[k, r] = out[0][r]
+        status[k, r] = out[1][r]
+        held[k, r] = out[2][r]
+        for j in range(records.shape[2]):
+            records[k, r, j] = out[3][r, j]
+        counts[r] = k + 1
+
+
+@njit(**JIT)
+def _sample_and_step(rows, settings, state, automata, out, block, weights, h, c, gates, logits):
+    """Up to block-steps draws for each row, each fed back, until the row ends."""
+    for k in range(block[0].shape[0]):
+        if rows.shape[0] == 0:
+            break
+        running = sample_rows(rows, logits, settings, state, automata, out)
+        keep_step(k, rows, out, block)
+        lstm_rows_step(running, out[0][running], weights, h, c, gates, logits)
+        rows = running
 
 
 class KernelRows:
@@ -118,22 +137,28 @@ class KernelRows:
         self._in_parts(np.arange(len(rows)), work)
 
     def sample_and_advance(
-        self, rows: np.ndarray, sampler: SamplerRows, automata: Automata, split: bool = True
-    ) -> np.ndarray:
-        """Draw each row's next character (sampler.out), then advance the rows still
-        running with it, in one compiled call per thread (one call on the calling thread
-        with split False: the caller runs several decoders side by side instead);
-        → the rows still running."""
+        self,
+        rows: np.ndarray,
+        sampler: SamplerRows,
+        automata: Automata,
+        block: StepBlock,
+        split: bool = True,
+    ) -> None:
+        """Up to block.steps times: draw each row's next character, then advance the rows
+        still running with it; the outputs of each step go to `block`. One compiled call
+        per thread (one call on the calling thread with split False: the caller runs
+        several decoders side by side instead): a row's steps never wait for another's."""
 
-        def work(part: np.ndarray) -> np.ndarray:
-            return _sample_and_step(
-                part, sampler.settings, sampler.state, automata, sampler.out,
+        def work(part: np.ndarray) -> None:
+            _sample_and_step(
+                part, sampler.settings, sampler.state, automata, sampler.out, block.arrays,
                 self._weights, self.h, self.c, self.gates, self.logits,
             )  # fmt: skip
 
         if not split:
-            return work(rows)
-        return np.concatenate(self._in_parts(rows, work))
+            work(rows)
+        else:
+            self._in_parts(rows, work)
 
     def snapshot(self, row: int) -> RowSnapshot:
         return RowSnapshot((self.h[:, row].copy(), self.c[:, row].copy()), self.logits[row].copy())
@@ -173,13 +198,22 @@ class TorchRows:
         self.logits[rows] = logits[: len(rows), 0].float().cpu().numpy()
 
     def sample_and_advance(
-        self, rows: np.ndarray, sampler: SamplerRows, automata: Automata, split: bool = True
-    ) -> np.ndarray:
-        running = sample_rows(
-            rows, self.logits, sampler.settings, sampler.state, automata, sampler.out
-        )
-        self.advance(running, sampler.ids[running])
-        return running
+        self,
+        rows: np.ndarray,
+        sampler: SamplerRows,
+        automata: Automata,
+        block: StepBlock,
+        split: bool = True,
+    ) -> None:
+        for k in range(block.steps):
+            if len(rows) == 0:
+                break
+            running = sample_rows(
+                rows, self.logits, sampler.settings, sampler.state, automata, sampler.out
+            )
+            keep_step(k, rows, sampler.out, block.arrays)
+            self.advance(running, sampler.ids[running])
+            rows = running
 
     def snapshot(self, row: int) -> RowSnapshot:
         state = tuple(buffer[:, row].clone() for buffer in self.hidden)

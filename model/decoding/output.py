@@ -10,7 +10,7 @@ stop string, once complete, is never released: a stream never shows text that la
 out to belong to a stop string.
 
 Log-probabilities are kept as records of numbers (ROW_WIDTH float64 per character, appended
-by the engine as one slice of the step's bytes), and read out as arrays: a stream of
+by the engine as slices of the step's bytes), and read out as arrays: a stream of
 logprobs then costs no Python object per value on either thread, and orjson writes the
 arrays directly.
 """
@@ -106,10 +106,11 @@ class LogprobBuffer:
     def __len__(self) -> int:
         return self._length
 
-    def append_row(self, row: bytes) -> None:
-        """One character's record: RECORD_BYTES of float64, laid out as ROW_WIDTH says."""
-        self._bytes += row
-        self._length += 1
+    def append(self, records: bytes, count: int = 1) -> None:
+        """`count` characters' records: RECORD_BYTES of float64 each, laid out as ROW_WIDTH
+        says."""
+        self._bytes += records
+        self._length += count
 
     def slice(self, start: int, end: int, count: int) -> Logprobs:
         """Characters start..end (clipped to what is written), with `count` alternatives."""
@@ -137,10 +138,11 @@ class RowOutput:
         self.finish_reason: str | None = None  # "length", "stop" or "regex" once ended
         self.regex_complete: bool | None = None  # with a regex: is the output a whole match
 
-    def append(self, char_id: int, held: int) -> None:
-        """One more character (its logprobs, if any, already in `logprobs`); the last
-        `held` characters may begin a stop string."""
-        self.ids.append(char_id)
+    def extend(self, char_ids: list[int], held: int) -> None:
+        """More characters (their logprobs, if any, already in `logprobs`); the last `held`
+        of them may begin a stop string. (Characters drawn one at a time never hold back
+        fewer than they did before, so the last draw's `held` covers those before it.)"""
+        self.ids.extend(char_ids)
         self.released = max(self.released, len(self.ids) - held)
 
     def finish(self, reason: str, stop_length: int = 0) -> None:

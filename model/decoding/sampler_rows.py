@@ -3,10 +3,13 @@ settings, history, random numbers and outputs, as numpy arrays the compiled chai
 
 A row's slice of every array is written once when a request takes the row (`assign`),
 and from then on only by the compiled chain, except the random numbers, refilled here in
-blocks from the request's own PCG64 generator (`refill`).
+blocks from the request's own PCG64 generator (`refill`). `StepBlock` keeps the outputs of
+several steps made in one compiled call.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -129,13 +132,50 @@ class SamplerRows:
         self.generators[row] = None
         self.regex_state[row] = -1
 
-    def refill(self, rows: np.ndarray) -> None:
-        """New random numbers for the rows that have used up their block."""
-        for row in rows[self.positions[rows] == UNIFORM_BLOCK].tolist():
+    def refill(self, rows: np.ndarray, needed: int = 1) -> None:
+        """Rows with fewer than `needed` random numbers left: what is left moves to the
+        front and the rest of the block comes from the row's generator. The row reads the
+        same stream in the same order however often it is topped up (PCG64 draws one
+        output per number)."""
+        for row in rows[self.positions[rows] > UNIFORM_BLOCK - needed].tolist():
             generator = self.generators[row]
             assert generator is not None
-            self.uniforms[row] = generator.random(UNIFORM_BLOCK)
+            used = int(self.positions[row])
+            self.uniforms[row, : UNIFORM_BLOCK - used] = self.uniforms[row, used:].copy()
+            self.uniforms[row, UNIFORM_BLOCK - used :] = generator.random(used)
             self.positions[row] = 0
+
+
+@dataclass
+class StepBlock:
+    """What one compiled call of up to `steps` decoding steps wrote for each row: the
+    sampler's outputs after each step (its `out`), and how many steps the row took (it
+    stops at the step that ends it). Rows: the decoder's slots."""
+
+    ids: np.ndarray  # (steps, rows) int64
+    status: np.ndarray  # (steps, rows) int64
+    held: np.ndarray  # (steps, rows) int64
+    records: np.ndarray  # (steps, rows, ROW_WIDTH): logprob records (rows that ask)
+    counts: np.ndarray  # (rows,) int64: steps taken in the last call
+
+    @classmethod
+    def empty(cls, steps: int, rows: int) -> StepBlock:
+        return cls(
+            np.zeros((steps, rows), np.int64),
+            np.zeros((steps, rows), np.int64),
+            np.zeros((steps, rows), np.int64),
+            np.zeros((steps, rows, ROW_WIDTH)),
+            np.zeros(rows, np.int64),
+        )
+
+    @property
+    def steps(self) -> int:
+        return self.ids.shape[0]
+
+    @property
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """What the compiled call takes (model/decoding/network_rows.py)."""
+        return (self.ids, self.status, self.held, self.records, self.counts)
 
 
 def failure_table(pattern: tuple[int, ...]) -> list[int]:

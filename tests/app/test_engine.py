@@ -259,7 +259,7 @@ def test_a_row_whose_output_cannot_be_recorded_fails_alone(running, monkeypatch)
     real_record = Draws.record
 
     def record(draws, index, output):
-        if decoder.params[draws.rows[index]].seed == 666 and len(output.ids) == 5:
+        if decoder.params[draws.rows[index]].seed == 666 and len(output.ids) >= 5:
             raise ValueError("broken output")
         return real_record(draws, index, output)
 

@@ -9,6 +9,7 @@ from model.decoding.regex import RegexLimits, compile_regex
 from model.decoding.sampler import FAILED_NON_FINITE, RUNNING
 
 BACKENDS = ["kernel", "torch"]
+LATE = 250  # steps after which every crowd prime has been prefilled (and cached)
 
 
 def same_output(ours: RowOutput, expected: RowOutput, count: int | None) -> None:
@@ -65,7 +66,7 @@ def crowd(vocab):
         settings = {"length": int(rng.integers(20, 80)), **options[n % len(options)]}
         params = GenerationParams(prime=prime, seed=1000 + n, **settings)
         # Most join early; the last requests of the shared prime join once it is cached.
-        join = int(rng.integers(0, 25)) if n < 27 else 250 + n
+        join = int(rng.integers(0, 25)) if n < 27 else LATE + n
         cancel = join + 15 if n % 10 == 4 else None
         requests.append((f"r{n}", params, join, cancel))
     return requests
@@ -86,30 +87,67 @@ def alone_outputs(model, vocab, alone):
     return outputs
 
 
+def test_rows_split_over_two_threads_draw_several_characters_a_step_as_alone(model, alone):
+    """Each thread's part takes all of a step's characters without waiting for the other's:
+    every row's text is still its text alone."""
+    requests = [GenerationParams(prime=(1, 2, 3), length=61, seed=n) for n in range(24)]
+    decoder = BatchDecoder(model, 24, threads=2, block_steps=8)
+    outputs = [RowOutput() for _ in requests]
+    rows = [decoder.add(params) for params in requests]
+    while decoder.prefilling:
+        decoder.prefill(64)
+    assert len(decoder.decoding) == 24 >= 2 * ROWS_PER_THREAD  # two parts a step
+    steps = 0
+    while len(decoder.decoding):
+        steps += 1
+        for row in decoder.step().tolist():
+            if decoder.record(row, outputs[rows.index(row)]) != RUNNING:
+                decoder.remove(row)
+    assert steps == 8  # 61 characters, 8 a step
+    for params, output in zip(requests, outputs, strict=True):
+        assert output.ids == alone(model, params, "kernel").ids
+
+
 @pytest.mark.parametrize(
-    ("backend", "threads", "prefill_rows", "cache_bytes"),
+    ("backend", "threads", "prefill_rows", "cache_bytes", "block_steps"),
     [
-        ("kernel", 1, 64, 0),
-        ("kernel", 2, 64, 0),
-        ("kernel", 1, 1, 0),
-        ("kernel", 2, 1, 1 << 20),
-        ("kernel", 1, 5, 1 << 20),
-        ("kernel", 2, 64, 1 << 20),
-        ("torch", 1, 64, 0),
-        ("torch", 1, 1, 1 << 20),
-        ("torch", 1, 64, 1 << 20),
+        ("kernel", 1, 64, 0, 8),
+        ("kernel", 2, 64, 0, 8),
+        ("kernel", 2, 64, 0, 1),
+        ("kernel", 1, 1, 0, 3),
+        ("kernel", 2, 1, 1 << 20, 8),
+        ("kernel", 1, 5, 1 << 20, 1),
+        ("kernel", 2, 64, 1 << 20, 3),
+        ("torch", 1, 64, 0, 8),
+        ("torch", 1, 1, 1 << 20, 1),
+        ("torch", 1, 64, 1 << 20, 3),
     ],
 )
 def test_a_seeded_request_gives_the_same_output_alone_and_in_a_crowd(
-    model, vocab, serve, alone_outputs, backend, threads, prefill_rows, cache_bytes
+    model, vocab, serve, alone_outputs, backend, threads, prefill_rows, cache_bytes, block_steps
 ):
     """34 requests with every option, joining and leaving at different times in different
-    slots, prefilled in slices of 1 or many, through the prime cache or not: each one's
-    output (chars, released, logprobs, finish) is bit-identical to its output alone."""
+    slots, prefilled in slices of 1 or many, through the prime cache or not, drawing 1, 3
+    or 8 characters a step (3: steps that do not divide a row's block of random numbers):
+    each one's output (chars, released, logprobs, finish) is bit-identical to its output
+    alone (8 a step)."""
     decoder = BatchDecoder(
-        model, 40, threads=threads, backend=backend, prime_cache_bytes=cache_bytes
+        model,
+        40,
+        threads=threads,
+        backend=backend,
+        prime_cache_bytes=cache_bytes,
+        block_steps=block_steps,
     )
-    requests = crowd(vocab)
+
+    # Early joins and cancels in characters' time (with more characters a step, fewer
+    # steps); the late joins stay late, after every prime is cached.
+    def steps(time: int | None) -> int | None:
+        return time if time is None or time >= LATE else time // block_steps
+
+    requests = [
+        (name, params, steps(join), steps(cancel)) for name, params, join, cancel in crowd(vocab)
+    ]
     served = serve(decoder, requests, prefill_rows=prefill_rows)
     expected = alone_outputs(backend)
     assert not served.failures
@@ -120,7 +158,7 @@ def test_a_seeded_request_gives_the_same_output_alone_and_in_a_crowd(
         else:
             assert ours.ids == expected[name].ids[: len(ours.ids)]
     assert len(set(served.slots.values())) > 10  # slots were reused and moved around
-    if prefill_rows > 1:  # slices of 1 let only a few rows decode at once
+    if prefill_rows > 1 and block_steps == 1:  # slices of 1 let only a few rows decode at once
         assert served.peak >= 2 * ROWS_PER_THREAD  # two threads split the step
     finishes = {output.finish_reason for output in served.outputs.values()}
     assert {"length", "stop", "regex"} <= finishes

@@ -20,8 +20,10 @@ def forced(vocab, prime, text, stops, length=50):
     )
 
 
-def chunks(model, params, backend="auto"):
-    stream = SingleStream(model, params, backend=backend)
+def chunks(model, params, backend="auto", block_steps=1):
+    """What a stream yields, drawing `block_steps` characters a step (1: each character's
+    effect on what is released shows), and its output."""
+    stream = SingleStream(model, params, backend=backend, block_steps=block_steps)
     return [list(chunk) for chunk in stream], stream.output
 
 
@@ -52,6 +54,18 @@ def test_stop_strings(model, vocab, prime, text, stops, parts, released, reason)
     assert [vocab.decode(part) for part in got] == parts
     assert vocab.decode(output.ids) == text
     assert output.released == released and output.finish_reason == reason
+
+
+@pytest.mark.parametrize("block_steps", [2, 3, 8])
+def test_several_characters_a_step_release_the_same_text(model, vocab, block_steps):
+    """Held characters are released (or cut as a stop) the same way whatever the step."""
+    for prime, text, stops in (("q", "abac", ["abd"]), ("q", "abcabd", ["abce", "abd"])):
+        one, by_one = chunks(model, forced(vocab, prime, text, stops))
+        many, by_many = chunks(model, forced(vocab, prime, text, stops), block_steps=block_steps)
+        assert [c for part in many for c in part] == [c for part in one for c in part]
+        assert len(many) <= len(one)
+        assert by_many.ids == by_one.ids and by_many.released == by_one.released
+        assert by_many.finish_reason == by_one.finish_reason
 
 
 def test_the_length_releases_held_characters(model, vocab):

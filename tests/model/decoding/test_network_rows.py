@@ -11,8 +11,8 @@ from model.decoding.network_rows import (
     kernel_supported,
 )
 from model.decoding.params import GenerationParams
-from model.decoding.sampler import sample_rows
-from model.decoding.sampler_rows import SamplerRows
+from model.decoding.sampler import RUNNING, sample_rows
+from model.decoding.sampler_rows import SamplerRows, StepBlock
 
 BACKENDS = {"kernel": KernelRows, "torch": TorchRows}
 
@@ -106,8 +106,9 @@ def test_rows_split_over_threads_match_one_thread(model, count):
 
 @pytest.mark.parametrize(("kind", "threads"), [("kernel", 1), ("kernel", 2), ("torch", 1)])
 def test_sample_and_advance_is_sample_then_advance(model, kind, threads):
-    """The fused call (the kernel samples and steps in one compiled call per thread) draws
-    the same characters and reaches the same states as drawing, then advancing."""
+    """The fused call (the kernel draws and steps 5 times in one compiled call per thread,
+    keeping each draw in a StepBlock) draws the same characters, ends the same rows at the
+    same characters and reaches the same states as drawing, then advancing, one at a time."""
     count = 20
     results = []
     for fused in (True, False):
@@ -119,20 +120,28 @@ def test_sample_and_advance_is_sample_then_advance(model, kind, threads):
             sampler.assign(row, params, np.array([row % 23]))
         live = np.arange(count)
         rows.advance(live, live % 23)
-        drawn = []
-        for _ in range(70):  # past a block of uniform numbers (64)
+        drawn: list[list[int]] = [[] for _ in range(count)]
+        block = StepBlock.empty(5, count)
+        while len(live):  # past a block of uniform numbers (64), to each row's length
             if fused:
-                running = rows.sample_and_advance(live, sampler, tables)
+                sampler.refill(live, block.steps)
+                rows.sample_and_advance(live, sampler, tables, block)
+                for row in live.tolist():
+                    drawn[row] += block.ids[: block.counts[row], row].tolist()
+                ended = block.status[block.counts[live] - 1, live] != RUNNING
+                live = live[~ended]
             else:
                 running = sample_rows(
                     live, rows.logits, sampler.settings, sampler.state, tables, sampler.out
                 )
                 rows.advance(running, sampler.ids[running])
-            drawn.append(sampler.ids.copy())
-            sampler.refill(running)
-            live = running
-        results.append((np.array(drawn), rows.logits.copy()))
-    assert np.array_equal(results[0][0], results[1][0])
+                for row in live.tolist():
+                    drawn[row].append(int(sampler.ids[row]))
+                sampler.refill(running)
+                live = running
+        results.append((drawn, rows.logits.copy()))
+    assert results[0][0] == results[1][0]
+    assert [len(chars) for chars in results[0][0]] == [50 + row for row in range(count)]
     assert np.array_equal(results[0][1], results[1][1])
 
 

@@ -133,3 +133,22 @@ def test_arrays_the_chain_takes_are_in_its_order():
     assert sampler.state[0] is sampler.uniforms and sampler.state[8] is sampler.regex_state
     assert sampler.out[0] is sampler.ids and sampler.out[3] is sampler.logprob_records
     assert sampler.bias.shape == (2, V) and sampler.ring.shape == (2, MAX_REPEAT_LAST_N)
+
+
+def test_topping_up_keeps_a_rows_stream_of_random_numbers():
+    """Rows with fewer than `needed` numbers left keep them, moved to the front, and the
+    block fills from the same generator: the row reads one stream, however it is cut."""
+    sampler = SamplerRows(2, V)
+    for row, seed in enumerate((7, 8)):
+        sampler.assign(row, request(seed=seed), np.array([1]))
+    stream = np.random.Generator(np.random.PCG64(7)).random(3 * UNIFORM_BLOCK)
+    sampler.positions[:] = [UNIFORM_BLOCK - 3, UNIFORM_BLOCK - 8]
+    untouched = sampler.uniforms[1].copy()
+    sampler.refill(np.array([0, 1]), needed=5)  # row 1 still has 8
+    assert sampler.positions.tolist() == [0, UNIFORM_BLOCK - 8]
+    assert np.array_equal(sampler.uniforms[0], stream[UNIFORM_BLOCK - 3 : 2 * UNIFORM_BLOCK - 3])
+    assert np.array_equal(sampler.uniforms[1], untouched)
+    sampler.positions[0] = 10
+    sampler.refill(np.array([0]), needed=UNIFORM_BLOCK)  # every number wanted: top up now
+    start = UNIFORM_BLOCK - 3 + 10
+    assert np.array_equal(sampler.uniforms[0], stream[start : start + UNIFORM_BLOCK])
