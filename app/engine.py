@@ -1,5 +1,6 @@
 """The continuous-batching decoding engine: one thread owns the models and advances every
-active request by one character per step, in one batched step per model.
+active request by up to `block_steps` characters per iteration, in one batched call per
+model (a character per step, `block_steps` steps per call).
 
     submit() ──▶ waiting queue (bounded) ──admit──▶ a decoder row ──prefill──▶ decoding
         ▲                                                                       │
@@ -7,7 +8,7 @@ active request by one character per step, in one batched step per model.
 
 One iteration of the thread:
   1. admit waiting requests into free rows (cheap: the prime runs later);
-  2. one decoding step per model with decoding rows (each model a Lane: app/lane.py;
+  2. one decoding call per model with decoding rows (each model a Lane: app/lane.py;
      steps and background work: app/engine_steps.py);
   3. background work under a time budget (prefill_share of the engine's time while
      streams decode, at least one character per iteration), so a burst of long primes or
@@ -55,7 +56,9 @@ class EngineConfig:
 
     max_active: int = 256  # rows decoded together (per model)
     max_queue: int = 1024  # requests waiting for a row
-    max_admit_per_step: int = 64  # requests given a row between two steps
+    # Requests given a row per decoding step: an iteration of block_steps steps admits up
+    # to block_steps times as many, so admitting takes the same share of the time.
+    max_admit_per_step: int = 64
     # Requests one client (an address) may have running or waiting at once; 0: no limit.
     # One client then cannot take every row from the others.
     max_requests_per_client: int = 128
@@ -283,7 +286,8 @@ class DecodingEngine:
         admitted: list[tuple[Lane, Job]] = []
         free = {id(lane): lane.decoder.free for lane in self.lanes}
         waiting: collections.deque[tuple[Lane, Job]] = collections.deque()
-        while self._queue and len(admitted) < self.config.max_admit_per_step:
+        most = self.config.max_admit_per_step * self.config.block_steps
+        while self._queue and len(admitted) < most:
             lane, job = self._queue.popleft()
             if id(lane) not in free:  # retired and dropped while this job was on its way
                 self.lanes = [*self.lanes, lane]

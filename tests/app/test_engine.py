@@ -402,3 +402,18 @@ def test_lanes_step_side_by_side_and_a_failing_one_fails_alone(model, monkeypatc
         assert text_of(survivor) == expected[1]
     finally:
         engine.stop()
+
+
+def test_an_iteration_admits_a_steps_worth_for_each_of_its_steps(model):
+    """max_admit_per_step requests per decoding step: an iteration of 3 steps admits 6."""
+    engine, lane = make_engine(model, max_admit_per_step=2, block_steps=3)
+    for seed in range(10):
+        engine.submit(lane, params(seed=seed))
+    assert len(engine._pop_admissible()) == 6 and engine.queued == 4
+
+
+def test_block_steps_is_bounded_by_a_rows_block_of_random_numbers():
+    with pytest.raises(ValueError, match="block_steps must be at most 64"):
+        EngineConfig(block_steps=65)
+    with pytest.raises(ValueError, match="block_steps must be at least 1"):
+        EngineConfig(block_steps=0)

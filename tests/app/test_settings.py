@@ -90,6 +90,12 @@ def test_environment_without_prefix(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert settings.log_level == "warning"
 
 
+def test_decode_block_steps_reaches_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().engine_config().block_steps == 8
+    monkeypatch.setenv("DECODE_BLOCK_STEPS", "3")
+    assert Settings().engine_config().block_steps == 3
+
+
 def test_arguments_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PORT", "9001")
     assert Settings(port=9002).port == 9002
@@ -111,6 +117,9 @@ def test_arguments_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         ("MAX_BODY_BYTES", "0"),
         ("SHUTDOWN_GRACE_SECONDS", "-1"),
         ("ACCESS_LOG", "sometimes"),
+        ("DECODE_BLOCK_STEPS", "0"),
+        ("DECODE_BLOCK_STEPS", "65"),  # more than a row's block of random numbers
+        ("DECODE_BLOCK_STEPS", "NaN"),
     ],
 )
 def test_invalid_values_are_refused(
