@@ -1,4 +1,5 @@
-"""Batched decoding: many independent requests advanced together, one character per step.
+"""Batched decoding: many independent requests advanced together, one character per step
+and several steps per call.
 
 Each request takes a row (a slot) and goes through two phases:
 
