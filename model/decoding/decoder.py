@@ -255,8 +255,9 @@ class BatchDecoder:
         )
 
     def record(self, row: int, output: RowOutput) -> int:
-        """Move the row's last draw into `output` (its char, logprobs, hold-back, and
-        how it ended). → its status; for a failure, FAILURES[status] says why."""
+        """Move the row's draws of the last `step` into `output` (its chars, logprobs,
+        hold-back, and how it ended). → its status; for a failure, FAILURES[status] says
+        why."""
         return self.draws(np.array([row], np.int64)).record(0, output)
 
     def record_prompt(self, row: int, position: int, output: RowOutput) -> None:

@@ -2,8 +2,9 @@
 shown, their log-probabilities, and how it ended.
 
 Written by the decoding thread, read by another (an HTTP handler) without a lock: the
-lists only grow (an append is atomic in CPython) and `released` only moves forward after
-the characters it covers are in place, so a reader always sees a consistent prefix.
+lists only grow (an append or extend is atomic in CPython) and `released` only moves
+forward after the characters it covers are in place, so a reader always sees a
+consistent prefix.
 
 Characters that may begin a stop string are held back until they cannot (`held`), and a
 stop string, once complete, is never released: a stream never shows text that later turns
