@@ -66,7 +66,8 @@ class Lane:
             self.fail(job, FAILED_MESSAGE)
 
     def step(self, split: bool = True) -> int:
-        """One decoding step of the rows' fair shares; → the rows stepped. split False keeps
+        """One decoding step of the rows' fair shares (BatchDecoder.step: up to block_steps
+        characters a row, in one compiled call); → the rows stepped. split False keeps
         the step's compiled call on the calling thread (the engine runs several lanes' steps
         side by side)."""
         return self.record(self.kernel(self.plan(), split))
