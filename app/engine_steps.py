@@ -25,9 +25,9 @@ logger = logging.getLogger("charrnn.engine")
 
 def step_lanes(lanes: list[Lane], pool: ThreadPoolExecutor | None, threads: int) -> int:
     """One decoding step of every lane with decoding rows (up to block_steps characters a
-    row, app/lane.py); → the rows stepped. One lane
-    splits its step over the decoding threads; several run side by side, each lane on one
-    thread and the threads' rows balanced, so a step costs one hand-off, not one per lane."""
+    row, app/lane.py); → the rows stepped. One lane splits its step over the decoding
+    threads; several run side by side, each lane on one thread and the threads' rows
+    balanced, so a step costs one hand-off, not one per lane."""
     lanes = [lane for lane in lanes if len(lane.decoder.decoding)]
     if len(lanes) <= 1 or pool is None:
         return sum(lane.step() for lane in lanes)
