@@ -304,7 +304,7 @@ class Draws:
         if drawn:
             if self.asked[index] >= 0:
                 start = index * self.row_bytes
-                output.logprobs.append(self.records[start : start + drawn * RECORD_BYTES], drawn)
+                output.logprobs.append(self.records[start : start + drawn * RECORD_BYTES])
             output.extend(self.ids[index][:drawn], self.held[index])
         if status in FAILURES or status == RUNNING:
             return status

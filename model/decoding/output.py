@@ -107,11 +107,10 @@ class LogprobBuffer:
     def __len__(self) -> int:
         return self._length
 
-    def append(self, records: bytes, count: int = 1) -> None:
-        """`count` characters' records: RECORD_BYTES of float64 each, laid out as ROW_WIDTH
-        says."""
+    def append(self, records: bytes) -> None:
+        """Characters' records: RECORD_BYTES of float64 each, laid out as ROW_WIDTH says."""
         self._bytes += records
-        self._length += count
+        self._length += len(records) // RECORD_BYTES
 
     def slice(self, start: int, end: int, count: int) -> Logprobs:
         """Characters start..end (clipped to what is written), with `count` alternatives."""
