@@ -14,7 +14,6 @@ Rows are slots addressed by index, in any order; a step takes the rows it advanc
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,14 +22,18 @@ import numpy as np
 import torch
 from numba import njit
 
+from model.atomic import take
 from model.decoding.sampler import sample_rows
 from model.decoding.sampler_rows import SamplerRows, StepBlock
-from model.decoding.step import ROWS, lstm_rows_step, step_weights
+from model.decoding.step import lstm_rows_step, step_weights
 from model.fast_math import JIT
 from model.network import CharRNN
 
 MIN_ROWS = 8
 ROWS_PER_THREAD = 8  # fewer rows than this per thread: not worth a hand-off
+# Rows in a piece of a step that a thread takes at a time (KernelRows: the kernel's cost per
+# row is the same from 4 rows up, so small pieces balance the threads for ~2 %).
+PIECE_ROWS = 8
 Automata = tuple[np.ndarray, np.ndarray, np.ndarray]  # model/decoding/automaton.py's pool
 
 
@@ -82,12 +85,40 @@ def _sample_and_step(rows, settings, state, automata, out, block, weights, h, c,
         rows = running
 
 
+@njit(**JIT)
+def _advance_pieces(rows, ids, counter, weights, h, c, gates, logits):
+    """lstm_rows_step for the pieces of `rows` this thread takes from `counter`."""
+    while True:
+        start = take(counter, PIECE_ROWS)
+        if start >= rows.shape[0]:
+            return
+        end = start + PIECE_ROWS
+        lstm_rows_step(rows[start:end], ids[start:end], weights, h, c, gates, logits)
+
+
+@njit(**JIT)
+def _sample_and_step_pieces(
+    rows, counter, settings, state, automata, out, block, weights, h, c, gates, logits
+):
+    """_sample_and_step for the pieces of `rows` this thread takes from `counter`."""
+    while True:
+        start = take(counter, PIECE_ROWS)
+        if start >= rows.shape[0]:
+            return
+        part = rows[start : start + PIECE_ROWS]
+        _sample_and_step(part, settings, state, automata, out, block, weights, h, c, gates, logits)
+
+
 class KernelRows:
     """LSTM rows on the CPU, stepped by the compiled kernel.
 
-    threads > 1 splits a step's rows into that many parts (of at least ROWS_PER_THREAD
-    rows), run at once on a small thread pool: the kernel releases the GIL, and a row's
-    numbers do not depend on which part it is in.
+    threads > 1 runs a step on up to that many threads at once (at least ROWS_PER_THREAD
+    rows each), the calling one and a small pool's: the kernel releases the GIL, and a
+    row's numbers do not depend on which thread steps it. The threads take the rows in
+    pieces from a shared counter, inside the compiled loop, until none is left: a thread
+    that the OS or the GIL holds up takes fewer pieces, instead of the others waiting for
+    its fixed half (under the hostile-load benchmark that wait was a fifth of the engine
+    thread's time).
     """
 
     def __init__(self, model: CharRNN, capacity: int, threads: int = 1):
@@ -108,19 +139,17 @@ class KernelRows:
         none = np.zeros(0, np.int64)
         self.advance(none, none)
 
-    def _in_parts(self, rows: np.ndarray, work: Callable[[np.ndarray], object]) -> list:
-        """work(a part of rows) for each part of `rows`, the parts at once; → the results."""
-        count = len(rows)
-        parts = min(self.threads, count // ROWS_PER_THREAD)
-        if parts < 2:
-            return [work(rows)]
-        # Parts of whole 4-row blocks (the kernel's tile), so only the last has a remainder.
-        bounds = [min(count, -(-count * part // parts // ROWS) * ROWS) for part in range(parts)]
-        bounds.append(count)
-        assert self._pool is not None
-        first, *others = itertools.pairwise(bounds)
-        helpers = [self._pool.submit(work, rows[start:end]) for start, end in others]
-        return [work(rows[first[0] : first[1]]), *(helper.result() for helper in helpers)]
+    def _on_threads(self, count: int, work: Callable[[np.ndarray], object]) -> None:
+        """work(a fresh shared counter) on as many threads as `count` rows keep busy. A
+        helper that has not started when this thread runs out of pieces is cancelled, not
+        waited for: there is nothing left for it."""
+        threads = min(self.threads, count // ROWS_PER_THREAD)
+        counter = np.zeros(1, np.int64)
+        helpers = [self._pool.submit(work, counter) for _ in range(threads - 1)]
+        work(counter)
+        for helper in helpers:
+            if not helper.cancel():
+                helper.result()
 
     def reset(self, row: int) -> None:
         self.h[:, row] = 0.0
@@ -128,13 +157,13 @@ class KernelRows:
 
     def advance(self, rows: np.ndarray, ids: np.ndarray) -> None:
         """Feed each of rows (m,) its character ids (m,) → their next logits."""
+        rows, ids = np.asarray(rows, np.int64), np.asarray(ids, np.int64)
 
-        def work(part: np.ndarray) -> None:
-            lstm_rows_step(
-                rows[part], ids[part], self._weights, self.h, self.c, self.gates, self.logits
-            )
+        def work(counter: np.ndarray) -> None:
+            weights = self._weights
+            _advance_pieces(rows, ids, counter, weights, self.h, self.c, self.gates, self.logits)
 
-        self._in_parts(np.arange(len(rows)), work)
+        self._on_threads(len(rows), work)
 
     def sample_and_advance(
         self,
@@ -149,16 +178,16 @@ class KernelRows:
         per thread (one call on the calling thread with split False: the caller runs
         several decoders side by side instead): a row's steps never wait for another's."""
 
-        def work(part: np.ndarray) -> None:
-            _sample_and_step(
-                part, sampler.settings, sampler.state, automata, sampler.out, block.arrays,
-                self._weights, self.h, self.c, self.gates, self.logits,
+        def work(counter: np.ndarray) -> None:
+            _sample_and_step_pieces(
+                rows, counter, sampler.settings, sampler.state, automata, sampler.out,
+                block.arrays, self._weights, self.h, self.c, self.gates, self.logits,
             )  # fmt: skip
 
         if not split:
-            work(rows)
+            work(np.zeros(1, np.int64))  # every piece on this thread
         else:
-            self._in_parts(rows, work)
+            self._on_threads(len(rows), work)
 
     def snapshot(self, row: int) -> RowSnapshot:
         return RowSnapshot((self.h[:, row].copy(), self.c[:, row].copy()), self.logits[row].copy())
