@@ -27,12 +27,14 @@ the detail.
 from __future__ import annotations
 
 import collections
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from app.engine_steps import background_budget, prefill, score_slice, step_lanes
+from app.fairness import PrimeCredit
 from app.jobs import EngineWork, Job, ScoreJob
 from app.lane import EngineCounters, Lane
 from model.decoding.decoder import BLOCK_STEPS, BatchDecoder
@@ -70,6 +72,11 @@ class EngineConfig:
     block_steps: int = BLOCK_STEPS
     # The most of the engine's time primes may take while other streams decode.
     prefill_share: float = 0.25
+    # While streams decode, a client's primes may read prefill_burst_chars characters at
+    # once, then prefill_chars_per_second (app/fairness.py: PrimeCredit; 0: no limit):
+    # about one stream's worth of the engine at 64 streams here (~1,000 chars/s each).
+    prefill_burst_chars: int = 8000
+    prefill_chars_per_second: float = 1000.0
     # Prefill time per iteration when no stream decodes (new work is checked after it).
     idle_prefill_seconds: float = 0.05
     prime_cache_bytes: int = 32 << 20  # states after recent primes (0: no cache)
@@ -83,15 +90,21 @@ class EngineConfig:
     max_chunks_per_second: float = 1000.0
 
     def __post_init__(self) -> None:
-        for name in ("max_active", "max_admit_per_step", "decode_threads", "block_steps"):
+        names = ("max_active", "max_admit_per_step", "decode_threads", "block_steps")
+        for name in (*names, "prefill_burst_chars"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("max_queue", "prime_cache_bytes", "max_requests_per_client"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
-        for name in ("min_chunk_interval", "max_chunks_per_second", "idle_prefill_seconds"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        for name in (
+            "min_chunk_interval",
+            "max_chunks_per_second",
+            "idle_prefill_seconds",
+            "prefill_chars_per_second",
+        ):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be ≥ 0 and finite, got {getattr(self, name)}")
         if self.block_steps > UNIFORM_BLOCK:
             raise ValueError(f"block_steps must be at most {UNIFORM_BLOCK}, got {self.block_steps}")
         if not 0 < self.prefill_share < 1:
@@ -117,6 +130,7 @@ class DecodingEngine:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.counters = EngineCounters()
+        self._credit = PrimeCredit(config.prefill_burst_chars, config.prefill_chars_per_second)
         self.last_progress = time.monotonic()  # when an iteration last completed
         self.streaming = 0  # rows the last iteration's steps advanced, all models
 
@@ -311,8 +325,8 @@ class DecodingEngine:
             config.idle_prefill_seconds,
             shared=prefilling and bool(self._scores),
         )
-        if prefilling:
-            prefill(self.lanes, budget)
+        if prefilling:  # the clients' credit counts only while streams decode
+            prefill(self.lanes, budget, self._credit if self.streaming else None)
         if self._scores and score_slice(*self._scores[0], budget):
             self._scores.popleft()
 

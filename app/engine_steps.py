@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from app.fairness import PrimeCredit
 from app.jobs import ScoreJob
 from app.lane import FAILED_MESSAGE, Lane
 
@@ -75,19 +76,21 @@ def background_budget(
     return budget / 2 if shared else budget
 
 
-def prefill(lanes: list[Lane], budget: float) -> None:
+def prefill(lanes: list[Lane], budget: float, credit: PrimeCredit | None = None) -> None:
     """Primes read their next characters in batched slices for at most `budget` seconds
-    (at least one slice per lane that has primes waiting)."""
+    (at least one slice per lane that has primes waiting), only those of clients whose
+    `credit` allows it (app/fairness.py; None: every prime)."""
     started = time.perf_counter()
     lanes = [lane for lane in lanes if lane.decoder.prefilling]
     while lanes:
+        advanced = 0
         for lane in lanes:
             spent = time.perf_counter() - started
             max_rows = max(1, int((budget - spent) / lane.row_seconds))
-            lane.prefill_slice(max_rows)
+            advanced += lane.prefill_slice(max_rows, credit)
         lanes = [lane for lane in lanes if lane.decoder.prefilling]
-        if time.perf_counter() - started >= budget:
-            return
+        if not advanced or time.perf_counter() - started >= budget:
+            return  # (nothing advanced: every waiting prime's client is out of credit)
 
 
 def score_slice(lane: Lane, job: ScoreJob, budget: float) -> bool:

@@ -1,5 +1,7 @@
-"""Fair shares of a decoding step between clients: no client's rows can slow the others'
-streams much, however many it opens.
+"""Fair shares of the engine between clients: no client's requests can slow the others'
+streams much, however many it sends.
+
+FairShare: a decoding step's rows.
 
 Each step, a client with more than its share of the decoding rows (the rows divided by the
 clients that have any) has only that many of them stepped, taken in turn, so its streams
@@ -11,12 +13,19 @@ the same, only later.
     0..3   A (4)    3 of A's 4 rows step, the 4th waits a step (then another waits)
     4..5   B (2)    both step
     6      C (1)    steps
+
+PrimeCredit: prefill, while streams decode. Each client may have `burst` characters of
+prime read at once, and then `rate` a second (a token bucket per client): a user's
+occasional long prime goes at full speed, a client that sends long primes without pause
+gets about one stream's worth of the engine, not the whole prefill budget.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 
@@ -44,3 +53,43 @@ class FairShare:
             chosen.extend((owned[start:] + owned[:start])[:share])
             self._turn[key] = start + share
         return np.asarray(sorted(chosen), np.int64)
+
+
+FORGET_AFTER = 1024  # clients remembered before those with a full credit are swept
+
+
+class PrimeCredit:
+    """Prime characters each client may have read now: up to `burst`, refilled at `rate` a
+    second; spending may run into debt (a batched slice reads one character for each of a
+    client's rows), which the client then waits out. rate 0: no limit. A job without a
+    client (None) is never held back."""
+
+    def __init__(
+        self, burst: int, rate: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if burst < 1:
+            raise ValueError(f"burst must be at least 1, got {burst}")
+        if not 0 <= rate < math.inf:
+            raise ValueError(f"rate must be ≥ 0 and finite, got {rate}")
+        self.burst, self.rate, self.clock = burst, rate, clock
+        self._credit: dict[object, tuple[float, float]] = {}  # client → (credit, as of when)
+
+    def allows(self, client: object) -> bool:
+        """Whether the client's primes may read characters now."""
+        return client is None or self.rate == 0 or self._now(client) > 0
+
+    def spend(self, client: object, chars: int) -> None:
+        if client is None or self.rate == 0:
+            return
+        self._credit[client] = (self._now(client) - chars, self.clock())
+        if len(self._credit) > FORGET_AFTER:  # forget the clients whose credit is full again
+            for other in list(self._credit):
+                self._now(other)
+
+    def _now(self, client: object) -> float:
+        credit, since = self._credit.get(client, (self.burst, 0.0))
+        now = self.clock()
+        credit = min(self.burst, credit + (now - since) * self.rate)
+        if credit >= self.burst:  # full again: nothing to remember
+            self._credit.pop(client, None)
+        return credit

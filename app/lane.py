@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
-from app.fairness import FairShare
+from app.fairness import FairShare, PrimeCredit
 from app.jobs import EngineWork, Job
 from model.decoding.decoder import BatchDecoder
 from model.decoding.sampler import FAILURES, RUNNING
@@ -133,19 +134,26 @@ class Lane:
         decoder.compact()
         return len(rows)
 
-    def prefill_slice(self, max_rows: int) -> None:
-        """Up to `max_rows` primes read their next character (model/decoding/decoder.py)."""
+    def prefill_slice(self, max_rows: int, credit: PrimeCredit | None = None) -> int:
+        """Up to `max_rows` primes read their next character (model/decoding/decoder.py),
+        only those of clients whose `credit` allows it, which they then spend (None: every
+        prime may). → the rows advanced."""
         decoder = self.decoder
+        owners = decoder.owners
+        eligible = None if credit is None else lambda row: credit.allows(owners[row].client)
         started = time.perf_counter()
         try:
-            rows, positions, done = decoder.prefill(max_rows)
+            rows, positions, done = decoder.prefill(max_rows, eligible)
         except Exception:  # a batched prefill step: fail the rows it held
             logger.exception("a prefill step failed")
             decoding = set(decoder.decoding.tolist())
             for row in list(decoder.rows()):
                 if row not in decoding:
                     self.remove(row, FAILED_MESSAGE)
-            return
+            return 0
+        if credit is not None:
+            for client, chars in Counter(owners[row].client for row in rows.tolist()).items():
+                credit.spend(client, chars)
         if len(rows):
             seconds = (time.perf_counter() - started) / len(rows)
             self.row_seconds = 0.8 * self.row_seconds + 0.2 * seconds
@@ -164,6 +172,7 @@ class Lane:
             if job is not None and job.params.length == 0:
                 decoder.finish_unsampled(row, job.output)
                 self.remove(row)
+        return len(rows)
 
     def remove(self, row: int, error: str | None = None) -> None:
         """Free a row and end its job (with `error`, as failed)."""

@@ -94,6 +94,17 @@ class Settings(BaseSettings):
         lt=1,
         description="the most of the engine's time primes may take while streams decode",
     )
+    prefill_burst_chars: int = Field(
+        EngineConfig.prefill_burst_chars,
+        ge=1,
+        description="prime characters one client may have read at once while streams decode",
+    )
+    prefill_chars_per_second: float = Field(
+        EngineConfig.prefill_chars_per_second,
+        ge=0,
+        allow_inf_nan=False,
+        description="then prime characters a second per client, while streams decode (0: none)",
+    )
     prime_cache_mb: float = Field(
         EngineConfig.prime_cache_bytes / 2**20,
         ge=0,
@@ -232,6 +243,8 @@ class Settings(BaseSettings):
             decode_threads=self.decode_threads,
             block_steps=self.decode_block_steps,
             prefill_share=self.prefill_share,
+            prefill_burst_chars=self.prefill_burst_chars,
+            prefill_chars_per_second=self.prefill_chars_per_second,
             prime_cache_bytes=int(self.prime_cache_mb * 2**20),
         )
 

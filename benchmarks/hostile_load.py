@@ -91,6 +91,20 @@ class Probes:
                 await asyncio.sleep(0.1)
 
 
+def cpu_list(text: str) -> set[int]:
+    """'0-3,6' → {0, 1, 2, 3, 6}."""
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            first, _, last = part.partition("-")
+            cpus.update(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a CPU list like 0-3,6: {text!r}") from None
+    if not cpus:
+        raise argparse.ArgumentTypeError(f"no CPU in {text!r}")
+    return cpus
+
+
 def process_cpu(pid: int) -> float:
     """CPU seconds so far of a process (all its threads)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -136,7 +150,22 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=64)
     parser.add_argument("--length", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--server-cpus",
+        type=cpu_list,
+        help="run the server on these CPUs (e.g. 0-3) and every client, the attackers "
+        "included, on the others, as if on machines of their own (default: all share)",
+    )
     args = parser.parse_args()
+    placement = "server and clients share every CPU"
+    if args.server_cpus is not None:
+        others = os.sched_getaffinity(0) - args.server_cpus
+        if not args.server_cpus <= os.sched_getaffinity(0) or not others:
+            parser.error(
+                "--server-cpus must name CPUs of this machine and leave one for the clients"
+            )
+        os.sched_setaffinity(0, others)  # this process's clients; the attackers inherit it
+        placement = f"server on CPUs {sorted(args.server_cpus)}, clients on {sorted(others)}"
 
     port = free_port()
     log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)  # noqa: SIM115 (kept)
@@ -150,7 +179,10 @@ def main() -> None:
         "--port",
         str(port),
     ]
-    server = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    pin = None if args.server_cpus is None else lambda: os.sched_setaffinity(0, args.server_cpus)
+    server = subprocess.Popen(
+        command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pin
+    )
     try:
         wait_healthy(port, server)
         vocabulary = httpx.get(f"http://127.0.0.1:{port}/model").json()["vocabulary"]
@@ -184,7 +216,7 @@ def main() -> None:
 
     print(
         f"{os.cpu_count()} CPUs, {args.streams} streams x {args.length} chars, "
-        f"median of {args.repeats}"
+        f"median of {args.repeats}; {placement}"
     )
     print("| phase | completed | chars/s | p99 gap ms | CPU: loop | threads | attackers |")
     print("|---|--:|--:|--:|--:|--:|--:|")

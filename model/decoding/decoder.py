@@ -20,7 +20,7 @@ of others, in any slot, prefilled in any slices, cached or not:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,16 +181,19 @@ class BatchDecoder:
         self._decoding = np.union1d(self._decoding, np.asarray(rows, np.int64))
 
     # --- prefill ------------------------------------------------------------------------
-    def prefill(self, max_rows: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
-        """One slice of prefill: up to `max_rows` prefilling rows, those with the fewest
-        prime characters left first, each read their next prime character in one batched
-        step. → (rows advanced, the position each read, rows whose prime is done: now
-        decoding). For rows whose request asked for prompt logprobs, the next prime
+    def prefill(
+        self, max_rows: int, eligible: Callable[[int], bool] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """One slice of prefill: up to `max_rows` prefilling rows (those `eligible` allows),
+        the fewest prime characters left first, each read their next prime character in one
+        batched step. → (rows advanced, the position each read, rows whose prime is done:
+        now decoding). For rows whose request asked for prompt logprobs, the next prime
         character's log-probability is left in the sampler's outputs (chosen, top_*)."""
-        if not self._primes or max_rows < 1:
+        candidates = [row for row in self._primes if eligible is None or eligible(row)]
+        if not candidates or max_rows < 1:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), []
         waiting = sorted(
-            self._primes, key=lambda row: (len(self._primes[row]) - self._prime_pos[row], row)
+            candidates, key=lambda row: (len(self._primes[row]) - self._prime_pos[row], row)
         )[:max_rows]
         rows = np.asarray(waiting, np.int64)
         positions = self._prime_pos[rows].copy()

@@ -305,6 +305,37 @@ def test_long_primes_do_not_freeze_a_running_stream(model):
         engine.stop()
 
 
+@pytest.mark.parametrize("rate", [1000.0, 0.0])
+def test_a_clients_burst_of_long_primes_waits_for_its_credit_while_others_stream(model, rate):
+    """While a stream decodes, one client's 800 prime characters past its burst of 100 go
+    at 1,000 a second (rate 0: no limit, far faster); another client's short prime, sent
+    after them, is not held up by them."""
+    engine, lane = make_engine(
+        model, max_active=64, prefill_burst_chars=100, prefill_chars_per_second=rate
+    )
+    engine.start()
+    try:
+        stream = engine.submit(lane, params("a", length=10**6, seed=1), client="reader")
+        wait_until(lambda: len(stream.output.ids) > 0)
+        started = time.monotonic()
+        burst = [
+            engine.submit(lane, params("the cat " * 25, length=1, seed=n), client="burst")
+            for n in range(4)
+        ]
+        other = engine.submit(lane, params("a cat ", length=1, seed=9), client="user")
+        assert len(text_of(other)) == 1
+        if rate:
+            assert not all(job.done for job in burst)
+        for job in burst:
+            assert len(text_of(job, 30)) == 1
+        seconds = time.monotonic() - started
+        throttled = 0.8 * (800 - 100) / 1000  # a fifth off for the clock's grain
+        assert seconds >= throttled if rate else seconds < throttled
+        assert not stream.done  # it decoded all along
+    finally:
+        engine.stop()
+
+
 def test_a_repeated_prime_skips_its_prefill_and_changes_nothing(model):
     engine, lane = make_engine(model, prime_cache_bytes=1 << 20)
     engine.start()

@@ -4,11 +4,14 @@ while nothing changed), and a job woken at its end however its waiter arrived.""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import torch
 
 from app.engine import DecodingEngine, EngineConfig
+from app.engine_steps import prefill
+from app.fairness import PrimeCredit
 from app.jobs import Job
 from app.lane import Lane
 from model.config import ModelConfig
@@ -79,3 +82,34 @@ def test_a_waiter_that_arrives_after_the_last_step_is_woken_by_the_end(lane: Lan
         return job.done
 
     assert asyncio.run(wait_for_the_end())
+
+
+def test_prefill_reads_only_the_primes_of_clients_with_credit_and_charges_them(
+    lane: Lane,
+) -> None:
+    credit = PrimeCredit(burst=3, rate=1.0, clock=lambda: 0.0)  # no refill: time stands
+    prime = tuple(VOCAB.encode("abcdefghij"))
+    jobs = {}
+    for seed, client in enumerate(["heavy", "heavy", "light"]):
+        jobs[seed] = Job(
+            GenerationParams(prime=prime, length=5, seed=seed), lane.chars, "t", client
+        )
+        lane.admit(jobs[seed])
+    read = lane.decoder._prime_pos
+    assert lane.prefill_slice(8, credit) == 3  # heavy 3 - 2 = 1 left, light 2
+    assert lane.prefill_slice(8, credit) == 3  # heavy 1 - 2 = -1 (a slice can overdraw)
+    assert lane.prefill_slice(8, credit) == 1  # light alone: 0 left
+    assert read[:3].tolist() == [2, 2, 3]
+    assert lane.prefill_slice(8, credit) == 0
+    assert lane.prefill_slice(8) == 3  # no credit asked for: every prime
+
+
+def test_prefill_stops_at_once_when_no_waiting_prime_has_credit(lane: Lane) -> None:
+    credit = PrimeCredit(burst=1, rate=1.0, clock=lambda: 0.0)
+    credit.spend("heavy", 5)
+    job = Job(GenerationParams(prime=(1, 2, 3), length=5, seed=1), lane.chars, "t", "heavy")
+    lane.admit(job)
+    started = time.perf_counter()
+    prefill([lane], 10.0, credit)  # a 10 s budget, but nothing it may spend it on
+    assert time.perf_counter() - started < 1
+    assert lane.decoder._prime_pos[0] == 0

@@ -23,6 +23,8 @@ VARIABLES = [
     "MAX_BODY_BYTES",
     "SHUTDOWN_GRACE_SECONDS",
     "ACCESS_LOG",
+    "PREFILL_BURST_CHARS",
+    "PREFILL_CHARS_PER_SECOND",
 ]
 
 
@@ -96,6 +98,15 @@ def test_decode_block_steps_reaches_the_engine(monkeypatch: pytest.MonkeyPatch) 
     assert Settings().engine_config().block_steps == 3
 
 
+def test_prefill_credit_reaches_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = Settings().engine_config()
+    assert (config.prefill_burst_chars, config.prefill_chars_per_second) == (8000, 1000.0)
+    monkeypatch.setenv("PREFILL_BURST_CHARS", "500")
+    monkeypatch.setenv("PREFILL_CHARS_PER_SECOND", "0")  # no limit
+    config = Settings().engine_config()
+    assert (config.prefill_burst_chars, config.prefill_chars_per_second) == (500, 0.0)
+
+
 def test_arguments_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PORT", "9001")
     assert Settings(port=9002).port == 9002
@@ -120,6 +131,11 @@ def test_arguments_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         ("DECODE_BLOCK_STEPS", "0"),
         ("DECODE_BLOCK_STEPS", "65"),  # more than a row's block of random numbers
         ("DECODE_BLOCK_STEPS", "NaN"),
+        ("PREFILL_BURST_CHARS", "0"),
+        ("PREFILL_BURST_CHARS", "1e3"),
+        ("PREFILL_CHARS_PER_SECOND", "-1"),
+        ("PREFILL_CHARS_PER_SECOND", "NaN"),
+        ("PREFILL_CHARS_PER_SECOND", "inf"),
     ],
 )
 def test_invalid_values_are_refused(
