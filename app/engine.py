@@ -13,7 +13,8 @@ One iteration of the thread:
   3. background work under a time budget (prefill_share of the engine's time while
      streams decode, at least one character per iteration), so a burst of long primes or
      a long text to score cannot freeze the streams already running:
-       prefill: primes run in batched slices;
+       prefill: primes run in batched slices, each client's within its prime credit
+         (app/fairness.py);
        scoring: the oldest text to score reads its next slice (model/scoring.py);
   4. finished, failed and cancelled requests leave at once (their row is reused).
 

@@ -1,6 +1,7 @@
 """Hostile load: 64 well-behaved streams beside clients that try to break the service.
 
     python benchmarks/hostile_load.py [--streams 64] [--length 500] [--repeats 3]
+                                      [--server-cpus 0-3]
 
 The server is `python -m app` (the shipped checkpoint, default settings) in its own process.
 Each well-behaved stream comes from its own loopback address (127.0.1.N, as 64 users
@@ -18,7 +19,9 @@ send at the same time:
               more every 0.1 s from 300 connections (429s, as fast as they come back)
 
 and probes (GET /health every 100 ms, /metrics every second) run beside the 64 streams.
-The attackers' own CPU time is taken from the same cores as the server's.
+The attackers' own CPU time is taken from the same cores as the server's, unless
+--server-cpus puts the server on CPUs of its own (every client, attackers included, then
+runs on the others, as if on machines of their own).
 
 It prints, per phase (medians over repeats): streams completed / N, their aggregate chars/s
 and p99 gap between chunks, and the ratio hostile/quiet; /health failures and its p99
