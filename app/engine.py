@@ -91,8 +91,13 @@ class EngineConfig:
     max_chunks_per_second: float = 1000.0
 
     def __post_init__(self) -> None:
-        names = ("max_active", "max_admit_per_step", "decode_threads", "block_steps")
-        for name in (*names, "prefill_burst_chars"):
+        for name in (
+            "max_active",
+            "max_admit_per_step",
+            "decode_threads",
+            "block_steps",
+            "prefill_burst_chars",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("max_queue", "prime_cache_bytes", "max_requests_per_client"):

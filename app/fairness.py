@@ -73,6 +73,7 @@ class PrimeCredit:
             raise ValueError(f"rate must be ≥ 0 and finite, got {rate}")
         self.burst, self.rate, self.clock = burst, rate, clock
         self._credit: dict[object, tuple[float, float]] = {}  # client → (credit, as of when)
+        self._sweep_at = FORGET_AFTER
 
     def allows(self, client: object) -> bool:
         """Whether the client's primes may read characters now."""
@@ -82,9 +83,10 @@ class PrimeCredit:
         if client is None or self.rate == 0:
             return
         self._credit[client] = (self._now(client) - chars, self.clock())
-        if len(self._credit) > FORGET_AFTER:  # forget the clients whose credit is full again
+        if len(self._credit) > self._sweep_at:  # forget the clients whose credit is full again
             for other in list(self._credit):
                 self._now(other)
+            self._sweep_at = max(FORGET_AFTER, 2 * len(self._credit))  # a sweep stays rare
 
     def _now(self, client: object) -> float:
         credit, since = self._credit.get(client, (self.burst, 0.0))

@@ -140,10 +140,17 @@ class Lane:
         prime may). → the rows advanced."""
         decoder = self.decoder
         owners = decoder.owners
-        eligible = None if credit is None else lambda row: credit.allows(owners[row].client)
+        verdicts: dict[object, bool] = {}  # each client's credit is asked once a slice
+
+        def eligible(row: int) -> bool:
+            client = owners[row].client
+            if client not in verdicts:
+                verdicts[client] = credit is None or credit.allows(client)
+            return verdicts[client]
+
         started = time.perf_counter()
         try:
-            rows, positions, done = decoder.prefill(max_rows, eligible)
+            rows, positions, done = decoder.prefill(max_rows, None if credit is None else eligible)
         except Exception:  # a batched prefill step: fail the rows it held
             logger.exception("a prefill step failed")
             decoding = set(decoder.decoding.tolist())

@@ -78,6 +78,24 @@ def test_prime_credit_forgets_clients_whose_credit_is_full_again():
     assert len(credit._credit) == 1
 
 
+def test_clients_in_debt_are_not_swept_again_at_every_spend(monkeypatch):
+    credit = PrimeCredit(burst=10, rate=0.001, clock=Clock())  # nobody refills
+    looks = 0
+    real_now = PrimeCredit._now
+
+    def counted(self, client):
+        nonlocal looks
+        looks += 1
+        return real_now(self, client)
+
+    monkeypatch.setattr(PrimeCredit, "_now", counted)
+    spends = 3 * FORGET_AFTER
+    for n in range(spends):
+        credit.spend(f"client{n}", 50)
+    assert len(credit._credit) == spends  # all in debt: all remembered
+    assert looks < 4 * spends  # a sweep per doubling, not one per spend past FORGET_AFTER
+
+
 @pytest.mark.parametrize(
     ("burst", "rate"), [(0, 1.0), (-5, 1.0), (10, -1.0), (10, math.inf), (10, math.nan)]
 )
