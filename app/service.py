@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from app.engine import DecodingEngine, EngineConfig
+from app.engine import DecodingEngine
+from app.engine_config import EngineConfig
 from app.jobs import Job, ScoreJob
 from app.registry import ModelRegistry, ModelUnavailable
 from app.schemas import Limits

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.engine import EngineConfig
+from app.engine_config import EngineConfig
 from app.schemas import Limits
 from model.decoding.params import DEFAULT_LENGTH
 from model.decoding.regex import RegexLimits

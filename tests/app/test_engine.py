@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from app.engine import ClientBusy, DecodingEngine, EngineBusy, EngineConfig
+from app.engine import ClientBusy, DecodingEngine, EngineBusy
+from app.engine_config import EngineConfig
 from app.jobs import Job, JobFailed
 from app.lane import FAILED_MESSAGE
 from model.config import ModelConfig
@@ -441,10 +442,3 @@ def test_an_iteration_admits_a_steps_worth_for_each_of_its_steps(model):
     for seed in range(10):
         engine.submit(lane, params(seed=seed))
     assert len(engine._pop_admissible()) == 6 and engine.queued == 4
-
-
-def test_block_steps_is_bounded_by_a_rows_block_of_random_numbers():
-    with pytest.raises(ValueError, match="block_steps must be at most 64"):
-        EngineConfig(block_steps=65)
-    with pytest.raises(ValueError, match="block_steps must be at least 1"):
-        EngineConfig(block_steps=0)

@@ -9,7 +9,8 @@ import time
 import pytest
 import torch
 
-from app.engine import DecodingEngine, EngineConfig
+from app.engine import DecodingEngine
+from app.engine_config import EngineConfig
 from app.engine_steps import prefill
 from app.fairness import PrimeCredit
 from app.jobs import Job

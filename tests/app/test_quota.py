@@ -7,7 +7,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from app.engine import EngineConfig
+from app.engine_config import EngineConfig
 from app.quota import EarlyRefusal
 from app.service import ModelService
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from app.engine import DecodingEngine, EngineConfig
+from app.engine import DecodingEngine
+from app.engine_config import EngineConfig
 from app.schemas import Limits
 from app.served_model import ServedModel, UnknownModel
 from app.service import ModelService

@@ -1,0 +1,26 @@
+"""app/engine_config.py: the engine's knobs, refused when out of range."""
+
+import math
+
+import pytest
+
+from app.engine_config import EngineConfig
+
+
+def test_block_steps_is_bounded_by_a_rows_block_of_random_numbers():
+    with pytest.raises(ValueError, match="block_steps must be at most 64"):
+        EngineConfig(block_steps=65)
+    with pytest.raises(ValueError, match="block_steps must be at least 1"):
+        EngineConfig(block_steps=0)
+
+
+@pytest.mark.parametrize("value", [-1.0, math.nan, math.inf])
+def test_rates_and_intervals_must_be_finite_and_not_negative(value):
+    for name in ("min_chunk_interval", "max_chunks_per_second", "prefill_chars_per_second"):
+        with pytest.raises(ValueError, match=f"{name} must be ≥ 0 and finite"):
+            EngineConfig(**{name: value})
+
+
+def test_prefill_burst_is_at_least_one_character():
+    with pytest.raises(ValueError, match="prefill_burst_chars must be at least 1"):
+        EngineConfig(prefill_burst_chars=0)
