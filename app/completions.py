@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from app.jobs import Job
 from app.openai_schemas import (
@@ -91,6 +92,8 @@ class CompletionRun:
         self.model = model
         self.prompt_chars = 0
         self.choices: list[_Choice] = []
+        # Least seconds between a streamed choice's chunks (the engine's chunk_interval).
+        self.pacing: Callable[[], float] = lambda: 0.0
 
     @classmethod
     def start(
@@ -105,6 +108,7 @@ class CompletionRun:
         base = resolve_seed(request.seed)
         planned = []
         run = cls(request, served.name)
+        run.pacing = partial(service.engine.chunk_interval, client)
         for prompt in request.prompts:
             params = [
                 choice_params(service, served, request, prompt, (base + n) % (MAX_SEED + 1))
@@ -135,11 +139,12 @@ class CompletionRun:
         )
 
     async def chunks(self) -> AsyncIterator[Completion]:
-        """Each choice's text as it is made (echoed prompt first), a last chunk per choice
-        with its finish_reason, then, if asked, one with the usage and no choices."""
+        """Each choice's text as it is made (echoed prompt first), paced as the engine's
+        chunk_interval for this client, a last chunk per choice with its finish_reason,
+        then, if asked, one with the usage and no choices."""
         queue: asyncio.Queue[tuple[_Choice, str, Logprobs, bool] | BaseException]
         queue = asyncio.Queue()
-        pumps = [asyncio.create_task(self._pump(choice, queue)) for choice in self.choices]
+        pumps = [asyncio.create_task(self._pump(c, queue)) for c in self.choices]
         try:
             running = len(pumps)
             while running:
@@ -172,17 +177,19 @@ class CompletionRun:
 
     async def _pump(self, choice: _Choice, queue: asyncio.Queue) -> None:
         try:
-            async for text, logprobs in self._pieces(choice):
+            async for text, logprobs in self._pieces(choice, self.pacing):
                 queue.put_nowait((choice, text, logprobs, False))
             queue.put_nowait((choice, "", Logprobs(), True))
         except Exception as error:  # the engine failed this job: the stream reports it
             queue.put_nowait(error)
 
-    async def _pieces(self, choice: _Choice) -> AsyncIterator[tuple[str, Logprobs]]:
+    async def _pieces(
+        self, choice: _Choice, interval: float | Callable[[], float] = 0.0
+    ) -> AsyncIterator[tuple[str, Logprobs]]:
         """The choice's text in pieces (the echo first, once its logprobs are known), each
         with its logprobs; also kept whole on the choice."""
         echo_pending = bool(choice.echo)
-        async for chunk in choice.job.chunks():
+        async for chunk in choice.job.chunks(interval):
             if echo_pending:
                 echo_pending = False
                 yield self._add(choice, choice.echo, self._prompt_logprobs(choice), True)

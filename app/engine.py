@@ -59,7 +59,10 @@ class DecodingEngine:
         self.lanes: list[Lane] = []
         self._queue: collections.deque[tuple[Lane, Job]] = collections.deque()
         self._scores: collections.deque[tuple[Lane, ScoreJob]] = collections.deque()
-        self._per_client: collections.Counter[str] = collections.Counter()
+        self._per_client: collections.Counter[str] = collections.Counter()  # for the quota
+        # Rows held by each client's requests (each request of no client counts as a
+        # client of its own): how chunk_interval shares the event loop's writes.
+        self._rows_by_client: collections.Counter[object] = collections.Counter()
         # Scoring reads a text's upper layers on this thread while the first layer of its
         # next slice runs on the engine's (model/scoring.py).
         self._scorer_thread = ThreadPoolExecutor(1, "scorer")
@@ -137,13 +140,19 @@ class DecodingEngine:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def chunk_interval(self) -> float:
-        """Least seconds between two chunks of one stream, given how many streams the last
-        iteration advanced (rows waiting for their prime or their turn make no chunks)."""
+    def chunk_interval(self, client: str | None = None) -> float:
+        """Least seconds between two chunks of one of `client`'s streams (None: a stream
+        on its own). Each chunk is an HTTP write on the event loop: the loop's
+        max_chunks_per_second are shared equally by the clients with rows in the engine,
+        and a client's share by its rows, so a client holding many streams open stretches
+        its own streams' intervals, not everyone's (never past max_chunk_interval)."""
         config = self.config
         if config.max_chunks_per_second == 0:
             return config.min_chunk_interval
-        return max(config.min_chunk_interval, self.streaming / config.max_chunks_per_second)
+        by_client = self._rows_by_client  # a quick look, without the lock
+        own = by_client.get(client, 1) if client is not None else 1
+        interval = len(by_client) * own / config.max_chunks_per_second
+        return min(config.max_chunk_interval, max(config.min_chunk_interval, interval))
 
     def start(self) -> None:
         """Start the decoding thread (idempotent; a stopped engine can start again)."""
@@ -196,17 +205,18 @@ class DecodingEngine:
 
     def _claim(self, job: EngineWork, client: str | None) -> None:  # with the lock held
         limit = self.config.max_requests_per_client
-        if client is None or limit == 0:
-            return
-        if self._per_client[client] >= limit:
+        counted = client is not None and limit > 0
+        if counted and self._per_client[client] >= limit:
             raise ClientBusy(f"this client already has {limit} requests running or waiting")
-        self._per_client[client] += 1
+        if counted:
+            self._per_client[client] += 1
 
         def release() -> None:
             with self._wakeup:
-                self._per_client[client] -= 1
-                if self._per_client[client] <= 0:
-                    del self._per_client[client]
+                if counted:
+                    _uncount(self._per_client, client)
+                if isinstance(job, Job) and job.admitted:
+                    _uncount(self._rows_by_client, _holder(job))
 
         job._on_finish = release
 
@@ -249,6 +259,8 @@ class DecodingEngine:
             if free[id(lane)] > 0:
                 free[id(lane)] -= 1
                 admitted.append((lane, job))
+                job.admitted = True
+                self._rows_by_client[_holder(job)] += 1
             else:
                 waiting.append((lane, job))  # its model is full; keep its place
         self._queue.extendleft(reversed(waiting))
@@ -286,3 +298,14 @@ class DecodingEngine:
         while self._scores:
             _, score_job = self._scores.popleft()
             self._fail(score_job, message)
+
+
+def _holder(job: Job) -> object:
+    """Who holds the job's row, for chunk_interval: its client, or the job alone."""
+    return job.client if job.client is not None else ("request", id(job))
+
+
+def _uncount(counter: collections.Counter, key: object) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]

@@ -42,10 +42,14 @@ class EngineConfig:
     # write, and the loop shares the GIL with the decoding thread: waiting a little lets the
     # characters of several steps go out as one event. 0: a chunk per wake-up.
     min_chunk_interval: float = 0.02
-    # Chunks per second across all streams: with many streams each one's interval
-    # stretches (active / this), so the event loop's HTTP writes stay bounded and each
-    # write carries more characters. 0: no such bound.
+    # Chunks per second across all streams, shared equally by the clients and within a
+    # client by its streams: with many streams each one's interval stretches (clients x
+    # the client's streams / this), so the event loop's HTTP writes stay bounded, each
+    # write carries more characters, and a client holding many streams open stretches
+    # its own. 0: no such bound.
     max_chunks_per_second: float = 1000.0
+    # The longest a stream's interval stretches: every stream shows progress this often.
+    max_chunk_interval: float = 1.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -63,6 +67,7 @@ class EngineConfig:
         for name in (
             "min_chunk_interval",
             "max_chunks_per_second",
+            "max_chunk_interval",
             "idle_prefill_seconds",
             "prefill_chars_per_second",
         ):
@@ -70,5 +75,10 @@ class EngineConfig:
                 raise ValueError(f"{name} must be ≥ 0 and finite, got {getattr(self, name)}")
         if self.block_steps > UNIFORM_BLOCK:
             raise ValueError(f"block_steps must be at most {UNIFORM_BLOCK}, got {self.block_steps}")
+        if self.max_chunk_interval < self.min_chunk_interval:
+            raise ValueError(
+                f"max_chunk_interval ({self.max_chunk_interval}) must be at least "
+                f"min_chunk_interval ({self.min_chunk_interval})"
+            )
         if not 0 < self.prefill_share < 1:
             raise ValueError(f"prefill_share must be in (0, 1), got {self.prefill_share}")

@@ -110,6 +110,7 @@ class Job(EngineWork):
         self.chars = chars
         self.model = model
         self.client = client  # who asked (an address): for per-client limits and shares
+        self.admitted = False  # given a row by the engine (under its lock)
         super().__init__()
         self.output = RowOutput()
         self.stats = JobStats(prime_chars=len(params.prime), seed=params.seed)

@@ -8,6 +8,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Annotated, Any, NamedTuple
 
 import anyio.to_thread
@@ -203,6 +204,11 @@ async def generate(service: Service, submitted: BodyJob) -> GenerateResponse:
     )
 
 
+def sse_stream(service: ModelService, job: Job) -> StreamingResponse:
+    """The job's output as server-sent events, paced for its client (chunk_interval)."""
+    return sse.response(events(job, partial(service.engine.chunk_interval, job.client)))
+
+
 @router.post(
     "/generate/stream",
     response_class=StreamingResponse,
@@ -212,7 +218,7 @@ async def generate(service: Service, submitted: BodyJob) -> GenerateResponse:
 )
 async def stream_post(service: Service, submitted: BodyJob) -> StreamingResponse:
     """Stream the text as server-sent events (`chars`…, then `done` with the stats)."""
-    return sse.response(events(submitted.job, service.engine.chunk_interval))
+    return sse_stream(service, submitted.job)
 
 
 @router.get(
@@ -224,7 +230,7 @@ async def stream_post(service: Service, submitted: BodyJob) -> StreamingResponse
 )
 async def stream_get(service: Service, submitted: QueryJob) -> StreamingResponse:
     """As POST, with the fields as query parameters, for a browser's EventSource."""
-    return sse.response(events(submitted.job, service.engine.chunk_interval))
+    return sse_stream(service, submitted.job)
 
 
 @router.post("/score", responses=GUARDED, dependencies=PROTECTED, tags=["generate"])

@@ -2,6 +2,7 @@
 stay with the request that caused them."""
 
 import asyncio
+import dataclasses
 import time
 
 import numpy as np
@@ -197,6 +198,38 @@ def test_chunk_interval_stretches_with_the_number_of_streams(model):
         engine.stop()
     unbounded, _ = make_engine(model, max_chunks_per_second=0)
     assert unbounded.chunk_interval() == EngineConfig().min_chunk_interval
+
+
+def test_a_client_holding_many_streams_stretches_only_its_own_chunk_interval(model):
+    engine, lane = make_engine(
+        model,
+        max_active=50,
+        max_queue=100,
+        max_requests_per_client=0,  # no quota: the rows are counted all the same
+        min_chunk_interval=0.02,
+        max_chunks_per_second=100,
+        max_chunk_interval=10.0,
+    )
+    engine.start()
+    jobs = []
+    try:
+        jobs += [engine.submit(lane, params(length=10**6, seed=n), "heavy") for n in range(40)]
+        jobs += [engine.submit(lane, params(length=10**6), f"light{n}") for n in range(9)]
+        jobs.append(engine.submit(lane, params(length=10**6)))  # no client: one of its own
+        jobs += [engine.submit(lane, params(length=10**6), "queued") for _ in range(5)]
+        wait_until(lambda: engine.active == 50)
+        # 11 clients hold rows (the queued one holds none): 100 chunks/s shared 11 ways.
+        assert engine.chunk_interval("light0") == pytest.approx(11 / 100)
+        assert engine.chunk_interval(None) == pytest.approx(11 / 100)
+        assert engine.chunk_interval("heavy") == pytest.approx(11 * 40 / 100)
+        engine.config = dataclasses.replace(engine.config, max_chunk_interval=1.0)
+        assert engine.chunk_interval("heavy") == 1.0  # every stream shows progress
+    finally:
+        for job in jobs:
+            job.cancel()
+        wait_until(lambda: engine.active == 0 and engine.queued == 0)
+        engine.stop()
+    assert engine.chunk_interval("heavy") == 0.02  # the rows' counts went with them
 
 
 def test_keepalive_gives_empty_chunks_while_nothing_comes(model):

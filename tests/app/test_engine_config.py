@@ -16,7 +16,8 @@ def test_block_steps_is_bounded_by_a_rows_block_of_random_numbers():
 
 @pytest.mark.parametrize("value", [-1.0, math.nan, math.inf])
 def test_rates_and_intervals_must_be_finite_and_not_negative(value):
-    for name in ("min_chunk_interval", "max_chunks_per_second", "prefill_chars_per_second"):
+    names = ("min_chunk_interval", "max_chunk_interval", "max_chunks_per_second")
+    for name in (*names, "prefill_chars_per_second"):
         with pytest.raises(ValueError, match=f"{name} must be ≥ 0 and finite"):
             EngineConfig(**{name: value})
 
@@ -24,3 +25,9 @@ def test_rates_and_intervals_must_be_finite_and_not_negative(value):
 def test_prefill_burst_is_at_least_one_character():
     with pytest.raises(ValueError, match="prefill_burst_chars must be at least 1"):
         EngineConfig(prefill_burst_chars=0)
+
+
+def test_the_longest_chunk_interval_is_not_below_the_shortest():
+    with pytest.raises(ValueError, match=r"max_chunk_interval \(0.01\) must be at least"):
+        EngineConfig(min_chunk_interval=0.02, max_chunk_interval=0.01)
+    assert EngineConfig(min_chunk_interval=0.5, max_chunk_interval=0.5).max_chunk_interval == 0.5

@@ -113,6 +113,24 @@ async def test_stream_chunks_and_done(client: httpx.AsyncClient) -> None:
         assert all(c["finish_reason"] is None for c in mine[:-1])
 
 
+async def test_a_stream_is_paced_for_its_client(
+    client: httpx.AsyncClient, service: ModelService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[str | None] = []
+
+    def interval(who: str | None = None) -> float:
+        asked.append(who)
+        return 0.0
+
+    monkeypatch.setattr(service.engine, "chunk_interval", interval)
+    response = await complete(client, prompt="a", max_tokens=30, stream=True)
+    assert data_lines(response.text)[-1] == "[DONE]"
+    assert asked and set(asked) == {"127.0.0.1"}  # the request's client, before each chunk
+    asked.clear()
+    await complete(client, prompt="a", max_tokens=30)
+    assert asked == []  # a whole completion is not paced: it comes back as soon as it ends
+
+
 async def test_stream_with_stop(client: httpx.AsyncClient) -> None:
     response = await complete(
         client, prompt="a", max_tokens=100, stop=". t", stream=True, regex="one\\. two\\. three"

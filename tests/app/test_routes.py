@@ -198,6 +198,21 @@ async def test_stream_post(client: httpx.AsyncClient, vocab: Vocabulary, sse: Pa
     assert (stats["chars"], stats["seed"], stats["prime_chars"]) == (120, 11, 5)
 
 
+async def test_both_streams_are_paced_for_their_client(
+    client: httpx.AsyncClient, service: ModelService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[str | None] = []
+
+    def interval(who: str | None = None) -> float:
+        asked.append(who)
+        return 0.0
+
+    monkeypatch.setattr(service.engine, "chunk_interval", interval)
+    assert (await client.post("/generate/stream", json={"length": 20})).status_code == 200
+    assert (await client.get("/generate/stream", params={"length": 20})).status_code == 200
+    assert len(asked) >= 2 and set(asked) == {"127.0.0.1"}
+
+
 async def test_stream_get_takes_query_parameters(client: httpx.AsyncClient, sse: Parse) -> None:
     body = {"prime": "a\nb", "length": 60, "top_k": 3, "top_p": 0.9, "seed": 5}
     expected = (await client.post("/generate", json=body)).json()["text"]
