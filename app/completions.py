@@ -172,7 +172,8 @@ class CompletionRun:
         )
 
     async def _drain(self, choice: _Choice) -> None:
-        async for _ in self._pieces(choice):
+        await choice.job.finished()  # woken once, not at every step
+        async for _ in self._pieces(choice):  # what was made, as one piece
             pass
 
     async def _pump(self, choice: _Choice, queue: asyncio.Queue) -> None:

@@ -43,6 +43,9 @@ class Chunk:
     logprobs: Logprobs  # one per character of text, when the request asked (else empty)
 
 
+Waiter = tuple[asyncio.AbstractEventLoop, asyncio.Event]
+
+
 class EngineWork:
     """What a generation and a score share: the engine finishes it once (with an error or
     not), a client may cancel it, and one coroutine may wait to be woken from the engine's
@@ -53,7 +56,8 @@ class EngineWork:
         self._done = threading.Event()
         self._cancelled = False
         self._lock = threading.Lock()  # guards the waiter hand-off only
-        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+        self._waiter: Waiter | None = None  # woken at every step (a stream's chunks)
+        self._end_waiter: Waiter | None = None  # woken once, at the end (finished())
         self._on_finish: Callable[[], None] | None = None  # the engine's per-client count
 
     @property
@@ -78,6 +82,9 @@ class EngineWork:
         if self._on_finish is not None:
             self._on_finish()
         self._wake(last=True)
+        with self._lock:
+            waiter, self._end_waiter = self._end_waiter, None
+        _set(waiter)
 
     def _finished_at(self, now: float) -> None:
         """Record when the work ended (each kind keeps it in its own place)."""
@@ -91,9 +98,25 @@ class EngineWork:
             return
         with self._lock:
             waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            loop, event = waiter
-            loop.call_soon_threadsafe(event.set)
+        _set(waiter)
+
+    # --- consumer side ---------------------------------------------------------------
+    async def finished(self) -> None:
+        """Wait until the engine has finished the work, woken once at its end (a stream's
+        chunks() is woken at every step instead). Raises JobFailed if the engine failed
+        it; leaving early (a client disconnect) cancels it."""
+        event = asyncio.Event()
+        with self._lock:
+            if not self.done:
+                self._end_waiter = (asyncio.get_running_loop(), event)
+        try:
+            if not self.done:
+                await event.wait()
+        finally:
+            if not self.done:
+                self.cancel()
+        if self.error:
+            raise JobFailed(self.error)
 
 
 class Job(EngineWork):
@@ -201,18 +224,13 @@ class ScoreJob(EngineWork):
         self.finished_at = now
 
     async def result(self) -> Scorer:
-        """Wait for the scores; raises JobFailed if the engine failed the job. Leaving
-        early (a client disconnect) cancels it."""
-        event = asyncio.Event()
-        with self._lock:
-            if not self.done:
-                self._waiter = (asyncio.get_running_loop(), event)
-        try:
-            if not self.done:
-                await event.wait()
-        finally:
-            if not self.done:
-                self.cancel()
-        if self.error:
-            raise JobFailed(self.error)
+        """Wait for the scores (finished()), then the scorer that holds them."""
+        await self.finished()
         return self.scorer
+
+
+def _set(waiter: Waiter | None) -> None:
+    """Set a waiting coroutine's event, from the engine's thread."""
+    if waiter is not None:
+        loop, event = waiter
+        loop.call_soon_threadsafe(event.set)

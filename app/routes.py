@@ -186,13 +186,11 @@ async def named_model_info(service: Service, name: str) -> ModelInfo:
 async def generate(service: Service, submitted: BodyJob) -> GenerateResponse:
     """Generate up to `length` characters continuing `prime`, all at once."""
     served, job, body = submitted
-    text = []
     try:
-        async for chunk in job.chunks():
-            text.append(chunk.text)
+        await job.finished()  # woken once, not at every step
     except JobFailed as error:
         raise HTTPException(status_code=500, detail=str(error)) from None
-    joined = "".join(text)
+    joined = job.take().text
     end = end_of(job, len(joined))
     return GenerateResponse(
         text=joined,

@@ -17,6 +17,8 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
+from app.jobs import Job
+
 Event = tuple[str, Any]  # (event name, JSON-decoded data)
 
 ClientWith = Callable[..., contextlib.AbstractAsyncContextManager[httpx.AsyncClient]]
@@ -70,3 +72,18 @@ def parse_sse(text: str) -> list[Event]:
         if data:
             events.append((name, json.loads("\n".join(data))))
     return events
+
+
+def count_chunks(monkeypatch: Any) -> list[int]:
+    """Patch Job.chunks to note each chunk a handler reads (a wake-up of the handler
+    each); → the list of their lengths, growing as they are read."""
+    read: list[int] = []
+    chunks = Job.chunks
+
+    async def counted(self: Job, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        async for chunk in chunks(self, *args, **kwargs):
+            read.append(len(chunk.text))
+            yield chunk
+
+    monkeypatch.setattr(Job, "chunks", counted)
+    return read

@@ -12,7 +12,7 @@ from pydantic import SecretStr
 
 from app.engine import EngineBusy
 from app.service import ModelService
-from tests.app.support import ClientWith
+from tests.app.support import ClientWith, count_chunks
 
 pytestmark = pytest.mark.anyio
 
@@ -111,6 +111,15 @@ async def test_stream_chunks_and_done(client: httpx.AsyncClient) -> None:
         assert "".join(c["text"] for c in mine) == whole["choices"][index]["text"]
         assert [c["finish_reason"] for c in mine][-1] == "length"
         assert all(c["finish_reason"] is None for c in mine[:-1])
+
+
+async def test_a_whole_completion_wakes_its_handler_once(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read = count_chunks(monkeypatch)
+    body = (await complete(client, prompt="a", max_tokens=300, n=2, seed=5)).json()
+    assert [len(choice["text"]) for choice in body["choices"]] == [300, 300]
+    assert read == [300, 300]  # each choice read once, at its end
 
 
 async def test_a_stream_is_paced_for_its_client(

@@ -15,6 +15,7 @@ import pytest
 from app.lane import FAILED_MESSAGE
 from app.service import ModelService
 from model.vocab import Vocabulary
+from tests.app.support import count_chunks
 
 pytestmark = pytest.mark.anyio
 
@@ -196,6 +197,17 @@ async def test_stream_post(client: httpx.AsyncClient, vocab: Vocabulary, sse: Pa
     assert done["finish_reason"] == "length"
     stats = done["stats"]
     assert (stats["chars"], stats["seed"], stats["prime_chars"]) == (120, 11, 5)
+
+
+async def test_a_whole_generation_wakes_its_handler_once(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read = count_chunks(monkeypatch)
+    body = {"length": 300, "seed": 3}
+    whole = (await client.post("/generate", json=body)).json()["text"]
+    assert len(whole) == 300 and read == []  # not a chunk per engine step
+    streamed = await client.post("/generate/stream", json={**body, "logprobs": None})
+    assert streamed.status_code == 200 and sum(read) == 300  # the stream reads chunks
 
 
 async def test_both_streams_are_paced_for_their_client(
