@@ -98,6 +98,7 @@ class DecodingEngine:
             threads=config.decode_threads,
             prime_cache_bytes=config.prime_cache_bytes,
             block_steps=config.block_steps,
+            chars_per_call=config.chars_per_call,
         )
         lane = Lane(name, model, chars, decoder, self.counters)
         with self._wakeup:

@@ -86,7 +86,13 @@ class Settings(BaseSettings):
         EngineConfig.block_steps,
         ge=1,
         le=UNIFORM_BLOCK,
-        description="characters each stream draws per decoding step (one compiled call)",
+        description="the most characters each stream draws per decoding step (one compiled call)",
+    )
+    decode_chars_per_call: int = Field(
+        EngineConfig.chars_per_call,
+        ge=1,
+        description="characters one decoding call aims at, all rows together: a call of many "
+        "rows takes fewer steps, so a new request's wait for it stays short",
     )
     prefill_share: float = Field(
         EngineConfig.prefill_share,
@@ -242,6 +248,7 @@ class Settings(BaseSettings):
             max_requests_per_client=self.max_requests_per_client,
             decode_threads=self.decode_threads,
             block_steps=self.decode_block_steps,
+            chars_per_call=self.decode_chars_per_call,
             prefill_share=self.prefill_share,
             prefill_burst_chars=self.prefill_burst_chars,
             prefill_chars_per_second=self.prefill_chars_per_second,

@@ -58,6 +58,9 @@ class BatchDecoder:
     prime_cache_bytes: memory for the states after recent primes (0: no cache).
     block_steps: characters each row draws per `step` call (fewer if it ends first), in
     one compiled call: the Python around a call is paid once for all of them.
+    chars_per_call: with it, a call of many rows takes fewer steps, about this many
+    characters in all (at least one step, at most block_steps): a call's time, which a
+    new request waits for, stays about the same however many rows decode.
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class BatchDecoder:
         backend: str = "auto",
         prime_cache_bytes: int = 0,
         block_steps: int = BLOCK_STEPS,
+        chars_per_call: int | None = None,
     ):
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
@@ -85,7 +89,11 @@ class BatchDecoder:
         self.vocab_size = model.config.vocab_size
         self.capacity = capacity
         self.sampler = SamplerRows(capacity, self.vocab_size)
-        self.block = StepBlock.empty(block_steps, capacity)
+        if chars_per_call is not None and chars_per_call < 1:
+            raise ValueError(f"chars_per_call must be at least 1, got {chars_per_call}")
+        self.chars_per_call = chars_per_call
+        self._blocks = StepBlock.empty(block_steps, capacity)  # the longest call's
+        self.block = self._blocks  # the last call's (its first steps)
         self.automata = AutomatonPool(self.vocab_size)
         self.cache = PrimeCache(prime_cache_bytes) if prime_cache_bytes else None
         self.owners: list[Any] = [None] * capacity
@@ -223,17 +231,24 @@ class BatchDecoder:
 
     # --- decode -------------------------------------------------------------------------
     def step(self, rows: np.ndarray | None = None, split: bool = True) -> np.ndarray:
-        """Draw up to block_steps characters for every decoding row (or those of `rows`),
+        """Draw up to steps_for(rows) characters for every decoding row (or those of `rows`),
         each fed back; a row stops at the character that ends it. → the rows drawn; their
         results are in `self.block` (read them with `draws`). split False keeps the call on
         the calling thread (the caller runs several decoders' steps side by side)."""
         rows = self._decoding if rows is None else rows
         if len(rows) == 0:
             return rows
-        block = self.block
+        block = self.block = self._blocks.first(self.steps_for(len(rows)))
         self.sampler.refill(rows, block.steps)  # enough random numbers for every step
         self.network.sample_and_advance(rows, self.sampler, self.automata.tables, block, split)
         return rows
+
+    def steps_for(self, rows: int) -> int:
+        """Steps of a call of `rows` rows (see chars_per_call)."""
+        most = self._blocks.steps
+        if self.chars_per_call is None:
+            return most
+        return max(1, min(most, self.chars_per_call // max(rows, 1)))
 
     def draws(self, rows: np.ndarray) -> Draws:
         """The last `step`'s results for `rows`, read out in bulk (a few array-to-list

@@ -172,6 +172,19 @@ class StepBlock:
     def steps(self) -> int:
         return self.ids.shape[0]
 
+    def first(self, steps: int) -> StepBlock:
+        """The block of a call of fewer steps: views of the first `steps` (contiguous, as
+        the steps are the outer axis), the counts shared."""
+        if steps == self.steps:
+            return self
+        return StepBlock(
+            self.ids[:steps],
+            self.status[:steps],
+            self.held[:steps],
+            self.records[:steps],
+            self.counts,
+        )
+
     @property
     def arrays(self) -> tuple[np.ndarray, ...]:
         """What the compiled call takes (model/decoding/network_rows.py)."""

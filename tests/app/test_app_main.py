@@ -103,13 +103,15 @@ async def test_shutdown_stops_running_generations(settings: Settings) -> None:
 
 
 def slow_engine(service: ModelService, monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
-    """Make each decoding step take `seconds`, so a stream outlasts the shutdown's start."""
+    """Make each character of a decoding call take `seconds`, so a stream outlasts the
+    shutdown's start."""
     decoder = service.model().lane.decoder
     step = decoder.step
 
     def slow_step(*args: Any) -> np.ndarray:
-        time.sleep(seconds)
-        return step(*args)
+        rows = step(*args)
+        time.sleep(seconds * decoder.block.steps)
+        return rows
 
     monkeypatch.setattr(decoder, "step", slow_step)
 

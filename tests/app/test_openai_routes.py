@@ -153,12 +153,12 @@ async def test_stream_with_stop(client: httpx.AsyncClient) -> None:
 async def test_a_failing_stream_ends_with_an_error_chunk(
     client: httpx.AsyncClient, failing_step: Callable[[int], None]
 ) -> None:
-    failing_step(2)
-    response = await complete(client, prompt="a", max_tokens=10, stream=True)
+    failing_step(2)  # 100 characters take 4 calls of 32 steps
+    response = await complete(client, prompt="a", max_tokens=100, stream=True)
     last = json.loads(data_lines(response.text)[-1])
     assert last["error"]["type"] == "server_error" and "log" in last["error"]["message"]
     assert "out of memory" not in response.text  # the detail stays in the server's log
-    whole = await complete(client, prompt="a", max_tokens=10)  # fails again, before any text
+    whole = await complete(client, prompt="a", max_tokens=100)  # fails again, before any text
     assert whole.status_code == 500
     assert whole.json()["error"]["code"] == "generation_failed"
 

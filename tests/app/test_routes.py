@@ -269,12 +269,12 @@ async def test_newlines_survive_the_stream(client: httpx.AsyncClient, sse: Parse
 async def test_a_failing_generation_ends_with_an_error_event(
     client: httpx.AsyncClient, sse: Parse, failing_step: Callable[[int], None]
 ) -> None:
-    failing_step(3)  # 40 characters take 5 steps of 8
-    response = await client.post("/generate/stream", json={"length": 40})
+    failing_step(3)  # 200 characters take 7 calls of 32 steps
+    response = await client.post("/generate/stream", json={"length": 200})
     events = sse(response.text)
     assert events[-1] == ("error", {"message": FAILED_MESSAGE})  # details stay in the log
     assert {name for name, _ in events[:-1]} <= {"chars"}
-    assert (await client.post("/generate", json={"length": 40})).status_code == 500
+    assert (await client.post("/generate", json={"length": 200})).status_code == 500
 
 
 async def test_openapi_documents_the_routes(client: httpx.AsyncClient) -> None:

@@ -93,9 +93,12 @@ def test_environment_without_prefix(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 
 
 def test_decode_block_steps_reaches_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert Settings().engine_config().block_steps == 8
+    default = Settings().engine_config()
+    assert (default.block_steps, default.chars_per_call) == (32, 1024)
     monkeypatch.setenv("DECODE_BLOCK_STEPS", "3")
-    assert Settings().engine_config().block_steps == 3
+    monkeypatch.setenv("DECODE_CHARS_PER_CALL", "100")
+    config = Settings().engine_config()
+    assert (config.block_steps, config.chars_per_call) == (3, 100)
 
 
 def test_prefill_credit_reaches_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -131,6 +134,10 @@ def test_arguments_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         ("DECODE_BLOCK_STEPS", "0"),
         ("DECODE_BLOCK_STEPS", "65"),  # more than a row's block of random numbers
         ("DECODE_BLOCK_STEPS", "NaN"),
+        ("DECODE_CHARS_PER_CALL", "0"),
+        ("DECODE_CHARS_PER_CALL", "-5"),
+        ("DECODE_CHARS_PER_CALL", "1.5"),
+        ("DECODE_CHARS_PER_CALL", "lots"),
         ("PREFILL_BURST_CHARS", "0"),
         ("PREFILL_BURST_CHARS", "1e3"),
         ("PREFILL_CHARS_PER_SECOND", "-1"),

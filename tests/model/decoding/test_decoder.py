@@ -109,26 +109,38 @@ def test_rows_split_over_two_threads_draw_several_characters_a_step_as_alone(mod
 
 
 @pytest.mark.parametrize(
-    ("backend", "threads", "prefill_rows", "cache_bytes", "block_steps"),
+    ("backend", "threads", "prefill_rows", "cache_bytes", "block_steps", "chars_per_call"),
     [
-        ("kernel", 1, 64, 0, 8),
-        ("kernel", 2, 64, 0, 8),
-        ("kernel", 2, 64, 0, 1),
-        ("kernel", 1, 1, 0, 3),
-        ("kernel", 2, 1, 1 << 20, 8),
-        ("kernel", 1, 5, 1 << 20, 1),
-        ("kernel", 2, 64, 1 << 20, 3),
-        ("torch", 1, 64, 0, 8),
-        ("torch", 1, 1, 1 << 20, 1),
-        ("torch", 1, 64, 1 << 20, 3),
+        ("kernel", 1, 64, 0, 8, None),
+        ("kernel", 2, 64, 0, 8, None),
+        ("kernel", 2, 64, 0, 1, None),
+        ("kernel", 1, 1, 0, 3, None),
+        ("kernel", 2, 1, 1 << 20, 8, None),
+        ("kernel", 1, 5, 1 << 20, 1, None),
+        ("kernel", 2, 64, 1 << 20, 3, None),
+        ("torch", 1, 64, 0, 8, None),
+        ("torch", 1, 1, 1 << 20, 1, None),
+        ("torch", 1, 64, 1 << 20, 3, None),
+        ("kernel", 2, 64, 1 << 20, 32, 96),  # 32 steps a call at 3 rows or less, 1 at 96
+        ("torch", 1, 64, 0, 16, 40),
     ],
 )
 def test_a_seeded_request_gives_the_same_output_alone_and_in_a_crowd(
-    model, vocab, serve, alone_outputs, backend, threads, prefill_rows, cache_bytes, block_steps
+    model,
+    vocab,
+    serve,
+    alone_outputs,
+    backend,
+    threads,
+    prefill_rows,
+    cache_bytes,
+    block_steps,
+    chars_per_call,
 ):
     """34 requests with every option, joining and leaving at different times in different
     slots, prefilled in slices of 1 or many, through the prime cache or not, drawing 1, 3
-    or 8 characters a step (3: steps that do not divide a row's block of random numbers):
+    or 8 characters a step (3: steps that do not divide a row's block of random numbers),
+    or as many as chars_per_call allows (the steps of a call change as rows come and go):
     each one's output (chars, released, logprobs, finish) is bit-identical to its output
     alone (8 a step)."""
     decoder = BatchDecoder(
@@ -138,6 +150,7 @@ def test_a_seeded_request_gives_the_same_output_alone_and_in_a_crowd(
         backend=backend,
         prime_cache_bytes=cache_bytes,
         block_steps=block_steps,
+        chars_per_call=chars_per_call,
     )
 
     # Early joins and cancels in characters' time (with more characters a step, fewer
@@ -165,6 +178,46 @@ def test_a_seeded_request_gives_the_same_output_alone_and_in_a_crowd(
     if cache_bytes:
         assert decoder.cache.hits >= 2
     assert decoder.size == 0 and decoder.free == 40
+
+
+def test_a_call_of_more_rows_takes_fewer_steps(model):
+    decoder = BatchDecoder(model, 300, block_steps=32, chars_per_call=1024)
+    assert [decoder.steps_for(rows) for rows in (1, 32, 33, 64, 128, 256, 300)] == [
+        32,
+        32,
+        31,
+        16,
+        8,
+        4,
+        3,
+    ]
+    assert BatchDecoder(model, 8, block_steps=32, chars_per_call=1).steps_for(8) == 1
+    assert BatchDecoder(model, 8, block_steps=5).steps_for(8) == 5  # no aim: every call 5
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match="chars_per_call must be at least 1"):
+            BatchDecoder(model, 8, chars_per_call=bad)
+
+
+def test_each_call_draws_its_steps_and_no_more(model, alone):
+    lengths = [20] * 4 + [100] * 4
+    requests = [GenerationParams(prime=(1, 2), length=n, seed=i) for i, n in enumerate(lengths)]
+    decoder = BatchDecoder(model, 8, block_steps=32, chars_per_call=64)
+    outputs = [RowOutput() for _ in requests]
+    rows = [decoder.add(params) for params in requests]
+    while decoder.prefilling:
+        decoder.prefill(64)
+    drawn = []
+    while len(decoder.decoding):
+        stepped = decoder.step()
+        drawn.append((len(stepped), decoder.block.steps))
+        for row in stepped.tolist():
+            if decoder.record(row, outputs[rows.index(row)]) != RUNNING:
+                decoder.remove(row)
+    # 8 rows: calls of 64 / 8 steps, the short rows ending in the third; then 4 rows of 16
+    # steps for the 76 characters left (the last call ends early).
+    assert drawn == [(8, 8)] * 3 + [(4, 16)] * 5
+    for params, output in zip(requests, outputs, strict=True):
+        assert output.ids == alone(model, params, "kernel").ids
 
 
 def test_different_seeds_give_different_text(model, alone):
