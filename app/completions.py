@@ -144,7 +144,7 @@ class CompletionRun:
         then, if asked, one with the usage and no choices."""
         queue: asyncio.Queue[tuple[_Choice, str, Logprobs, bool] | BaseException]
         queue = asyncio.Queue()
-        pumps = [asyncio.create_task(self._pump(c, queue)) for c in self.choices]
+        pumps = [asyncio.create_task(self._pump(choice, queue)) for choice in self.choices]
         try:
             running = len(pumps)
             while running:
