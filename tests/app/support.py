@@ -87,3 +87,16 @@ def count_chunks(monkeypatch: Any) -> list[int]:
 
     monkeypatch.setattr(Job, "chunks", counted)
     return read
+
+
+def record_pacing(engine: Any, monkeypatch: Any) -> list[str | None]:
+    """Patch the engine's chunk_interval to note the client each stream asks it for (and
+    to pace nothing); → the list of those clients, growing as they ask."""
+    asked: list[str | None] = []
+
+    def interval(client: str | None = None) -> float:
+        asked.append(client)
+        return 0.0
+
+    monkeypatch.setattr(engine, "chunk_interval", interval)
+    return asked

@@ -12,7 +12,7 @@ from pydantic import SecretStr
 
 from app.engine import EngineBusy
 from app.service import ModelService
-from tests.app.support import ClientWith, count_chunks
+from tests.app.support import ClientWith, count_chunks, record_pacing
 
 pytestmark = pytest.mark.anyio
 
@@ -125,13 +125,7 @@ async def test_a_whole_completion_wakes_its_handler_once(
 async def test_a_stream_is_paced_for_its_client(
     client: httpx.AsyncClient, service: ModelService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    asked: list[str | None] = []
-
-    def interval(who: str | None = None) -> float:
-        asked.append(who)
-        return 0.0
-
-    monkeypatch.setattr(service.engine, "chunk_interval", interval)
+    asked = record_pacing(service.engine, monkeypatch)
     response = await complete(client, prompt="a", max_tokens=30, stream=True)
     assert data_lines(response.text)[-1] == "[DONE]"
     assert asked and set(asked) == {"127.0.0.1"}  # the request's client, before each chunk

@@ -15,7 +15,7 @@ import pytest
 from app.lane import FAILED_MESSAGE
 from app.service import ModelService
 from model.vocab import Vocabulary
-from tests.app.support import count_chunks
+from tests.app.support import count_chunks, record_pacing
 
 pytestmark = pytest.mark.anyio
 
@@ -213,13 +213,7 @@ async def test_a_whole_generation_wakes_its_handler_once(
 async def test_both_streams_are_paced_for_their_client(
     client: httpx.AsyncClient, service: ModelService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    asked: list[str | None] = []
-
-    def interval(who: str | None = None) -> float:
-        asked.append(who)
-        return 0.0
-
-    monkeypatch.setattr(service.engine, "chunk_interval", interval)
+    asked = record_pacing(service.engine, monkeypatch)
     assert (await client.post("/generate/stream", json={"length": 20})).status_code == 200
     assert (await client.get("/generate/stream", params={"length": 20})).status_code == 200
     assert len(asked) >= 2 and set(asked) == {"127.0.0.1"}
