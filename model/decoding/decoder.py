@@ -78,6 +78,8 @@ class BatchDecoder:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
         if not 1 <= block_steps <= UNIFORM_BLOCK:
             raise ValueError(f"block_steps must be in [1, {UNIFORM_BLOCK}], got {block_steps}")
+        if chars_per_call is not None and chars_per_call < 1:
+            raise ValueError(f"chars_per_call must be at least 1, got {chars_per_call}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         model = model.eval()
@@ -89,8 +91,6 @@ class BatchDecoder:
         self.vocab_size = model.config.vocab_size
         self.capacity = capacity
         self.sampler = SamplerRows(capacity, self.vocab_size)
-        if chars_per_call is not None and chars_per_call < 1:
-            raise ValueError(f"chars_per_call must be at least 1, got {chars_per_call}")
         self.chars_per_call = chars_per_call
         self._blocks = StepBlock.empty(block_steps, capacity)  # the longest call's
         self.block = self._blocks  # the last call's (its first steps)
