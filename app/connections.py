@@ -11,6 +11,8 @@
                              pure-Python one): the same limits over either
     EVENT_LOOP               uvloop (auto, where installed) or asyncio: either runs them
 
+    QUOTA_REFUSAL_DELAY_SECONDS  how long the early 429 of a peer at its quota is held
+
 uvicorn itself times only the idle wait between requests, and a byte received stops that
 clock: a client trickling a request head (or a body nobody reads) would keep its
 connection as long as it liked. `ConnectionDeadlines` adds one deadline per connection for
@@ -59,20 +61,26 @@ class ConnectionDeadlines:
 
     head_timeout: ClassVar[float]
     body_timeout: ClassVar[float]
-    # app/quota.py's EarlyRefusal: a peer at its quota gets its 429 from the first bytes.
+    # app/quota.py's EarlyRefusal: a peer at its quota gets its 429 from the first bytes,
+    # held this long first (a client that retries at once then retries once per delay).
     early_refusal: ClassVar[EarlyRefusalHook | None] = None
+    refusal_delay: ClassVar[float] = 0.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
         self._waiting_for: Wait | None = None
         self._first_bytes = True
+        self._refusal: asyncio.TimerHandle | None = None  # a held 429, until it is written
+        self._refused = False  # nothing more is read: the connection ends with its 429
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
         self._watch()
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # the rest of a refused request (its body): never read
         if self._first_bytes:
             self._first_bytes = False
             if self._refused_early(data):
@@ -93,10 +101,22 @@ class ConnectionDeadlines:
         head = [b"HTTP/1.1 429 Too Many Requests"]
         head += [name + b": " + value for name, value in self.server_state.default_headers]
         head += [name + b": " + value for name, value in headers]
-        self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
-        self.transport.close()
-        self._arm(None)
+        response = b"\r\n".join(head) + b"\r\n\r\n" + body
+        self._refused = True
+        self._arm(None)  # the hold below is the connection's only deadline now
+        if self.refusal_delay > 0:
+            # A timer, not a task: a held refusal costs the loop nothing until it is due.
+            self._refusal = self.loop.call_later(self.refusal_delay, self._answer, response)
+        else:
+            self._answer(response)
         return True
+
+    def _answer(self, response: bytes) -> None:
+        """Write a refusal and close (unless the client has hung up meanwhile)."""
+        self._refusal = None
+        if not self.transport.is_closing():
+            self.transport.write(response)
+            self.transport.close()
 
     def _trusted_proxy(self, host: str) -> bool:
         """Whether uvicorn takes this peer's X-Forwarded-For (FORWARDED_ALLOW_IPS: exact
@@ -113,6 +133,9 @@ class ConnectionDeadlines:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._arm(None)
+        if self._refusal is not None:  # hung up (or shut down) while its 429 was held
+            self._refusal.cancel()
+            self._refusal = None
         super().connection_lost(exc)  # type: ignore[misc]
 
     def _owed(self) -> Wait | None:
@@ -170,8 +193,8 @@ class HttpToolsDeadlines(ConnectionDeadlines, HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self._head_complete or self.transport.is_closing():
-            return
+        if self._refused or self._head_complete or self.transport.is_closing():
+            return  # a refused request's body is not a head to bound
         self._head_bytes += len(data)
         if self._head_bytes > MAX_HEAD_BYTES:
             self._arm(None)
@@ -214,6 +237,7 @@ def deadline_protocol(
         "head_timeout": settings.header_timeout_seconds,
         "body_timeout": settings.body_timeout_seconds,
         "early_refusal": early_refusal,
+        "refusal_delay": settings.quota_refusal_delay_seconds,
     }
     base = PROTOCOLS[settings.http_parser]
     return type(base.__name__, (base,), attributes)

@@ -149,7 +149,11 @@ def create_app(settings: Settings | None = None, service: ModelService | None = 
             allow_headers=["Authorization", "Content-Type"],
             max_age=600,
         )
-    app.add_middleware(ClientQuotaMiddleware, engine=lambda: engine_of(app))
+    app.add_middleware(
+        ClientQuotaMiddleware,
+        engine=lambda: engine_of(app),
+        delay=settings.quota_refusal_delay_seconds,
+    )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     if settings.access_log:
         app.add_middleware(AccessLogMiddleware)

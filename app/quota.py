@@ -13,10 +13,18 @@ itself, before the request is parsed or any of the app runs (a flood of such req
 cost the event loop, and so the decoding thread waiting for the GIL, about half its time
 through the whole stack). A request that arrives any other way (behind a trusted proxy,
 on a kept-alive connection, a request line split over packets) gets the middleware's.
+
+Either way the 429 is held for QUOTA_REFUSAL_DELAY_SECONDS first. A client at its quota
+that retries as soon as it is refused (ignoring Retry-After) would otherwise cost the
+event loop a connection at every turn of its loop, as fast as the answers come back;
+held, each of its connections tries once per delay, for the price of a timer. Against a
+client that does not wait for its answers it saves nothing; a held connection stays open
+no longer than one that sends nothing may (the delay is at most HEADER_TIMEOUT_SECONDS).
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 from collections.abc import Callable
@@ -31,16 +39,25 @@ ENGINE_PATHS = frozenset({"/generate", "/generate/stream", "/score", "/v1/comple
 
 
 class ClientQuotaMiddleware:
-    def __init__(self, app: ASGIApp, engine: Callable[[], DecodingEngine | None]):
+    """Refuses a request to an engine route from a client at its quota, `delay` seconds
+    after it arrived (QUOTA_REFUSAL_DELAY_SECONDS), before its body is read."""
+
+    def __init__(
+        self, app: ASGIApp, engine: Callable[[], DecodingEngine | None], delay: float = 0.0
+    ):
         self.app = app
         self.engine = engine  # None while the model is not loaded
+        self.delay = delay
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] in ENGINE_PATHS:
             engine = self.engine()
             client = scope.get("client")
             if engine is not None and client is not None and engine.client_full(client[0]):
-                await _refuse(send, scope["path"], engine.config.max_requests_per_client)
+                limit = engine.config.max_requests_per_client
+                if self.delay > 0:
+                    await asyncio.sleep(self.delay)
+                await _refuse(send, scope["path"], limit)
                 return
         await self.app(scope, receive, send)
 

@@ -74,6 +74,14 @@ class Settings(BaseSettings):
         description="requests one client address may have running or waiting (else 429); "
         "0: no limit",
     )
+    quota_refusal_delay_seconds: float = Field(
+        1.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="a client at MAX_REQUESTS_PER_CLIENT gets its 429 this long after asking "
+        "(at most HEADER_TIMEOUT_SECONDS), so one that retries at once retries once per delay; "
+        "0: at once",
+    )
     # One intra-op thread leaves the other core to the HTTP event loop; on a 2-core box that
     # beats two threads fighting it (idle OpenMP workers spin on the cores the loop needs).
     torch_threads: int = Field(1, ge=1, description="PyTorch intra-op threads")
@@ -238,6 +246,16 @@ class Settings(BaseSettings):
         if self.default_length > self.max_length:
             raise ValueError(
                 f"default_length ({self.default_length}) exceeds max_length ({self.max_length})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _refusal_delay_within_header_timeout(self) -> Settings:
+        # A held refusal keeps its connection no longer than a client that sends nothing may.
+        if self.quota_refusal_delay_seconds > self.header_timeout_seconds:
+            raise ValueError(
+                f"quota_refusal_delay_seconds ({self.quota_refusal_delay_seconds}) exceeds "
+                f"header_timeout_seconds ({self.header_timeout_seconds})"
             )
         return self
 

@@ -67,6 +67,7 @@ def settings(checkpoint_path: Path) -> Settings:
         max_prime_length=50,
         default_length=40,
         shutdown_grace_seconds=2,  # a test that leaves a stream running waits no longer
+        quota_refusal_delay_seconds=0,  # refused at once, but where a test times the delay
     )
 
 

@@ -364,3 +364,59 @@ def test_a_peer_at_its_quota_gets_its_429_from_the_connection(
         finally:
             for sock in held:
                 sock.close()
+
+
+def test_a_held_refusal_holds_up_no_one_else(settings: Settings, stack: dict[str, str]) -> None:
+    """QUOTA_REFUSAL_DELAY_SECONDS: a peer at its quota gets its 429 after the delay, from
+    the connection (127.0.0.5) and from the middleware (127.0.0.1, a trusted proxy). While
+    it is held, the body sent after the head (past the bound on a head) is not read, other
+    clients and the peer's own /health are answered at once, and a peer that hangs up
+    leaves nothing behind."""
+    delay = 0.6
+    limits = {"max_requests_per_client": 1, "max_length": 10**6, **stack}
+    changed = Settings(**{**settings.model_dump(), "access_log": False}).model_copy(
+        update={**limits, "quota_refusal_delay_seconds": delay}
+    )
+    app = create_app(changed)
+    early = EarlyRefusal(lambda: engine_of(app))
+    stream = json.dumps({"length": 10**6}).encode()
+    json_head = ("Content-Type: application/json", f"Content-Length: {len(stream)}")
+    with running_server(app, **uvicorn_options(changed, early)) as url:
+        parts = urlsplit(url)
+        address = (parts.hostname, parts.port)
+
+        def connect(source: str) -> socket.socket:
+            return socket.create_connection(address, source_address=(source, 0))
+
+        def quick(source: str, path: str) -> tuple[float, int]:
+            started = time.monotonic()
+            with connect(source) as sock:
+                sock.sendall(request_head("GET", path, "Connection: close"))
+                _, received = watch(sock)
+            return time.monotonic() - started, status_of(received)
+
+        held = [connect(source) for source in ("127.0.0.5", "127.0.0.1")]
+        try:
+            for sock in held:
+                sock.sendall(request_head("POST", "/generate/stream", *json_head) + stream)
+                assert sock.recv(65536).startswith(b"HTTP/1.1 200")  # the stream runs
+            big = 20_000  # more than the 16 KiB a head may take
+            refused = [connect(source) for source in ("127.0.0.5", "127.0.0.1")]
+            sent = time.monotonic()
+            for sock in refused:
+                sock.sendall(request_head("POST", "/generate", f"Content-Length: {big}"))
+                sock.sendall(b"x" * big)
+            with connect("127.0.0.5") as gone:  # hangs up while its refusal is held
+                gone.sendall(request_head("POST", "/score", "Content-Length: 5"))
+            for source, path in (("127.0.0.6", "/model"), ("127.0.0.5", "/health")):
+                seconds, status = quick(source, path)
+                assert status == 200 and seconds < delay / 2, (source, path, seconds)
+            for sock in refused:
+                closed_after, received = watch(sock)
+                sock.close()
+                assert closed_after is not None and status_of(received) == 429, received
+                assert delay <= time.monotonic() - sent < delay + LIMIT
+            assert quick("127.0.0.6", "/health")[1] == 200
+        finally:
+            for sock in held:
+                sock.close()

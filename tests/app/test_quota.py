@@ -4,12 +4,18 @@ tests/app/test_connections.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import httpx
 import pytest
 
 from app.engine_config import EngineConfig
+from app.main import create_app
 from app.quota import EarlyRefusal
 from app.service import ModelService
+from app.settings import Settings
+from tests.app.support import serve_asgi
 
 pytestmark = pytest.mark.anyio
 
@@ -34,6 +40,22 @@ async def test_a_client_at_its_quota_is_refused_early(
     # What does not submit work is not refused.
     assert (await client.get("/health")).status_code == 200
     assert (await client.get("/model")).status_code == 200
+
+
+async def test_the_refusal_is_held_for_the_delay(
+    settings: Settings, service: ModelService, full: None
+) -> None:
+    # QUOTA_REFUSAL_DELAY_SECONDS: the 429 waits; meanwhile the app answers everyone else.
+    delay = 0.5
+    app = create_app(settings.model_copy(update={"quota_refusal_delay_seconds": delay}), service)
+    async with serve_asgi(app) as http:
+        started = time.monotonic()
+        refusal = asyncio.create_task(http.post("/generate", content=b"{}"))
+        health = await http.get("/health")
+        assert health.status_code == 200 and time.monotonic() - started < delay / 2
+        assert not refusal.done()
+        assert (await refusal).status_code == 429
+        assert time.monotonic() - started >= delay
 
 
 async def test_other_clients_are_not_refused(

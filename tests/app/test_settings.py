@@ -25,6 +25,8 @@ VARIABLES = [
     "ACCESS_LOG",
     "PREFILL_BURST_CHARS",
     "PREFILL_CHARS_PER_SECOND",
+    "QUOTA_REFUSAL_DELAY_SECONDS",
+    "HEADER_TIMEOUT_SECONDS",
 ]
 
 
@@ -110,6 +112,15 @@ def test_prefill_credit_reaches_the_engine(monkeypatch: pytest.MonkeyPatch) -> N
     assert (config.prefill_burst_chars, config.prefill_chars_per_second) == (500, 0.0)
 
 
+def test_quota_refusal_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().quota_refusal_delay_seconds == 1.0  # Retry-After's second
+    monkeypatch.setenv("QUOTA_REFUSAL_DELAY_SECONDS", "0")  # at once
+    assert Settings().quota_refusal_delay_seconds == 0.0
+    monkeypatch.setenv("QUOTA_REFUSAL_DELAY_SECONDS", "2.5")
+    monkeypatch.setenv("HEADER_TIMEOUT_SECONDS", "2.5")  # as long as a silent client
+    assert Settings().quota_refusal_delay_seconds == 2.5
+
+
 def test_arguments_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PORT", "9001")
     assert Settings(port=9002).port == 9002
@@ -143,6 +154,11 @@ def test_arguments_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         ("PREFILL_CHARS_PER_SECOND", "-1"),
         ("PREFILL_CHARS_PER_SECOND", "NaN"),
         ("PREFILL_CHARS_PER_SECOND", "inf"),
+        ("QUOTA_REFUSAL_DELAY_SECONDS", "-1"),
+        ("QUOTA_REFUSAL_DELAY_SECONDS", "NaN"),
+        ("QUOTA_REFUSAL_DELAY_SECONDS", "inf"),
+        ("QUOTA_REFUSAL_DELAY_SECONDS", "soon"),
+        ("QUOTA_REFUSAL_DELAY_SECONDS", "11"),  # above HEADER_TIMEOUT_SECONDS (10)
     ],
 )
 def test_invalid_values_are_refused(
