@@ -100,7 +100,7 @@ class DecodingEngine:
             block_steps=config.block_steps,
             chars_per_call=config.chars_per_call,
         )
-        lane = Lane(name, model, chars, decoder, self.counters)
+        lane = Lane(name, model, chars, decoder, self.counters, config.fair_share_rows)
         with self._wakeup:
             self.lanes = [*self.lanes, lane]  # a new list: the engine thread may be reading
         return lane

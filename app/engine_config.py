@@ -24,6 +24,10 @@ class EngineConfig:
     # Threads that share a step's rows (the CPU kernel releases the GIL). Two on a 2-core
     # machine: the event loop needs little CPU next to the kernel.
     decode_threads: int = 2
+    # A client holding more rows than the others steps, each step, as many as they hold on
+    # average, or fair_share_rows shared by all the step's clients, whichever is more
+    # (app/fairness.py): with few other clients it keeps steps of about this many rows.
+    fair_share_rows: int = 32
     # Characters each row draws per decoding step (one compiled call; fewer when it ends):
     # the engine's Python between calls, and its waits for the GIL, are paid once for all.
     # A call of many rows takes fewer steps, about chars_per_call characters in all: a new
@@ -62,6 +66,7 @@ class EngineConfig:
             "block_steps",
             "chars_per_call",
             "prefill_burst_chars",
+            "fair_share_rows",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

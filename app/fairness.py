@@ -3,16 +3,22 @@ streams much, however many it sends.
 
 FairShare: a decoding step's rows.
 
-Each step, a client with more than its share of the decoding rows (the rows divided by the
-clients that have any) has only that many of them stepped, taken in turn, so its streams
-advance more slowly; every other client's rows step every time. With one client, or
-clients of similar size, every row steps. A row that waits keeps its state: its text is
+Each step, a client may step as many rows as the other clients hold on average, or
+`floor_rows` shared by all the step's clients (floor_rows / clients), whichever is more;
+a client holding more has that many of them stepped, taken in turn, so its streams
+advance more slowly, and every other client's rows step every time. A client alone, or
+clients of similar size, step every row. A row that waits keeps its state: its text is
 the same, only later.
 
-    rows   client   share = ceil(7 rows / 3 clients) = 3
-    0..3   A (4)    3 of A's 4 rows step, the 4th waits a step (then another waits)
-    4..5   B (2)    both step
-    6      C (1)    steps
+    floor_rows = 8     others' average         floor: ceil(8 / 3)   share
+    rows 0..5   A (6)  ceil((2 + 1) / 2) = 2   3                    3 of A's 6, in turn
+    rows 6..7   B (2)  ceil((6 + 1) / 2) = 4   3                    4: both step
+    row 8       C (1)  ceil((6 + 2) / 2) = 4   3                    4: it steps
+
+A client's own rows do not raise its share, however many it holds: beside 64 clients of
+one stream each, a client with 128 steps one row, as they do. When the others leave, its
+share grows only to the floor's part, so the last streams of other clients keep short
+steps; alone, it steps every row.
 
 PrimeCredit: prefill, while streams decode. Each client may have `burst` characters of
 prime read at once, and then `rate` a second (a token bucket per client): a user's
@@ -31,7 +37,10 @@ import numpy as np
 
 
 class FairShare:
-    def __init__(self) -> None:
+    def __init__(self, floor_rows: int) -> None:
+        if floor_rows < 1:
+            raise ValueError(f"floor_rows must be at least 1, got {floor_rows}")
+        self.floor_rows = floor_rows
         self._turn: defaultdict[object, int] = defaultdict(int)  # where each client resumes
 
     def rows(self, rows: np.ndarray, clients: list[object]) -> np.ndarray:
@@ -41,18 +50,21 @@ class FairShare:
             by_client[client if client is not None else ("row", row)].append(row)
         for gone in self._turn.keys() - by_client.keys():
             del self._turn[gone]
-        share = math.ceil(len(rows) / len(by_client)) if by_client else 0
-        if all(len(owned) <= share for owned in by_client.values()):
+        if len(by_client) <= 1:
             return rows
-        chosen = []
+        total, others = len(rows), len(by_client) - 1
+        floor = math.ceil(self.floor_rows / len(by_client))
+        chosen, held_back = [], False
         for key, owned in by_client.items():
+            share = max(floor, math.ceil((total - len(owned)) / others))
             if len(owned) <= share:
                 chosen.extend(owned)
                 continue
+            held_back = True
             start = self._turn[key] % len(owned)
             chosen.extend((owned[start:] + owned[:start])[:share])
             self._turn[key] = start + share
-        return np.asarray(sorted(chosen), np.int64)
+        return np.asarray(sorted(chosen), np.int64) if held_back else rows
 
 
 FORGET_AFTER = 1024  # clients remembered before those with a full credit are swept

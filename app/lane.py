@@ -43,6 +43,7 @@ class Lane:
         chars: tuple[str, ...],
         decoder: BatchDecoder,
         counters: EngineCounters,
+        fair_share_rows: int,
     ):
         self.name = name
         self.model = model
@@ -50,7 +51,7 @@ class Lane:
         self.decoder = decoder
         self.counters = counters
         self.retiring = False  # replaced or evicted: leaves the engine once it is empty
-        self.fair = FairShare()
+        self.fair = FairShare(fair_share_rows)
         self._every_row_fair: np.ndarray | None = None  # see plan()
         self.row_seconds = 1e-4  # running estimate of a prefill row-character's cost
         self.score_seconds = 3e-5  # and of a scored character's

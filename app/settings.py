@@ -74,6 +74,12 @@ class Settings(BaseSettings):
         description="requests one client address may have running or waiting (else 429); "
         "0: no limit",
     )
+    fair_share_rows: int = Field(
+        EngineConfig.fair_share_rows,
+        ge=1,
+        description="a client holding more rows than the others steps as many as they hold on "
+        "average, or this many shared by all clients of the step, whichever is more",
+    )
     quota_refusal_delay_seconds: float = Field(
         1.0,
         ge=0,
@@ -264,6 +270,7 @@ class Settings(BaseSettings):
             max_active=self.max_active,
             max_queue=self.max_queue,
             max_requests_per_client=self.max_requests_per_client,
+            fair_share_rows=self.fair_share_rows,
             decode_threads=self.decode_threads,
             block_steps=self.decode_block_steps,
             chars_per_call=self.decode_chars_per_call,

@@ -22,9 +22,11 @@ def test_rates_and_intervals_must_be_finite_and_not_negative(value):
             EngineConfig(**{name: value})
 
 
-def test_prefill_burst_is_at_least_one_character():
-    with pytest.raises(ValueError, match="prefill_burst_chars must be at least 1"):
-        EngineConfig(prefill_burst_chars=0)
+@pytest.mark.parametrize("name", ["prefill_burst_chars", "fair_share_rows"])
+@pytest.mark.parametrize("value", [0, -3])
+def test_counts_are_at_least_one(name, value):
+    with pytest.raises(ValueError, match=f"{name} must be at least 1"):
+        EngineConfig(**{name: value})
 
 
 def test_the_longest_chunk_interval_is_not_below_the_shortest():

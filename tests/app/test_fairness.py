@@ -10,27 +10,72 @@ from app.fairness import FORGET_AFTER, FairShare, PrimeCredit
 
 def test_similar_clients_all_step():
     rows = np.arange(6)
-    assert FairShare().rows(rows, ["a", "a", "b", "b", "c", None]).tolist() == list(range(6))
-    assert FairShare().rows(rows, ["a"] * 6).tolist() == list(range(6))  # one client: all
+    fair = FairShare(floor_rows=1)
+    assert fair.rows(rows, ["a", "a", "b", "b", "c", None]).tolist() == list(range(6))
+    assert fair.rows(rows, ["a"] * 6).tolist() == list(range(6))  # one client: all
 
 
 def test_a_heavy_client_gets_its_share_in_turn():
-    fair = FairShare()
-    rows = np.arange(7)
-    clients = ["a", "a", "a", "a", "b", "b", "c"]  # share: ceil(7 / 3) = 3
+    fair = FairShare(floor_rows=8)
+    rows = np.arange(9)
+    # a: the others' average ceil(3 / 2) = 2, the floor ceil(8 / 3) = 3: a steps 3 of 6
+    clients = ["a"] * 6 + ["b", "b", "c"]
     steps = [fair.rows(rows, clients).tolist() for _ in range(4)]
-    assert all(step[-3:] == [4, 5, 6] for step in steps)  # b and c step every time
-    heavy = [[row for row in step if row < 4] for step in steps]
-    assert heavy == [[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]]  # a's rows take turns
-    assert sum(row in step for step in heavy for row in range(4)) == 12
+    assert all(step[-3:] == [6, 7, 8] for step in steps)  # b and c step every time
+    heavy = [[row for row in step if row < 6] for step in steps]
+    assert heavy == [[0, 1, 2], [3, 4, 5], [0, 1, 2], [3, 4, 5]]  # a's rows take turns
+
+
+def test_turns_go_round_all_of_a_clients_rows():
+    fair = FairShare(floor_rows=6)
+    rows = np.arange(7)
+    clients = ["a"] * 4 + ["b", "b", "c"]  # a: max(ceil(6 / 3), ceil(3 / 2)) = 2 of 4
+    heavy = [[row for row in fair.rows(rows, clients).tolist() if row < 4] for _ in range(4)]
+    assert heavy == [[0, 1], [2, 3], [0, 1], [2, 3]]
+    assert sum(row in step for step in heavy for row in range(4)) == 8  # each row twice
 
 
 def test_one_attacker_against_many_users():
     rows = np.arange(256)
     clients = [f"user{n}" for n in range(64)] + ["attacker"] * 192
-    chosen = FairShare().rows(rows, clients)
-    assert len(chosen) == 64 + 4  # share: ceil(256 / 65) = 4
+    chosen = FairShare(floor_rows=32).rows(rows, clients)
+    assert len(chosen) == 64 + 1  # as many as a user holds
     assert set(range(64)) <= set(chosen.tolist())
+
+
+@pytest.mark.parametrize("held", [2, 128, 10_000])
+def test_a_clients_own_rows_do_not_raise_its_share(held: int):
+    rows = np.arange(64 + held)
+    clients = [f"user{n}" for n in range(64)] + ["attacker"] * held
+    assert len(FairShare(floor_rows=32).rows(rows, clients)) == 64 + 1
+
+
+@pytest.mark.parametrize(("users", "attacker_rows"), [(1, 16), (4, 7), (15, 2), (31, 1)])
+def test_as_the_others_leave_a_heavy_share_grows_only_to_the_floor(users: int, attacker_rows: int):
+    # The last streams of the other clients keep short steps: ceil(32 / clients) rows of
+    # the attacker's, not ceil(all rows / clients) (65 beside one user, 27 beside four).
+    rows = np.arange(users + 128)
+    clients = [f"user{n}" for n in range(users)] + ["attacker"] * 128
+    chosen = FairShare(floor_rows=32).rows(rows, clients).tolist()
+    assert chosen[:users] == list(range(users))
+    assert len(chosen) == users + attacker_rows == users + math.ceil(32 / (users + 1))
+
+
+def test_heavy_clients_alone_share_by_the_others_average():
+    fair = FairShare(floor_rows=32)
+    rows = np.arange(256)
+    assert len(fair.rows(rows, ["a"] * 128 + ["b"] * 128)) == 256  # equals: every row
+    chosen = fair.rows(np.arange(228), ["a"] * 100 + ["b"] * 128).tolist()
+    assert chosen[:100] == list(range(100)) and len(chosen) == 200  # b steps 100 of 128
+    # Two attackers beside 64 users: each the average of the others, ceil(192 / 65) = 3.
+    clients = [f"user{n}" for n in range(64)] + ["x"] * 128 + ["y"] * 128
+    assert len(fair.rows(np.arange(320), clients)) == 64 + 3 + 3
+
+
+@pytest.mark.parametrize("floor_rows", [0, -1])
+def test_fair_share_refuses_a_floor_below_one(floor_rows: int):
+    with pytest.raises(ValueError, match="floor_rows"):
+        FairShare(floor_rows)
 
 
 class Clock:

@@ -27,7 +27,7 @@ VOCAB = Vocabulary.from_text("abcdefghijklmnopqrstuvwxyz .,\n")
 def lane() -> Lane:
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(vocab_size=len(VOCAB), hidden_size=16)).eval()
-    engine = DecodingEngine(EngineConfig(max_active=8, decode_threads=1))
+    engine = DecodingEngine(EngineConfig(max_active=8, decode_threads=1, fair_share_rows=4))
     return engine.add_lane("tiny", model, VOCAB.chars)
 
 
@@ -61,12 +61,12 @@ def test_clients_within_their_shares_step_every_row_without_a_fair_share_pass(
 def test_a_client_over_its_share_takes_turns_at_every_step(lane: Lane) -> None:
     for seed in range(4):
         admit(lane, "heavy", seed)
-    admit(lane, "light", 9)  # share: ceil(5 rows / 2 clients) = 3
+    admit(lane, "light", 9)  # heavy's share: the floor, ceil(4 rows / 2 clients) = 2
     plans = [lane.plan().tolist() for _ in range(4)]
-    assert all(len(plan) == 4 and 4 in plan for plan in plans)  # light steps every time
+    assert all(len(plan) == 3 and 4 in plan for plan in plans)  # light steps every time
     assert len({tuple(plan) for plan in plans}) > 1  # heavy's rows rotate: no stale plan
     lane.remove(0)
-    lane.remove(1)  # heavy is within its share again (2 of 3 rows): every row steps
+    lane.remove(1)  # heavy is within its share again (2 of 2 rows): every row steps
     assert lane.plan().tolist() == [2, 3, 4]
     assert lane.plan() is lane.decoder.decoding
 

@@ -27,6 +27,7 @@ VARIABLES = [
     "PREFILL_CHARS_PER_SECOND",
     "QUOTA_REFUSAL_DELAY_SECONDS",
     "HEADER_TIMEOUT_SECONDS",
+    "FAIR_SHARE_ROWS",
 ]
 
 
@@ -112,6 +113,12 @@ def test_prefill_credit_reaches_the_engine(monkeypatch: pytest.MonkeyPatch) -> N
     assert (config.prefill_burst_chars, config.prefill_chars_per_second) == (500, 0.0)
 
 
+def test_fair_share_rows_reaches_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().engine_config().fair_share_rows == 32
+    monkeypatch.setenv("FAIR_SHARE_ROWS", "8")
+    assert Settings().engine_config().fair_share_rows == 8
+
+
 def test_quota_refusal_delay(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings().quota_refusal_delay_seconds == 1.0  # Retry-After's second
     monkeypatch.setenv("QUOTA_REFUSAL_DELAY_SECONDS", "0")  # at once
@@ -154,6 +161,9 @@ def test_arguments_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         ("PREFILL_CHARS_PER_SECOND", "-1"),
         ("PREFILL_CHARS_PER_SECOND", "NaN"),
         ("PREFILL_CHARS_PER_SECOND", "inf"),
+        ("FAIR_SHARE_ROWS", "0"),
+        ("FAIR_SHARE_ROWS", "2.5"),
+        ("FAIR_SHARE_ROWS", "many"),
         ("QUOTA_REFUSAL_DELAY_SECONDS", "-1"),
         ("QUOTA_REFUSAL_DELAY_SECONDS", "NaN"),
         ("QUOTA_REFUSAL_DELAY_SECONDS", "inf"),
