@@ -163,6 +163,24 @@ class Job(EngineWork):
         )
         return Chunk("".join(self.chars[i] for i in ids), logprobs)
 
+    async def _pause(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        """Wait `seconds` between two chunks, or less if the work ends meanwhile: the last
+        characters and the end go out at once, not a chunk interval (up to a second for
+        a client holding many streams) later."""
+        event = asyncio.Event()
+        with self._lock:
+            if self.done:
+                return
+            self._end_waiter = (loop, event)
+        timer = loop.call_later(seconds, event.set)
+        try:
+            await event.wait()
+        finally:
+            timer.cancel()
+            with self._lock:
+                if self._end_waiter is not None and self._end_waiter[1] is event:
+                    self._end_waiter = None
+
     async def chunks(
         self,
         min_interval: float | Callable[[], float] = 0.0,
@@ -181,7 +199,7 @@ class Job(EngineWork):
             while True:
                 wait = last_yield + interval() - loop.time()
                 if wait > 0 and not self.done:
-                    await asyncio.sleep(wait)  # let a few steps' chars gather into one chunk
+                    await self._pause(loop, wait)  # let a few steps' chars gather into one
                 event = asyncio.Event()
                 with self._lock:
                     ready = self._ready()

@@ -1,5 +1,5 @@
 """app/jobs.py: how a handler waits for a request's end, woken once rather than at every
-step of the engine."""
+step of the engine, and how a paced stream's end goes out at once."""
 
 import asyncio
 import threading
@@ -56,3 +56,38 @@ async def test_a_handler_that_leaves_early_cancels_the_job() -> None:
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert job.cancelled and not job.done
+
+
+async def test_the_end_cuts_a_streams_pause_short() -> None:
+    # A stream paced at one chunk every 30 s: its first chunk goes out at once, and the
+    # rest, with the end, as soon as the job ends, not at the end of the pause.
+    job = a_job()
+    job.output.extend([0, 1], held=0)
+    chunks = job.chunks(min_interval=30.0)
+    assert (await asyncio.wait_for(anext(chunks), 5)).text == "ab"
+    rest = asyncio.create_task(anext(chunks))
+    await asyncio.sleep(0.05)  # pausing now
+    assert not rest.done() and job._end_waiter is not None
+
+    def the_end() -> None:
+        job.output.extend([1, 0, 0], held=0)
+        job.output.finish("length")
+        job._finish()
+
+    from_another_thread(the_end)
+    assert (await asyncio.wait_for(rest, 5)).text == "baa"
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(anext(chunks), 5)
+    assert job._end_waiter is None
+
+
+async def test_a_pause_that_runs_out_leaves_no_waiter_behind() -> None:
+    job = a_job()
+    job.output.extend([0], held=0)
+    chunks = job.chunks(min_interval=0.05)
+    assert (await anext(chunks)).text == "a"
+    job.output.extend([1], held=0)
+    assert (await asyncio.wait_for(anext(chunks), 5)).text == "b"  # after the pause
+    assert job._end_waiter is None and not job.done
+    await chunks.aclose()  # the client leaves: the job is cancelled
+    assert job.cancelled
