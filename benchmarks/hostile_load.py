@@ -1,6 +1,6 @@
 """Hostile load: 64 well-behaved streams beside clients that try to break the service.
 
-    python benchmarks/hostile_load.py [--streams 64] [--length 500] [--repeats 3]
+    python benchmarks/hostile_load.py [--streams 64] [--length 500] [--repeats 7]
                                       [--server-cpus 0-3]
 
 The server is `python -m app` (the shipped checkpoint, default settings) in its own process.
@@ -152,7 +152,7 @@ def main() -> None:
     )
     parser.add_argument("--streams", type=int, default=64)
     parser.add_argument("--length", type=int, default=500)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument(
         "--server-cpus",
         type=cpu_list,
