@@ -18,13 +18,14 @@ send at the same time:
   flood       as many long streams as the server lets one client open (held open), and
               more every 0.1 s from 300 connections (429s, as fast as they come back)
 
-and probes (GET /health every 100 ms, /metrics every second) run beside the 64 streams.
+and probes (GET /health every 100 ms, /metrics every second) run beside the 64 streams,
+in both phases, so that the hostile clients are the only difference between them.
 The attackers' own CPU time is taken from the same cores as the server's, unless
 --server-cpus puts the server on CPUs of its own (every client, attackers included, then
 runs on the others, as if on machines of their own).
 
 It prints, per phase (medians over repeats): streams completed / N, their aggregate chars/s
-and p99 gap between chunks, and the ratio hostile/quiet; /health failures and its p99
+and p99 gap between chunks, and the ratio hostile/quiet; per phase, /health failures and p99
 latency; the server's peak RSS; the tracebacks in its log; what the hostile requests got;
 and the cores each side used (the server's event loop, its decoding threads, the
 attackers' process), which on a small machine shows how much of it the attack itself took.
@@ -191,16 +192,20 @@ def main() -> None:
         vocabulary = httpx.get(f"http://127.0.0.1:{port}/model").json()["vocabulary"]
         asyncio.run(phase(port, 8, 50, None, server.pid))  # warm-up
         quiet, hostile_runs = [], []
-        probes = Probes(port)
+        probes = {"quiet": Probes(port), "hostile": Probes(port)}
         statuses: collections.Counter[str] = collections.Counter()
         spawn = multiprocessing.get_context("spawn")
         for _ in range(args.repeats):
-            quiet.append(asyncio.run(phase(port, args.streams, args.length, None, server.pid)))
+            quiet.append(
+                asyncio.run(phase(port, args.streams, args.length, probes["quiet"], server.pid))
+            )
             stop, tally = spawn.Event(), spawn.Queue()
             attacker = spawn.Process(target=attack, args=(port, vocabulary, stop, tally))
             attacker.start()
             time.sleep(3)  # let the attack build up first
-            under_attack = phase(port, args.streams, args.length, probes, server.pid, attacker.pid)
+            under_attack = phase(
+                port, args.streams, args.length, probes["hostile"], server.pid, attacker.pid
+            )
             hostile_runs.append(asyncio.run(under_attack))
             stop.set()
             statuses.update(tally.get(timeout=120))
@@ -232,11 +237,11 @@ def main() -> None:
         )
     ratio = median(hostile_runs, "chars_per_second") / median(quiet, "chars_per_second")
     print(f"hostile/quiet chars/s: {ratio:.2f}x (target >= 0.7)")
-    health = probes.health
-    print(
-        f"/health: {probes.health_failures} failures of {len(health)}, "
-        f"p99 {percentile(health, 99) * 1e3:.0f} ms"
-    )
+    for name, probe in probes.items():
+        print(
+            f"/health {name}: {probe.health_failures} failures of {len(probe.health)}, "
+            f"p99 {percentile(probe.health, 99) * 1e3:.0f} ms"
+        )
     print(
         f"server peak RSS: {rss:.0f} MB, still running: {alive}, "
         f"tracebacks in its log: {tracebacks}"
