@@ -10,8 +10,8 @@
     HTTP_PARSER              httptools (uvicorn's C parser, the default) or h11 (its
                              pure-Python one): the same limits over either
     EVENT_LOOP               uvloop (auto, where installed) or asyncio: either runs them
-
-    QUOTA_REFUSAL_DELAY_SECONDS  how long the early 429 of a peer at its quota is held
+    QUOTA_REFUSAL_DELAY_SECONDS
+                             how long the early 429 of a peer at its quota is held
 
 uvicorn itself times only the idle wait between requests, and a byte received stops that
 clock: a client trickling a request head (or a body nobody reads) would keep its
