@@ -5,6 +5,9 @@
                              a kept-alive connection; else the connection is closed
     KEEP_ALIVE_SECONDS       an idle connection is closed between requests (uvicorn's own)
     MAX_CONNECTIONS          past it, requests get uvicorn's plain 503 (its limit_concurrency)
+    MAX_CONNECTIONS_PER_CLIENT
+                             connections one address may have open; past it, a new one is
+                             closed at once, so no one address can take MAX_CONNECTIONS
     BODY_TIMEOUT_SECONDS     in the app (app/body_timeout.py), and here for a body that the
                              app answered without reading: the rest must arrive within it
     HTTP_PARSER              httptools (uvicorn's C parser, the default) or h11 (its
@@ -24,6 +27,7 @@ that, and the early 429 of app/quota.py, to either of uvicorn's HTTP/1.1 protoco
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
@@ -65,6 +69,9 @@ class ConnectionDeadlines:
     # held this long first (a client that retries at once then retries once per delay).
     early_refusal: ClassVar[EarlyRefusalHook | None] = None
     refusal_delay: ClassVar[float] = 0.0
+    # Open connections by peer address, shared by one server's connections; 0: no limit.
+    max_per_peer: ClassVar[int] = 0
+    open_by_peer: ClassVar[Counter[str]]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -73,10 +80,30 @@ class ConnectionDeadlines:
         self._first_bytes = True
         self._refusal: asyncio.TimerHandle | None = None  # a held 429, until it is written
         self._refused = False  # nothing more is read: the connection ends with its 429
+        self._counted_peer: str | None = None  # in open_by_peer until the connection ends
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
+        if self._over_peer_limit():
+            return
         self._watch()
+
+    def _over_peer_limit(self) -> bool:
+        """Count the connection against its peer's MAX_CONNECTIONS_PER_CLIENT, or close it
+        at once if the peer already has that many open (with no response: the client may
+        not have sent a request yet). A trusted proxy's connections are everyone's."""
+        limit = self.max_per_peer
+        if not limit or self.client is None or self._trusted_proxy(self.client[0]):
+            return False
+        peer = self.client[0]
+        if self.open_by_peer[peer] >= limit:
+            self._refused = True
+            self.logger.debug("closing a connection: %s has %d open", peer, limit)
+            self.transport.close()
+            return True
+        self.open_by_peer[peer] += 1
+        self._counted_peer = peer
+        return False
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -133,6 +160,11 @@ class ConnectionDeadlines:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._arm(None)
+        if self._counted_peer is not None:
+            self.open_by_peer[self._counted_peer] -= 1
+            if self.open_by_peer[self._counted_peer] <= 0:
+                del self.open_by_peer[self._counted_peer]
+            self._counted_peer = None
         if self._refusal is not None:  # hung up (or shut down) while its 429 was held
             self._refusal.cancel()
             self._refusal = None
@@ -238,6 +270,8 @@ def deadline_protocol(
         "body_timeout": settings.body_timeout_seconds,
         "early_refusal": early_refusal,
         "refusal_delay": settings.quota_refusal_delay_seconds,
+        "max_per_peer": settings.max_connections_per_client,
+        "open_by_peer": Counter(),  # this server's own count
     }
     base = PROTOCOLS[settings.http_parser]
     return type(base.__name__, (base,), attributes)

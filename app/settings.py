@@ -208,6 +208,12 @@ class Settings(BaseSettings):
         description="open connections (and requests in progress) past which a request gets "
         "503; above max_active + max_queue, so the engine's own 503 (with Retry-After) comes first",
     )
+    max_connections_per_client: int = Field(
+        512,
+        ge=0,
+        description="connections one client address may have open at once (a trusted proxy's "
+        "are not counted); past it, a new one is closed at once; 0: no limit",
+    )
 
     @field_validator("device")
     @classmethod

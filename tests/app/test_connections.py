@@ -206,6 +206,61 @@ def test_past_max_connections_requests_get_503(settings: Settings, stack: dict[s
         assert status == 200
 
 
+def test_one_address_cannot_take_every_connection(
+    settings: Settings, stack: dict[str, str]
+) -> None:
+    """MAX_CONNECTIONS_PER_CLIENT 3, MAX_CONNECTIONS 10: 127.0.0.5's fourth connection is
+    closed at once, unanswered, while other addresses are served; once one of its three
+    closes it may open another; 127.0.0.1 (a trusted proxy: everyone's connections) is
+    not counted; the counts empty when the connections go."""
+    limits = {
+        "max_connections": 10,
+        "max_connections_per_client": 3,
+        "header_timeout_seconds": 30.0,
+    }
+    changed = Settings(**{**settings.model_dump(), "access_log": False, **stack, **limits})
+    options = uvicorn_options(changed)
+    counts = options["http"].open_by_peer
+    with running_server(create_app(changed), **options) as url:
+        parts = urlsplit(url)
+        address = (parts.hostname, parts.port)
+
+        def connect(source: str) -> socket.socket:
+            return socket.create_connection(address, source_address=(source, 0))
+
+        def health(source: str) -> int:
+            with connect(source) as sock:
+                sock.sendall(request_head("GET", "/health", "Connection: close"))
+                return status_of(watch(sock)[1])
+
+        idle = [connect("127.0.0.5") for _ in range(3)]
+        try:
+            deadline = time.monotonic() + LIMIT
+            while counts["127.0.0.5"] < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)  # the server has taken all three
+            with connect("127.0.0.5") as fourth:
+                fourth.sendall(request_head("GET", "/health", "Connection: close"))
+                closed_after, received = watch(fourth)
+            assert closed_after is not None and closed_after < TIMEOUT and received == b""
+            assert health("127.0.0.6") == 200  # room left for other addresses
+            proxied = [connect("127.0.0.1") for _ in range(4)]
+            assert health("127.0.0.1") == 200  # its fifth: not counted
+            for sock in proxied:
+                sock.close()
+            idle.pop().close()
+            deadline = time.monotonic() + LIMIT
+            while counts["127.0.0.5"] > 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert health("127.0.0.5") == 200
+        finally:
+            for sock in idle:
+                sock.close()
+        deadline = time.monotonic() + LIMIT
+        while counts and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not counts
+
+
 def test_a_stream_longer_than_every_timeout_is_not_cut(
     settings: Settings, stack: dict[str, str], sse: Parse
 ) -> None:
@@ -262,6 +317,19 @@ def test_max_connections_must_be_a_positive_integer(
         Settings()
 
 
+@pytest.mark.parametrize("value", ["-1", "1.5", "many", ""])
+def test_max_connections_per_client_is_a_count(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("MAX_CONNECTIONS_PER_CLIENT", value)
+    with pytest.raises(ValidationError, match="max_connections_per_client"):
+        Settings()
+
+
+def test_max_connections_per_client_defaults_and_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().max_connections_per_client == 512  # a quarter of MAX_CONNECTIONS
+    monkeypatch.setenv("MAX_CONNECTIONS_PER_CLIENT", "0")  # no limit
+    assert uvicorn_options(Settings())["http"].max_per_peer == 0
+
+
 @pytest.mark.parametrize("field", ["http_parser", "event_loop"])
 @pytest.mark.parametrize("value", ["", "HTTPTOOLS2", "tokio", "0"])
 def test_http_parser_and_event_loop_must_be_known_ones(
@@ -293,9 +361,12 @@ def test_the_options_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("BODY_TIMEOUT_SECONDS", "7")
     monkeypatch.setenv("KEEP_ALIVE_SECONDS", "65")
     monkeypatch.setenv("MAX_CONNECTIONS", "100")
+    monkeypatch.setenv("MAX_CONNECTIONS_PER_CLIENT", "20")
     options = uvicorn_options(Settings())
     assert (options["http"].head_timeout, options["http"].body_timeout) == (2.5, 7.0)
     assert (options["timeout_keep_alive"], options["limit_concurrency"]) == (65.0, 100)
+    assert options["http"].max_per_peer == 20
+    assert options["http"].open_by_peer is not uvicorn_options(Settings())["http"].open_by_peer
 
 
 def test_the_default_connection_limit_leaves_room_for_the_engine_queue() -> None:
