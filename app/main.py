@@ -36,6 +36,7 @@ from app.body_limit import BodyLimitMiddleware
 from app.body_timeout import BodyTimeoutMiddleware
 from app.engine import DecodingEngine, EngineBusy
 from app.errors import engine_busy, validation_error
+from app.log_limit import limited_logs
 from app.metrics import Metrics, MetricsMiddleware
 from app.metrics import router as metrics_router
 from app.quota import ClientQuotaMiddleware
@@ -105,7 +106,8 @@ def create_app(settings: Settings | None = None, service: ModelService | None = 
         gc.freeze()
         app.state.service = loaded
         try:
-            yield
+            with limited_logs(settings.log_repeats_per_minute):  # while requests come in
+                yield
         finally:
             if poller is not None:
                 poller.stop()

@@ -60,6 +60,12 @@ class Settings(BaseSettings):
         DEFAULT_LENGTH, ge=1, description="characters generated when none are asked"
     )
     log_level: LogLevel = "info"
+    log_repeats_per_minute: int = Field(
+        60,
+        ge=0,
+        description="how often one kind of per-request warning (a malformed request, a "
+        "refused one) may be logged: this many at once, then this many a minute; 0: no limit",
+    )
     # The decoding engine (app/engine.py): rows decoded together, and requests that may wait
     # for a row; past both, requests get 503 with Retry-After. Defaults: EngineConfig's.
     max_active: int = Field(
