@@ -105,18 +105,31 @@ class EngineWork:
         """Wait until the engine has finished the work, woken once at its end (a stream's
         chunks() is woken at every step instead). Raises JobFailed if the engine failed
         it; leaving early (a client disconnect) cancels it."""
-        event = asyncio.Event()
-        with self._lock:
-            if not self.done:
-                self._end_waiter = (asyncio.get_running_loop(), event)
         try:
-            if not self.done:
-                await event.wait()
+            await self._until_end()
         finally:
             if not self.done:
                 self.cancel()
         if self.error:
             raise JobFailed(self.error)
+
+    async def _until_end(self, seconds: float | None = None) -> None:
+        """Wait for the end of the work, or at most `seconds` (None: however long)."""
+        loop = asyncio.get_running_loop()
+        event = asyncio.Event()
+        with self._lock:
+            if self.done:
+                return
+            self._end_waiter = (loop, event)
+        timer = None if seconds is None else loop.call_later(seconds, event.set)
+        try:
+            await event.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+            with self._lock:
+                if self._end_waiter is not None and self._end_waiter[1] is event:
+                    self._end_waiter = None
 
 
 class Job(EngineWork):
@@ -163,24 +176,6 @@ class Job(EngineWork):
         )
         return Chunk("".join(self.chars[i] for i in ids), logprobs)
 
-    async def _pause(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
-        """Wait `seconds` between two chunks, or less if the work ends meanwhile: the last
-        characters and the end go out at once, not a chunk interval (up to a second for
-        a client holding many streams) later."""
-        event = asyncio.Event()
-        with self._lock:
-            if self.done:
-                return
-            self._end_waiter = (loop, event)
-        timer = loop.call_later(seconds, event.set)
-        try:
-            await event.wait()
-        finally:
-            timer.cancel()
-            with self._lock:
-                if self._end_waiter is not None and self._end_waiter[1] is event:
-                    self._end_waiter = None
-
     async def chunks(
         self,
         min_interval: float | Callable[[], float] = 0.0,
@@ -199,7 +194,10 @@ class Job(EngineWork):
             while True:
                 wait = last_yield + interval() - loop.time()
                 if wait > 0 and not self.done:
-                    await self._pause(loop, wait)  # let a few steps' chars gather into one
+                    # Let a few steps' chars gather into one chunk; the end cuts it short,
+                    # so the last characters and the end go out at once, not a chunk
+                    # interval (up to a second for a client holding many streams) later.
+                    await self._until_end(wait)
                 event = asyncio.Event()
                 with self._lock:
                     ready = self._ready()
