@@ -55,7 +55,7 @@ async def test_the_refusal_is_held_for_the_delay(
         assert health.status_code == 200 and time.monotonic() - started < delay / 2
         assert not refusal.done()
         assert (await refusal).status_code == 429
-        assert time.monotonic() - started >= delay
+        assert time.monotonic() - started >= delay - 0.05  # a loop's timer may round early
 
 
 async def test_other_clients_are_not_refused(
