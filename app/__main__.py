@@ -2,8 +2,8 @@
 
 Options override the environment variables of app/settings.py. The model is loaded before
 the port is bound, so a bad checkpoint ends the process at once with a one-line error.
-Connections get the timeouts and the limit of app/connections.py, and a peer at its quota
-its 429 from its first bytes (app/quota.py).
+Connections get the timeouts and the limit of app/gate/connections.py, and a peer at its quota
+its 429 from its first bytes (app/gate/quota.py).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import argparse
 
 import uvicorn
 
-from app.connections import uvicorn_options
+from app.gate.connections import uvicorn_options
+from app.gate.quota import EarlyRefusal
 from app.main import engine_of, serving_app
-from app.quota import EarlyRefusal
 from app.settings import Settings
 from model.device import DEVICE_CHOICES
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        access_log=False,  # the app writes its own, as JSON lines (app/access_log.py)
+        access_log=False,  # the app writes its own, as JSON lines (app/gate/access_log.py)
         # Running streams get this long to finish after SIGTERM; the lifespan then waits
         # (as long again at most) for what is still queued, and stops the engine.
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,

@@ -5,7 +5,7 @@ Two ways to serve it, both ending at once with a one-line error on a bad checkpo
     python -m app [--port 8000 ...]     options override the environment (app/__main__.py)
     uvicorn app.main:app                settings from the environment only
 
-Connection timeouts and the connection limit (app/connections.py, docs/limits.md) come with
+Connection timeouts and the connection limit (app/gate/connections.py, docs/limits.md) come with
 `python -m app`; under `uvicorn app.main:app`, uvicorn's own flags set them instead.
 
 `app` is not made at import: the module's __getattr__ builds it when uvicorn asks for it,
@@ -30,19 +30,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from pydantic import ValidationError
 
-from app import openai_routes, playground
-from app.access_log import AccessLogMiddleware, configure_access_logger
-from app.body_limit import BodyLimitMiddleware
-from app.body_timeout import BodyTimeoutMiddleware
-from app.engine import DecodingEngine, EngineBusy
-from app.errors import engine_busy, validation_error
-from app.log_limit import limited_logs
-from app.metrics import Metrics, MetricsMiddleware
-from app.metrics import router as metrics_router
-from app.quota import ClientQuotaMiddleware
-from app.registry import Poller
-from app.routes import router
-from app.service import ModelService
+from app.engine.engine import DecodingEngine, EngineBusy
+from app.engine.registry import Poller
+from app.engine.service import ModelService
+from app.gate.access_log import AccessLogMiddleware, configure_access_logger
+from app.gate.body_limit import BodyLimitMiddleware
+from app.gate.body_timeout import BodyTimeoutMiddleware
+from app.gate.log_limit import limited_logs
+from app.gate.quota import ClientQuotaMiddleware
+from app.http import openai_routes, playground
+from app.http.errors import engine_busy, validation_error
+from app.http.metrics import Metrics, MetricsMiddleware
+from app.http.metrics import router as metrics_router
+from app.http.routes import router
 from app.settings import Settings
 
 # uvicorn configures this logger, so our lines come out in its stream and format.

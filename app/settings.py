@@ -11,8 +11,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.engine_config import EngineConfig
-from app.schemas import Limits
+from app.engine.config import EngineConfig
+from app.http.schemas import Limits
 from model.decoding.params import DEFAULT_LENGTH
 from model.decoding.regex import RegexLimits
 from model.decoding.sampler_rows import UNIFORM_BLOCK
@@ -66,7 +66,7 @@ class Settings(BaseSettings):
         description="how often one kind of per-request warning (a malformed request, a "
         "refused one) may be logged: this many at once, then this many a minute; 0: no limit",
     )
-    # The decoding engine (app/engine.py): rows decoded together, and requests that may wait
+    # The decoding engine (app/engine/engine.py): rows decoded together, and requests that may wait
     # for a row; past both, requests get 503 with Retry-After. Defaults: EngineConfig's.
     max_active: int = Field(
         EngineConfig.max_active, ge=1, description="requests decoded together in one batch"
@@ -156,7 +156,7 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         description="longest a regex may take to compile",
     )
-    # Operations (app/auth.py, app/body_limit.py, app/access_log.py, app/main.py).
+    # Operations (app/http/auth.py, app/gate/body_limit.py, app/gate/access_log.py, app/main.py).
     api_key: SecretStr | None = Field(
         None,
         description="when set, every route but /, /static, /health, /metrics and the docs "
@@ -177,7 +177,7 @@ class Settings(BaseSettings):
         10.0, ge=0, description="on shutdown, how long running streams may take to finish"
     )
     access_log: bool = Field(True, description="one JSON line per request on stdout")
-    # Connections (app/connections.py, app/body_timeout.py; docs/limits.md): a client that sends
+    # Connections (app/gate/connections.py, app/gate/body_timeout.py; docs/limits.md): a client that sends
     # slowly or not at all cannot hold a connection, and open connections are bounded.
     header_timeout_seconds: float = Field(
         10.0,

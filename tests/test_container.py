@@ -322,7 +322,7 @@ def test_compose_publishes_on_loopback_unless_told_otherwise(name):
 
 
 def test_health_check_asks_the_apps_health_route(docker, compose):
-    from app.routes import router
+    from app.http.routes import router
 
     argv = health_argv(docker)
     path = URL.search(" ".join(argv))[2]

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+from app.engine.service import ModelService
 from app.main import create_app, load_service
-from app.service import ModelService
 from app.settings import Settings
 from model.checkpoint import Checkpoint, save_checkpoint
 from model.config import ModelConfig

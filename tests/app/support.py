@@ -17,7 +17,7 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
-from app.jobs import Job
+from app.engine.jobs import Job
 
 Event = tuple[str, Any]  # (event name, JSON-decoded data)
 

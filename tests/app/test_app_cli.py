@@ -12,7 +12,7 @@ import pytest
 from fastapi import FastAPI
 
 import app.__main__ as cli
-from app.connections import H11Deadlines, HttpToolsDeadlines
+from app.gate.connections import H11Deadlines, HttpToolsDeadlines
 from app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

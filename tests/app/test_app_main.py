@@ -15,10 +15,10 @@ import pytest
 from fastapi import FastAPI
 
 import app.main
+from app.engine.service import ModelService
+from app.http.requests import generation_params
+from app.http.schemas import GenerateRequest
 from app.main import create_app
-from app.requests import generation_params
-from app.schemas import GenerateRequest
-from app.service import ModelService
 from app.settings import Settings
 from tests.app.support import Event, parse_sse
 

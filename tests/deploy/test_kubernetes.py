@@ -65,7 +65,7 @@ def test_runs_as_the_images_user():
 
 
 def test_probes_ask_the_health_route_on_the_service_port():
-    from app.routes import router
+    from app.http.routes import router
     from app.settings import Settings
 
     container = pod(documents())["containers"][0]

@@ -1,0 +1,312 @@
+"""The continuous-batching decoding engine: one thread owns the models and advances every
+active request by up to `block_steps` characters per iteration, in one batched call per
+model (a character per step, `block_steps` steps per call).
+
+    submit() ──▶ waiting queue (bounded) ──admit──▶ a decoder row ──prefill──▶ decoding
+        ▲                                                                       │
+        └──── Job.chunks(): text released since the last read ◀── one step ─────┘
+
+One iteration of the thread:
+  1. admit waiting requests into free rows (cheap: the prime runs later);
+  2. one decoding call per model with decoding rows (each model a Lane: app/engine/lane.py;
+     steps and background work: app/engine/steps.py);
+  3. background work under a time budget (prefill_share of the engine's time while
+     streams decode, at least one character per iteration), so a burst of long primes or
+     a long text to score cannot freeze the streams already running:
+       prefill: primes run in batched slices, each client's within its prime credit
+         (app/gate/fairness.py);
+       scoring: the oldest text to score reads its next slice (model/scoring.py);
+  4. finished, failed and cancelled requests leave at once (their row is reused).
+
+Faults stay with their request: an error while admitting one request, or a row whose
+sampling fails (non-finite scores, nothing allowed), or an error recording one row's
+output, fails that request alone. Only a failure of a batched step itself fails the rows
+of that step; the engine then keeps serving. Clients see a generic message; the log has
+the detail.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from app.engine.config import EngineConfig
+from app.engine.jobs import EngineWork, Job, ScoreJob
+from app.engine.lane import EngineCounters, Lane
+from app.engine.steps import background_budget, prefill, score_slice, step_lanes
+from app.gate.fairness import PrimeCredit
+from model.decoding.decoder import BatchDecoder
+from model.decoding.params import GenerationParams
+from model.network import CharRNN
+from model.scoring import Scorer
+
+
+class EngineBusy(RuntimeError):
+    """The waiting queue is full; the caller should retry later."""
+
+
+class ClientBusy(EngineBusy):
+    """This client already has max_requests_per_client requests running or waiting."""
+
+
+class DecodingEngine:
+    """Owns the lanes' decoders in one background thread; `submit` is thread-safe."""
+
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.lanes: list[Lane] = []
+        self._queue: collections.deque[tuple[Lane, Job]] = collections.deque()
+        self._scores: collections.deque[tuple[Lane, ScoreJob]] = collections.deque()
+        self._per_client: collections.Counter[str] = collections.Counter()  # for the quota
+        # Rows held by each client's requests (each request of no client counts as a
+        # client of its own): how chunk_interval shares the event loop's writes.
+        self._rows_by_client: collections.Counter[object] = collections.Counter()
+        # Scoring reads a text's upper layers on this thread while the first layer of its
+        # next slice runs on the engine's (model/scoring.py).
+        self._scorer_thread = ThreadPoolExecutor(1, "scorer")
+        # Runs other lanes' steps beside the engine thread's (_step_lanes).
+        threads = config.decode_threads
+        self._pool = ThreadPoolExecutor(threads - 1, "lanes") if threads > 1 else None
+        self._wakeup = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.counters = EngineCounters()
+        self._credit = PrimeCredit(config.prefill_burst_chars, config.prefill_chars_per_second)
+        self.last_progress = time.monotonic()  # when an iteration last completed
+        self.streaming = 0  # rows the last iteration's steps advanced, all models
+
+    # --- public -----------------------------------------------------------------------
+    @property
+    def steps(self) -> int:
+        return self.counters.steps
+
+    @property
+    def chars_generated(self) -> int:
+        return self.counters.chars_generated
+
+    @property
+    def jobs_failed(self) -> int:
+        return self.counters.jobs_failed
+
+    def add_lane(self, name: str, model: CharRNN, chars: tuple[str, ...]) -> Lane:
+        config = self.config
+        decoder = BatchDecoder(
+            model,
+            config.max_active,
+            threads=config.decode_threads,
+            prime_cache_bytes=config.prime_cache_bytes,
+            block_steps=config.block_steps,
+            chars_per_call=config.chars_per_call,
+        )
+        lane = Lane(name, model, chars, decoder, self.counters, config.fair_share_rows)
+        with self._wakeup:
+            self.lanes = [*self.lanes, lane]  # a new list: the engine thread may be reading
+        return lane
+
+    def retire_lane(self, lane: Lane) -> None:
+        """The lane's model is replaced or unloaded: it takes no new request once its
+        queued ones are in, and leaves the engine when its last row is done."""
+        with self._wakeup:
+            lane.retiring = True
+            self._drop_retired()
+
+    def lane_idle(self, lane: Lane) -> bool:
+        with self._wakeup:
+            return self._lane_empty(lane)
+
+    def _lane_empty(self, lane: Lane) -> bool:  # with the lock held
+        return (
+            lane.decoder.size == 0
+            and all(queued is not lane for queued, _ in self._queue)
+            and all(scored is not lane for scored, _ in self._scores)
+        )
+
+    def _drop_retired(self) -> None:  # with the lock held
+        if any(lane.retiring for lane in self.lanes):
+            self.lanes = [
+                lane for lane in self.lanes if not (lane.retiring and self._lane_empty(lane))
+            ]
+
+    @property
+    def active(self) -> int:
+        return sum(lane.decoder.size for lane in self.lanes)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue) + len(self._scores)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def chunk_interval(self, client: str | None = None) -> float:
+        """Least seconds between two chunks of one of `client`'s streams (None: a stream
+        on its own). Each chunk is an HTTP write on the event loop: the loop's
+        max_chunks_per_second are shared equally by the clients with rows in the engine,
+        and a client's share by its rows, so a client holding many streams open stretches
+        its own streams' intervals, not everyone's (never past max_chunk_interval)."""
+        config = self.config
+        if config.max_chunks_per_second == 0:
+            return config.min_chunk_interval
+        by_client = self._rows_by_client  # a quick look, without the lock
+        own = by_client.get(client, 1) if client is not None else 1
+        interval = len(by_client) * own / config.max_chunks_per_second
+        return min(config.max_chunk_interval, max(config.min_chunk_interval, interval))
+
+    def start(self) -> None:
+        """Start the decoding thread (idempotent; a stopped engine can start again)."""
+        if self._thread is None:
+            self._stopping = False
+            self._thread = threading.Thread(target=self._run, name="decoding-engine", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._wakeup:
+            self._stopping = True
+            self._wakeup.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def submit(self, lane: Lane, params: GenerationParams, client: str | None = None) -> Job:
+        """Queue a request of `client` (an address; None: not counted). Raises ClientBusy
+        past its quota, EngineBusy when the waiting queue is full."""
+        job = Job(params, lane.chars, lane.name, client)
+        with self._wakeup:
+            free_rows = sum(lane.decoder.free for lane in self.lanes)
+            if len(self._queue) >= self.config.max_queue + free_rows:
+                raise EngineBusy(f"{len(self._queue)} requests already waiting")
+            self._claim(job, client)
+            self._queue.append((lane, job))
+            self._wakeup.notify()
+        return job
+
+    def submit_score(
+        self, lane: Lane, ids: list[int], top_n: int, client: str | None = None
+    ) -> ScoreJob:
+        """Queue a text to score; raises as `submit`."""
+        job = ScoreJob(Scorer(lane.model, ids, top_n, self._scorer_thread), lane.name)
+        with self._wakeup:
+            if lane not in self.lanes:  # retired and dropped while this job was on its way
+                self.lanes = [*self.lanes, lane]
+            if len(self._queue) + len(self._scores) >= self.config.max_queue:
+                raise EngineBusy(f"{self.queued} requests already waiting")
+            self._claim(job, client)
+            self._scores.append((lane, job))
+            self._wakeup.notify()
+        return job
+
+    def client_full(self, client: str) -> bool:
+        """Whether `client` has its max_requests_per_client in already (a quick look,
+        without the lock: submit's own check is the one that counts)."""
+        limit = self.config.max_requests_per_client
+        return limit > 0 and self._per_client.get(client, 0) >= limit
+
+    def _claim(self, job: EngineWork, client: str | None) -> None:  # with the lock held
+        limit = self.config.max_requests_per_client
+        counted = client is not None and limit > 0
+        if counted and self._per_client[client] >= limit:
+            raise ClientBusy(f"this client already has {limit} requests running or waiting")
+        if counted:
+            self._per_client[client] += 1
+
+        def release() -> None:
+            with self._wakeup:
+                if counted:
+                    _uncount(self._per_client, client)
+                if isinstance(job, Job) and job.admitted:
+                    _uncount(self._rows_by_client, _holder(job))
+
+        job._on_finish = release
+
+    # --- the thread -------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._wakeup:
+                while not self._stopping and not self._queue and not self._busy():
+                    self.last_progress = time.monotonic()
+                    self._wakeup.wait()
+                if self._stopping:
+                    break
+                admitted = self._pop_admissible()
+            for lane, job in admitted:
+                lane.admit(job)
+            started = time.perf_counter()
+            self.streaming = step_lanes(self.lanes, self._pool, self.config.decode_threads)
+            decoding = time.perf_counter() - started
+            self._background(decoding)
+            with self._wakeup:
+                self._drop_retired()
+            self.last_progress = time.monotonic()
+        self._fail_everything("the service is shutting down")
+
+    def _busy(self) -> bool:
+        return bool(self._scores) or any(lane.decoder.size for lane in self.lanes)
+
+    def _pop_admissible(self) -> list[tuple[Lane, Job]]:
+        if not self._queue:
+            return []
+        admitted: list[tuple[Lane, Job]] = []
+        free = {id(lane): lane.decoder.free for lane in self.lanes}
+        waiting: collections.deque[tuple[Lane, Job]] = collections.deque()
+        most = self.config.max_admit_per_step * self.config.block_steps
+        while self._queue and len(admitted) < most:
+            lane, job = self._queue.popleft()
+            if id(lane) not in free:  # retired and dropped while this job was on its way
+                self.lanes = [*self.lanes, lane]
+                free[id(lane)] = lane.decoder.free
+            if free[id(lane)] > 0:
+                free[id(lane)] -= 1
+                admitted.append((lane, job))
+                job.admitted = True
+                self._rows_by_client[_holder(job)] += 1
+            else:
+                waiting.append((lane, job))  # its model is full; keep its place
+        self._queue.extendleft(reversed(waiting))
+        return admitted
+
+    def _background(self, decoding_seconds: float) -> None:
+        """Prefill and scoring, within the iteration's budget (shared when both wait)."""
+        prefilling = any(lane.decoder.prefilling for lane in self.lanes)
+        config = self.config
+        budget = background_budget(
+            decoding_seconds,
+            self.streaming,
+            config.prefill_share,
+            config.idle_prefill_seconds,
+            shared=prefilling and bool(self._scores),
+        )
+        if prefilling:  # the clients' credit counts only while streams decode
+            prefill(self.lanes, budget, self._credit if self.streaming else None)
+        if self._scores and score_slice(*self._scores[0], budget):
+            self._scores.popleft()
+
+    def _fail(self, job: EngineWork, message: str) -> None:
+        self.counters.jobs_failed += 1
+        job._finish(message)
+
+    def _fail_everything(self, message: str) -> None:
+        with self._wakeup:
+            waiting = [job for _, job in self._queue]
+            self._queue.clear()
+        for lane in self.lanes:
+            lane.fail_all(message)
+        for job in waiting:
+            if not job.done:
+                self._fail(job, message)
+        while self._scores:
+            _, score_job = self._scores.popleft()
+            self._fail(score_job, message)
+
+
+def _holder(job: Job) -> object:
+    """Who holds the job's row, for chunk_interval: its client, or the job alone."""
+    return job.client if job.client is not None else ("request", id(job))
+
+
+def _uncount(counter: collections.Counter, key: object) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]

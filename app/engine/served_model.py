@@ -1,0 +1,120 @@
+"""One loaded checkpoint, as the service serves it: its network, vocabulary, what training
+recorded, its lane in the decoding engine and its compiled regexes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from app.engine.engine import DecodingEngine
+from app.engine.lane import Lane
+from app.http.schemas import Limits, ModelInfo, NetworkConfig, TrainingInfo
+from model.checkpoint import CheckpointError, load_checkpoint
+from model.decoding.regex import RegexCache, RegexLimits
+from model.device import resolve_device
+from model.network import CharRNN
+from model.text import newline_mode
+from model.vocab import Vocabulary
+
+
+class UnknownModel(LookupError):
+    """A request named a model this service does not serve."""
+
+    def __init__(self, name: str, known: list[str]):
+        super().__init__(f"no model named {name!r}; this server has: {', '.join(known)}")
+        self.name = name
+        self.known = known
+
+
+class ServedModel:
+    """One checkpoint, loaded, with its lane in the engine."""
+
+    def __init__(
+        self,
+        name: str,
+        model: CharRNN,
+        vocab: Vocabulary,
+        lane: Lane,
+        *,
+        checkpoint_path: Path | str = "",
+        info: dict[str, Any] | None = None,
+        regex_limits: RegexLimits | None = None,
+    ):
+        self.name = name
+        self.model = model.eval()
+        self.vocab = vocab
+        self.lane = lane
+        self.device = model.head.weight.device
+        self.checkpoint_path = Path(checkpoint_path)
+        self.info = dict(info or {})
+        self.regexes = RegexCache(vocab, regex_limits or RegexLimits())
+        self.newlines = newline_mode(self.info, vocab)
+
+    @classmethod
+    def load(
+        cls,
+        path: Path | str,
+        device: str,
+        engine: DecodingEngine,
+        regex_limits: RegexLimits | None = None,
+        name: str | None = None,
+    ) -> ServedModel:
+        """Load a checkpoint onto `device` and give it a lane. Raises CheckpointError, or
+        ValueError for a device that is unknown or unavailable, each with one line."""
+        path = Path(path)
+        resolved = resolve_device(device)
+        checkpoint = load_checkpoint(path, resolved)
+        try:
+            model = checkpoint.build_model(resolved)
+        except RuntimeError as error:  # load_state_dict: shapes or names disagree
+            first_line = str(error).strip().splitlines()[0]
+            raise CheckpointError(
+                f"{path.name}: weights do not fit the model config: {first_line}"
+            ) from None
+        name = name or path.stem
+        lane = engine.add_lane(name, model, checkpoint.vocab.chars)
+        return cls(
+            name,
+            model,
+            checkpoint.vocab,
+            lane,
+            checkpoint_path=path,
+            info=checkpoint.info,
+            regex_limits=regex_limits,
+        )
+
+    def describe(self, limits: Limits) -> ModelInfo:
+        config = self.model.config
+        info = self.info
+        return ModelInfo(
+            name=self.name,
+            checkpoint=self.checkpoint_path.name,
+            device=str(self.device),
+            parameters=sum(p.numel() for p in self.model.parameters()),
+            config=NetworkConfig(
+                cell=config.cell,
+                hidden_size=config.hidden_size,
+                num_layers=config.num_layers,
+                dropout=config.dropout,
+                vocab_size=config.vocab_size,
+            ),
+            vocabulary=list(self.vocab.chars),
+            newlines=self.newlines,
+            training=TrainingInfo(
+                val_loss=_typed(info.get("val_loss"), float),
+                val_bits_per_char=_typed(info.get("val_bits_per_char"), float),
+                corpus=_typed(info.get("corpus"), str),
+                corpus_chars=_typed(info.get("corpus_chars"), int),
+                step=_typed(info.get("step"), int),
+            ),
+            limits=limits,
+        )
+
+
+def _typed(value: Any, kind: type) -> Any:
+    """`value` if the trainer stored the expected type (ints count as floats), else None."""
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if kind is not float and isinstance(value, kind) and not isinstance(value, bool):
+        return value
+    return None

@@ -1,0 +1,115 @@
+"""What one iteration of the decoding engine (app/engine/engine.py) runs once the waiting requests
+are admitted: the lanes' decoding steps, then background work within a time budget.
+
+    step_lanes          one decoding step of every lane with decoding rows
+    background_budget   the seconds prefill and scoring may take this iteration
+    prefill             primes read their next characters, in batched slices
+    score_slice         a text to score reads its next slice (model/scoring.py)
+
+A failure that belongs to one request fails it alone (app/engine/lane.py says how).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from app.engine.jobs import ScoreJob
+from app.engine.lane import FAILED_MESSAGE, Lane
+from app.gate.fairness import PrimeCredit
+
+logger = logging.getLogger("charrnn.engine")
+
+
+def step_lanes(lanes: list[Lane], pool: ThreadPoolExecutor | None, threads: int) -> int:
+    """One decoding step of every lane with decoding rows (up to block_steps characters a
+    row, app/engine/lane.py); → the rows stepped. One lane splits its step over the decoding
+    threads; several run side by side, each lane on one thread and the threads' rows
+    balanced, so a step costs one hand-off, not one per lane."""
+    lanes = [lane for lane in lanes if len(lane.decoder.decoding)]
+    if len(lanes) <= 1 or pool is None:
+        return sum(lane.step() for lane in lanes)
+    plans = [(lane, lane.plan()) for lane in lanes]
+    buckets = balance([len(rows) for _, rows in plans], threads)
+    drawn: list[np.ndarray | None] = [None] * len(plans)
+
+    def run(bucket: list[int]) -> None:
+        for index in bucket:
+            lane, rows = plans[index]
+            drawn[index] = lane.kernel(rows, split=False)
+
+    helpers = [pool.submit(run, bucket) for bucket in buckets[1:] if bucket]
+    run(buckets[0])
+    for helper in helpers:
+        helper.result()
+    return sum(lane.record(rows) for (lane, _), rows in zip(plans, drawn, strict=True))
+
+
+def balance(sizes: list[int], buckets: int) -> list[list[int]]:
+    """Indices of `sizes` in `buckets` groups of nearly equal totals (the largest first,
+    each into the lightest group so far)."""
+    groups: list[list[int]] = [[] for _ in range(buckets)]
+    loads = [0] * buckets
+    for index in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        lightest = loads.index(min(loads))
+        groups[lightest].append(index)
+        loads[lightest] += sizes[index]
+    return groups
+
+
+def background_budget(
+    decoding_seconds: float,
+    streaming: int,
+    prefill_share: float,
+    idle_seconds: float,
+    shared: bool,
+) -> float:
+    """Seconds of background work this iteration: prefill_share of the engine's time while
+    streams decode (the step took `decoding_seconds`), `idle_seconds` when none does;
+    halved when prefill and scoring both wait (`shared`)."""
+    budget = idle_seconds
+    if streaming:
+        budget = decoding_seconds * prefill_share / (1 - prefill_share)
+    return budget / 2 if shared else budget
+
+
+def prefill(lanes: list[Lane], budget: float, credit: PrimeCredit | None = None) -> None:
+    """Primes read their next characters in batched slices for at most `budget` seconds
+    (at least one slice per lane that has primes waiting), only those of clients whose
+    `credit` allows it (app/gate/fairness.py; None: every prime)."""
+    started = time.perf_counter()
+    lanes = [lane for lane in lanes if lane.decoder.prefilling]
+    while lanes:
+        advanced = 0
+        for lane in lanes:
+            spent = time.perf_counter() - started
+            max_rows = max(1, int((budget - spent) / lane.row_seconds))
+            advanced += lane.prefill_slice(max_rows, credit)
+        lanes = [lane for lane in lanes if lane.decoder.prefilling]
+        if not advanced or time.perf_counter() - started >= budget:
+            return  # (nothing advanced: every waiting prime's client is out of credit)
+
+
+def score_slice(lane: Lane, job: ScoreJob, budget: float) -> bool:
+    """The text reads its next slice, sized to take about `budget` seconds; → whether the
+    job has ended (scored, cancelled, or failed: alone)."""
+    if job.cancelled:
+        job._finish()
+        return True
+    started = time.perf_counter()
+    try:
+        chars = job.scorer.advance(max(16, min(4096, int(budget / lane.score_seconds))))
+    except Exception:
+        logger.exception("scoring a text failed")
+        lane.fail(job, FAILED_MESSAGE)
+        return True
+    if chars:
+        seconds = (time.perf_counter() - started) / chars
+        lane.score_seconds = 0.8 * lane.score_seconds + 0.2 * seconds
+    if job.scorer.done:
+        job._finish()
+        return True
+    return False

@@ -1,0 +1,290 @@
+"""Connection limits for uvicorn, from the settings: `uvicorn_options(settings)`.
+
+    HEADER_TIMEOUT_SECONDS   the request line and headers must be complete this long after the
+                             connection opens, or after the first byte of the next request on
+                             a kept-alive connection; else the connection is closed
+    KEEP_ALIVE_SECONDS       an idle connection is closed between requests (uvicorn's own)
+    MAX_CONNECTIONS          past it, requests get uvicorn's plain 503 (its limit_concurrency)
+    MAX_CONNECTIONS_PER_CLIENT
+                             connections one address may have open; past it, a new one is
+                             closed at once, so no one address can take MAX_CONNECTIONS
+    BODY_TIMEOUT_SECONDS     in the app (app/gate/body_timeout.py), and here for a body that the
+                             app answered without reading: the rest must arrive within it
+    HTTP_PARSER              httptools (uvicorn's C parser, the default) or h11 (its
+                             pure-Python one): the same limits over either
+    EVENT_LOOP               uvloop (auto, where installed) or asyncio: either runs them
+    QUOTA_REFUSAL_DELAY_SECONDS
+                             how long the early 429 of a peer at its quota is held
+
+uvicorn itself times only the idle wait between requests, and a byte received stops that
+clock: a client trickling a request head (or a body nobody reads) would keep its
+connection as long as it liked. `ConnectionDeadlines` adds one deadline per connection for
+that, and the early 429 of app/gate/quota.py, to either of uvicorn's HTTP/1.1 protocols.
+`python -m app` serves with them; `uvicorn app.main:app` uses uvicorn's own flags instead
+(--timeout-keep-alive, --limit-concurrency) and has no header timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from app.gate.quota import Refusal
+from app.settings import Settings
+
+Wait = Literal["head", "unread body"]
+MAX_HEAD_BYTES = 16 * 1024  # h11's bound on an incomplete request head (uvicorn's default)
+EarlyRefusalHook = Callable[[str, bytes], Refusal | None]
+
+
+class ConnectionDeadlines:
+    """Closes a connection that keeps the server waiting for a request it never completes;
+    mixed into one of uvicorn's HTTP/1.1 protocols (H11Deadlines, HttpToolsDeadlines), which
+    says what the client owes (`_owed`).
+
+    The deadline runs while the client owes a request head and uvicorn's keep-alive clock
+    is not running (a new connection, or bytes of the next request have arrived), and while
+    it is still sending a body that the app has already answered without reading. It is
+    dropped once the head is complete, so a request's own time (a long stream) is never cut.
+    """
+
+    # What the protocol this is mixed into provides (uvicorn's names, both protocols).
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
+    client: tuple[str, int] | None
+    config: Any
+    server_state: Any
+    logger: Any
+    timeout_keep_alive_task: asyncio.TimerHandle | None
+
+    head_timeout: ClassVar[float]
+    body_timeout: ClassVar[float]
+    # app/gate/quota.py's EarlyRefusal: a peer at its quota gets its 429 from the first bytes,
+    # held this long first (a client that retries at once then retries once per delay).
+    early_refusal: ClassVar[EarlyRefusalHook | None] = None
+    refusal_delay: ClassVar[float] = 0.0
+    # Open connections by peer address, shared by one server's connections; 0: no limit.
+    max_per_peer: ClassVar[int] = 0
+    open_by_peer: ClassVar[Counter[str]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._waiting_for: Wait | None = None
+        self._first_bytes = True
+        self._refusal: asyncio.TimerHandle | None = None  # a held 429, until it is written
+        self._refused = False  # nothing more is read: the connection ends with its 429
+        self._counted_peer: str | None = None  # in open_by_peer until the connection ends
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        if self._over_peer_limit():
+            return
+        self._watch()
+
+    def _over_peer_limit(self) -> bool:
+        """Count the connection against its peer's MAX_CONNECTIONS_PER_CLIENT, or close it
+        at once if the peer already has that many open (with no response: the client may
+        not have sent a request yet). A trusted proxy's connections are everyone's."""
+        limit = self.max_per_peer
+        if not limit or self.client is None or self._trusted_proxy(self.client[0]):
+            return False
+        peer = self.client[0]
+        if self.open_by_peer[peer] >= limit:
+            self._refused = True
+            self.logger.debug("closing a connection: %s has %d open", peer, limit)
+            self.transport.close()
+            return True
+        self.open_by_peer[peer] += 1
+        self._counted_peer = peer
+        return False
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # the rest of a refused request (its body): never read
+        if self._first_bytes:
+            self._first_bytes = False
+            if self._refused_early(data):
+                return
+        super().data_received(data)  # type: ignore[misc]
+        self._watch()
+
+    def _refused_early(self, data: bytes) -> bool:
+        """Write the 429 for a peer at its quota and close, without parsing the request.
+        Not for a trusted proxy's connections: their client is in a header."""
+        refuse = type(self).early_refusal
+        if refuse is None or self.client is None or self._trusted_proxy(self.client[0]):
+            return False
+        answer = refuse(self.client[0], data)
+        if answer is None:
+            return False
+        headers, body = answer
+        head = [b"HTTP/1.1 429 Too Many Requests"]
+        head += [name + b": " + value for name, value in self.server_state.default_headers]
+        head += [name + b": " + value for name, value in headers]
+        response = b"\r\n".join(head) + b"\r\n\r\n" + body
+        self._refused = True
+        self._arm(None)  # the hold below is the connection's only deadline now
+        if self.refusal_delay > 0:
+            # A timer, not a task: a held refusal costs the loop nothing until it is due.
+            self._refusal = self.loop.call_later(self.refusal_delay, self._answer, response)
+        else:
+            self._answer(response)
+        return True
+
+    def _answer(self, response: bytes) -> None:
+        """Write a refusal and close (unless the client has hung up meanwhile)."""
+        self._refusal = None
+        if not self.transport.is_closing():
+            self.transport.write(response)
+            self.transport.close()
+
+    def _trusted_proxy(self, host: str) -> bool:
+        """Whether uvicorn takes this peer's X-Forwarded-For (FORWARDED_ALLOW_IPS: exact
+        addresses or "*"; a network range is treated as trusted, to be safe)."""
+        if not self.config.proxy_headers:
+            return False
+        allowed = self.config.forwarded_allow_ips
+        entries = allowed.split(",") if isinstance(allowed, str) else allowed
+        return any(e.strip() in ("*", host) or "/" in e for e in entries)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]
+        self._watch()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._arm(None)
+        if self._counted_peer is not None:
+            self.open_by_peer[self._counted_peer] -= 1
+            if self.open_by_peer[self._counted_peer] <= 0:
+                del self.open_by_peer[self._counted_peer]
+            self._counted_peer = None
+        if self._refusal is not None:  # hung up (or shut down) while its 429 was held
+            self._refusal.cancel()
+            self._refusal = None
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def _owed(self) -> Wait | None:
+        """What the client owes now, by the protocol's own state: the rest of a request's
+        head, the rest of a body the app answered without reading, or nothing."""
+        raise NotImplementedError
+
+    def _watch(self) -> None:
+        """Arm, keep or drop the deadline for what the connection now waits for."""
+        owed = None if self.transport.is_closing() else self._owed()
+        if owed == "head" and self.timeout_keep_alive_task is not None:
+            owed = None  # between requests: uvicorn's keep-alive clock runs instead
+        self._arm(owed)
+
+    def _arm(self, waiting_for: Wait | None) -> None:
+        if waiting_for == self._waiting_for:
+            return  # the same wait goes on: its deadline stands, however many bytes arrive
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._waiting_for = waiting_for
+        if waiting_for is not None:
+            seconds = self.head_timeout if waiting_for == "head" else self.body_timeout
+            self._deadline = self.loop.call_later(seconds, self._expire)
+
+    def _expire(self) -> None:
+        self._deadline = None
+        self.logger.debug("closing a connection: request %s too slow", self._waiting_for)
+        self.transport.close()
+
+
+class H11Deadlines(ConnectionDeadlines, H11Protocol):
+    """The deadlines over uvicorn's pure-Python protocol (h11)."""
+
+    def _owed(self) -> Wait | None:
+        state = self.conn.their_state
+        if state is h11.IDLE:  # h11 leaves IDLE once a head is complete
+            return "head"
+        if state is h11.SEND_BODY and self.cycle.response_complete:
+            return "unread body"
+        return None
+
+
+class HttpToolsDeadlines(ConnectionDeadlines, HttpToolsProtocol):
+    """The deadlines over uvicorn's httptools protocol (llhttp, in C): it keeps no request
+    state of its own to read, so the parser's callbacks note where the request is. llhttp
+    does not bound a request head's size, and uvicorn keeps every header it reads: the
+    head gets h11's bound here (MAX_HEAD_BYTES), so both parsers refuse the same heads."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_complete = False  # of the request being read
+        self._message_complete = False
+        self._head_bytes = 0  # received while its head was not complete
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._refused or self._head_complete or self.transport.is_closing():
+            return  # a refused request's body is not a head to bound
+        self._head_bytes += len(data)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._arm(None)
+            self.send_400_response("Request head too large.")
+
+    def on_message_begin(self) -> None:
+        self._head_complete = self._message_complete = False
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self._head_complete = True
+        self._head_bytes = 0
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._message_complete = True
+        super().on_message_complete()
+
+    def _owed(self) -> Wait | None:
+        if not self._head_complete:
+            return "head"
+        cycle = self.cycle  # None until a head is complete (and after a websocket upgrade)
+        if not self._message_complete and cycle is not None and cycle.response_complete:
+            return "unread body"
+        return None
+
+
+PROTOCOLS: dict[str, type[ConnectionDeadlines]] = {
+    "httptools": HttpToolsDeadlines,
+    "h11": H11Deadlines,
+}
+
+
+def deadline_protocol(
+    settings: Settings, early_refusal: EarlyRefusalHook | None = None
+) -> type[ConnectionDeadlines]:
+    """The protocol of settings.http_parser with the timeouts of `settings` (uvicorn builds
+    the protocol itself, one per connection, so they travel as class attributes)."""
+    attributes = {
+        "head_timeout": settings.header_timeout_seconds,
+        "body_timeout": settings.body_timeout_seconds,
+        "early_refusal": early_refusal,
+        "refusal_delay": settings.quota_refusal_delay_seconds,
+        "max_per_peer": settings.max_connections_per_client,
+        "open_by_peer": Counter(),  # this server's own count
+    }
+    base = PROTOCOLS[settings.http_parser]
+    return type(base.__name__, (base,), attributes)
+
+
+def uvicorn_options(
+    settings: Settings, early_refusal: EarlyRefusalHook | None = None
+) -> dict[str, Any]:
+    """Keyword arguments of uvicorn.run / uvicorn.Config for the connection limits (and,
+    given app/gate/quota.py's EarlyRefusal for the app, the 429 of a peer at its quota)."""
+    return {
+        "http": deadline_protocol(settings, early_refusal),
+        "loop": settings.event_loop,
+        "timeout_keep_alive": settings.keep_alive_seconds,
+        "limit_concurrency": settings.max_connections,
+    }

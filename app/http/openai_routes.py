@@ -1,0 +1,202 @@
+"""OpenAI-compatible routes, so OpenAI's clients work unchanged with base_url=.../v1:
+
+    POST /v1/completions      text completions, whole or streamed (`data: {...}`, `data: [DONE]`)
+    GET  /v1/models           the served models; GET /v1/models/{id} for one
+
+Their errors use OpenAI's shape, {"error": {"message", "type", "param", "code"}}, with
+OpenAI's statuses (400 for a bad parameter, not FastAPI's 422), so the clients raise
+their usual BadRequestError, AuthenticationError, NotFoundError, ...
+"""
+
+# No `from __future__ import annotations`: FastAPI reads these annotations at runtime.
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio.to_thread
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
+
+from app.engine.engine import ClientBusy, EngineBusy
+from app.engine.jobs import JobFailed
+from app.engine.served_model import ServedModel
+from app.engine.service import ModelService
+from app.http import routes, sse
+from app.http.auth import PROTECTED
+from app.http.completions import CompletionRun
+from app.http.errors import RETRY_AFTER_SECONDS
+from app.http.openai_schemas import (
+    Completion,
+    CompletionRequest,
+    ErrorBody,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+)
+from app.http.routes import Service
+from model.decoding.params import ParamError
+
+logger = logging.getLogger("uvicorn.error")
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in [
+        (400, "A parameter is invalid (`param` names it)"),
+        (401, "API_KEY is set and the request lacks it"),
+        (404, "No such model"),
+        (503, "At capacity, not loaded, or shutting down (see Retry-After)"),
+    ]
+}
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    body = ErrorResponse(error=ErrorBody(message=message, type=kind, param=param, code=code))
+    # ensure_ascii: an echoed prompt may hold a lone surrogate, which UTF-8 cannot carry.
+    text = json.dumps(body.model_dump(), ensure_ascii=True)
+    return Response(text, status, headers=headers, media_type="application/json")
+
+
+class OpenAIError(Exception):
+    """An error these routes answer as is (e.g. 404 model_not_found)."""
+
+    def __init__(self, status: int, message: str, param: str | None, code: str):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+class OpenAIRoute(APIRoute):
+    """Renders this router's errors, dependencies' included, in OpenAI's shape."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def openai_handler(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except OpenAIError as error:
+                return error_response(
+                    error.status, error.message, param=error.param, code=error.code
+                )
+            except RequestValidationError as error:
+                return invalid_parameters(error)
+            except ParamError as error:
+                return error_response(400, error.message, param=error.field, code=error.kind)
+            except ClientBusy as error:
+                retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+                return error_response(
+                    429, f"too many requests: {error}", code="rate_limit_exceeded", headers=retry
+                )
+            except EngineBusy as error:
+                retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+                message = f"the server is at capacity ({error}); retry shortly"
+                return error_response(503, message, code="overloaded", headers=retry)
+            except HTTPException as error:
+                code = "invalid_api_key" if error.status_code == 401 else None
+                return error_response(
+                    error.status_code, str(error.detail), code=code, headers=error.headers
+                )
+
+        return openai_handler
+
+
+def invalid_parameters(error: RequestValidationError) -> Response:
+    """400 naming the first bad parameter (`max_tokens`, `stop.1`, ...) and all messages."""
+    params, messages = [], []
+    for item in error.errors():
+        loc = [str(part) for part in item["loc"][1:]] if item["loc"][:1] == ("body",) else []
+        params.append(".".join(loc) or None)
+        messages.append(f"{'.'.join(loc) or 'body'}: {item['msg']}")
+    return error_response(400, "; ".join(messages), param=params[0], code="invalid_value")
+
+
+router = APIRouter(
+    prefix="/v1",
+    route_class=OpenAIRoute,
+    dependencies=PROTECTED,
+    responses=ERRORS,
+    tags=["openai"],
+)
+
+
+def model_card(name: str, path: Path) -> ModelCard:
+    created = int(path.stat().st_mtime) if path.is_file() else 0
+    return ModelCard(id=name, created=created)
+
+
+async def served_model(service: ModelService, name: str) -> ServedModel:
+    try:
+        return await routes.served_model(service, name)
+    except HTTPException as error:
+        if error.status_code == 404:
+            message = f"The model `{name}` does not exist; {error.detail}"
+            raise OpenAIError(404, message, "model", "model_not_found") from None
+        raise
+
+
+async def completion_run(
+    service: Service, body: CompletionRequest, request: Request
+) -> AsyncIterator[CompletionRun]:
+    """The request's jobs, queued; cancelled when the response ends, however it ends."""
+    served = await served_model(service, body.model)
+    client = routes.client_of(request)
+    if body.regex is not None:  # compiling may take a while: not on the event loop
+        run = await anyio.to_thread.run_sync(CompletionRun.start, service, served, body, client)
+    else:
+        run = CompletionRun.start(service, served, body, client)
+    try:
+        yield run
+    finally:
+        run.close()
+
+
+async def stream_events(run: CompletionRun) -> AsyncIterator[str]:
+    try:
+        async for chunk in run.chunks():
+            yield f"data: {chunk.model_dump_json()}\n\n"
+    except JobFailed as error:  # after the 200 went out: OpenAI's clients raise on this
+        body = ErrorResponse(error=ErrorBody(message=str(error), type="server_error"))
+        yield f"data: {body.model_dump_json()}\n\n"
+        return
+    yield "data: [DONE]\n\n"
+
+
+@router.post(
+    "/completions",
+    response_model=Completion,
+    responses={200: {"content": {sse.MEDIA_TYPE: {}}, "description": "stream: true"}},
+)
+async def completions(run: Annotated[CompletionRun, Depends(completion_run)]) -> Any:
+    """Complete the prompt(s): a Completion, or with `stream: true` server-sent chunks."""
+    if run.request.stream:
+        return sse.response(stream_events(run))
+    try:
+        return await run.collect()
+    except JobFailed as error:  # the engine failed a job
+        return error_response(500, str(error), code="generation_failed")
+
+
+@router.get("/models")
+async def list_models(service: Service) -> ModelList:
+    files = service.registry.files
+    return ModelList(data=[model_card(name, files[name].path) for name in service.registry.names])
+
+
+@router.get("/models/{model}")
+async def retrieve_model(service: Service, model: str) -> ModelCard:
+    entry = service.registry.files.get(model)
+    if entry is None:
+        message = f"The model `{model}` does not exist"
+        raise OpenAIError(404, message, "model", "model_not_found")
+    return model_card(model, entry.path)

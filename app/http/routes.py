@@ -1,0 +1,273 @@
+"""HTTP routes of the native API: translate requests into ModelService calls and results
+into responses (a job's output as JSON and as events: app/http/native_responses.py).
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads these annotations at runtime,
+# and the dependency made inside _running refers to a local name.
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+from typing import Annotated, Any, NamedTuple
+
+import anyio.to_thread
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.responses import StreamingResponse
+
+from app.engine.jobs import Job, JobFailed
+from app.engine.registry import ModelUnavailable
+from app.engine.served_model import ServedModel, UnknownModel
+from app.engine.service import ModelService
+from app.http import sse
+from app.http.auth import PROTECTED, UNAUTHORIZED
+from app.http.errors import RETRY_AFTER_SECONDS
+from app.http.native_responses import end_of, events, logprobs_model
+from app.http.requests import generation_params, score_ids
+from app.http.schemas import (
+    GenerateRequest,
+    GenerateResponse,
+    Health,
+    ModelInfo,
+    ReloadReport,
+    ScoreRequest,
+    ScoreResponse,
+)
+from model.decoding.params import GenerationParams, ParamError
+
+logger = logging.getLogger("uvicorn.error")
+
+router = APIRouter()
+
+NOT_LOADED = {503: {"description": "The model is not loaded, or the service is stopping"}}
+GUARDED = {**NOT_LOADED, **UNAUTHORIZED, 404: {"description": "No model of that name"}}
+
+
+async def get_service(request: Request) -> ModelService:
+    service: ModelService | None = getattr(request.app.state, "service", None)
+    if service is None:
+        raise HTTPException(status_code=503, detail="the model is not loaded")
+    if getattr(request.app.state, "draining", False):
+        # Shutting down: running streams finish, new work goes to another replica.
+        raise HTTPException(
+            status_code=503,
+            detail="the service is shutting down; retry shortly",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+    return service
+
+
+Service = Annotated[ModelService, Depends(get_service)]
+
+
+async def served_model(service: ModelService, name: str | None) -> ServedModel:
+    """The named model (the default for None), loaded in a worker thread if need be:
+    404 for a name the service does not know, 503 for a file that cannot be loaded."""
+    try:
+        if service.registry.is_ready(name):
+            return service.model(name)
+        return await anyio.to_thread.run_sync(service.model, name)
+    except UnknownModel as error:
+        raise HTTPException(status_code=404, detail=str(error)) from None
+    except ModelUnavailable as error:
+        raise HTTPException(status_code=503, detail=str(error)) from None
+
+
+def as_422(error: ParamError, source: str, value: Any) -> RequestValidationError:
+    """A ParamError as FastAPI's own 422, loc = (source, field)."""
+    detail: dict[str, Any] = {
+        "type": error.kind,
+        "loc": (source, error.field),
+        "msg": error.message,
+        "input": value,
+    }
+    if error.ctx:
+        detail["ctx"] = error.ctx
+    return RequestValidationError([detail])
+
+
+async def to_params(
+    service: ModelService, served: ServedModel, body: GenerateRequest, source: str
+) -> GenerationParams:
+    """The body as GenerationParams; a ParamError becomes a 422 like FastAPI's own, with
+    loc = (source, field). A regex compiles in a worker thread (it may take a while)."""
+    try:
+        if body.regex is not None:
+            return await anyio.to_thread.run_sync(generation_params, served, service.limits, body)
+        return generation_params(served, service.limits, body)
+    except ParamError as error:
+        raise as_422(error, source, getattr(body, error.field, None)) from None
+
+
+class Submitted(NamedTuple):
+    served: ServedModel
+    job: Job
+    body: GenerateRequest
+
+
+def client_of(request: Request) -> str | None:
+    """Who sends the request, for MAX_REQUESTS_PER_CLIENT: its address (behind a proxy,
+    the forwarded one, when uvicorn trusts the proxy: FORWARDED_ALLOW_IPS)."""
+    return request.client.host if request.client is not None else None
+
+
+async def submit(
+    service: ModelService, body: GenerateRequest, source: str, request: Request
+) -> Submitted:
+    served = await served_model(service, body.model)
+    params = await to_params(service, served, body, source)
+    return Submitted(served, service.submit(served, params, client_of(request)), body)
+
+
+async def body_job(service: Service, body: GenerateRequest, request: Request) -> Submitted:
+    return await submit(service, body, "body", request)
+
+
+async def query_job(
+    service: Service, query: Annotated[GenerateRequest, Query()], request: Request
+) -> Submitted:
+    return await submit(service, query, "query", request)
+
+
+def _running(job_dependency: Callable[..., Any]) -> Callable[..., AsyncIterator[Submitted]]:
+    """A dependency giving the submitted job, cancelled when the response ends."""
+
+    async def dependency(
+        submitted: Annotated[Submitted, Depends(job_dependency)],
+    ) -> AsyncIterator[Submitted]:
+        # FastAPI runs this teardown once the response is over for any reason: finished, or
+        # the client went away (Starlette sees http.disconnect and cancels the stream). So
+        # the engine frees the row even if the event generator is never resumed.
+        try:
+            yield submitted
+        finally:
+            submitted.job.cancel()
+
+    return dependency
+
+
+BodyJob = Annotated[Submitted, Depends(_running(body_job))]
+QueryJob = Annotated[Submitted, Depends(_running(query_job))]
+
+
+@router.get("/health", responses=NOT_LOADED, tags=["service"])
+async def health(service: Service) -> Health:
+    """200 once the default model is loaded and the decoding engine is making progress;
+    model files that failed to load are listed in `problems`."""
+    problem = service.engine_problem()
+    if problem is not None:
+        raise HTTPException(status_code=503, detail=problem)
+    return Health(problems=service.registry.problems())
+
+
+@router.post("/admin/reload", responses=GUARDED, dependencies=PROTECTED, tags=["service"])
+async def reload_models(service: Service) -> ReloadReport:
+    """Look for new, replaced and removed model files now (as the poll does); replaced
+    models that are loaded load again, and running streams finish on the old weights."""
+    reloaded = await anyio.to_thread.run_sync(service.registry.scan)
+    registry = service.registry
+    return ReloadReport(models=registry.names, reloaded=reloaded, problems=registry.problems())
+
+
+@router.get("/model", responses=GUARDED, dependencies=PROTECTED, tags=["service"])
+async def model_info(service: Service) -> ModelInfo:
+    """The default model: architecture, vocabulary, training results, request limits."""
+    return (await served_model(service, None)).describe(service.limits)
+
+
+@router.get("/model/{name}", responses=GUARDED, dependencies=PROTECTED, tags=["service"])
+async def named_model_info(service: Service, name: str) -> ModelInfo:
+    """One served model, by name."""
+    return (await served_model(service, name)).describe(service.limits)
+
+
+@router.post("/generate", responses=GUARDED, dependencies=PROTECTED, tags=["generate"])
+async def generate(service: Service, submitted: BodyJob) -> GenerateResponse:
+    """Generate up to `length` characters continuing `prime`, all at once."""
+    served, job, body = submitted
+    try:
+        await job.finished()  # woken once, not at every step
+    except JobFailed as error:
+        raise HTTPException(status_code=500, detail=str(error)) from None
+    joined = job.take().text
+    end = end_of(job, len(joined))
+    return GenerateResponse(
+        text=joined,
+        prime=served.vocab.decode(job.params.prime) if body.prime else "",
+        logprobs=None
+        if job.params.logprobs is None
+        else logprobs_model(job, job.output.logprobs.slice(0, len(joined), job.params.logprobs)),
+        **end.model_dump(),
+    )
+
+
+def sse_stream(service: ModelService, job: Job) -> StreamingResponse:
+    """The job's output as server-sent events, paced for its client (chunk_interval)."""
+    return sse.response(events(job, partial(service.engine.chunk_interval, job.client)))
+
+
+@router.post(
+    "/generate/stream",
+    response_class=StreamingResponse,
+    responses={200: sse.DOCS, **GUARDED},
+    dependencies=PROTECTED,
+    tags=["generate"],
+)
+async def stream_post(service: Service, submitted: BodyJob) -> StreamingResponse:
+    """Stream the text as server-sent events (`chars`…, then `done` with the stats)."""
+    return sse_stream(service, submitted.job)
+
+
+@router.get(
+    "/generate/stream",
+    response_class=StreamingResponse,
+    responses={200: sse.DOCS, **GUARDED},
+    dependencies=PROTECTED,
+    tags=["generate"],
+)
+async def stream_get(service: Service, submitted: QueryJob) -> StreamingResponse:
+    """As POST, with the fields as query parameters, for a browser's EventSource."""
+    return sse_stream(service, submitted.job)
+
+
+@router.post("/score", responses=GUARDED, dependencies=PROTECTED, tags=["generate"])
+async def score(service: Service, body: ScoreRequest, request: Request) -> ScoreResponse:
+    """How surprising each character of `text` is to the model (its log-probability given
+    all before it), and the totals; read in slices between other requests' steps."""
+    served = await served_model(service, body.model)
+    try:
+        ids, oov = score_ids(served, service.limits, body)
+    except ParamError as error:
+        raise as_422(error, "body", None) from None
+    job = service.score(served, ids, body.top_n, client_of(request))
+    try:
+        scorer = await job.result()
+    except JobFailed as error:
+        raise HTTPException(status_code=500, detail=str(error)) from None
+    logprobs: list[float | None] = scorer.logprobs.tolist()
+    logprobs[0] = None
+    bits: list[float | None] = (-scorer.logprobs / math.log(2)).tolist()
+    bits[0] = None
+    top_chars = top_logprobs = None
+    if body.top_n:
+        chars = served.vocab.chars
+        top_chars = [[]] + [[chars[i] for i in row] for row in scorer.top_ids[1:].tolist()]
+        top_logprobs = [[], *scorer.top_logprobs[1:].tolist()]
+    seconds = (job.finished_at or time.perf_counter()) - job.submitted_at
+    return ScoreResponse(
+        model=served.name,
+        text=served.vocab.decode(ids),
+        chars=len(ids) - 1,
+        oov_chars=oov,
+        nats=scorer.nats,
+        bits=scorer.nats / math.log(2),
+        nats_per_char=scorer.nats_per_char,
+        bits_per_char=scorer.bits_per_char,
+        perplexity=math.exp(scorer.nats_per_char),
+        logprobs=logprobs,
+        surprisal_bits=bits,
+        top_chars=top_chars,
+        top_logprobs=top_logprobs,
+        seconds=seconds,
+    )

@@ -1,0 +1,67 @@
+"""app/gate/access_log.py: one JSON line per request, without the query string."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from app.gate.access_log import LOGGER_NAME, configure_access_logger
+
+pytestmark = pytest.mark.anyio
+
+
+class Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[dict] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(record.getMessage()))
+
+
+@pytest.fixture
+def access_lines() -> Iterator[list[dict]]:
+    logger = logging.getLogger(LOGGER_NAME)
+    handler, level = Lines(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler.lines
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+async def test_one_json_line_per_request(
+    client: httpx.AsyncClient, access_lines: list[dict]
+) -> None:
+    await client.get("/generate/stream", params={"prime": "secret words", "length": 7})
+    await client.post("/generate", json={"length": -1})
+    stream, invalid = access_lines
+    assert (stream["method"], stream["path"], stream["status"]) == ("GET", "/generate/stream", 200)
+    assert "secret" not in json.dumps(stream)  # the query (a prime) is never logged
+    assert stream["duration_ms"] >= 0 and stream["bytes"] > 0
+    assert stream["client"] == "127.0.0.1" and stream["time"].endswith("+00:00")
+    assert (invalid["path"], invalid["status"]) == ("/generate", 422)
+
+
+def test_configure_prints_bare_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    logger = logging.getLogger(LOGGER_NAME)
+    saved, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    for handler in saved:
+        logger.removeHandler(handler)
+    try:
+        configured = configure_access_logger()
+        assert configure_access_logger() is configured and len(configured.handlers) == 1
+        configured.info('{"status": 200}')
+        assert capsys.readouterr().out == '{"status": 200}\n'
+        assert not configured.propagate
+    finally:
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        for handler in saved:
+            logger.addHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
