@@ -3,7 +3,19 @@ PY := .venv/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install browser nginx serve test test-lowest lint format clean
+# $(call debian_package,COMMAND,WHAT NEEDS IT): apt-get install COMMAND's package (of the same
+# name) when the command is missing and we are root; otherwise a note of what will skip.
+define debian_package
+	@if ! command -v $(1) >/dev/null 2>&1 && [ ! -x /usr/sbin/$(1) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1); \
+	  else \
+	    echo "note: no $(1) (apt-get install $(1)): $(2) will skip (under CI=true: fail)"; \
+	  fi; \
+	fi
+endef
+
+.PHONY: install browser nginx curl serve test test-lowest lint format clean
 
 install:
 	@bash scripts/setup.sh
@@ -11,31 +23,21 @@ install:
 serve: install
 	$(PY) -m app --host $(HOST) --port $(PORT)
 
-# Debian's chromium, for the playground's browser test (Playwright's own browser download
-# is never used). Installed when missing and we are root (as in CI); otherwise that one test
-# skips, saying why.
+# Debian's packages that some tests run, installed when missing and we are root (as in CI).
+# Without one, its tests skip locally, saying why, and fail under CI=true: what CI reports
+# as tested ran. chromium: the playground's browser test (Playwright's own browser download
+# is never used); nginx: the scale-out test, tests/deploy/test_scaleout.py, which runs the
+# project's deploy/nginx.conf in front of two replicas; curl: the README's commands.
 browser:
-	@if ! command -v chromium >/dev/null 2>&1; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
-	  else \
-	    echo "note: no chromium (apt-get install chromium): the browser test will skip"; \
-	  fi; \
-	fi
+	$(call debian_package,chromium,the browser test)
 
-# Debian's nginx, for the scale-out test (tests/deploy/test_scaleout.py runs the project's
-# deploy/nginx.conf in front of two replicas). Installed like chromium above; without it
-# that test skips, saying why.
 nginx:
-	@if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx; \
-	  else \
-	    echo "note: no nginx (apt-get install nginx): the scale-out test will skip"; \
-	  fi; \
-	fi
+	$(call debian_package,nginx,the scale-out test)
 
-test: install browser nginx
+curl:
+	$(call debian_package,curl,the README's curl commands)
+
+test: install browser nginx curl
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q

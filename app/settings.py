@@ -177,8 +177,9 @@ class Settings(BaseSettings):
         10.0, ge=0, description="on shutdown, how long running streams may take to finish"
     )
     access_log: bool = Field(True, description="one JSON line per request on stdout")
-    # Connections (app/gate/connections.py, app/gate/body_timeout.py; docs/limits.md): a client that sends
-    # slowly or not at all cannot hold a connection, and open connections are bounded.
+    # Connections (app/gate/connections.py, app/gate/body_timeout.py; docs/limits.md): a
+    # client that sends slowly or not at all cannot hold a connection, and open connections
+    # are bounded.
     header_timeout_seconds: float = Field(
         10.0,
         gt=0,

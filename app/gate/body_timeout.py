@@ -21,7 +21,8 @@ CLOSE = (b"connection", b"close")
 
 
 class BodyTimeout(HTTPException):
-    """Raised from `receive` once the body is late (an HTTPException: see app/gate/body_limit.py)."""
+    """Raised from `receive` once the body is late (an HTTPException: see
+    app/gate/body_limit.py)."""
 
     def __init__(self, seconds: float):
         detail = f"request body not received within {seconds:g} s (BODY_TIMEOUT_SECONDS)"

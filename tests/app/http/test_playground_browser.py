@@ -3,7 +3,7 @@ service under uvicorn. Two servers: one with an API key and a slowed model (stre
 Stop), one without a key serving two models from MODELS_DIR (every other control). What
 the tests check is what is visible, not only what is in the DOM. Skipped only when
 chromium or Playwright is missing (`make test` installs both; Playwright's own browser
-download is never used)."""
+download is never used); without chromium under CI=true they fail (tests/tools.py)."""
 
 from __future__ import annotations
 
@@ -27,10 +27,8 @@ from model.config import ModelConfig
 from model.network import CharRNN
 from model.vocab import Vocabulary
 from tests.app.support import running_server
+from tests.tools import require_tool
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-if not Path(CHROMIUM).exists():
-    pytest.skip("chromium is not installed (apt-get install chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 expect = sync_api.expect
 
@@ -100,10 +98,16 @@ def open_url(tmp_path_factory: pytest.TempPathFactory, vocab: Vocabulary) -> Ite
     service.stop()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def chromium() -> str:
+    """Debian's chromium, looked for before any server of this module starts."""
+    return require_tool("chromium", "/usr/bin/chromium", install="`make browser`")
+
+
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+def browser(chromium: str) -> Iterator[Any]:
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=ARGS)
         yield browser
         browser.close()
 
