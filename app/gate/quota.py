@@ -32,7 +32,10 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.engine.engine import DecodingEngine
-from app.http.errors import RETRY_AFTER_SECONDS
+
+# Seconds a refused client is asked to wait (Retry-After): at its quota, or when every row
+# and queue place is taken.
+RETRY_AFTER_SECONDS = 1
 
 # The routes that submit work to the engine (GET /generate/stream included).
 ENGINE_PATHS = frozenset({"/generate", "/generate/stream", "/score", "/v1/completions"})

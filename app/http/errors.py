@@ -19,9 +19,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 
 from app.engine.engine import ClientBusy
-
-# Seconds a client is asked to wait when every row and queue place is taken.
-RETRY_AFTER_SECONDS = 1
+from app.gate.quota import RETRY_AFTER_SECONDS
 
 
 async def engine_busy(request: Request, error: Exception) -> Response:
