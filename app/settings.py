@@ -11,8 +11,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.engine.config import EngineConfig
-from app.http.schemas import Limits
+from app.engine.config import EngineConfig, Limits
 from model.decoding.params import DEFAULT_LENGTH
 from model.decoding.regex import RegexLimits
 from model.decoding.sampler_rows import UNIFORM_BLOCK

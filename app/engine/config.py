@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from model.decoding.sampler_rows import UNIFORM_BLOCK
 
 
@@ -91,3 +93,14 @@ class EngineConfig:
             )
         if not 0 < self.prefill_share < 1:
             raise ValueError(f"prefill_share must be in (0, 1), got {self.prefill_share}")
+
+
+class Limits(BaseModel):
+    """Per-request limits; their defaults live in Settings."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_length: int = Field(ge=1)
+    max_prime_length: int = Field(ge=0)
+    default_length: int = Field(ge=1)
+    max_score_chars: int = Field(250_000, ge=2)

@@ -8,7 +8,6 @@ from typing import Any
 
 from app.engine.engine import DecodingEngine
 from app.engine.lane import Lane
-from app.http.schemas import Limits, ModelInfo, NetworkConfig, TrainingInfo
 from model.checkpoint import CheckpointError, load_checkpoint
 from model.decoding.regex import RegexCache, RegexLimits
 from model.device import resolve_device
@@ -82,39 +81,3 @@ class ServedModel:
             info=checkpoint.info,
             regex_limits=regex_limits,
         )
-
-    def describe(self, limits: Limits) -> ModelInfo:
-        config = self.model.config
-        info = self.info
-        return ModelInfo(
-            name=self.name,
-            checkpoint=self.checkpoint_path.name,
-            device=str(self.device),
-            parameters=sum(p.numel() for p in self.model.parameters()),
-            config=NetworkConfig(
-                cell=config.cell,
-                hidden_size=config.hidden_size,
-                num_layers=config.num_layers,
-                dropout=config.dropout,
-                vocab_size=config.vocab_size,
-            ),
-            vocabulary=list(self.vocab.chars),
-            newlines=self.newlines,
-            training=TrainingInfo(
-                val_loss=_typed(info.get("val_loss"), float),
-                val_bits_per_char=_typed(info.get("val_bits_per_char"), float),
-                corpus=_typed(info.get("corpus"), str),
-                corpus_chars=_typed(info.get("corpus_chars"), int),
-                step=_typed(info.get("step"), int),
-            ),
-            limits=limits,
-        )
-
-
-def _typed(value: Any, kind: type) -> Any:
-    """`value` if the trainer stored the expected type (ints count as floats), else None."""
-    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if kind is not float and isinstance(value, kind) and not isinstance(value, bool):
-        return value
-    return None

@@ -11,12 +11,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from app.engine.config import EngineConfig
+from app.engine.config import EngineConfig, Limits
 from app.engine.engine import DecodingEngine
 from app.engine.jobs import Job, ScoreJob
 from app.engine.registry import ModelRegistry, ModelUnavailable
 from app.engine.served_model import ServedModel
-from app.http.schemas import Limits
 from model.checkpoint import CheckpointError
 from model.decoding.params import GenerationParams
 from model.decoding.regex import RegexLimits

@@ -14,8 +14,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-
-from app.settings import Settings
+from pydantic import SecretStr
 
 # auto_error=False: a missing header is our 401 (with WWW-Authenticate), not FastAPI's 403.
 bearer = HTTPBearer(auto_error=False, description="the server's API_KEY, when it has one")
@@ -23,19 +22,19 @@ bearer = HTTPBearer(auto_error=False, description="the server's API_KEY, when it
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
-def key_matches(settings: Settings, given: str | None) -> bool:
+def key_matches(api_key: SecretStr | None, given: str | None) -> bool:
     """True when no key is configured, or `given` is that key (compared in constant time)."""
-    if settings.api_key is None:
+    if api_key is None:
         return True
-    expected = settings.api_key.get_secret_value().encode()
+    expected = api_key.get_secret_value().encode()
     return given is not None and secrets.compare_digest(given.encode(), expected)
 
 
 async def require_api_key(request: Request, credentials: Credentials) -> None:
     """401 unless the request carries the configured key (a no-op when none is set)."""
-    settings: Settings = request.app.state.settings
+    api_key: SecretStr | None = request.app.state.settings.api_key
     given = credentials.credentials if credentials is not None else None
-    if not key_matches(settings, given):
+    if not key_matches(api_key, given):
         message = "missing API key" if given is None else "invalid API key"
         raise HTTPException(
             status_code=401,

@@ -10,8 +10,9 @@ regex. Each failure is a ParamError naming the field, which the routes turn into
 
 from __future__ import annotations
 
+from app.engine.config import Limits
 from app.engine.served_model import ServedModel
-from app.http.schemas import GenerateRequest, Limits, ScoreRequest
+from app.http.schemas import GenerateRequest, ScoreRequest
 from model.decoding.params import (
     GenerationParams,
     ParamError,

@@ -33,6 +33,7 @@ from app.http.schemas import (
     ReloadReport,
     ScoreRequest,
     ScoreResponse,
+    describe_model,
 )
 from model.decoding.params import GenerationParams, ParamError
 
@@ -173,13 +174,13 @@ async def reload_models(service: Service) -> ReloadReport:
 @router.get("/model", responses=GUARDED, dependencies=PROTECTED, tags=["service"])
 async def model_info(service: Service) -> ModelInfo:
     """The default model: architecture, vocabulary, training results, request limits."""
-    return (await served_model(service, None)).describe(service.limits)
+    return describe_model(await served_model(service, None), service.limits)
 
 
 @router.get("/model/{name}", responses=GUARDED, dependencies=PROTECTED, tags=["service"])
 async def named_model_info(service: Service, name: str) -> ModelInfo:
     """One served model, by name."""
-    return (await served_model(service, name)).describe(service.limits)
+    return describe_model(await served_model(service, name), service.limits)
 
 
 @router.post("/generate", responses=GUARDED, dependencies=PROTECTED, tags=["generate"])

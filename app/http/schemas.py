@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from app.engine.config import Limits
+from app.engine.served_model import ServedModel
 from model.decoding.params import (
     MAX_FREQUENCY_PENALTY,
     MAX_LOGIT_BIAS,
@@ -258,17 +260,6 @@ class ScoreResponse(BaseModel):
     seconds: float
 
 
-class Limits(BaseModel):
-    """Per-request limits; their defaults live in Settings."""
-
-    model_config = ConfigDict(frozen=True)
-
-    max_length: int = Field(ge=1)
-    max_prime_length: int = Field(ge=0)
-    default_length: int = Field(ge=1)
-    max_score_chars: int = Field(250_000, ge=2)
-
-
 class NetworkConfig(BaseModel):
     cell: str
     hidden_size: int
@@ -316,3 +307,41 @@ class StreamError(BaseModel):
     """Data of the `error` event when a stream fails after it started."""
 
     message: str
+
+
+def describe_model(served: ServedModel, limits: Limits) -> ModelInfo:
+    """GET /model's answer for one loaded model."""
+    config = served.model.config
+    info = served.info
+    return ModelInfo(
+        name=served.name,
+        checkpoint=served.checkpoint_path.name,
+        device=str(served.device),
+        parameters=sum(p.numel() for p in served.model.parameters()),
+        config=NetworkConfig(
+            cell=config.cell,
+            hidden_size=config.hidden_size,
+            num_layers=config.num_layers,
+            dropout=config.dropout,
+            vocab_size=config.vocab_size,
+        ),
+        vocabulary=list(served.vocab.chars),
+        newlines=served.newlines,
+        training=TrainingInfo(
+            val_loss=_typed(info.get("val_loss"), float),
+            val_bits_per_char=_typed(info.get("val_bits_per_char"), float),
+            corpus=_typed(info.get("corpus"), str),
+            corpus_chars=_typed(info.get("corpus_chars"), int),
+            step=_typed(info.get("step"), int),
+        ),
+        limits=limits,
+    )
+
+
+def _typed(value: Any, kind: type) -> Any:
+    """`value` if the trainer stored the expected type (ints count as floats), else None."""
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if kind is not float and isinstance(value, kind) and not isinstance(value, bool):
+        return value
+    return None

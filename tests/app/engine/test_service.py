@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from app.engine.config import EngineConfig
+from app.engine.config import EngineConfig, Limits
 from app.engine.engine import DecodingEngine
 from app.engine.served_model import ServedModel, UnknownModel
 from app.engine.service import ModelService
-from app.http.schemas import Limits
+from app.http.schemas import describe_model
 from model.checkpoint import Checkpoint, CheckpointError, save_checkpoint
 from model.config import ModelConfig
 from model.network import CharRNN
@@ -23,7 +23,7 @@ LIMITS = Limits(max_length=10, max_prime_length=10, default_length=10)
 
 def test_describe(service: ModelService, vocab: Vocabulary) -> None:
     served = service.model()
-    info = served.describe(service.limits)
+    info = describe_model(served, service.limits)
     assert info.name == "tiny" and info.checkpoint == "tiny.safetensors"  # no server path
     assert info.device == "cpu"
     assert info.config.hidden_size == 16 and info.config.vocab_size == len(vocab)
