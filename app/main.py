@@ -36,6 +36,9 @@ from app.engine.service import ModelService
 from app.gate.access_log import AccessLogMiddleware, configure_access_logger
 from app.gate.body_limit import BodyLimitMiddleware
 from app.gate.body_timeout import BodyTimeoutMiddleware
+from app.gate.hang_up import HangUpMiddleware
+from app.gate.clients import ClientLedger
+from app.gate.identity import ClientIdentityMiddleware
 from app.gate.log_limit import limited_logs
 from app.gate.quota import ClientQuotaMiddleware
 from app.http import openai_routes, playground
@@ -61,11 +64,13 @@ the seed it used: pass it back to get the same text again. `/v1/completions` and
 def load_service(settings: Settings) -> ModelService:
     """The model(s) the settings name, on their device. Raises CheckpointError / ValueError."""
     torch.set_num_threads(settings.torch_threads)  # process-wide: the service owns the process
+    engine = settings.engine_config()
     return ModelService.load(
         settings.checkpoint,
         settings.device,
         settings.limits(),
-        settings.engine_config(),
+        engine,
+        ClientLedger(engine),
         settings.regex_limits(),
         settings.stall_seconds,
         models_dir=settings.models_dir,
@@ -89,6 +94,11 @@ def create_app(settings: Settings | None = None, service: ModelService | None = 
                 logger.error("cannot load the model: %s", error)
                 raise SystemExit(1) from None
         served = loaded.model()
+        if settings.trusted_proxies().everyone:
+            logger.warning(
+                "FORWARDED_ALLOW_IPS=*: every peer's X-Forwarded-For is believed, so any "
+                "client can name itself and escape its per-client limits; name the proxies"
+            )
         logger.info(
             "serving %s (default: %s on %s)",
             ", ".join(loaded.registry.names),
@@ -137,6 +147,8 @@ def create_app(settings: Settings | None = None, service: ModelService | None = 
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(EngineBusy, engine_busy)
     # Each add wraps the ones before: the access log sees every response, 413s included.
+    # First, so innermost: a request whose client hung up is cancelled inside the others.
+    app.add_middleware(HangUpMiddleware)
     app.add_middleware(
         BodyLimitMiddleware,
         max_body_bytes=settings.max_body_bytes,
@@ -159,6 +171,8 @@ def create_app(settings: Settings | None = None, service: ModelService | None = 
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     if settings.access_log:
         app.add_middleware(AccessLogMiddleware)
+    # Last, so first to run: every middleware and route after it sees the resolved client.
+    app.add_middleware(ClientIdentityMiddleware, proxies=settings.trusted_proxies())
     return app
 
 

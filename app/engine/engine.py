@@ -13,10 +13,12 @@ One iteration of the thread:
   3. background work under a time budget (prefill_share of the engine's time while
      streams decode, at least one character per iteration), so a burst of long primes or
      a long text to score cannot freeze the streams already running:
-       prefill: primes run in batched slices, each client's within its prime credit
-         (app/gate/fairness.py);
+       prefill: primes run in batched slices, each client's within its prime credit;
        scoring: the oldest text to score reads its next slice (model/scoring.py);
   4. finished, failed and cancelled requests leave at once (their row is reused).
+
+Per-client rules (quota, fair shares, prime credit, rows held) are the gate's: the engine
+is handed them (app/engine/clients.py) and asks at each moment it spends on a client.
 
 Faults stay with their request: an error while admitting one request, or a row whose
 sampling fails (non-finite scores, nothing allowed), or an error recording one row's
@@ -32,11 +34,11 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from app.engine.clients import ClientRules
 from app.engine.config import EngineConfig
 from app.engine.jobs import EngineWork, Job, ScoreJob
 from app.engine.lane import EngineCounters, Lane
 from app.engine.steps import background_budget, prefill, score_slice, step_lanes
-from app.gate.fairness import PrimeCredit
 from model.decoding.decoder import BatchDecoder
 from model.decoding.params import GenerationParams
 from model.network import CharRNN
@@ -47,22 +49,15 @@ class EngineBusy(RuntimeError):
     """The waiting queue is full; the caller should retry later."""
 
 
-class ClientBusy(EngineBusy):
-    """This client already has max_requests_per_client requests running or waiting."""
-
-
 class DecodingEngine:
     """Owns the lanes' decoders in one background thread; `submit` is thread-safe."""
 
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineConfig, clients: ClientRules):
         self.config = config
+        self.clients = clients
         self.lanes: list[Lane] = []
         self._queue: collections.deque[tuple[Lane, Job]] = collections.deque()
         self._scores: collections.deque[tuple[Lane, ScoreJob]] = collections.deque()
-        self._per_client: collections.Counter[str] = collections.Counter()  # for the quota
-        # Rows held by each client's requests (each request of no client counts as a
-        # client of its own): how chunk_interval shares the event loop's writes.
-        self._rows_by_client: collections.Counter[object] = collections.Counter()
         # Scoring reads a text's upper layers on this thread while the first layer of its
         # next slice runs on the engine's (model/scoring.py).
         self._scorer_thread = ThreadPoolExecutor(1, "scorer")
@@ -73,7 +68,6 @@ class DecodingEngine:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.counters = EngineCounters()
-        self._credit = PrimeCredit(config.prefill_burst_chars, config.prefill_chars_per_second)
         self.last_progress = time.monotonic()  # when an iteration last completed
         self.streaming = 0  # rows the last iteration's steps advanced, all models
 
@@ -100,7 +94,7 @@ class DecodingEngine:
             block_steps=config.block_steps,
             chars_per_call=config.chars_per_call,
         )
-        lane = Lane(name, model, chars, decoder, self.counters, config.fair_share_rows)
+        lane = Lane(name, model, chars, decoder, self.counters, self.clients.shares())
         with self._wakeup:
             self.lanes = [*self.lanes, lane]  # a new list: the engine thread may be reading
         return lane
@@ -140,20 +134,6 @@ class DecodingEngine:
     @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
-
-    def chunk_interval(self, client: str | None = None) -> float:
-        """Least seconds between two chunks of one of `client`'s streams (None: a stream
-        on its own). Each chunk is an HTTP write on the event loop: the loop's
-        max_chunks_per_second are shared equally by the clients with rows in the engine,
-        and a client's share by its rows, so a client holding many streams open stretches
-        its own streams' intervals, not everyone's (never past max_chunk_interval)."""
-        config = self.config
-        if config.max_chunks_per_second == 0:
-            return config.min_chunk_interval
-        by_client = self._rows_by_client  # a quick look, without the lock
-        own = by_client.get(client, 1) if client is not None else 1
-        interval = len(by_client) * own / config.max_chunks_per_second
-        return min(config.max_chunk_interval, max(config.min_chunk_interval, interval))
 
     def start(self) -> None:
         """Start the decoding thread (idempotent; a stopped engine can start again)."""
@@ -198,26 +178,15 @@ class DecodingEngine:
             self._wakeup.notify()
         return job
 
-    def client_full(self, client: str) -> bool:
-        """Whether `client` has its max_requests_per_client in already (a quick look,
-        without the lock: submit's own check is the one that counts)."""
-        limit = self.config.max_requests_per_client
-        return limit > 0 and self._per_client.get(client, 0) >= limit
-
     def _claim(self, job: EngineWork, client: str | None) -> None:  # with the lock held
-        limit = self.config.max_requests_per_client
-        counted = client is not None and limit > 0
-        if counted and self._per_client[client] >= limit:
-            raise ClientBusy(f"this client already has {limit} requests running or waiting")
-        if counted:
-            self._per_client[client] += 1
+        clients = self.clients
+        clients.claim(client)  # raises ClientBusy past the client's quota
 
         def release() -> None:
             with self._wakeup:
-                if counted:
-                    _uncount(self._per_client, client)
+                clients.release(client)
                 if isinstance(job, Job) and job.admitted:
-                    _uncount(self._rows_by_client, _holder(job))
+                    clients.row_freed(_holder(job))
 
         job._on_finish = release
 
@@ -261,7 +230,7 @@ class DecodingEngine:
                 free[id(lane)] -= 1
                 admitted.append((lane, job))
                 job.admitted = True
-                self._rows_by_client[_holder(job)] += 1
+                self.clients.row_taken(_holder(job))
             else:
                 waiting.append((lane, job))  # its model is full; keep its place
         self._queue.extendleft(reversed(waiting))
@@ -279,7 +248,7 @@ class DecodingEngine:
             shared=prefilling and bool(self._scores),
         )
         if prefilling:  # the clients' credit counts only while streams decode
-            prefill(self.lanes, budget, self._credit if self.streaming else None)
+            prefill(self.lanes, budget, self.clients.credit if self.streaming else None)
         if self._scores and score_slice(*self._scores[0], budget):
             self._scores.popleft()
 
@@ -302,11 +271,5 @@ class DecodingEngine:
 
 
 def _holder(job: Job) -> object:
-    """Who holds the job's row, for chunk_interval: its client, or the job alone."""
+    """Who holds the job's row, for the streams' pacing: its client, or the job alone."""
     return job.client if job.client is not None else ("request", id(job))
-
-
-def _uncount(counter: collections.Counter, key: object) -> None:
-    counter[key] -= 1
-    if counter[key] <= 0:
-        del counter[key]

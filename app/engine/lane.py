@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app.engine.clients import PrefillCredit, RowShares
 from app.engine.jobs import EngineWork, Job
-from app.gate.fairness import FairShare, PrimeCredit
 from model.decoding.decoder import BatchDecoder
 from model.decoding.sampler import FAILURES, RUNNING
 from model.network import CharRNN
@@ -43,7 +43,7 @@ class Lane:
         chars: tuple[str, ...],
         decoder: BatchDecoder,
         counters: EngineCounters,
-        fair_share_rows: int,
+        shares: RowShares,
     ):
         self.name = name
         self.model = model
@@ -51,7 +51,7 @@ class Lane:
         self.decoder = decoder
         self.counters = counters
         self.retiring = False  # replaced or evicted: leaves the engine once it is empty
-        self.fair = FairShare(fair_share_rows)
+        self.fair = shares  # which decoding rows each step advances
         self._every_row_fair: np.ndarray | None = None  # see plan()
         self.row_seconds = 1e-4  # running estimate of a prefill row-character's cost
         self.score_seconds = 3e-5  # and of a scored character's
@@ -75,7 +75,7 @@ class Lane:
         return self.record(self.kernel(self.plan(), split))
 
     def plan(self) -> np.ndarray:
-        """The decoding rows this step advances: each client's fair share (app/gate/fairness.py)."""
+        """The decoding rows this step advances: each client's fair share."""
         decoder = self.decoder
         decoding = decoder.decoding
         if len(decoding) <= 1 or decoding is self._every_row_fair:
@@ -135,7 +135,7 @@ class Lane:
         decoder.compact()
         return len(rows)
 
-    def prefill_slice(self, max_rows: int, credit: PrimeCredit | None = None) -> int:
+    def prefill_slice(self, max_rows: int, credit: PrefillCredit | None = None) -> int:
         """Up to `max_rows` primes read their next character (model/decoding/decoder.py),
         only those of clients whose `credit` allows it, which they then spend (None: every
         prime may). → the rows advanced."""

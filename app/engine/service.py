@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from app.engine.clients import ClientRules
 from app.engine.config import EngineConfig, Limits
 from app.engine.engine import DecodingEngine
 from app.engine.jobs import Job, ScoreJob
@@ -44,7 +45,8 @@ class ModelService:
         checkpoint: Path | str | None,
         device: str,
         limits: Limits,
-        engine: EngineConfig | None = None,
+        engine: EngineConfig,
+        clients: ClientRules,
         regex_limits: RegexLimits | None = None,
         stall_seconds: float = 30.0,
         *,
@@ -53,8 +55,10 @@ class ModelService:
         max_loaded_models: int = 4,
     ) -> ModelService:
         """The service of CHECKPOINT and/or MODELS_DIR, its default model loaded now (the
-        rest when first asked for). Raises CheckpointError or ValueError in one line."""
-        decoding = DecodingEngine(engine or EngineConfig())
+        rest when first asked for), on an engine of `engine` that asks `clients` (the
+        gate's per-client rules) before it spends anything on a client. Raises
+        CheckpointError or ValueError in one line."""
+        decoding = DecodingEngine(engine, clients)
         registry = ModelRegistry(
             decoding,
             device,

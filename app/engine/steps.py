@@ -17,9 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from app.engine.clients import PrefillCredit
 from app.engine.jobs import ScoreJob
 from app.engine.lane import FAILED_MESSAGE, Lane
-from app.gate.fairness import PrimeCredit
 
 logger = logging.getLogger("charrnn.engine")
 
@@ -76,10 +76,10 @@ def background_budget(
     return budget / 2 if shared else budget
 
 
-def prefill(lanes: list[Lane], budget: float, credit: PrimeCredit | None = None) -> None:
+def prefill(lanes: list[Lane], budget: float, credit: PrefillCredit | None = None) -> None:
     """Primes read their next characters in batched slices for at most `budget` seconds
     (at least one slice per lane that has primes waiting), only those of clients whose
-    `credit` allows it (app/gate/fairness.py; None: every prime)."""
+    `credit` allows it (the gate's prime credit; None: every prime)."""
     started = time.perf_counter()
     lanes = [lane for lane in lanes if lane.decoder.prefilling]
     while lanes:

@@ -13,6 +13,8 @@ itself, before the request is parsed or any of the app runs (a flood of such req
 cost the event loop, and so the decoding thread waiting for the GIL, about half its time
 through the whole stack). A request that arrives any other way (behind a trusted proxy,
 on a kept-alive connection, a request line split over packets) gets the middleware's.
+Both ask about the client app/gate/identity.py resolved: a connection's peer, or behind a
+trusted proxy the client its X-Forwarded-For names.
 
 Either way the 429 is held for QUOTA_REFUSAL_DELAY_SECONDS first. A client at its quota
 that retries as soon as it is refused (ignoring Retry-After) would otherwise cost the
@@ -32,13 +34,16 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.engine.engine import DecodingEngine
+from app.gate.identity import client_of
 
 # Seconds a refused client is asked to wait (Retry-After): at its quota, or when every row
 # and queue place is taken.
 RETRY_AFTER_SECONDS = 1
 
 # The routes that submit work to the engine (GET /generate/stream included).
-ENGINE_PATHS = frozenset({"/generate", "/generate/stream", "/score", "/v1/completions"})
+ENGINE_PATHS = frozenset(
+    {"/generate", "/generate/stream", "/score", "/v1/completions", "/v1/chat/completions"}
+)
 
 
 class ClientQuotaMiddleware:
@@ -55,9 +60,9 @@ class ClientQuotaMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] in ENGINE_PATHS:
             engine = self.engine()
-            client = scope.get("client")
-            if engine is not None and client is not None and engine.client_full(client[0]):
-                limit = engine.config.max_requests_per_client
+            client = client_of(scope)
+            if engine is not None and client is not None and engine.clients.full(client):
+                limit = engine.clients.limit
                 if self.delay > 0:
                     await asyncio.sleep(self.delay)
                 await _refuse(send, scope["path"], limit)
@@ -94,7 +99,7 @@ async def _refuse(send: Send, path: str, limit: int) -> None:
 
 
 class EarlyRefusal:
-    """`(peer address, a connection's first bytes)` → the 429 to write at once, or None
+    """`(the connection's client, its first bytes)` → the 429 to write at once, or None
     to serve the request as usual (the peer is under its quota, the route submits no
     work, or the request line is not complete yet)."""
 
@@ -113,6 +118,6 @@ class EarlyRefusal:
         if path not in ENGINE_PATHS:
             return None
         engine = self.engine()
-        if engine is None or not engine.client_full(client):
+        if engine is None or not engine.clients.full(client):
             return None
-        return refusal(path, engine.config.max_requests_per_client)
+        return refusal(path, engine.clients.limit)

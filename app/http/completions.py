@@ -108,7 +108,7 @@ class CompletionRun:
         base = resolve_seed(request.seed)
         planned = []
         run = cls(request, served.name)
-        run.pacing = partial(service.engine.chunk_interval, client)
+        run.pacing = partial(service.engine.clients.chunk_interval, client)
         for prompt in request.prompts:
             params = [
                 choice_params(service, served, request, prompt, (base + n) % (MAX_SEED + 1))

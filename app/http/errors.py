@@ -18,7 +18,7 @@ from fastapi import Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 
-from app.engine.engine import ClientBusy
+from app.gate.clients import ClientBusy
 from app.gate.quota import RETRY_AFTER_SECONDS
 
 

@@ -21,10 +21,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
-from app.engine.engine import ClientBusy, EngineBusy
+from app.engine.engine import EngineBusy
 from app.engine.jobs import JobFailed
 from app.engine.served_model import ServedModel
 from app.engine.service import ModelService
+from app.gate.clients import ClientBusy
 from app.http import routes, sse
 from app.http.auth import PROTECTED
 from app.http.completions import CompletionRun

@@ -20,6 +20,8 @@ from app.engine.jobs import Job, JobFailed
 from app.engine.registry import ModelUnavailable
 from app.engine.served_model import ServedModel, UnknownModel
 from app.engine.service import ModelService
+from app.gate import identity
+from app.gate.liveness import LIVENESS_PATH
 from app.http import sse
 from app.http.auth import PROTECTED, UNAUTHORIZED
 from app.http.errors import RETRY_AFTER_SECONDS
@@ -29,6 +31,7 @@ from app.http.schemas import (
     GenerateRequest,
     GenerateResponse,
     Health,
+    Liveness,
     ModelInfo,
     ReloadReport,
     ScoreRequest,
@@ -108,9 +111,10 @@ class Submitted(NamedTuple):
 
 
 def client_of(request: Request) -> str | None:
-    """Who sends the request, for MAX_REQUESTS_PER_CLIENT: its address (behind a proxy,
-    the forwarded one, when uvicorn trusts the proxy: FORWARDED_ALLOW_IPS)."""
-    return request.client.host if request.client is not None else None
+    """Who sends the request, as app/gate/identity.py resolved it (behind a trusted proxy,
+    the client its X-Forwarded-For names): the engine counts its quota, fair share and
+    prefill credit under this."""
+    return identity.client_of(request.scope)
 
 
 async def submit(
@@ -162,6 +166,23 @@ async def health(service: Service) -> Health:
     return Health(problems=service.registry.problems())
 
 
+@router.get(
+    LIVENESS_PATH,
+    responses={503: {"description": "The decoding engine is dead or stalled"}},
+    tags=["service"],
+)
+async def liveness(request: Request) -> Liveness:
+    """Liveness (Kubernetes' livenessProbe): 200 while the process is not stuck, i.e. its
+    event loop answers and its decoding engine, once loaded, runs and makes progress.
+    Busy is not stuck: it answers past MAX_CONNECTIONS (app/gate/liveness.py), at
+    capacity and while draining; GET /health is the readiness check."""
+    service: ModelService | None = request.app.state.service
+    problem = service.engine_problem() if service is not None else None
+    if problem is not None:
+        raise HTTPException(status_code=503, detail=problem)
+    return Liveness()
+
+
 @router.post("/admin/reload", responses=GUARDED, dependencies=PROTECTED, tags=["service"])
 async def reload_models(service: Service) -> ReloadReport:
     """Look for new, replaced and removed model files now (as the poll does); replaced
@@ -205,7 +226,7 @@ async def generate(service: Service, submitted: BodyJob) -> GenerateResponse:
 
 def sse_stream(service: ModelService, job: Job) -> StreamingResponse:
     """The job's output as server-sent events, paced for its client (chunk_interval)."""
-    return sse.response(events(job, partial(service.engine.chunk_interval, job.client)))
+    return sse.response(events(job, partial(service.engine.clients.chunk_interval, job.client)))
 
 
 @router.post(

@@ -90,7 +90,7 @@ def count_chunks(monkeypatch: Any) -> list[int]:
 
 
 def record_pacing(engine: Any, monkeypatch: Any) -> list[str | None]:
-    """Patch the engine's chunk_interval to note the client each stream asks it for (and
+    """Patch the engine's clients' chunk_interval to note the client each stream asks it for (and
     to pace nothing); → the list of those clients, growing as they ask."""
     asked: list[str | None] = []
 
@@ -98,5 +98,5 @@ def record_pacing(engine: Any, monkeypatch: Any) -> list[str | None]:
         asked.append(client)
         return 0.0
 
-    monkeypatch.setattr(engine, "chunk_interval", interval)
+    monkeypatch.setattr(engine.clients, "chunk_interval", interval)
     return asked

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from app.engine.config import EngineConfig
-from app.engine.engine import ClientBusy, DecodingEngine, EngineBusy
+from app.engine.engine import DecodingEngine, EngineBusy
 from app.engine.jobs import Job, JobFailed
 from app.engine.lane import FAILED_MESSAGE
+from app.gate.clients import ClientBusy, ClientLedger
 from model.config import ModelConfig
 from model.decoding.decoder import Draws
 from model.decoding.generate import SingleStream
@@ -30,7 +31,8 @@ def model():
 
 
 def make_engine(model, **config):
-    engine = DecodingEngine(EngineConfig(**{"max_active": 40, "max_queue": 100, **config}))
+    engine_config = EngineConfig(**{"max_active": 40, "max_queue": 100, **config})
+    engine = DecodingEngine(engine_config, ClientLedger(engine_config))
     lane = engine.add_lane("tiny", model, VOCAB.chars)
     return engine, lane
 
@@ -186,18 +188,18 @@ def test_chunk_interval_stretches_with_the_number_of_streams(model):
     engine, lane = make_engine(
         model, max_active=50, min_chunk_interval=0.02, max_chunks_per_second=100
     )
-    assert engine.chunk_interval() == 0.02
+    assert engine.clients.chunk_interval() == 0.02
     engine.start()
     try:
         jobs = [engine.submit(lane, params(length=10**6, seed=n)) for n in range(50)]
         wait_until(lambda: engine.streaming == 50)
-        assert engine.chunk_interval() == pytest.approx(0.5)  # 50 streams / 100 chunks/s
+        assert engine.clients.chunk_interval() == pytest.approx(0.5)  # 50 streams / 100 chunks/s
     finally:
         for job in jobs:
             job.cancel()
         engine.stop()
     unbounded, _ = make_engine(model, max_chunks_per_second=0)
-    assert unbounded.chunk_interval() == EngineConfig().min_chunk_interval
+    assert unbounded.clients.chunk_interval() == EngineConfig().min_chunk_interval
 
 
 def test_a_client_holding_many_streams_stretches_only_its_own_chunk_interval(model):
@@ -219,17 +221,17 @@ def test_a_client_holding_many_streams_stretches_only_its_own_chunk_interval(mod
         jobs += [engine.submit(lane, params(length=10**6), "queued") for _ in range(5)]
         wait_until(lambda: engine.active == 50)
         # 11 clients hold rows (the queued one holds none): 100 chunks/s shared 11 ways.
-        assert engine.chunk_interval("light0") == pytest.approx(11 / 100)
-        assert engine.chunk_interval(None) == pytest.approx(11 / 100)
-        assert engine.chunk_interval("heavy") == pytest.approx(11 * 40 / 100)
-        engine.config = dataclasses.replace(engine.config, max_chunk_interval=1.0)
-        assert engine.chunk_interval("heavy") == 1.0  # every stream shows progress
+        assert engine.clients.chunk_interval("light0") == pytest.approx(11 / 100)
+        assert engine.clients.chunk_interval(None) == pytest.approx(11 / 100)
+        assert engine.clients.chunk_interval("heavy") == pytest.approx(11 * 40 / 100)
+        engine.clients.config = dataclasses.replace(engine.clients.config, max_chunk_interval=1.0)
+        assert engine.clients.chunk_interval("heavy") == 1.0  # every stream shows progress
     finally:
         for job in jobs:
             job.cancel()
         wait_until(lambda: engine.active == 0 and engine.queued == 0)
         engine.stop()
-    assert engine.chunk_interval("heavy") == 0.02  # the rows' counts went with them
+    assert engine.clients.chunk_interval("heavy") == 0.02  # the rows' counts went with them
 
 
 def test_keepalive_gives_empty_chunks_while_nothing_comes(model):

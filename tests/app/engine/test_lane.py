@@ -14,6 +14,7 @@ from app.engine.engine import DecodingEngine
 from app.engine.jobs import Job
 from app.engine.lane import Lane
 from app.engine.steps import prefill
+from app.gate.clients import ClientLedger
 from app.gate.fairness import PrimeCredit
 from model.config import ModelConfig
 from model.decoding.params import GenerationParams
@@ -27,7 +28,8 @@ VOCAB = Vocabulary.from_text("abcdefghijklmnopqrstuvwxyz .,\n")
 def lane() -> Lane:
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(vocab_size=len(VOCAB), hidden_size=16)).eval()
-    engine = DecodingEngine(EngineConfig(max_active=8, decode_threads=1, fair_share_rows=4))
+    config = EngineConfig(max_active=8, decode_threads=1, fair_share_rows=4)
+    engine = DecodingEngine(config, ClientLedger(config))
     return engine.add_lane("tiny", model, VOCAB.chars)
 
 

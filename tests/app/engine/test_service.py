@@ -11,6 +11,7 @@ from app.engine.config import EngineConfig, Limits
 from app.engine.engine import DecodingEngine
 from app.engine.served_model import ServedModel, UnknownModel
 from app.engine.service import ModelService
+from app.gate.clients import ClientLedger
 from app.http.schemas import describe_model
 from model.checkpoint import Checkpoint, CheckpointError, save_checkpoint
 from model.config import ModelConfig
@@ -18,6 +19,7 @@ from model.network import CharRNN
 from model.text import NEWLINES_KEEP, NEWLINES_LF
 from model.vocab import Vocabulary
 
+ENGINE = EngineConfig()
 LIMITS = Limits(max_length=10, max_prime_length=10, default_length=10)
 
 
@@ -45,9 +47,11 @@ def test_models_by_name(service: ModelService) -> None:
 
 def test_load_errors_are_one_line(tmp_path: Path, checkpoint_path: Path, vocab: Vocabulary) -> None:
     with pytest.raises(CheckpointError, match="not found"):
-        ModelService.load(tmp_path / "missing.safetensors", "cpu", LIMITS)
+        ModelService.load(
+            tmp_path / "missing.safetensors", "cpu", LIMITS, ENGINE, ClientLedger(ENGINE)
+        )
     with pytest.raises(ValueError, match="unknown device"):
-        ModelService.load(checkpoint_path, "tpu", LIMITS)
+        ModelService.load(checkpoint_path, "tpu", LIMITS, ENGINE, ClientLedger(ENGINE))
     # Weights of a 16-wide network under a header that says 8 wide.
     weights = Checkpoint.from_model(
         CharRNN(ModelConfig(vocab_size=len(vocab), hidden_size=16)), vocab
@@ -55,7 +59,9 @@ def test_load_errors_are_one_line(tmp_path: Path, checkpoint_path: Path, vocab: 
     mismatched = Checkpoint(ModelConfig(vocab_size=len(vocab), hidden_size=8), vocab, weights)
     save_checkpoint(mismatched, tmp_path / "mismatched.safetensors")
     with pytest.raises(CheckpointError) as caught:
-        ModelService.load(tmp_path / "mismatched.safetensors", "cpu", LIMITS)
+        ModelService.load(
+            tmp_path / "mismatched.safetensors", "cpu", LIMITS, ENGINE, ClientLedger(ENGINE)
+        )
     assert "\n" not in str(caught.value)
 
 
@@ -71,14 +77,16 @@ def test_load_errors_are_one_line(tmp_path: Path, checkpoint_path: Path, vocab: 
 )
 def test_newline_mode_comes_from_the_checkpoint(chars: str, info: dict, mode: str) -> None:
     vocab = Vocabulary.from_text(chars)
-    engine = DecodingEngine(EngineConfig(max_active=1))
+    engine = DecodingEngine(EngineConfig(max_active=1), ClientLedger(EngineConfig()))
     model = CharRNN(ModelConfig(vocab_size=len(vocab), hidden_size=4))
     served = ServedModel("m", model, vocab, engine.add_lane("m", model, vocab.chars), info=info)
     assert served.newlines == mode
 
 
 def test_health_reports_a_dead_or_stalled_engine(checkpoint_path: Path) -> None:
-    service = ModelService.load(checkpoint_path, "cpu", LIMITS, stall_seconds=0.2)
+    service = ModelService.load(
+        checkpoint_path, "cpu", LIMITS, ENGINE, ClientLedger(ENGINE), stall_seconds=0.2
+    )
     assert service.engine_problem() == "the decoding engine is not running"
     service.start()
     try:

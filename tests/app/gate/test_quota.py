@@ -22,7 +22,7 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture
 def full(service: ModelService, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(service.engine, "client_full", lambda client: client == "127.0.0.1")
+    monkeypatch.setattr(service.engine.clients, "full", lambda client: client == "127.0.0.1")
 
 
 async def test_a_client_at_its_quota_is_refused_early(
@@ -61,29 +61,36 @@ async def test_the_refusal_is_held_for_the_delay(
 async def test_other_clients_are_not_refused(
     service: ModelService, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(service.engine, "client_full", lambda client: client == "10.9.9.9")
+    monkeypatch.setattr(service.engine.clients, "full", lambda client: client == "10.9.9.9")
     assert (await client.post("/generate", json={"length": 3})).status_code == 200
 
 
 def test_client_full_follows_the_engines_count(service: ModelService) -> None:
     engine = service.engine
-    assert not engine.client_full("10.1.1.1")
-    engine._per_client["10.1.1.1"] = engine.config.max_requests_per_client
+    assert not engine.clients.full("10.1.1.1")
+    engine.clients._requests["10.1.1.1"] = engine.clients.limit
     try:
-        assert engine.client_full("10.1.1.1")
+        assert engine.clients.full("10.1.1.1")
     finally:
-        del engine._per_client["10.1.1.1"]
+        del engine.clients._requests["10.1.1.1"]
 
 
 class FullEngine:
     """An engine stand-in whose clients in `full` are at their quota."""
 
     def __init__(self, *full: str):
-        self.full = set(full)
+        self.clients = FullClients(set(full))
         self.config = EngineConfig(max_requests_per_client=3)
 
-    def client_full(self, client: str) -> bool:
-        return client in self.full
+
+class FullClients:
+    limit = 3
+
+    def __init__(self, full: set[str]):
+        self.at_quota = full
+
+    def full(self, client: str) -> bool:
+        return client in self.at_quota
 
 
 @pytest.mark.parametrize(

@@ -94,13 +94,13 @@ async def test_no_part_of_a_stop_string_is_ever_streamed(
     client: httpx.AsyncClient, sse: Parse, service: ModelService
 ) -> None:
     engine = service.engine
-    engine.config = dataclasses.replace(engine.config, min_chunk_interval=0.0)
+    engine.clients.config = dataclasses.replace(engine.clients.config, min_chunk_interval=0.0)
     try:
         # "ab" and "abc" begin the stop "abcd" twice before it completes.
         body = {"length": 40, "regex": "xab!abcxabcdyy", "stop": ["abcd"], "seed": 3}
         response = await client.post("/generate/stream", json=body)
     finally:
-        engine.config = dataclasses.replace(engine.config, min_chunk_interval=0.02)
+        engine.clients.config = dataclasses.replace(engine.clients.config, min_chunk_interval=0.02)
     chunks = [data for name, data in sse(response.text) if name == "chars"]
     assert "".join(chunks) == "xab!abcx"
     assert sse(response.text)[-1][1]["finish_reason"] == "stop"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -282,9 +281,7 @@ async def test_too_many_requests_from_one_client_is_a_429(
     client: httpx.AsyncClient, service: ModelService, monkeypatch: pytest.MonkeyPatch, sse: Parse
 ) -> None:
     engine = service.engine
-    monkeypatch.setattr(
-        engine, "config", dataclasses.replace(engine.config, max_requests_per_client=2)
-    )
+    monkeypatch.setattr(engine.clients, "limit", 2)
     decoder = service.model().lane.decoder
     step = decoder.step
 
