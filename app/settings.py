@@ -11,7 +11,14 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.engine.config import EngineConfig, Limits
+from app.engine.config import (
+    MAX_LOADED_MODELS,
+    MAX_SCORE_CHARS,
+    STALL_SECONDS,
+    EngineConfig,
+    Limits,
+)
+from app.gate.identity import DEFAULT_TRUSTED, TrustedProxies
 from model.decoding.params import DEFAULT_LENGTH
 from model.decoding.regex import RegexLimits
 from model.decoding.sampler_rows import UNIFORM_BLOCK
@@ -41,7 +48,9 @@ class Settings(BaseSettings):
         "first name in MODELS_DIR)",
     )
     max_loaded_models: int = Field(
-        4, ge=1, description="models kept in memory; the least recently used idle one goes"
+        MAX_LOADED_MODELS,
+        ge=1,
+        description="models kept in memory; the least recently used idle one goes",
     )
     models_poll_seconds: float = Field(
         5.0,
@@ -137,7 +146,7 @@ class Settings(BaseSettings):
         description="memory for the network states after recent primes (0: no cache)",
     )
     stall_seconds: float = Field(
-        30.0,
+        STALL_SECONDS,
         gt=0,
         allow_inf_nan=False,
         description="/health answers 503 once the engine makes no progress this long",
@@ -167,7 +176,7 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(64 * 1024, ge=1, description="largest request body (else 413)")
     max_score_chars: int = Field(
-        250_000,
+        MAX_SCORE_CHARS,
         ge=2,
         description="longest text POST /score takes (its body may be 6 bytes "
         "a character more than MAX_BODY_BYTES)",
@@ -191,6 +200,13 @@ class Settings(BaseSettings):
         gt=0,
         allow_inf_nan=False,
         description="a request's body must arrive within this long of its headers (else 408)",
+    )
+    send_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="a client that takes none of its response's waiting bytes for this long "
+        "is disconnected, and its request cancelled (app/gate/send_deadline.py)",
     )
     keep_alive_seconds: float = Field(
         5.0,
@@ -220,6 +236,14 @@ class Settings(BaseSettings):
         description="connections one client address may have open at once (a trusted proxy's "
         "are not counted); past it, a new one is closed at once; 0: no limit",
     )
+    # The variable (and default) uvicorn reads; app/gate/identity.py applies it to every
+    # per-client rule, connections included.
+    forwarded_allow_ips: Annotated[tuple[str, ...], NoDecode] = Field(
+        DEFAULT_TRUSTED,
+        description="proxies whose X-Forwarded-For names the client, comma-separated: "
+        "addresses and CIDR ranges (10.0.0.0/8); empty: none; * trusts every peer, so a "
+        "client names itself",
+    )
 
     @field_validator("device")
     @classmethod
@@ -241,11 +265,17 @@ class Settings(BaseSettings):
         # API_KEY= (set but empty, as compose files often leave it) means no key.
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "forwarded_allow_ips", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(origin.strip() for origin in value.split(",") if origin.strip())
+        return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        TrustedProxies.parse(value)  # raises ValueError naming an entry that is no address
         return value
 
     @field_validator("log_level", mode="before")
@@ -291,6 +321,9 @@ class Settings(BaseSettings):
             prefill_chars_per_second=self.prefill_chars_per_second,
             prime_cache_bytes=int(self.prime_cache_mb * 2**20),
         )
+
+    def trusted_proxies(self) -> TrustedProxies:
+        return TrustedProxies.parse(self.forwarded_allow_ips)
 
     def regex_limits(self) -> RegexLimits:
         return RegexLimits(

@@ -10,6 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from model.decoding.sampler_rows import UNIFORM_BLOCK
 
+# Defaults of the service's models and health, read by app/settings.py and the classes here.
+MAX_LOADED_MODELS = 4  # models kept in memory; the least recently used idle one goes
+STALL_SECONDS = 30.0  # an engine without progress this long while work waits is unhealthy
+MAX_SCORE_CHARS = 250_000  # the longest text one /score request reads
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -103,4 +108,4 @@ class Limits(BaseModel):
     max_length: int = Field(ge=1)
     max_prime_length: int = Field(ge=0)
     default_length: int = Field(ge=1)
-    max_score_chars: int = Field(250_000, ge=2)
+    max_score_chars: int = Field(MAX_SCORE_CHARS, ge=2)

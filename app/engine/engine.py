@@ -188,7 +188,7 @@ class DecodingEngine:
                 if isinstance(job, Job) and job.admitted:
                     clients.row_freed(_holder(job))
 
-        job._on_finish = release
+        job.on_finish(release)
 
     # --- the thread -------------------------------------------------------------------
     def _run(self) -> None:
@@ -252,10 +252,6 @@ class DecodingEngine:
         if self._scores and score_slice(*self._scores[0], budget):
             self._scores.popleft()
 
-    def _fail(self, job: EngineWork, message: str) -> None:
-        self.counters.jobs_failed += 1
-        job._finish(message)
-
     def _fail_everything(self, message: str) -> None:
         with self._wakeup:
             waiting = [job for _, job in self._queue]
@@ -264,10 +260,10 @@ class DecodingEngine:
             lane.fail_all(message)
         for job in waiting:
             if not job.done:
-                self._fail(job, message)
+                self.counters.fail(job, message)
         while self._scores:
             _, score_job = self._scores.popleft()
-            self._fail(score_job, message)
+            self.counters.fail(score_job, message)
 
 
 def _holder(job: Job) -> object:

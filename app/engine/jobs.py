@@ -1,7 +1,7 @@
 """A request inside the decoding engine: its parameters, its output as it grows, its end
 (Job for a generation; ScoreJob for a text to score).
 
-The engine thread writes (model/decoding/output.py's RowOutput, then `_finish`); an HTTP
+The engine thread writes (model/decoding/output.py's RowOutput, then `finish`); an HTTP
 handler reads with `chunks()`, which coalesces what was made since the last read:
 
     async for chunk in job.chunks(interval): chunk.text, chunk.logprobs
@@ -58,7 +58,7 @@ class EngineWork:
         self._lock = threading.Lock()  # guards the waiter hand-off only
         self._waiter: Waiter | None = None  # woken at every step (a stream's chunks)
         self._end_waiter: Waiter | None = None  # woken once, at the end (finished())
-        self._on_finish: Callable[[], None] | None = None  # the engine's per-client count
+        self._on_finish: Callable[[], None] | None = None  # see on_finish()
 
     @property
     def cancelled(self) -> bool:
@@ -73,7 +73,14 @@ class EngineWork:
         self._cancelled = True
 
     # --- engine side -----------------------------------------------------------------
-    def _finish(self, error: str | None = None) -> None:
+    def on_finish(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once, when the work ends (the engine releases its client's
+        counts there)."""
+        self._on_finish = callback
+
+    def finish(self, error: str | None = None) -> None:
+        """End the work (failed, with `error`); the waiting coroutines wake. Only the first
+        call counts."""
         if self.done:
             return
         self.error = error
@@ -81,7 +88,7 @@ class EngineWork:
         self._done.set()
         if self._on_finish is not None:
             self._on_finish()
-        self._wake(last=True)
+        self.wake(last=True)
         with self._lock:
             waiter, self._end_waiter = self._end_waiter, None
         _set(waiter)
@@ -89,7 +96,7 @@ class EngineWork:
     def _finished_at(self, now: float) -> None:
         """Record when the work ended (each kind keeps it in its own place)."""
 
-    def _wake(self, last: bool = False) -> None:
+    def wake(self, last: bool = False) -> None:
         """Wake the waiting coroutine, if one waits. The engine calls it for every row at
         every step: without `last`, a look without the lock comes first. A waiter that
         registers just after that look is woken by the row's next step, and the last wake
@@ -219,10 +226,6 @@ class Job(EngineWork):
         finally:
             if not self.done:
                 self.cancel()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the engine has finished with the job; True if it has."""
-        return self._done.wait(timeout)
 
 
 class ScoreJob(EngineWork):

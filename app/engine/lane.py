@@ -32,6 +32,11 @@ class EngineCounters:
     chars_generated: int = 0
     jobs_failed: int = 0
 
+    def fail(self, job: EngineWork, message: str) -> None:
+        """End `job` as failed with `message` (what its client sees), and count it."""
+        self.jobs_failed += 1
+        job.finish(message)
+
 
 class Lane:
     """One model's decoder inside the engine, and the requests in its rows."""
@@ -59,13 +64,13 @@ class Lane:
     def admit(self, job: Job) -> None:
         """Give a job a row (its prime runs in later prefill slices)."""
         if job.cancelled:
-            job._finish()
+            job.finish()
             return
         try:
             self.decoder.add(job.params, job)
         except Exception:
             logger.exception("admitting a request failed")
-            self.fail(job, FAILED_MESSAGE)
+            self.counters.fail(job, FAILED_MESSAGE)
 
     def step(self, split: bool = True) -> int:
         """One decoding step of the rows' fair shares (BatchDecoder.step: up to block_steps
@@ -131,7 +136,7 @@ class Lane:
             if status != RUNNING or job.cancelled:
                 self.remove(row)
             else:
-                job._wake()
+                job.wake()
         decoder.compact()
         return len(rows)
 
@@ -187,13 +192,9 @@ class Lane:
         job: Job = self.decoder.owners[row]
         self.decoder.remove(row)
         if error is None:
-            job._finish()
+            job.finish()
         else:
-            self.fail(job, error)
-
-    def fail(self, job: EngineWork, message: str) -> None:
-        self.counters.jobs_failed += 1
-        job._finish(message)
+            self.counters.fail(job, error)
 
     def fail_all(self, message: str) -> None:
         for row in list(self.decoder.rows()):

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.engine.config import MAX_LOADED_MODELS
 from app.engine.engine import DecodingEngine
 from app.engine.served_model import ServedModel, UnknownModel
 from model.decoding.regex import RegexLimits
@@ -61,7 +62,7 @@ class ModelRegistry:
         checkpoint: Path | None = None,
         models_dir: Path | None = None,
         default: str | None = None,
-        max_loaded: int = 4,
+        max_loaded: int = MAX_LOADED_MODELS,
         regex_limits: RegexLimits | None = None,
     ):
         if checkpoint is None and models_dir is None:

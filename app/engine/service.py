@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from app.engine.clients import ClientRules
-from app.engine.config import EngineConfig, Limits
+from app.engine.config import MAX_LOADED_MODELS, STALL_SECONDS, EngineConfig, Limits
 from app.engine.engine import DecodingEngine
 from app.engine.jobs import Job, ScoreJob
 from app.engine.registry import ModelRegistry, ModelUnavailable
@@ -32,7 +32,7 @@ class ModelService:
         engine: DecodingEngine,
         registry: ModelRegistry,
         limits: Limits,
-        stall_seconds: float = 30.0,
+        stall_seconds: float = STALL_SECONDS,
     ):
         self.engine = engine
         self.registry = registry
@@ -48,11 +48,11 @@ class ModelService:
         engine: EngineConfig,
         clients: ClientRules,
         regex_limits: RegexLimits | None = None,
-        stall_seconds: float = 30.0,
+        stall_seconds: float = STALL_SECONDS,
         *,
         models_dir: Path | None = None,
         default_model: str | None = None,
-        max_loaded_models: int = 4,
+        max_loaded_models: int = MAX_LOADED_MODELS,
     ) -> ModelService:
         """The service of CHECKPOINT and/or MODELS_DIR, its default model loaded now (the
         rest when first asked for), on an engine of `engine` that asks `clients` (the

@@ -97,19 +97,19 @@ def score_slice(lane: Lane, job: ScoreJob, budget: float) -> bool:
     """The text reads its next slice, sized to take about `budget` seconds; → whether the
     job has ended (scored, cancelled, or failed: alone)."""
     if job.cancelled:
-        job._finish()
+        job.finish()
         return True
     started = time.perf_counter()
     try:
         chars = job.scorer.advance(max(16, min(4096, int(budget / lane.score_seconds))))
     except Exception:
         logger.exception("scoring a text failed")
-        lane.fail(job, FAILED_MESSAGE)
+        lane.counters.fail(job, FAILED_MESSAGE)
         return True
     if chars:
         seconds = (time.perf_counter() - started) / chars
         lane.score_seconds = 0.8 * lane.score_seconds + 0.2 * seconds
     if job.scorer.done:
-        job._finish()
+        job.finish()
         return True
     return False

@@ -28,11 +28,11 @@ async def test_finished_is_woken_at_the_end_and_not_by_each_step() -> None:
     waiting = asyncio.create_task(job.finished())
     await asyncio.sleep(0)  # it registers its waiter
     for _ in range(20):  # the engine's wake after every step of the row
-        from_another_thread(job._wake)
+        from_another_thread(job.wake)
     await asyncio.sleep(0.05)
     assert not waiting.done()
     assert job._end_waiter is not None  # still waiting: no step woke it
-    from_another_thread(job._finish)
+    from_another_thread(job.finish)
     await asyncio.wait_for(waiting, 5)
     assert job.done and not job.cancelled
 
@@ -41,7 +41,7 @@ async def test_finished_raises_when_the_engine_failed_the_job() -> None:
     job = a_job()
     waiting = asyncio.create_task(job.finished())
     await asyncio.sleep(0)
-    from_another_thread(lambda: job._finish("the engine could not finish this request"))
+    from_another_thread(lambda: job.finish("the engine could not finish this request"))
     with pytest.raises(JobFailed, match="could not finish"):
         await asyncio.wait_for(waiting, 5)
     with pytest.raises(JobFailed):  # and at once, for a job already over
@@ -72,7 +72,7 @@ async def test_the_end_cuts_a_streams_pause_short() -> None:
     def the_end() -> None:
         job.output.extend([1, 0, 0], held=0)
         job.output.finish("length")
-        job._finish()
+        job.finish()
 
     from_another_thread(the_end)
     assert (await asyncio.wait_for(rest, 5)).text == "baa"

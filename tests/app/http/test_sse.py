@@ -35,10 +35,10 @@ def test_silence_becomes_keepalive_comments_then_chars_and_done():
     async def collect():
         stream = events(waiting, lambda: 0.0, keepalive=0.01)
         out = [await anext(stream), await anext(stream)]  # nothing made yet
-        for char in (0, 2, 1):  # the engine's side: what RowOutput and _finish do
+        for char in (0, 2, 1):  # the engine's side: what RowOutput and finish do
             waiting.output.extend([char], 0)
         waiting.output.finish("length")
-        waiting._finish()
+        waiting.finish()
         return out + [event async for event in stream]
 
     out = asyncio.run(collect())
@@ -52,7 +52,7 @@ def test_logprobs_follow_their_chars_and_an_error_ends_the_stream():
     failing = job(logprobs=1)
     failing.output.logprobs.append(logprob_row(1, -0.5, [0], [-0.25]))
     failing.output.extend([1], 0)
-    failing._finish("generation failed")
+    failing.finish("generation failed")
 
     async def collect():
         return [event async for event in events(failing, lambda: 0.0)]
