@@ -8,7 +8,6 @@ download is never used); without chromium under CI=true they fail (tests/tools.p
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,7 +100,9 @@ def open_url(tmp_path_factory: pytest.TempPathFactory, vocab: Vocabulary) -> Ite
 @pytest.fixture(scope="module", autouse=True)
 def chromium() -> str:
     """Debian's chromium, looked for before any server of this module starts."""
-    return require_tool("chromium", "/usr/bin/chromium", install="`make browser`")
+    return require_tool(
+        "chromium", "/usr/bin/chromium", install="`make browser`, or apt-get install chromium"
+    )
 
 
 @pytest.fixture(scope="module")
