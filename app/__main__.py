@@ -24,7 +24,8 @@ def default(field: str) -> str:
     return str(Settings.model_fields[field].default)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's options (each falls back to its Settings field)."""
     parser = argparse.ArgumentParser(
         prog="python -m app",
         description="Serve a char-rnn checkpoint over HTTP. Unset options fall back to the "
@@ -46,7 +47,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--log-level",
         help=f"critical, error, warning, info, debug, trace (default: {default('log_level')})",
     )
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
