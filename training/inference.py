@@ -1,13 +1,15 @@
 """Inference from the command line, over the library the service uses (model/decoding,
 model/scoring.py), so a seed gives the same text here as from the service:
 
-    sample   a checkpoint's text, streamed to stdout, with every option of the API
+    sample   a checkpoint's text, streamed to stdout, with every option of the API; it may
+             continue a text from its state (--state-in) and save the state (--state-out)
     score    how surprising each character of a text is to a checkpoint
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -16,18 +18,11 @@ from pathlib import Path
 
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.decoding.generate import DecodingFailed, SingleStream
-from model.decoding.params import (
-    DEFAULT_LENGTH,
-    MAX_LOGPROBS,
-    GenerationParams,
-    encode_logit_bias,
-    encode_prime,
-    encode_stops,
-    resolve_seed,
-)
+from model.decoding.params import DEFAULT_LENGTH, MAX_LOGPROBS, GenerationParams, build_params
 from model.decoding.regex import RegexLimits, compile_regex
 from model.device import resolve_device
 from model.scoring import Scorer, score_text
+from model.state import RecurrentState, StateCodec, continuation_prime
 from model.text import as_read, newline_mode
 from training.sources import read_text_file
 
@@ -98,6 +93,20 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="drop prime characters the model does not know instead of failing",
     )
+    parser.add_argument(
+        "--state-in",
+        type=Path,
+        metavar="FILE",
+        help="continue the text whose state FILE holds (written by --state-out); --prime "
+        "is then the text that follows it (default: none)",
+    )
+    parser.add_argument(
+        "--state-out",
+        type=Path,
+        metavar="FILE",
+        help="write the state of the whole text to FILE (the state's text, the prime and "
+        "every generated character, a stop string included), to continue it with --state-in",
+    )
     parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or mps (default: cpu)")
 
 
@@ -109,13 +118,29 @@ def run_sample(args: argparse.Namespace) -> int:
         checkpoint = load_checkpoint(args.checkpoint)
         params = sample_params(checkpoint, args)
         model = checkpoint.build_model(device)
+        codec = StateCodec.for_model(model, checkpoint.vocab) if _uses_state(args) else None
+        state = None
+        if args.state_in is not None:
+            state = read_state(args.state_in, codec)
+            prime = continuation_prime(
+                state,
+                checkpoint.vocab,
+                args.prime,
+                skip_unknown=args.skip_unknown,
+                newlines=newline_mode(checkpoint.info, checkpoint.vocab),
+            )
+            params = dataclasses.replace(params, prime=prime)
+        if args.state_out is not None and not args.state_out.parent.is_dir():
+            raise ValueError(f"--state-out: no such directory: {args.state_out.parent}")
+        if args.state_out is not None and args.state_out.is_dir():
+            raise ValueError(f"--state-out: {args.state_out} is a directory")
     except (ValueError, OSError) as error:  # CheckpointError, ParamError included
         print(f"error: {_one_line(error)}", file=sys.stderr)
         return 2
     if args.seed is None:
         print(f"seed: {params.seed}", file=sys.stderr)
     vocab = checkpoint.vocab
-    stream = SingleStream(model, params)
+    stream = SingleStream(model, params, state=state)
     try:
         _write(args.prime)  # as typed
         for ids in stream:
@@ -133,13 +158,55 @@ def run_sample(args: argparse.Namespace) -> int:
             line = {"char": vocab.chars[entry.id], "logprob": round(entry.logprob, 6), "top": top}
             print(json.dumps(line, ensure_ascii=False), file=sys.stderr)
     print(f"finished: {output.finish_reason}", file=sys.stderr)
+    if args.state_out is not None:
+        assert codec is not None
+        try:
+            write_state(args.state_out, codec.encode(stream.final_state()))
+        except OSError as error:
+            print(f"error: --state-out: {_one_line(error)}", file=sys.stderr)
+            return 2
     return 0
+
+
+def _uses_state(args: argparse.Namespace) -> bool:
+    return args.state_in is not None or args.state_out is not None
+
+
+def read_state(path: Path, codec: StateCodec) -> RecurrentState:
+    """The state a --state-in file holds (its token, surrounding whitespace ignored);
+    errors name the flag."""
+    try:
+        size = path.stat().st_size
+        if size > codec.max_token_chars + 64:  # not read: no token is this long
+            raise ValueError(
+                f"--state-in: {path} holds {size} bytes; a state of this model is at most "
+                f"{codec.max_token_chars} characters"
+            )
+        token = path.read_bytes().decode("ascii").strip()
+    except FileNotFoundError:
+        raise ValueError(f"--state-in: no such file: {path}") from None
+    except UnicodeDecodeError:
+        raise ValueError(
+            "--state-in: state: not a state token (URL-safe base64 expected)"
+        ) from None
+    except OSError as error:
+        raise ValueError(f"--state-in: {path}: {error.strerror or error}") from None
+    try:
+        return codec.decode(token)
+    except ValueError as error:  # ParamError: "state: why"
+        raise ValueError(f"--state-in: {error}") from None
+
+
+def write_state(path: Path, token: str) -> None:
+    """The token and a newline, replacing the file whole (a reader never sees half)."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(token + "\n", encoding="ascii")
+    temporary.replace(path)
 
 
 def sample_params(checkpoint: Checkpoint, args: argparse.Namespace) -> GenerationParams:
     """The flags as GenerationParams; a ParamError names the flag."""
     vocab = checkpoint.vocab
-    newlines = newline_mode(checkpoint.info, vocab)
     bias = {}
     for item in args.logit_bias:
         char, separator, value = item.rpartition("=")
@@ -150,12 +217,17 @@ def sample_params(checkpoint: Checkpoint, args: argparse.Namespace) -> Generatio
         if not separator:
             raise ValueError(f"--logit-bias: {item!r} is not CHAR=BIAS")
     try:
-        return GenerationParams(
-            prime=encode_prime(
-                vocab, args.prime, skip_unknown=args.skip_unknown, newlines=newlines
-            ),
+        return build_params(
+            vocab,
+            args.prime,
             length=args.length,
-            seed=resolve_seed(args.seed),
+            seed=args.seed,
+            stop=args.stop,
+            logit_bias=bias,
+            regex=args.regex or None,
+            regexes=lambda pattern: compile_regex(pattern, vocab, RegexLimits()),
+            skip_unknown=args.skip_unknown,
+            newlines=newline_mode(checkpoint.info, vocab),
             temperature=args.temperature,
             top_k=args.top_k,
             top_p=args.top_p,
@@ -164,10 +236,7 @@ def sample_params(checkpoint: Checkpoint, args: argparse.Namespace) -> Generatio
             repeat_last_n=args.repeat_last_n,
             frequency_penalty=args.frequency_penalty,
             presence_penalty=args.presence_penalty,
-            logit_bias=encode_logit_bias(vocab, bias),
-            stop=encode_stops(vocab, args.stop),
             logprobs=args.logprobs,
-            regex=compile_regex(args.regex, vocab, RegexLimits()) if args.regex else None,
         )
     except ValueError as error:
         field = getattr(error, "field", None)

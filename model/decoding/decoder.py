@@ -10,8 +10,14 @@ Each request takes a row (a slot) and goes through two phases:
             its regex ends it
         ──▶ remove
 
+A request may start from a text's recurrent state (model/state.py) instead of zeros: its
+prime then begins with that text's last character, which the state has read already, so
+prefill takes that character's logits from the state instead of reading it. Once the
+request has ended, `final_state` gives the state after its own whole text.
+
 A seeded request produces the same text whether it is decoded alone or beside any number
-of others, in any slot, prefilled in any slices, cached or not:
+of others, in any slot, prefilled in any slices, cached or not, and whether its earlier
+text came as a prime or as a state:
 
 - Its random numbers come from its own PCG64 generator (numpy), drawn in blocks.
 - Its network numbers do not depend on the other rows (model/decoding/network_rows.py).
@@ -34,19 +40,23 @@ from model.decoding.prime_cache import PrimeCache
 from model.decoding.sampler import (
     FAILURES,
     FINISH_REASONS,
+    FINISHED_REGEX_STOP,
     FINISHED_STOP,
+    NO_CHARACTER,
     RUNNING,
     prompt_logprob,
 )
 from model.decoding.sampler_rows import UNIFORM_BLOCK, SamplerRows, StepBlock
 from model.network import CharRNN
+from model.state import RecurrentState, text_state
 
 BACKENDS = ("auto", "kernel", "torch")
-# Characters a row draws per `step` call. Between calls the engine's Python runs (recording
-# the characters, admitting requests) and takes the GIL back from the HTTP event loop each
-# time; 8 draws per call served 1.11× the chars/s of 1 at 64 streams, and 1.5× under the
-# hostile-load benchmark (docs/benchmarks.md), for a few ms more before a row is reused.
-BLOCK_STEPS = 8
+# Characters a row draws per `step` call, at most (the service's default too: its
+# DECODE_BLOCK_STEPS reads this). Between calls the engine's Python runs (recording the
+# characters, admitting requests) and takes the GIL back from the HTTP event loop each
+# time; several draws a call pay that once for all of them (docs/decisions.md, "Several
+# characters per decoding call"), for a few ms more before a row is reused.
+BLOCK_STEPS = 32
 
 
 class BatchDecoder:
@@ -102,6 +112,8 @@ class BatchDecoder:
         self._primes: dict[int, np.ndarray] = {}  # prefilling rows → their prime ids
         self._prime_pos = np.zeros(capacity, np.int64)  # characters of the prime read so far
         self._decoding = np.zeros(0, np.int64)  # rows in the decode phase, ascending
+        self._states: dict[int, RecurrentState] = {}  # rows that started from a state
+        self._final: dict[int, RecurrentState] = {}  # ended rows' final states, once taken
         self._compile()
 
     def _compile(self) -> None:
@@ -133,13 +145,21 @@ class BatchDecoder:
             sum(self._prime_pos[row] for row in self._primes)
         )
 
-    def add(self, params: GenerationParams, owner: Any = None) -> int:
+    def add(
+        self, params: GenerationParams, owner: Any = None, state: RecurrentState | None = None
+    ) -> int:
         """Give a request a row; its prime is prefilled by later `prefill` calls (at once
-        when the prime cache holds it). Raises ValueError for ids outside the vocabulary
-        and RuntimeError when every row is taken."""
+        when the prime cache holds it). With a `state` (a decoded, validated token of this
+        model) the row starts from it, and params.prime must be state.prime(the new
+        text's ids). Raises ValueError for ids outside the vocabulary or a prime that does
+        not continue the state, and RuntimeError when every row is taken."""
         if not self._free:
             raise RuntimeError("decoder is full")
-        prime = np.asarray(params.prime, np.int64)
+        prime = history = np.asarray(params.prime, np.int64)
+        if state is not None:
+            if params.prime[0] != state.last:
+                raise ValueError("a prime after a state starts with its last character")
+            history = state.history(prime)  # the repetition window reads the text's tail
         stops = [char for stop in params.stop for char in stop]
         ids = np.array([*params.prime, *stops, *(char for char, _ in params.logit_bias)])
         if ids.min() < 0 or ids.max() >= self.vocab_size:
@@ -147,7 +167,7 @@ class BatchDecoder:
         regex_start = self.automata.acquire(params.regex) if params.regex is not None else -1
         row = self._free.pop()
         try:
-            self.sampler.assign(row, params, prime, regex_start)
+            self.sampler.assign(row, params, history, regex_start)
         except BaseException:
             self._free.append(row)
             if params.regex is not None:
@@ -156,15 +176,25 @@ class BatchDecoder:
         self.owners[row], self.params[row] = owner, params
         cached = None
         # A length-0 request ends when `prefill` reports its prime done: it takes that path.
-        if self.cache is not None and not params.prompt_logprobs and params.length > 0:
+        # The cache holds states after primes read from zeros: not for a row with a state.
+        if (
+            self.cache is not None
+            and not params.prompt_logprobs
+            and params.length > 0
+            and state is None
+        ):
             cached = self.cache.get(params.prime)
         if cached is not None:
             self.network.restore(row, cached)
             self._start_decoding([row])
-        else:
+            return row
+        if state is None:
             self.network.reset(row)
-            self._primes[row] = prime
-            self._prime_pos[row] = 0
+        else:
+            self.network.load_state(row, state.arrays)
+            self._states[row] = state
+        self._primes[row] = prime
+        self._prime_pos[row] = 0
         return row
 
     def remove(self, row: int) -> None:
@@ -175,6 +205,8 @@ class BatchDecoder:
         if params.regex is not None:
             self.automata.release(params.regex)
         self._primes.pop(row, None)
+        self._states.pop(row, None)
+        self._final.pop(row, None)
         self._decoding = self._decoding[self._decoding != row]
         self.sampler.release(row)
         self.owners[row] = self.params[row] = None
@@ -208,7 +240,15 @@ class BatchDecoder:
         ids = np.array(
             [self._primes[row][pos] for row, pos in zip(waiting, positions, strict=True)]
         )
-        self.network.advance(rows, ids)
+        if self._states:
+            # A continued text's first prime character (its last one) is in its state.
+            given = np.array(
+                [p == 0 and r in self._states for r, p in zip(waiting, positions, strict=True)]
+            )
+            self.network.advance(rows[~given], ids[~given])
+            self.network.load_logits(rows[given])
+        else:
+            self.network.advance(rows, ids)
         self._prime_pos[rows] += 1
         done = []
         for row, position in zip(waiting, positions.tolist(), strict=True):
@@ -223,11 +263,32 @@ class BatchDecoder:
             if position + 1 == len(prime):
                 del self._primes[row]
                 done.append(row)
-                if self.cache is not None:
+                if self.cache is not None and row not in self._states:
                     self.cache.put(params.prime, self.network.snapshot(row))
         if done:
             self._start_decoding(done)
         return rows, positions, done
+
+    # --- state ----------------------------------------------------------------------------
+    def final_state(self, row: int, output: RowOutput) -> RecurrentState:
+        """The state after the row's whole text once it has ended (finished, not failed),
+        taken before `remove`: the text it started from (its state's, if any), its prime,
+        and every character it wrote (`output.ids`, a stop string included). The decoding
+        step never reads a row's last draw, so that character is read here (once: the
+        state is kept until the row is removed); a draw that ended the row at a regex's
+        end wrote nothing, and the character before it has been read."""
+        params = self.params[row]
+        if params is None:
+            raise IndexError(f"row {row} is not taken")
+        if output.finish_reason is None or row in self._primes:
+            raise RuntimeError(f"row {row} has not finished")
+        if row not in self._final:
+            if output.ids and self.sampler.out.status[row] != FINISHED_REGEX_STOP:
+                self.network.advance(np.array([row]), np.array([output.ids[-1]]))
+            arrays = self.network.read_state(row)
+            before = self._states.get(row)
+            self._final[row] = text_state(arrays, before, params.prime, output.ids)
+        return self._final[row]
 
     # --- decode -------------------------------------------------------------------------
     def step(self, rows: np.ndarray | None = None, split: bool = True) -> np.ndarray:
@@ -256,7 +317,7 @@ class BatchDecoder:
         block = self.block
         counts = block.counts[rows]  # (m,): steps each row took, ≥ 1
         last = counts - 1
-        asked = self.sampler.logprobs[rows].tolist()
+        asked = self.sampler.settings.logprobs[rows].tolist()
         records = b""
         if asked and max(asked) >= 0:  # (m, steps, ROW_WIDTH): each row's records in a run
             records = block.records[:, rows].transpose(1, 0, 2).tobytes()
@@ -282,7 +343,7 @@ class BatchDecoder:
         """After `prefill` read prime[position]: the next prime char's logprob, if asked."""
         params = self.params[row]
         if params is not None and params.prompt_logprobs and position + 1 < len(params.prime):
-            output.prompt_logprobs.append(self.sampler.logprob_records[row].tobytes())
+            output.prompt_logprobs.append(self.sampler.out.logprob_records[row].tobytes())
 
     def finish_unsampled(self, row: int, output: RowOutput) -> None:
         """A request with length 0 ends once its prime has run."""
@@ -292,12 +353,12 @@ class BatchDecoder:
 
     def regex_complete(self, row: int) -> bool:
         """Whether the row's output so far is a whole match of its regex."""
-        state = self.sampler.regex_state[row]
+        state = self.sampler.state.regex_state[row]
         return bool(state >= 0 and self.automata.final[state])
 
     def compact(self) -> None:
         """Housekeeping between steps: drop automata no row uses any more."""
-        self.automata.compact(self.sampler.regex_state)
+        self.automata.compact(self.sampler.state.regex_state)
 
 
 @dataclass
@@ -306,7 +367,7 @@ class Draws:
 
     decoder: BatchDecoder
     rows: list[int]
-    counts: list[int]  # characters each row drew (its last may be a failure)
+    counts: list[int]  # draws each row made (its last wrote nothing if in NO_CHARACTER)
     ids: list[list[int]]  # each row's draws, block_steps long (the first `count` are its)
     held: list[int]  # after each row's last draw
     status: list[int]  # of each row's last draw
@@ -318,7 +379,7 @@ class Draws:
         """Move the index-th row's characters into `output`. → the status of its last draw
         (FAILURES: why it failed; the characters before that one are kept)."""
         status, count = self.status[index], self.counts[index]
-        drawn = count - 1 if status in FAILURES else count  # a failed draw has no character
+        drawn = count - 1 if status in NO_CHARACTER else count  # its last draw wrote none
         if drawn:
             if self.asked[index] >= 0:
                 start = index * self.row_bytes

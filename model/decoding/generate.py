@@ -5,6 +5,10 @@ decoder with a single row, so a seed gives the same text here and from the servi
     for ids in stream:            # the characters that can be shown, as they are made
         print(vocab.decode(ids), end="")
     stream.output.finish_reason   # "length", "stop" or "regex"
+    stream.final_state()          # the whole text's state, to continue it (model/state.py)
+
+A stream may start from a state: `SingleStream(model, params, state=state)`, its prime
+then `state.prime(ids of the text after it)`.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from model.decoding.output import RowOutput
 from model.decoding.params import GenerationParams
 from model.decoding.sampler import FAILURES, RUNNING
 from model.network import CharRNN
+from model.state import RecurrentState
 
 
 class DecodingFailed(RuntimeError):
@@ -29,11 +34,12 @@ class SingleStream:
         params: GenerationParams,
         backend: str = "auto",
         block_steps: int = BLOCK_STEPS,
+        state: RecurrentState | None = None,
     ):
         # block_steps: characters per step call, each step's released text one piece
         self.decoder = BatchDecoder(model, capacity=1, backend=backend, block_steps=block_steps)
         self.output = RowOutput()
-        self.row = self.decoder.add(params)
+        self.row = self.decoder.add(params, state=state)
         self._length = params.length
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -55,3 +61,8 @@ class SingleStream:
                 shown = output.released
             if status != RUNNING:
                 return
+
+    def final_state(self) -> RecurrentState:
+        """Once the stream has ended: the state of its whole text (the state it started
+        from, its prime, everything it wrote, a stop string included)."""
+        return self.decoder.final_state(self.row, self.output)

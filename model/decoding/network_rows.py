@@ -25,7 +25,7 @@ from numba import njit
 from model.atomic import take
 from model.decoding.sampler import sample_rows
 from model.decoding.sampler_rows import SamplerRows, StepBlock
-from model.decoding.step import lstm_rows_step, step_weights
+from model.decoding.step import _multiply_rows, lstm_rows_step, step_weights
 from model.fast_math import JIT
 from model.network import CharRNN
 
@@ -65,11 +65,11 @@ def keep_step(k, rows, out, block):
     ids, status, held, records, counts = block
     for i in range(rows.shape[0]):
         r = rows[i]
-        ids[k, r] = out[0][r]
-        status[k, r] = out[1][r]
-        held[k, r] = out[2][r]
+        ids[k, r] = out.ids[r]
+        status[k, r] = out.status[r]
+        held[k, r] = out.held[r]
         for j in range(records.shape[2]):
-            records[k, r, j] = out[3][r, j]
+            records[k, r, j] = out.logprob_records[r, j]
         counts[r] = k + 1
 
 
@@ -81,8 +81,18 @@ def _sample_and_step(rows, settings, state, automata, out, block, weights, h, c,
             break
         running = sample_rows(rows, logits, settings, state, automata, out)
         keep_step(k, rows, out, block)
-        lstm_rows_step(running, out[0][running], weights, h, c, gates, logits)
+        lstm_rows_step(running, out.ids[running], weights, h, c, gates, logits)
         rows = running
+
+
+@njit(**JIT)
+def _head_rows(rows, weights, h, logits):
+    """logits[row] ← the output layer of h[-1, row] for each of rows (m,): the end of
+    lstm_rows_step on its own, so the same chain of operations and the same bits."""
+    head_weight, head_bias = weights[5], weights[6]
+    for p in range(rows.shape[0]):
+        logits[rows[p], :] = head_bias
+    _multiply_rows(h[h.shape[0] - 1], rows, head_weight, logits)
 
 
 @njit(**JIT)
@@ -138,6 +148,7 @@ class KernelRows:
         # Compile now (or load the compiled code from numba's cache), not on a first request.
         none = np.zeros(0, np.int64)
         self.advance(none, none)
+        self.load_logits(none)
 
     def _on_threads(self, count: int, work: Callable[[np.ndarray], object]) -> None:
         """work(a fresh shared counter) on as many threads as `count` rows keep busy. A
@@ -192,6 +203,18 @@ class KernelRows:
     def snapshot(self, row: int) -> RowSnapshot:
         return RowSnapshot((self.h[:, row].copy(), self.c[:, row].copy()), self.logits[row].copy())
 
+    def read_state(self, row: int) -> tuple[np.ndarray, ...]:
+        """The row's (h, c), copies, each (L, H) float32."""
+        return self.h[:, row].copy(), self.c[:, row].copy()
+
+    def load_state(self, row: int, arrays: tuple[np.ndarray, ...]) -> None:
+        """Start the row from (h, c), each (L, H), instead of zeros."""
+        self.h[:, row], self.c[:, row] = arrays
+
+    def load_logits(self, rows: np.ndarray) -> None:
+        """Each of rows (m,) gets the logits its state gives (as the step that reached it)."""
+        _head_rows(np.asarray(rows, np.int64), self._weights, self.h, self.logits)
+
     def restore(self, row: int, snapshot: RowSnapshot) -> None:
         self.h[:, row], self.c[:, row] = snapshot.state
         self.logits[row] = snapshot.logits
@@ -209,6 +232,28 @@ class TorchRows:
     def reset(self, row: int) -> None:
         for buffer in self.hidden:
             buffer[:, row] = 0.0
+
+    def read_state(self, row: int) -> tuple[np.ndarray, ...]:
+        """The row's (h, c) or (h,), as float32 copies on the CPU, each (L, H)."""
+        return tuple(buffer[:, row].float().cpu().numpy().copy() for buffer in self.hidden)
+
+    def load_state(self, row: int, arrays: tuple[np.ndarray, ...]) -> None:
+        """Start the row from these arrays (as read_state gives them) instead of zeros."""
+        for buffer, array in zip(self.hidden, arrays, strict=True):
+            buffer[:, row] = torch.tensor(array).to(buffer.device, buffer.dtype)
+
+    @torch.no_grad()
+    def load_logits(self, rows: np.ndarray) -> None:
+        """Each of rows (m,) gets the logits its state gives: the output layer of its top h,
+        padded to MIN_ROWS rows as a step is."""
+        if len(rows) == 0:
+            return
+        padded = -(-len(rows) // MIN_ROWS) * MIN_ROWS
+        index = torch.zeros(padded, dtype=torch.long, device=self.device)
+        index[: len(rows)] = torch.from_numpy(np.asarray(rows, np.int64))
+        top = self.hidden[0][-1, index][None]  # (1, padded, H), as the forward's output
+        logits = self.model.head(top)[0, : len(rows)]  # (m, V)
+        self.logits[rows] = logits.float().cpu().numpy()
 
     @torch.no_grad()
     def advance(self, rows: np.ndarray, ids: np.ndarray) -> None:
@@ -241,7 +286,7 @@ class TorchRows:
                 rows, self.logits, sampler.settings, sampler.state, automata, sampler.out
             )
             keep_step(k, rows, sampler.out, block.arrays)
-            self.advance(running, sampler.ids[running])
+            self.advance(running, sampler.out.ids[running])
             rows = running
 
     def snapshot(self, row: int) -> RowSnapshot:

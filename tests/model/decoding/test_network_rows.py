@@ -72,6 +72,38 @@ def test_reset_snapshot_restore(model, kind):
     assert np.array_equal(twin.logits[0], rows.logits[2])
 
 
+@pytest.mark.parametrize(
+    ("kind", "cell"), [("kernel", "lstm"), ("torch", "lstm"), ("torch", "gru")]
+)
+def test_read_and_load_state(make_model, kind, cell):
+    """A row's state read out and loaded into other rows (of another instance) gives the
+    logits the row had there and goes on as the row it came from; read_state gives
+    float32 copies, (L, H) each."""
+    model = make_model(cell=cell)
+    rows = rows_of(kind, model, 3)
+    for char in (4, 9, 2):
+        rows.advance(np.array([1]), np.array([char]))
+    arrays = rows.read_state(1)
+    assert len(arrays) == (2 if cell == "lstm" else 1)
+    shape = (model.config.num_layers, model.config.hidden_size)
+    assert all(a.shape == shape and a.dtype == np.float32 for a in arrays)
+    saved = [a.copy() for a in arrays]
+    logits = rows.logits[1].copy()  # after the arrays' state
+    rows.advance(np.array([1]), np.array([7]))  # the arrays read are copies: they stay
+    assert all(np.array_equal(a, b) for a, b in zip(arrays, saved, strict=True))
+    other = rows_of(kind, model, 12)
+    other.advance(np.array([0, 3]), np.array([5, 5]))
+    kept = other.logits[0].copy()
+    other.load_state(3, arrays)
+    other.load_state(9, arrays)
+    other.load_logits(np.array([3, 9]))  # as the step that reached the state gave them
+    assert np.array_equal(other.logits[3], logits) and np.array_equal(other.logits[9], logits)
+    other.advance(np.array([3]), np.array([7]))
+    assert np.array_equal(other.logits[3], rows.logits[1])
+    assert np.array_equal(state(other, 3), state(rows, 1))
+    assert state(other, 0).any() and np.array_equal(other.logits[0], kept)  # others alone
+
+
 @pytest.mark.parametrize(("kind", "torch_threads"), [("kernel", 1), ("torch", 1), ("torch", 2)])
 def test_a_row_is_bit_identical_whatever_shares_its_step(model, kind, torch_threads):
     """Counts below and above MIN_ROWS (the torch backend pads to it), other slots. With
@@ -136,9 +168,9 @@ def test_sample_and_advance_is_sample_then_advance(model, kind, threads):
                 running = sample_rows(
                     live, rows.logits, sampler.settings, sampler.state, tables, sampler.out
                 )
-                rows.advance(running, sampler.ids[running])
+                rows.advance(running, sampler.out.ids[running])
                 for row in live.tolist():
-                    drawn[row].append(int(sampler.ids[row]))
+                    drawn[row].append(int(sampler.out.ids[row]))
                 sampler.refill(running)
                 live = running
         results.append((drawn, rows.logits.copy()))
