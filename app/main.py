@@ -36,8 +36,8 @@ from app.engine.service import ModelService
 from app.gate.access_log import AccessLogMiddleware, configure_access_logger
 from app.gate.body_limit import BodyLimitMiddleware
 from app.gate.body_timeout import BodyTimeoutMiddleware
-from app.gate.hang_up import HangUpMiddleware
 from app.gate.clients import ClientLedger
+from app.gate.hang_up import HangUpMiddleware
 from app.gate.identity import ClientIdentityMiddleware
 from app.gate.log_limit import limited_logs
 from app.gate.quota import ClientQuotaMiddleware

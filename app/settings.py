@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.engine.config import (
     MAX_LOADED_MODELS,
+    MAX_SCORE_CELLS,
     MAX_SCORE_CHARS,
     STALL_SECONDS,
     EngineConfig,
@@ -181,6 +182,12 @@ class Settings(BaseSettings):
         description="longest text POST /score takes (its body may be 6 bytes "
         "a character more than MAX_BODY_BYTES)",
     )
+    max_score_cells: int = Field(
+        MAX_SCORE_CELLS,
+        ge=2,
+        description="most result cells one POST /score may ask for: characters × "
+        "max(1, top_n) (its memory; past it a 422 names top_n or text)",
+    )
     shutdown_grace_seconds: float = Field(
         10.0, ge=0, description="on shutdown, how long running streams may take to finish"
     )
@@ -338,6 +345,7 @@ class Settings(BaseSettings):
             max_prime_length=self.max_prime_length,
             default_length=self.default_length,
             max_score_chars=self.max_score_chars,
+            max_score_cells=self.max_score_cells,
         )
 
     @property

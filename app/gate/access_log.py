@@ -3,9 +3,11 @@
     {"time": "2025-01-01T12:00:00.123+00:00", "method": "POST", "path": "/generate/stream",
      "status": 200, "duration_ms": 812.4, "bytes": 5120, "client": "127.0.0.1"}
 
-The query string is left out: GET /generate/stream carries the prime in it, and prompts
-do not belong in logs. `python -m app` (and `uvicorn app.main:app`) print these lines on
-stdout and switch uvicorn's own access log off (`uvicorn --no-access-log` for the latter).
+`client` is the request's client as app/gate/identity.py resolved it: behind a trusted
+proxy, the one its X-Forwarded-For vouches for. The query string is left out: GET
+/generate/stream carries the prime in it, and prompts do not belong in logs. `python -m app`
+(and `uvicorn app.main:app`) print these lines on stdout and switch uvicorn's own access
+log off (`uvicorn --no-access-log` for the latter).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import time
 from datetime import UTC, datetime
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.gate.identity import client_of
 
 LOGGER_NAME = "charrnn.access"
 
@@ -57,7 +61,6 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, counted_send)
         finally:
-            client = scope.get("client")
             line = {
                 "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
                 "method": scope["method"],
@@ -65,6 +68,6 @@ class AccessLogMiddleware:
                 "status": status,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 1),
                 "bytes": sent,
-                "client": client[0] if client else None,
+                "client": client_of(scope),
             }
             self.logger.info(json.dumps(line, ensure_ascii=False))

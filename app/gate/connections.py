@@ -15,6 +15,10 @@
     EVENT_LOOP               uvloop (auto, where installed) or asyncio: either runs them
     QUOTA_REFUSAL_DELAY_SECONDS
                              how long the early 429 of a peer at its quota is held
+    FORWARDED_ALLOW_IPS      the trusted proxies (app/gate/identity.py): their connections
+                             carry many clients' requests, so they are not counted per
+                             address nor refused early; each request's client is resolved
+                             from its X-Forwarded-For instead
 
 uvicorn itself times only the idle wait between requests, and a byte received stops that
 clock: a client trickling a request head (or a body nobody reads) would keep its
@@ -22,6 +26,9 @@ connection as long as it liked. `ConnectionDeadlines` adds one deadline per conn
 that, and the early 429 of app/gate/quota.py, to either of uvicorn's HTTP/1.1 protocols.
 `python -m app` serves with them; `uvicorn app.main:app` uses uvicorn's own flags instead
 (--timeout-keep-alive, --limit-concurrency) and has no header timeout.
+
+A connection's client is resolved once, when it opens: a peer that is not a trusted proxy
+is its own client, and both rules here key on its address.
 """
 
 from __future__ import annotations
@@ -35,7 +42,10 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from app.gate.identity import TrustedProxies
+from app.gate.liveness import LivenessSlots
 from app.gate.quota import Refusal
+from app.gate.send_deadline import SendDeadline
 from app.settings import Settings
 
 Wait = Literal["head", "unread body"]
@@ -58,7 +68,6 @@ class ConnectionDeadlines:
     transport: asyncio.Transport
     loop: asyncio.AbstractEventLoop
     client: tuple[str, int] | None
-    config: Any
     server_state: Any
     logger: Any
     timeout_keep_alive_task: asyncio.TimerHandle | None
@@ -72,6 +81,8 @@ class ConnectionDeadlines:
     # Open connections by peer address, shared by one server's connections; 0: no limit.
     max_per_peer: ClassVar[int] = 0
     open_by_peer: ClassVar[Counter[str]]
+    # FORWARDED_ALLOW_IPS: peers whose connections are not one client's.
+    proxies: ClassVar[TrustedProxies] = TrustedProxies()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -81,9 +92,14 @@ class ConnectionDeadlines:
         self._refusal: asyncio.TimerHandle | None = None  # a held 429, until it is written
         self._refused = False  # nothing more is read: the connection ends with its 429
         self._counted_peer: str | None = None  # in open_by_peer until the connection ends
+        # The connection's one client: its peer's address, or None for a trusted proxy's
+        # (or a peer without an address), whose requests each name their own.
+        self._client: str | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
+        if self.client is not None and not self.proxies.trusts(self.client[0]):
+            self._client = self.client[0]
         if self._over_peer_limit():
             return
         self._watch()
@@ -92,10 +108,9 @@ class ConnectionDeadlines:
         """Count the connection against its peer's MAX_CONNECTIONS_PER_CLIENT, or close it
         at once if the peer already has that many open (with no response: the client may
         not have sent a request yet). A trusted proxy's connections are everyone's."""
-        limit = self.max_per_peer
-        if not limit or self.client is None or self._trusted_proxy(self.client[0]):
+        limit, peer = self.max_per_peer, self._client
+        if not limit or peer is None:
             return False
-        peer = self.client[0]
         if self.open_by_peer[peer] >= limit:
             self._refused = True
             self.logger.debug("closing a connection: %s has %d open", peer, limit)
@@ -119,9 +134,9 @@ class ConnectionDeadlines:
         """Write the 429 for a peer at its quota and close, without parsing the request.
         Not for a trusted proxy's connections: their client is in a header."""
         refuse = type(self).early_refusal
-        if refuse is None or self.client is None or self._trusted_proxy(self.client[0]):
+        if refuse is None or self._client is None:
             return False
-        answer = refuse(self.client[0], data)
+        answer = refuse(self._client, data)
         if answer is None:
             return False
         headers, body = answer
@@ -144,15 +159,6 @@ class ConnectionDeadlines:
         if not self.transport.is_closing():
             self.transport.write(response)
             self.transport.close()
-
-    def _trusted_proxy(self, host: str) -> bool:
-        """Whether uvicorn takes this peer's X-Forwarded-For (FORWARDED_ALLOW_IPS: exact
-        addresses or "*"; a network range is treated as trusted, to be safe)."""
-        if not self.config.proxy_headers:
-            return False
-        allowed = self.config.forwarded_allow_ips
-        entries = allowed.split(",") if isinstance(allowed, str) else allowed
-        return any(e.strip() in ("*", host) or "/" in e for e in entries)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # type: ignore[misc]
@@ -271,19 +277,24 @@ def deadline_protocol(
         "early_refusal": early_refusal,
         "refusal_delay": settings.quota_refusal_delay_seconds,
         "max_per_peer": settings.max_connections_per_client,
+        "send_timeout": settings.send_timeout_seconds,
         "open_by_peer": Counter(),  # this server's own count
+        "proxies": settings.trusted_proxies(),
     }
     base = PROTOCOLS[settings.http_parser]
-    return type(base.__name__, (base,), attributes)
+    return type(base.__name__, (SendDeadline, LivenessSlots, base), attributes)
 
 
 def uvicorn_options(
     settings: Settings, early_refusal: EarlyRefusalHook | None = None
 ) -> dict[str, Any]:
     """Keyword arguments of uvicorn.run / uvicorn.Config for the connection limits (and,
-    given app/gate/quota.py's EarlyRefusal for the app, the 429 of a peer at its quota)."""
+    given app/gate/quota.py's EarlyRefusal for the app, the 429 of a peer at its quota).
+    uvicorn's own X-Forwarded-For handling is off: the app resolves each request's client
+    by the same rule as the connections (app/gate/identity.py's middleware)."""
     return {
         "http": deadline_protocol(settings, early_refusal),
+        "proxy_headers": False,
         "loop": settings.event_loop,
         "timeout_keep_alive": settings.keep_alive_seconds,
         "limit_concurrency": settings.max_connections,

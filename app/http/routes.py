@@ -25,6 +25,7 @@ from app.gate.liveness import LIVENESS_PATH
 from app.http import sse
 from app.http.auth import PROTECTED, UNAUTHORIZED
 from app.http.errors import RETRY_AFTER_SECONDS
+from app.http.json_body import JSONRoute
 from app.http.native_responses import end_of, events, logprobs_model
 from app.http.requests import generation_params, score_ids
 from app.http.schemas import (
@@ -42,7 +43,7 @@ from model.decoding.params import GenerationParams, ParamError
 
 logger = logging.getLogger("uvicorn.error")
 
-router = APIRouter()
+router = APIRouter(route_class=JSONRoute)  # a body json cannot read: a 422
 
 NOT_LOADED = {503: {"description": "The model is not loaded, or the service is stopping"}}
 GUARDED = {**NOT_LOADED, **UNAUTHORIZED, 404: {"description": "No model of that name"}}
@@ -92,14 +93,20 @@ def as_422(error: ParamError, source: str, value: Any) -> RequestValidationError
 
 
 async def to_params(
-    service: ModelService, served: ServedModel, body: GenerateRequest, source: str
+    service: ModelService,
+    served: ServedModel,
+    body: GenerateRequest,
+    source: str,
+    client: str | None = None,
 ) -> GenerationParams:
     """The body as GenerationParams; a ParamError becomes a 422 like FastAPI's own, with
-    loc = (source, field). A regex compiles in a worker thread (it may take a while)."""
+    loc = (source, field). A regex not yet cached compiles in a worker process while the
+    request holds one of its client's places (app/engine/regex_compiler.py)."""
     try:
+        regex = None
         if body.regex is not None:
-            return await anyio.to_thread.run_sync(generation_params, served, service.limits, body)
-        return generation_params(served, service.limits, body)
+            regex = await served.regexes.automaton(body.regex, client)
+        return generation_params(served, service.limits, body, regex)
     except ParamError as error:
         raise as_422(error, source, getattr(body, error.field, None)) from None
 
@@ -121,8 +128,9 @@ async def submit(
     service: ModelService, body: GenerateRequest, source: str, request: Request
 ) -> Submitted:
     served = await served_model(service, body.model)
-    params = await to_params(service, served, body, source)
-    return Submitted(served, service.submit(served, params, client_of(request)), body)
+    client = client_of(request)
+    params = await to_params(service, served, body, source, client)
+    return Submitted(served, service.submit(served, params, client), body)
 
 
 async def body_job(service: Service, body: GenerateRequest, request: Request) -> Submitted:

@@ -1,5 +1,6 @@
 """The scale-out setup carrying real traffic: Debian's nginx, running the project's own
-deploy/nginx.conf, in front of two `python -m app` replicas on loopback ports.
+deploy/nginx.conf, in front of two `python -m app` replicas on loopback ports, configured
+as docker-compose.scale.yml configures them (tests/deploy/support.py).
 
 Everything lives in tmp_path: the replicas' checkpoints (two copies of one tiny untrained
 model, so both serve the model `tiny`), nginx's main file (pid, logs and temp paths there,
@@ -9,199 +10,36 @@ its stdout) tells which one served a request.
 
 Replica a takes one request at a time (MAX_ACTIVE=1, MAX_QUEUE=0: a 503 past that), so a
 test can fill it. The tests share one cluster and run in file order: the last one kills a
-replica.
+replica. Without nginx they skip, saying why, and fail under CI=true (tests/tools.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 
-from model.checkpoint import Checkpoint, save_checkpoint
-from model.config import ModelConfig
-from model.network import CharRNN
-from model.vocab import Vocabulary
+from tests.deploy.support import FAIL_TIMEOUT, MODEL, Cluster, cluster, make_checkpoint
 
-ROOT = Path(__file__).resolve().parents[2]
-NGINX = shutil.which("nginx") or next(
-    (path for path in ("/usr/sbin/nginx",) if os.access(path, os.X_OK)), None
-)
-pytestmark = pytest.mark.skipif(
-    NGINX is None, reason="nginx is not installed (`make nginx` or apt-get install nginx)"
-)
-
-MODEL = "tiny"
-# A 2 × 256 LSTM decodes one stream at ~15,000 characters a second here, which the replica
-# sends as an event every ~20 ms: a stream of LONG characters lasts over a second, and a
-# proxy that buffers shows as a few big pieces instead of many small ones.
-HIDDEN_SIZE = 256
+# A stream of LONG characters lasts over a second, and a proxy that buffers shows as a few
+# big pieces instead of many small ones.
 LONG = 20000
-START_SECONDS = 60
-FAIL_TIMEOUT = 2  # seconds nginx leaves a replica alone after it failed (nginx's default: 10)
 PER_CLIENT = 128  # deploy/nginx.conf's limit_conn: requests in progress from one address
 FLOOD, OTHER = "127.0.0.3", "127.0.0.4"  # client addresses of the connection-limit test
 
 
-@dataclass
-class Replica:
-    port: int
-    process: subprocess.Popen
-    log: Path
-
-    def served(self, path: str, status: int | None = None) -> int:
-        """Requests for `path` in this replica's access log (answered with `status`)."""
-        lines = self.log.read_text().splitlines()
-        entries = [json.loads(line) for line in lines if line.startswith("{")]
-        return sum(
-            entry.get("path") == path and status in (None, entry.get("status")) for entry in entries
-        )
-
-
-@dataclass
-class Cluster:
-    url: str
-    replicas: list[Replica]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until_healthy(url: str, processes: list[subprocess.Popen]) -> None:
-    deadline = time.monotonic() + START_SECONDS
-    while True:
-        for process in processes:
-            assert process.poll() is None, f"exited with {process.returncode} while starting"
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, f"{url} did not become healthy"
-        time.sleep(0.1)
-
-
-def start_replica(directory: Path, checkpoint: Path, **settings: str) -> Replica:
-    port = free_port()
-    directory.mkdir()
-    copy = directory / checkpoint.name  # same file name: both serve the model `tiny`
-    shutil.copy(checkpoint, copy)
-    log = directory / "access.log"
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "ACCESS_LOG": "true",
-        "TORCH_THREADS": "1",
-        "DECODE_THREADS": "1",
-        "SHUTDOWN_GRACE_SECONDS": "1",
-        **settings,
-    }
-    argv = [sys.executable, "-m", "app", "--checkpoint", str(copy), "--port", str(port)]
-    argv += ["--host", "127.0.0.1", "--device", "cpu", "--max-length", str(LONG)]
-    argv += ["--log-level", "warning"]
-    with open(log, "wb") as stdout:
-        process = subprocess.Popen(argv, cwd=directory, env=env, stdout=stdout)
-    return Replica(port, process, log)
-
-
-def nginx_files(directory: Path, replicas: list[Replica], port: int) -> Path:
-    """nginx's main file around deploy/nginx.conf, and the two files that it includes."""
-    (directory / "charrnn").mkdir(parents=True)
-    (directory / "temp").mkdir()
-    # nginx's defaults (max_fails=1) with a short fail_timeout: a replica that failed once
-    # (a 503 counts) is back in turn soon, so one test's failures do not last into the next.
-    servers = "".join(
-        f"server 127.0.0.1:{r.port} fail_timeout={FAIL_TIMEOUT}s;\n" for r in replicas
-    )
-    (directory / "charrnn" / "upstream.conf").write_text(servers)
-    (directory / "charrnn" / "listen.conf").write_text(f"listen 127.0.0.1:{port};\n")
-    temp = {name: directory / "temp" / name for name in ("client_body", "proxy", "fastcgi")}
-    temp |= {name: directory / "temp" / name for name in ("uwsgi", "scgi")}
-    main = directory / "nginx.conf"
-    main.write_text(
-        "daemon off;\n"
-        # As root, nginx's workers would switch to an unprivileged user that cannot enter
-        # tmp_path (0700); as anyone else this directive does not apply.
-        + ("user root;\n" if os.geteuid() == 0 else "")
-        + "worker_processes 1;\n"
-        f"pid {directory / 'nginx.pid'};\n"
-        f"error_log {directory / 'error.log'} notice;\n"
-        "events { worker_connections 256; }\n"
-        "http {\n"
-        f"    access_log {directory / 'access.log'};\n"
-        # As a host's nginx may (Debian's enables gzip): compressing events must not hold
-        # them back either.
-        "    gzip on;\n"
-        "    gzip_types text/event-stream;\n"
-        + "".join(f"    {name}_temp_path {path};\n" for name, path in temp.items())
-        + f"    include {ROOT / 'deploy' / 'nginx.conf'};\n"
-        "}\n"
-    )
-    return main
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-
-
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    vocab = Vocabulary.from_text("abcdefghijklmnopqrstuvwxyz .,;:!?'\n")
-    model = CharRNN(ModelConfig(vocab_size=len(vocab), hidden_size=HIDDEN_SIZE))
-    path = tmp_path_factory.mktemp("model") / f"{MODEL}.safetensors"
-    save_checkpoint(Checkpoint.from_model(model, vocab), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path) -> Iterator[Cluster]:
+def scaleout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     base = tmp_path_factory.mktemp("scaleout")
-    replicas = [
-        start_replica(base / "a", checkpoint, MAX_ACTIVE="1", MAX_QUEUE="0"),
-        start_replica(base / "b", checkpoint),
-    ]
-    processes = [replica.process for replica in replicas]
-    try:
-        for replica in replicas:
-            url = f"http://127.0.0.1:{replica.port}"
-            wait_until_healthy(url, processes)
-            # A first request loads the decoding kernels; later ones measure only the proxy.
-            httpx.post(f"{url}/generate", json={"length": 5}, timeout=60).raise_for_status()
-        port = free_port()
-        main = nginx_files(base / "nginx", replicas, port)
-        errors = base / "nginx" / "error.log"
-        # -e: nginx opens its error log before it reads the file that names one.
-        argv = [NGINX, "-p", f"{base / 'nginx'}/", "-c", str(main), "-e", str(errors)]
-        checked = subprocess.run([*argv, "-t"], capture_output=True, text=True, timeout=30)
-        assert checked.returncode == 0, checked.stderr + errors.read_text()
-        nginx = subprocess.Popen(argv, stderr=subprocess.PIPE)
-        processes.append(nginx)
-        wait_until_healthy(f"http://127.0.0.1:{port}", processes)
-        yield Cluster(f"http://127.0.0.1:{port}", replicas)
-    finally:
-        for process in reversed(processes):
-            stop(process)
+    checkpoint = make_checkpoint(base / f"{MODEL}.safetensors")
+    replicas = [{"MAX_ACTIVE": "1", "MAX_QUEUE": "0"}, {}]
+    with cluster(base, checkpoint, replicas, max_length=LONG) as running:
+        yield running
 
 
 def stream(url: str, length: int) -> tuple[list[tuple[float, int]], list[tuple[str, object]]]:
@@ -225,8 +63,8 @@ def stream(url: str, length: int) -> tuple[list[tuple[float, int]], list[tuple[s
     return pieces, events
 
 
-def test_events_pass_through_unbuffered(cluster):
-    pieces, events = stream(cluster.url, LONG)
+def test_events_pass_through_unbuffered(scaleout):
+    pieces, events = stream(scaleout.url, LONG)
     assert events[-1][0] == "done", events[-1]
     assert len("".join(data for name, data in events if name == "chars")) == LONG
     stats = events[-1][1]["stats"]
@@ -241,20 +79,20 @@ def test_events_pass_through_unbuffered(cluster):
     assert first_bytes < 4096, f"the first piece already held {first_bytes} bytes"
 
 
-def test_requests_spread_over_both_replicas(cluster):
-    before = [replica.served("/generate") for replica in cluster.replicas]
-    with httpx.Client(base_url=cluster.url, timeout=30) as client:
+def test_requests_spread_over_both_replicas(scaleout):
+    before = [replica.served("/generate") for replica in scaleout.replicas]
+    with httpx.Client(base_url=scaleout.url, timeout=30) as client:
         for _ in range(8):
             response = client.post("/generate", json={"prime": "a", "length": 20})
             assert response.status_code == 200, response.text
             assert response.json()["stats"]["model"] == MODEL
     time.sleep(0.2)  # each replica writes its log line once the response has ended
-    served = [r.served("/generate") - b for r, b in zip(cluster.replicas, before, strict=True)]
+    served = [r.served("/generate") - b for r, b in zip(scaleout.replicas, before, strict=True)]
     assert sum(served) == 8 and min(served) >= 2, served
 
 
-def test_openai_completions_through_the_balancer(cluster):
-    with httpx.Client(base_url=cluster.url, timeout=30) as client:
+def test_openai_completions_through_the_balancer(scaleout):
+    with httpx.Client(base_url=scaleout.url, timeout=30) as client:
         models = client.get("/v1/models").json()
         assert [m["id"] for m in models["data"]] == [MODEL]
         body = {"model": MODEL, "prompt": "the ", "max_tokens": 30, "seed": 7}
@@ -270,7 +108,7 @@ def test_openai_completions_through_the_balancer(cluster):
         assert streamed == completion.json()["choices"][0]["text"]
 
 
-def test_one_address_past_its_connection_limit_is_refused_by_nginx(cluster):
+def test_one_address_past_its_connection_limit_is_refused_by_nginx(scaleout):
     """PER_CLIENT requests in progress from one address (heads sent, bodies not yet: nginx
     holds them without asking a replica); the next one from that address gets nginx's own
     429, and another address is served as usual."""
@@ -279,8 +117,8 @@ def test_one_address_past_its_connection_limit_is_refused_by_nginx(cluster):
         b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         b"Content-Length: 40\r\n\r\n"
     )
-    port = int(cluster.url.rsplit(":", 1)[1])
-    before = sum(replica.served("/generate") for replica in cluster.replicas)
+    port = int(scaleout.url.rsplit(":", 1)[1])
+    before = sum(replica.served("/generate") for replica in scaleout.replicas)
     try:
         for _ in range(PER_CLIENT):
             connection = socket.create_connection(("127.0.0.1", port), source_address=(FLOOD, 0))
@@ -288,24 +126,24 @@ def test_one_address_past_its_connection_limit_is_refused_by_nginx(cluster):
             held.append(connection)
         time.sleep(0.5)  # nginx has read every head
         with httpx.Client(transport=httpx.HTTPTransport(local_address=FLOOD)) as client:
-            refused = client.post(f"{cluster.url}/generate", json={"length": 5}, timeout=10)
+            refused = client.post(f"{scaleout.url}/generate", json={"length": 5}, timeout=10)
         assert refused.status_code == 429 and "nginx" in refused.text, refused.text
         with httpx.Client(transport=httpx.HTTPTransport(local_address=OTHER)) as client:
-            served = client.post(f"{cluster.url}/generate", json={"length": 5}, timeout=30)
+            served = client.post(f"{scaleout.url}/generate", json={"length": 5}, timeout=30)
         assert served.status_code == 200, served.text
     finally:
         for connection in held:
             connection.close()
     time.sleep(0.2)  # each replica writes its log line once the response has ended
     # Only the other address's request reached a replica.
-    assert sum(replica.served("/generate") for replica in cluster.replicas) == before + 1
+    assert sum(replica.served("/generate") for replica in scaleout.replicas) == before + 1
 
 
-def test_a_full_replica_hands_its_requests_to_the_other(cluster):
+def test_a_full_replica_hands_its_requests_to_the_other(scaleout):
     """With replica a held by a long stream sent to it directly (so nginx's connection
     counts do not show it), the requests nginx sends its way meet a 503: nginx takes them
     to b instead, and every one succeeds."""
-    full, _ = cluster.replicas
+    full, _ = scaleout.replicas
     with httpx.stream(
         "POST", f"http://127.0.0.1:{full.port}/generate/stream", json={"length": LONG}
     ) as holding:
@@ -317,7 +155,7 @@ def test_a_full_replica_hands_its_requests_to_the_other(cluster):
         direct = httpx.post(f"http://127.0.0.1:{full.port}/generate", json={"length": 5})
         assert direct.status_code == 503, direct.text
         refused_before = full.served("/generate", 503)
-        with httpx.Client(base_url=cluster.url, timeout=30) as client:
+        with httpx.Client(base_url=scaleout.url, timeout=30) as client:
             statuses = [
                 client.post("/generate", json={"prime": "c", "length": 10}).status_code
                 for _ in range(6)
@@ -327,14 +165,14 @@ def test_a_full_replica_hands_its_requests_to_the_other(cluster):
     assert full.served("/generate", 503) > refused_before, "nginx never tried the full one"
 
 
-def test_killing_a_replica_mid_run_loses_no_new_request(cluster):
+def test_killing_a_replica_mid_run_loses_no_new_request(scaleout):
     """Requests run back to back while one replica is killed (SIGKILL: no draining, its
     connections just die): every request sent after the kill succeeds."""
     results: list[tuple[float, int, str]] = []  # (start time, status, error)
     stopping = threading.Event()
 
     def traffic() -> None:
-        with httpx.Client(base_url=cluster.url, timeout=30) as client:
+        with httpx.Client(base_url=scaleout.url, timeout=30) as client:
             while not stopping.is_set() and len(results) < 2000:
                 started = time.monotonic()
                 try:
@@ -343,7 +181,7 @@ def test_killing_a_replica_mid_run_loses_no_new_request(cluster):
                 except httpx.HTTPError as error:
                     results.append((started, 0, repr(error)))
 
-    replicas = cluster.replicas
+    replicas = scaleout.replicas
     before = [replica.served("/generate") for replica in replicas]
     sender = threading.Thread(target=traffic)
     sender.start()

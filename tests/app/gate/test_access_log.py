@@ -9,7 +9,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from app.engine.service import ModelService
 from app.gate.access_log import LOGGER_NAME, configure_access_logger
+from app.main import create_app
+from app.settings import Settings
 
 pytestmark = pytest.mark.anyio
 
@@ -65,3 +68,17 @@ def test_configure_prints_bare_lines(capsys: pytest.CaptureFixture[str]) -> None
             logger.addHandler(handler)
         logger.setLevel(level)
         logger.propagate = propagate
+
+
+async def test_the_client_is_the_one_a_trusted_proxy_names(
+    settings: Settings, service: ModelService, access_lines: list[dict]
+) -> None:
+    """127.0.0.1 (a trusted proxy by default) vouches for 203.0.113.7; 198.51.100.9 (no
+    proxy) writes the same header and is logged as itself."""
+    app = create_app(settings, service)
+    header = {"X-Forwarded-For": "6.6.6.6, 203.0.113.7"}
+    for peer in ("127.0.0.1", "198.51.100.9"):
+        transport = httpx.ASGITransport(app=app, client=(peer, 4000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            assert (await http.get("/health", headers=header)).status_code in (200, 503)
+    assert [line["client"] for line in access_lines] == ["203.0.113.7", "198.51.100.9"]

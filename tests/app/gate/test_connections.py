@@ -493,3 +493,70 @@ def test_a_held_refusal_holds_up_no_one_else(settings: Settings, stack: dict[str
         finally:
             for sock in held:
                 sock.close()
+
+
+def test_a_peer_outside_a_trusted_network_keeps_its_limits(
+    settings: Settings, stack: dict[str, str]
+) -> None:
+    """FORWARDED_ALLOW_IPS 127.0.0.2/31: the network's peers (127.0.0.2, .3) are proxies,
+    every other peer is its own client. 127.0.0.5, outside it, has its third connection
+    closed (MAX_CONNECTIONS_PER_CLIENT 2) and, with its one request running, its 429 from
+    the request line alone; 127.0.0.2 opens more connections than that, and each of its
+    requests is held to the quota of the client its X-Forwarded-For names (127.0.0.5's is
+    used up)."""
+    limits = {
+        "forwarded_allow_ips": ("127.0.0.2/31",),
+        "max_connections_per_client": 2,
+        "max_requests_per_client": 1,
+        "max_length": 10**6,
+        "header_timeout_seconds": 30.0,
+        **stack,
+    }
+    changed = Settings(**{**settings.model_dump(), "access_log": False, **limits})
+    app = create_app(changed)
+    options = uvicorn_options(changed, EarlyRefusal(lambda: engine_of(app)))
+    body = json.dumps({"length": 10**6}).encode()
+    json_head = ("Content-Type: application/json", f"Content-Length: {len(body)}")
+    with running_server(app, **options) as url:
+        parts = urlsplit(url)
+        address = (parts.hostname, parts.port)
+
+        def connect(source: str) -> socket.socket:
+            return socket.create_connection(address, source_address=(source, 0))
+
+        def answer(source: str, raw: bytes) -> bytes:
+            with connect(source) as sock:
+                sock.sendall(raw)
+                return watch(sock)[1]
+
+        running = connect("127.0.0.5")
+        idle = connect("127.0.0.5")
+        try:
+            running.sendall(request_head("POST", "/generate/stream", *json_head) + body)
+            assert running.recv(65536).startswith(b"HTTP/1.1 200")  # its one request runs
+            with connect("127.0.0.5") as third:
+                closed_after, received = watch(third)
+            assert closed_after is not None and closed_after < TIMEOUT and received == b""
+            idle.close()
+            deadline = time.monotonic() + LIMIT
+            while options["http"].open_by_peer["127.0.0.5"] > 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            # Only the request line: no answer could come but the connection's own.
+            early = answer("127.0.0.5", b"POST /generate HTTP/1.1\r\n")
+            assert status_of(early) == 429, early
+            proxied = [connect("127.0.0.2") for _ in range(3)]
+            try:
+                for sock, client in zip(
+                    proxied, ("127.0.0.5", "127.0.0.9", "127.0.0.10"), strict=True
+                ):
+                    small = ("Content-Length: 2", f"X-Forwarded-For: {client}")
+                    sock.sendall(request_head("POST", "/generate", *json_head[:1], *small) + b"{}")
+                statuses = [status_of(watch(sock)[1]) for sock in proxied]
+            finally:
+                for sock in proxied:
+                    sock.close()
+            assert statuses == [429, 200, 200]
+            assert "127.0.0.2" not in options["http"].open_by_peer
+        finally:
+            running.close()
+            idle.close()
