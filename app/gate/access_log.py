@@ -70,4 +70,6 @@ class AccessLogMiddleware:
                 "bytes": sent,
                 "client": client_of(scope),
             }
-            self.logger.info(json.dumps(line, ensure_ascii=False))
+            # ASCII only: a path may carry control characters (C0, C1), U+2028 and the like,
+            # which a log viewer would act on; escaped, a line stays one line of text.
+            self.logger.info(json.dumps(line, ensure_ascii=True))

@@ -102,3 +102,11 @@ def test_pods_get_time_to_drain():
     pause = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
     grace = float(env["SHUTDOWN_GRACE_SECONDS"])
     assert spec["terminationGracePeriodSeconds"] > pause + grace
+
+
+def test_the_api_key_secret_is_required():
+    """Without its Secret the pod must not start (and serve everyone without a key)."""
+    (container,) = pod(documents())["containers"]
+    env = {entry["name"]: entry for entry in container["env"]}
+    secret = env["API_KEY"]["valueFrom"]["secretKeyRef"]
+    assert secret["name"] == "charrnn" and secret.get("optional", False) is False

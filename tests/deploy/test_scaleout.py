@@ -91,6 +91,16 @@ def test_requests_spread_over_both_replicas(scaleout):
     assert sum(served) == 8 and min(served) >= 2, served
 
 
+def test_a_score_body_past_64k_reaches_the_service(scaleout):
+    text = "the cat sat. " * 20_000  # 260 kB: past the other routes' 64 kB
+    with httpx.Client(base_url=scaleout.url, timeout=120) as client:
+        scored = client.post("/score", json={"text": text[:100_000]})
+        assert scored.status_code == 200, scored.text[:200]
+        assert len(scored.json()["logprobs"]) == 100_000
+        generate = client.post("/generate", json={"prime": text, "length": 1})
+        assert generate.status_code == 413  # nginx's own limit for every other route
+
+
 def test_openai_completions_through_the_balancer(scaleout):
     with httpx.Client(base_url=scaleout.url, timeout=30) as client:
         models = client.get("/v1/models").json()

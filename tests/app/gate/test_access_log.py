@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 
 from app.engine.service import ModelService
-from app.gate.access_log import LOGGER_NAME, configure_access_logger
+from app.gate.access_log import LOGGER_NAME, AccessLogMiddleware, configure_access_logger
 from app.main import create_app
 from app.settings import Settings
 
@@ -82,3 +83,35 @@ async def test_the_client_is_the_one_a_trusted_proxy_names(
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
             assert (await http.get("/health", headers=header)).status_code in (200, 503)
     assert [line["client"] for line in access_lines] == ["203.0.113.7", "198.51.100.9"]
+
+
+class RawLines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.raw: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.raw.append(record.getMessage())
+
+
+async def test_control_characters_in_a_path_are_escaped() -> None:
+    handler = RawLines()
+    logger = logging.getLogger("test.access.escape")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+    async def not_found(scope: dict, receive: object, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 404, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def ignore(message: dict) -> None:
+        pass
+
+    # C1 controls (U+0085 NEL, U+009B CSI), a line and a paragraph separator, and ESC: what
+    # an HTTP parser may hand on in a path, percent-decoded.
+    path = "/no\u0085such\u009b[2J\u2028path\u2029\x1b[31m"
+    scope = {"type": "http", "method": "GET", "path": path, "client": ("10.0.0.9", 1)}
+    await AccessLogMiddleware(not_found, logger)(scope, None, ignore)  # type: ignore[arg-type]
+    (line,) = handler.raw
+    assert line.isascii() and line.isprintable()  # nothing a terminal or log viewer acts on
+    assert json.loads(line)["path"] == path  # and nothing lost
