@@ -49,7 +49,7 @@ LOWEST := .venv-lowest
 test-lowest:
 	@VENV=$(LOWEST) EXTRAS= CONSTRAINTS=constraints/lowest.txt bash scripts/setup.sh
 	$(LOWEST)/bin/python -m pip install --disable-pip-version-check -q \
-	  -c constraints/lowest.txt pytest openai playwright
+	  -c constraints/lowest.txt pytest openai playwright langchain-openai llm
 	$(LOWEST)/bin/python -m pytest -q -p no:cacheprovider tests/model tests/app
 
 lint: install

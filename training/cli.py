@@ -8,6 +8,7 @@ one `error: ...` line on stderr and exit status 2.
     eval     a checkpoint's loss in nats and bits per char on text files (training.evaluate)
     sample   a checkpoint's text, streamed to stdout       (training.inference)
     score    each character's surprisal under a checkpoint  (training.inference)
+    chat-template  show or set a checkpoint's chat template (training.chat_template)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from model.checkpoint import load_checkpoint
 from model.device import resolve_device
 from model.text import NEWLINES_KEEP
+from training.chat_template import add_chat_template_arguments, run_chat_template
 from training.cli_train import add_train_arguments, run_train
 from training.evaluate import EVAL_SEQ_LEN, EvalResult, combine_results, evaluate_text
 from training.inference import (
@@ -43,6 +45,11 @@ def commands() -> dict[str, Command]:
         "eval": (add_eval_arguments, run_eval, "score a checkpoint on text files"),
         "sample": (add_sample_arguments, run_sample, "generate text from a checkpoint"),
         "score": (add_score_arguments, run_score, "each character's surprisal under a checkpoint"),
+        "chat-template": (
+            add_chat_template_arguments,
+            run_chat_template,
+            "show or set the chat template a checkpoint carries",
+        ),
     }
 
 

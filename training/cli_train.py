@@ -23,6 +23,7 @@ from typing import Any
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.config import CELLS
 from model.device import resolve_device
+from training.chat_template import add_template_arguments, run_template, stamp_run
 from training.checkpoints import resumed_config
 from training.dataset import load_prepared
 from training.distributed import DEFAULT_TIMEOUT_SECONDS, DistributedError, process_group
@@ -39,7 +40,7 @@ from training.recipe import (
     TrainConfig,
     preset,
 )
-from training.run import resume_path, stop_on_signals
+from training.run import BEST, resume_path, stop_on_signals
 
 
 def _optional(kind: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -72,8 +73,17 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], dict[str, Any], str]] = {
     "max_steps": (_optional(int), {}, "stop after this many optimizer steps"),
     "max_minutes": (_optional(float), {}, "stop after this much wall-clock time"),
     "eval_every": (int, {}, "steps between evaluations"),
+    "evals_per_epoch": (
+        _optional(int),
+        {},
+        "evaluate at least this often per pass over the data ('none': --eval-every only)",
+    ),
     "eval_batches": (_optional(int), {}, "validation batches per evaluation ('none': all)"),
-    "patience": (_optional(int), {}, "stop after this many evaluations without improvement"),
+    "patience": (
+        _optional(int),
+        {},
+        "stop after this many evaluations without a better validation loss ('none': never)",
+    ),
     "seed": (int, {}, "random seed (initialisation, dropout, samples)"),
     "device": (str, {}, "auto, cpu, cuda, cuda:N or mps"),
     "lstm_impl": (str, {"choices": LSTM_IMPL_CHOICES}, "LSTM kernel: auto picks by device"),
@@ -124,6 +134,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         + "; ".join(f"{name}: {values or 'the defaults'}" for name, values in PRESETS.items()),
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_template_arguments(parser, prefix="chat-")  # written into the run's checkpoints
     parser.add_argument(
         "--dist-timeout",
         type=float,
@@ -153,11 +164,14 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         config, checkpoint = _config(args, given)
         corpus = load_prepared(config.data_dir)
+        template = run_template(args, checkpoint, corpus.vocab)  # stored when the run ends
         device = resolve_device(config.device)
         with process_group(device, args.dist_timeout) as dist, stop_on_signals() as stop:
             hooks = TrainHooks(should_stop=stop)
             trainer = Trainer(config, corpus, checkpoint, not args.no_progress, hooks, dist)
             result = trainer.run()
+            if dist.is_main:
+                stamp_run([trainer.run_dir.best, trainer.run_dir.last], template)
     except (ValueError, OSError, DistributedError) as error:  # DataError, CheckpointError
         return _fail(error)
     if result.stop_reason == "interrupted":
@@ -209,14 +223,23 @@ def _config(
 
 
 def _summary(result: TrainResult) -> str:
-    best = "-"
-    if result.best_val_loss is not None:
-        bits = bits_per_char(result.best_val_loss)
-        best = f"{result.best_val_loss:.4f} nats/char ({bits:.4f} bits/char)"
-    return (
-        f"done ({result.stop_reason.replace('_', ' ')}): step {result.step}, epoch "
-        f"{result.epoch:.2f}, best val loss {best} -> {result.run_dir}"
-    )
+    """The one line a finished run prints: why it stopped, its best validation loss and the
+    checkpoint to serve, best.safetensors (last.safetensors is for --resume: after early
+    stopping its weights are the ones that stopped improving), e.g.
+    done (early stopping): step 924, epoch 7.05, best val loss 1.3542 nats/char (1.9536
+    bits/char) at step 660, none better in the 4 evaluations since; serve RUN/best.safetensors
+    """
+    reason = result.stop_reason.replace("_", " ")
+    head = f"done ({reason}): step {result.step}, epoch {result.epoch:.2f}"
+    if result.best_val_loss is None:  # not evaluated (a run always is before this line)
+        return f"{head}, not evaluated -> {result.run_dir}"
+    bits = bits_per_char(result.best_val_loss)
+    best = f"best val loss {result.best_val_loss:.4f} nats/char ({bits:.4f} bits/char)"
+    if result.best_step is not None:  # None: resumed from a run saved without it
+        best += f" at step {result.best_step}"
+    if result.stop_reason == "early_stopping":
+        best += f", none better in the {result.evals_since_best} evaluations since"
+    return f"{head}, {best}; serve {result.run_dir / BEST}"
 
 
 def _fail(error: BaseException) -> int:

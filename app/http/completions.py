@@ -6,12 +6,16 @@
 Each prompt × choice becomes a GenerateRequest and then GenerationParams through the same
 edge as the native API (app/http/requests.py), so both APIs mean the same by every setting.
 Stop strings end a job in the engine; its row is freed at once. Choices stream
-interleaved, each chunk naming its index, as OpenAI's do.
+interleaved, each chunk naming its index, as OpenAI's do; a stream silent for a while
+(waiting for a row) gets None from `chunks()`, which the route sends as a `: ping`.
+A chat request (app/http/chat.py) is a run of this kind over its rendered conversation.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -29,7 +33,7 @@ from app.http.openai_schemas import (
     FinishReason,
     Logprobs,
 )
-from app.http.requests import generation_params
+from app.http.requests import continuing, decode_state, generation_params
 from app.http.schemas import GenerateRequest, SamplingFields
 from model.decoding.output import Logprobs as CharLogprobs
 from model.decoding.params import (
@@ -39,6 +43,7 @@ from model.decoding.params import (
     encode_logit_bias,
     resolve_seed,
 )
+from model.state import RecurrentState, StateCodec
 
 # Our field names in ParamError, as OpenAI's clients know them.
 OPENAI_PARAM = {"length": "max_tokens", "prime": "prompt", "prompt_logprobs": "echo"}
@@ -56,9 +61,15 @@ class _Choice:
 
 
 def choice_params(
-    service: ModelService, served: ServedModel, request: CompletionRequest, prompt: str, seed: int
+    service: ModelService,
+    served: ServedModel,
+    request: CompletionRequest,
+    prompt: str,
+    seed: int,
+    state: RecurrentState | None = None,
 ) -> GenerationParams:
-    """One choice's GenerationParams; a ParamError names the field as OpenAI does."""
+    """One choice's GenerationParams (its prompt read after `state`'s text, if given); a
+    ParamError names the field as OpenAI does."""
     chars = served.vocab.chars
     try:
         ids = encode_logit_bias(served.vocab, request.logit_bias or {}, keys="ids")
@@ -75,7 +86,8 @@ def choice_params(
             prompt_logprobs=request.echo and request.logprobs is not None,
             **request.model_dump(include=set(SamplingFields.model_fields)),
         )
-        return generation_params(served, service.limits, body)
+        params = generation_params(served, service.limits, body)
+        return continuing(served, params, state, prompt, request.skip_unknown)
     except ParamError as error:
         error.field = OPENAI_PARAM.get(error.field, error.field)
         error.kind = OPENAI_CODE.get(error.kind, error.kind)
@@ -90,8 +102,13 @@ class CompletionRun:
         self.id = f"cmpl-{secrets.token_hex(12)}"
         self.created = int(time.time())
         self.model = model
+        self.fingerprint: str | None = None  # system_fingerprint: see `fingerprint`
         self.prompt_chars = 0
         self.choices: list[_Choice] = []
+        # The state every prompt continues (its last character, first in each prime, is
+        # neither counted nor echoed), and the codec that writes the choices' final states.
+        self.state: RecurrentState | None = None
+        self.codec: StateCodec | None = None
         # Least seconds between a streamed choice's chunks (the engine's chunk_interval).
         self.pacing: Callable[[], float] = lambda: 0.0
 
@@ -108,18 +125,22 @@ class CompletionRun:
         base = resolve_seed(request.seed)
         planned = []
         run = cls(request, served.name)
+        run.fingerprint = fingerprint(served)
         run.pacing = partial(service.engine.clients.chunk_interval, client)
+        run.codec = served.state_codec
+        state = run.state = decode_state(served, request.state)  # one object for n forks
         for prompt in request.prompts:
             params = [
-                choice_params(service, served, request, prompt, (base + n) % (MAX_SEED + 1))
+                choice_params(service, served, request, prompt, (base + n) % (MAX_SEED + 1), state)
                 for n in range(request.n)
             ]
-            run.prompt_chars += len(params[0].prime)
-            echo = served.vocab.decode(params[0].prime) if request.echo and prompt else ""
+            read = params[0].prime[1:] if state is not None else params[0].prime
+            run.prompt_chars += len(read)
+            echo = served.vocab.decode(read) if request.echo and prompt else ""
             planned.extend((choice, echo) for choice in params)
         try:
             for params, echo in planned:
-                job = service.submit(served, params, client)
+                job = service.submit(served, params, client, state, request.return_state)
                 run.choices.append(_Choice(len(run.choices), job, echo))
         except BaseException:
             run.close()
@@ -138,17 +159,26 @@ class CompletionRun:
             usage=self.usage(),
         )
 
-    async def chunks(self) -> AsyncIterator[Completion]:
+    async def chunks(self, keepalive: float | None = None) -> AsyncIterator[Completion | None]:
         """Each choice's text as it is made (echoed prompt first), paced as the engine's
         chunk_interval for this client, a last chunk per choice with its finish_reason,
-        then, if asked, one with the usage and no choices."""
+        then, if asked, one with the usage and no choices. With `keepalive`, None after
+        that many seconds without a chunk (the stream's `: ping`)."""
         queue: asyncio.Queue[tuple[_Choice, str, Logprobs, bool] | BaseException]
         queue = asyncio.Queue()
         pumps = [asyncio.create_task(self._pump(choice, queue)) for choice in self.choices]
+        # One getter waits across timeouts: cancelling queue.get() at a timeout could lose
+        # an item that arrived just then.
+        getter: asyncio.Future | None = None
         try:
             running = len(pumps)
             while running:
-                item = await queue.get()
+                getter = getter or asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getter}, timeout=keepalive)
+                if not done:
+                    yield None
+                    continue
+                item, getter = getter.result(), None
                 if isinstance(item, BaseException):
                     raise item
                 choice, text, logprobs, last = item
@@ -156,11 +186,11 @@ class CompletionRun:
                 reason = choice.job.output.finish_reason if last else None
                 yield self._completion([self._choice(choice, text, logprobs, reason)])
         finally:
-            for pump in pumps:
-                pump.cancel()
+            for task in [*pumps, getter]:
+                if task is not None:
+                    task.cancel()
             self.close()
-        options = self.request.stream_options
-        if options is not None and options.include_usage:
+        if self.request.include_usage:
             yield self._completion([], usage=self.usage())
 
     def usage(self) -> CompletionUsage:
@@ -193,10 +223,16 @@ class CompletionRun:
         async for chunk in choice.job.chunks(interval):
             if echo_pending:
                 echo_pending = False
-                yield self._add(choice, choice.echo, self._prompt_logprobs(choice), True)
+                yield self._add(choice, choice.echo, self._prompt_logprobs(choice), self._unscored)
             yield self._add(choice, chunk.text, chunk.logprobs)
         if echo_pending:  # max_tokens 0, or nothing generated
-            yield self._add(choice, choice.echo, self._prompt_logprobs(choice), True)
+            yield self._add(choice, choice.echo, self._prompt_logprobs(choice), self._unscored)
+
+    @property
+    def _unscored(self) -> bool:
+        """Whether an echoed prompt's first character has no logprob (nothing precedes
+        it); after a state, the state's text does."""
+        return self.state is None
 
     def _prompt_logprobs(self, choice: _Choice) -> CharLogprobs:
         """The echoed prompt's logprobs: each character's but the first (nothing precedes
@@ -237,11 +273,37 @@ class CompletionRun:
             index=choice.index,
             logprobs=logprobs if self.request.logprobs is not None else None,
             finish_reason=reason,
+            state=self.final_state(choice) if reason is not None else None,
         )
+
+    def final_state(self, choice: _Choice) -> str | None:
+        """The token of the choice's state after its text, once it has ended (with
+        return_state)."""
+        final = choice.job.final_state
+        return None if final is None or self.codec is None else self.codec.encode(final)
 
     def _completion(
         self, choices: list[CompletionChoice], usage: CompletionUsage | None = None
     ) -> Completion:
         return Completion(
-            id=self.id, created=self.created, model=self.model, choices=choices, usage=usage
+            id=self.id,
+            created=self.created,
+            model=self.model,
+            choices=choices,
+            usage=usage,
+            system_fingerprint=self.fingerprint,
         )
+
+
+def fingerprint(served: ServedModel) -> str:
+    """OpenAI's system_fingerprint: what, besides the request, decides its text (the
+    network, its vocabulary, what training recorded, the device kind). A seed repeats
+    its text while this stays the same."""
+    identity = {
+        "config": served.model.config.to_json(),
+        "vocab": list(served.vocab.chars),
+        "info": served.info,
+        "device": served.device.type,
+    }
+    text = json.dumps(identity, sort_keys=True, default=str)
+    return "fp_" + hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -1,7 +1,10 @@
 """OpenAI-compatible routes, so OpenAI's clients work unchanged with base_url=.../v1:
 
-    POST /v1/completions      text completions, whole or streamed (`data: {...}`, `data: [DONE]`)
-    GET  /v1/models           the served models; GET /v1/models/{id} for one
+    POST /v1/completions        text completions, whole or streamed (`data: {...}`,
+                                `data: [DONE]`, and `: ping` after 15 s of silence)
+    POST /v1/chat/completions   chat: the messages rendered by the model's chat template,
+                                then completed as above (app/http/chat.py)
+    GET  /v1/models             the served models; GET /v1/models/{id} for one
 
 Their errors use OpenAI's shape, {"error": {"message", "type", "param", "code"}}, with
 OpenAI's statuses (400 for a bad parameter, not FastAPI's 422), so the clients raise
@@ -18,7 +21,6 @@ from typing import Annotated, Any
 import anyio.to_thread
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from app.engine.engine import EngineBusy
@@ -28,8 +30,11 @@ from app.engine.service import ModelService
 from app.gate.clients import ClientBusy
 from app.http import routes, sse
 from app.http.auth import PROTECTED
+from app.http.chat import ChatRun
+from app.http.chat_schemas import ChatCompletion, ChatCompletionRequest
 from app.http.completions import CompletionRun
 from app.http.errors import RETRY_AFTER_SECONDS
+from app.http.json_body import JSONRoute
 from app.http.openai_schemas import (
     Completion,
     CompletionRequest,
@@ -77,7 +82,7 @@ class OpenAIError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
 
 
-class OpenAIRoute(APIRoute):
+class OpenAIRoute(JSONRoute):
     """Renders this router's errors, dependencies' included, in OpenAI's shape."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
@@ -118,7 +123,8 @@ def invalid_parameters(error: RequestValidationError) -> Response:
     for item in error.errors():
         loc = [str(part) for part in item["loc"][1:]] if item["loc"][:1] == ("body",) else []
         params.append(".".join(loc) or None)
-        messages.append(f"{'.'.join(loc) or 'body'}: {item['msg']}")
+        text = item["msg"].removeprefix("Value error, ")  # a validator's own words
+        messages.append(f"{'.'.join(loc) or 'body'}: {text}")
     return error_response(400, "; ".join(messages), param=params[0], code="invalid_value")
 
 
@@ -162,10 +168,26 @@ async def completion_run(
         run.close()
 
 
-async def stream_events(run: CompletionRun) -> AsyncIterator[str]:
+async def chat_run(
+    service: Service, body: ChatCompletionRequest, request: Request
+) -> AsyncIterator[ChatRun]:
+    """The chat's jobs, queued; cancelled when the response ends. Rendering runs the
+    model's template (bounded, but the checkpoint's code) and maybe compiles a regex:
+    not on the event loop."""
+    served = await served_model(service, body.model)
+    client = routes.client_of(request)
+    run = await anyio.to_thread.run_sync(ChatRun.start, service, served, body, client)
     try:
-        async for chunk in run.chunks():
-            yield f"data: {chunk.model_dump_json()}\n\n"
+        yield run
+    finally:
+        run.close()
+
+
+async def stream_events(chunks: AsyncIterator[Any]) -> AsyncIterator[str]:
+    """Chunks as `data:` events, a `: ping` for each None (a silence), then [DONE]."""
+    try:
+        async for chunk in chunks:
+            yield sse.KEEPALIVE if chunk is None else f"data: {chunk.model_dump_json()}\n\n"
     except JobFailed as error:  # after the 200 went out: OpenAI's clients raise on this
         body = ErrorResponse(error=ErrorBody(message=str(error), type="server_error"))
         yield f"data: {body.model_dump_json()}\n\n"
@@ -181,10 +203,26 @@ async def stream_events(run: CompletionRun) -> AsyncIterator[str]:
 async def completions(run: Annotated[CompletionRun, Depends(completion_run)]) -> Any:
     """Complete the prompt(s): a Completion, or with `stream: true` server-sent chunks."""
     if run.request.stream:
-        return sse.response(stream_events(run))
+        return sse.response(stream_events(run.chunks(sse.KEEPALIVE_SECONDS)))
     try:
         return await run.collect()
     except JobFailed as error:  # the engine failed a job
+        return error_response(500, str(error), code="generation_failed")
+
+
+@router.post(
+    "/chat/completions",
+    response_model=ChatCompletion,
+    responses={200: {"content": {sse.MEDIA_TYPE: {}}, "description": "stream: true"}},
+)
+async def chat_completions(run: Annotated[ChatRun, Depends(chat_run)]) -> Any:
+    """Reply to the conversation: a ChatCompletion, or with `stream: true` server-sent
+    chunks. The messages are written out by the model's chat template (GET /model)."""
+    if run.request.stream:
+        return sse.response(stream_events(run.chunks(sse.KEEPALIVE_SECONDS)))
+    try:
+        return await run.collect()
+    except JobFailed as error:
         return error_response(500, str(error), code="generation_failed")
 
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from app.engine.config import Limits
 from app.engine.served_model import ServedModel
+from model.chat_template import PLAIN, ChatTemplateError, stored_template
 from model.decoding.params import (
     MAX_FREQUENCY_PENALTY,
     MAX_LOGIT_BIAS,
@@ -32,13 +33,34 @@ from model.decoding.params import (
 
 FinishReason = Literal["length", "stop", "regex"]
 
+# A text's recurrent state as a client keeps it (model/state.py), in every API's words.
+STATE_DESCRIPTION = (
+    "a `state` from an earlier response of this model: continue that text as if it were "
+    "sent whole (the text of this request is read after it; empty: right after it)"
+)
+RETURN_STATE_DESCRIPTION = (
+    "also return `state`: everything the model has read (the text, including a stop "
+    "string that ended it), a few KB whatever its length, to continue it on any replica"
+)
+STATE_OUT_DESCRIPTION = "with return_state: the state after the whole text, to pass as `state`"
+
+
+class StateFields(BaseModel):
+    """Continue a text from its state, and ask for the state after this request's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    state: str | None = Field(None, description=STATE_DESCRIPTION)
+    return_state: bool = Field(False, description=RETURN_STATE_DESCRIPTION)
+
 
 def _json_object(value: Any) -> Any:
-    """A query string carries logit_bias as JSON text: {"e": -100}."""
+    """A query string carries logit_bias as JSON text: {"e": -100}. Nesting too deep for
+    the parser (a RecursionError) is refused like any other malformed text."""
     if isinstance(value, str):
         try:
             return json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ValueError('must be a JSON object such as {"e": -100}') from None
     return value
 
@@ -106,7 +128,7 @@ class SamplingFields(BaseModel):
     )
 
 
-class GenerateRequest(SamplingFields):
+class GenerateRequest(SamplingFields, StateFields):
     """What to generate: the same fields as a JSON body (POST) or query parameters (GET)."""
 
     model_config = ConfigDict(
@@ -119,7 +141,11 @@ class GenerateRequest(SamplingFields):
     model: str | None = Field(
         None, description="which served model (GET /v1/models); default: the server's default model"
     )
-    prime: str = Field("", description="text to continue; empty starts a new paragraph")
+    prime: str = Field(
+        "",
+        description="text to continue; empty starts a new paragraph (after a `state`: "
+        "continues its text right where it ended)",
+    )
     length: int | None = Field(
         None,
         ge=0,
@@ -209,6 +235,7 @@ class GenerationEnd(BaseModel):
         None, description="with prompt_logprobs: the prime's chars after the first"
     )
     stats: GenerationStats
+    state: str | None = Field(None, description=STATE_OUT_DESCRIPTION)
 
 
 class GenerateResponse(GenerationEnd):
@@ -219,7 +246,7 @@ class GenerateResponse(GenerationEnd):
     logprobs: Logprobs | None = Field(None, description="with logprobs: one per char of text")
 
 
-class ScoreRequest(BaseModel):
+class ScoreRequest(StateFields):
     """A text to score: how surprising each of its characters is to the model."""
 
     model_config = ConfigDict(
@@ -227,7 +254,9 @@ class ScoreRequest(BaseModel):
     )
 
     model: str | None = Field(None, description="which served model; default: the default")
-    text: str = Field(description="at least two characters; at most MAX_SCORE_CHARS")
+    text: str = Field(
+        description="at least two characters (one after a `state`); at most MAX_SCORE_CHARS"
+    )
     top_n: int = Field(
         0, ge=0, le=MAX_LOGPROBS, description="also the n likeliest chars at each position"
     )
@@ -241,7 +270,7 @@ class ScoreRequest(BaseModel):
 class ScoreResponse(BaseModel):
     model: str
     text: str = Field(description="the text as the model read it")
-    chars: int = Field(description="characters predicted: all but the first")
+    chars: int = Field(description="characters predicted: all but the first (all after a state)")
     oov_chars: int = Field(description="characters left out (skip_unknown)")
     nats: float = Field(description="total surprisal in nats (natural log)")
     bits: float = Field(description="total surprisal in bits")
@@ -250,7 +279,7 @@ class ScoreResponse(BaseModel):
     perplexity: float
     logprobs: list[float | None] = Field(
         description="each character's log-probability given all before it (nats); null "
-        "for the first"
+        "for the first (unless the text continues a `state`)"
     )
     surprisal_bits: list[float | None] = Field(description="-logprob in bits, per character")
     top_chars: list[list[str]] | None = Field(
@@ -258,6 +287,7 @@ class ScoreResponse(BaseModel):
     )
     top_logprobs: list[list[float]] | None = Field(None, description="with top_n: theirs")
     seconds: float
+    state: str | None = Field(None, description=STATE_OUT_DESCRIPTION)
 
 
 class NetworkConfig(BaseModel):
@@ -278,6 +308,19 @@ class TrainingInfo(BaseModel):
     step: int | None = None
 
 
+class ChatTemplateInfo(BaseModel):
+    """How POST /v1/chat/completions writes a conversation for this model."""
+
+    template: str = Field(description="Jinja, as Hugging Face's chat templates")
+    stop: list[str] = Field(description="where a reply ends when a request gives no stop")
+    source: Literal["checkpoint", "default"] = Field(
+        description="checkpoint: the checkpoint's own; default: the plain one (docs/service.md)"
+    )
+    problem: str | None = Field(
+        None, description="why the checkpoint's template cannot be used (chat requests fail)"
+    )
+
+
 class ModelInfo(BaseModel):
     name: str
     checkpoint: str = Field(description="the checkpoint's file name")
@@ -288,6 +331,9 @@ class ModelInfo(BaseModel):
     newlines: str = Field(description="lf: CRLF and CR in a prime read as LF; keep: as sent")
     training: TrainingInfo
     limits: Limits
+    chat_template: ChatTemplateInfo | None = Field(
+        None, description="how chat requests are written for this model"
+    )
 
 
 class Health(BaseModel):
@@ -295,6 +341,10 @@ class Health(BaseModel):
     problems: dict[str, str] = Field(
         {}, description="model files that failed to load (an older version may serve)"
     )
+
+
+class Liveness(BaseModel):
+    status: Literal["alive"] = "alive"
 
 
 class ReloadReport(BaseModel):
@@ -335,6 +385,22 @@ def describe_model(served: ServedModel, limits: Limits) -> ModelInfo:
             step=_typed(info.get("step"), int),
         ),
         limits=limits,
+        chat_template=chat_template_info(info),
+    )
+
+
+def chat_template_info(info: dict[str, Any]) -> ChatTemplateInfo:
+    """The model's chat template as GET /model shows it: the checkpoint's, the plain
+    default, or what is wrong with the stored one."""
+    try:
+        stored = stored_template(info)
+    except ChatTemplateError as error:
+        return ChatTemplateInfo(template="", stop=[], source="checkpoint", problem=str(error))
+    template = stored or PLAIN
+    return ChatTemplateInfo(
+        template=template.template,
+        stop=list(template.stop),
+        source="default" if stored is None else "checkpoint",
     )
 
 

@@ -99,6 +99,7 @@ export async function* readEvents(body) {
       }
       if (data.length) {
         const raw = data.join("\n");
+        if (raw === "[DONE]") return; // the end of an OpenAI-style stream (/v1)
         yield { event, data: JSON.parse(raw), raw };
       }
     }

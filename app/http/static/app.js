@@ -1,8 +1,9 @@
 // The playground's entry point: the API key, the model picker and its information panel,
-// the Generate / Score tabs. The views live in generate.js and score.js.
+// the Generate / Score / Chat tabs. The views live in generate.js, score.js and chat.js.
 
 import { getJSON, NeedsKey, storedKey, storeKey } from "./api.js";
 import { fillLegend, Tooltip } from "./chars.js";
+import { ChatView } from "./chat.js";
 import { GenerateView } from "./generate.js";
 import { ScoreView } from "./score.js";
 
@@ -26,6 +27,7 @@ class ModelPicker {
   constructor() {
     this.info = null;
     this.asked = 0; // answers to an older choice are dropped
+    this.listeners = []; // told of each model shown (the chat view's template note)
     $("model").addEventListener("change", () => {
       localStorage.setItem(MODEL_STORAGE, $("model").value);
       this.choose($("model").value);
@@ -93,12 +95,14 @@ class ModelPicker {
     $("length").max = info.limits.max_length;
     $("prime").maxLength = info.limits.max_prime_length;
     $("score-text").maxLength = info.limits.max_score_chars;
+    $("chat-length").max = info.limits.max_length;
     $("banned").dispatchEvent(new Event("input")); // the note depends on the vocabulary
+    for (const listener of this.listeners) listener(info);
   }
 }
 
-// Two tabs (WAI-ARIA's pattern: arrow keys move between them); #score in the address
-// opens the Score view.
+// The tabs (WAI-ARIA's pattern: arrow keys move between them); #score or #chat in the
+// address opens that view.
 function setupTabs() {
   const tabs = [...document.querySelectorAll('[role="tab"]')];
   const select = (chosen, focus) => {
@@ -109,7 +113,8 @@ function setupTabs() {
       $(tab.getAttribute("aria-controls")).hidden = !selected;
     }
     if (focus) chosen.focus();
-    const address = chosen.id === "tab-score" ? "#score" : location.pathname + location.search;
+    const view = chosen.id.replace("tab-", "");
+    const address = view === "generate" ? location.pathname + location.search : `#${view}`;
     history.replaceState(null, "", address);
   };
   for (const [index, tab] of tabs.entries()) {
@@ -121,7 +126,8 @@ function setupTabs() {
       select(tabs[(index + moves[event.key] + tabs.length) % tabs.length], true);
     });
   }
-  if (location.hash === "#score") select($("tab-score"), false);
+  const asked = location.hash ? document.getElementById(`tab-${location.hash.slice(1)}`) : null;
+  if (asked?.getAttribute("role") === "tab") select(asked, false);
 }
 
 function init() {
@@ -129,6 +135,8 @@ function init() {
   const tooltip = new Tooltip($("tip"));
   new GenerateView(models, tooltip, needKey);
   new ScoreView(models, tooltip, needKey);
+  const chat = new ChatView(models, needKey);
+  models.listeners.push((info) => chat.showTemplate(info));
   fillLegend($("legend-generate-list"));
   fillLegend($("legend-score-list"));
   setupTabs();
