@@ -12,6 +12,8 @@ import random
 from typing import Any
 
 ATTACKERS = [f"127.0.0.{n}" for n in range(66, 72)]  # one address per kind of attack
+SCORE_BURST = "127.0.0.80"  # the score burst's own address
+REGEX_FLOOD = "127.0.0.81"  # the regex-compile flood's own address
 
 
 async def request(
@@ -121,6 +123,56 @@ class Hostile:
             self.tally("scan", await request(self.port, post(path, b"{}", method), ATTACKERS[3]))
             await asyncio.sleep(0.005)
 
+    async def score_burst(self, count: int = 64, chars: int = 250_000) -> None:
+        """`count` texts of `chars` characters with top_n 5 sent at once (inside the
+        client's quota), each reply read to its end and dropped; again once all are in."""
+        text = "".join(self.rng.choices(self.vocabulary, k=chars))
+        body = json.dumps({"text": text, "top_n": 5}).encode()
+
+        async def one() -> None:
+            try:
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", self.port, local_addr=(SCORE_BURST, 0)
+                )
+            except OSError:
+                self.tally("score_burst", None)
+                return
+            try:
+                writer.write(post("/score", body))
+                await writer.drain()
+                head = await reader.readuntil(b"\r\n\r\n")
+                while await reader.read(1 << 16):
+                    pass
+                self.tally("score_burst", int(head.split(b" ", 2)[1]))
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                self.tally("score_burst", None)
+            finally:
+                writer.close()
+
+        while not self.stop.is_set():
+            burst = [asyncio.create_task(one()) for _ in range(count)]
+            stopped = asyncio.create_task(self.stop.wait())
+            await asyncio.wait([stopped, asyncio.gather(*burst)], return_when="FIRST_COMPLETED")
+            for task in [*burst, stopped]:
+                task.cancel()
+
+    async def regex_flood(self, in_flight: int = 24) -> None:
+        """`in_flight` requests at a time (inside the client's quota), each with a pattern
+        never sent before that is slow to compile: a{3000}, a{3001}, ... (a second of
+        parsing each) and (a|b)*a(a|b){20}, {21}, ... (2^20 states: past the deadline)."""
+        body = b'{"prime": "a", "length": 5, "regex": "%s"}'
+        sent = 0
+
+        async def one() -> None:
+            nonlocal sent
+            while not self.stop.is_set():
+                sent += 1
+                pattern = f"a{{{3000 + sent}}}" if sent % 2 else f"(a|b)*a(a|b){{{20 + sent}}}"
+                raw = post("/generate", body % pattern.encode())
+                self.tally("regex_flood", await request(self.port, raw, REGEX_FLOOD, timeout=120))
+
+        await asyncio.gather(*(one() for _ in range(in_flight)))
+
     async def hangups(self) -> None:
         body = json.dumps({"prime": "a", "length": 2000}).encode()
         while not self.stop.is_set():
@@ -172,17 +224,28 @@ class Hostile:
             self.slow(),
             self.scan(),
             self.hangups(),
+            self.score_burst(),
+            self.regex_flood(),
             self.flood(),
         ]
 
 
-def attack(port: int, vocabulary: list[str], stop: Any, statuses: Any) -> None:
+def attack(
+    port: int, vocabulary: list[str], stop: Any, statuses: Any, only: set[str] | None = None
+) -> None:
     """The hostile clients until `stop` (a multiprocessing Event) is set, in a process of
-    their own as they would be on machines of their own; their tally goes to `statuses`."""
+    their own as they would be on machines of their own; their tally goes to `statuses`.
+    `only`: the names of the attacks to run (Hostile's methods; None: all)."""
     hostile = Hostile(port, vocabulary)
 
     async def run() -> None:
-        tasks = [asyncio.create_task(task) for task in hostile.tasks()]
+        chosen = []
+        for task in hostile.tasks():
+            if only is None or task.__name__ in only:
+                chosen.append(task)
+            else:
+                task.close()  # made, never started
+        tasks = [asyncio.create_task(task) for task in chosen]
         while not stop.is_set():
             await asyncio.sleep(0.05)
         hostile.stop.set()

@@ -15,11 +15,17 @@ send at the same time:
   slow        headers and bodies trickled a byte at a time, idle sockets
   scan        random methods and paths
   hangups     streams dropped mid-way
+  score_burst 64 concurrent /score of 250,000 characters with top_n 5 (from 127.0.0.80),
+              again as soon as all are answered
   flood       as many long streams as the server lets one client open (held open), and
               more every 0.1 s from 300 connections (429s, as fast as they come back)
+  regex_flood 24 requests at a time (from 127.0.0.81), each a pattern never sent before
+              that is slow to compile (a{3000}, a{3001}, ...; (a|b)*a(a|b){20}, {21}, ...)
 
-and probes (GET /health every 100 ms, /metrics every second) run beside the 64 streams,
-in both phases, so that the hostile clients are the only difference between them.
+and probes (GET /health every 100 ms, /metrics every second, and every 0.5 s a request
+with a simple regex never sent before, from a client of its own: 127.0.0.90) run beside
+the 64 streams, in both phases, so that the hostile clients are the only difference
+between them. `--attacks regex_flood,scan` runs only those (default: all).
 The attackers' own CPU time is taken from the same cores as the server's, unless
 --server-cpus puts the server on CPUs of its own (every client, attackers included, then
 runs on the others, as if on machines of their own).
@@ -30,7 +36,7 @@ latency; the server's peak RSS; the tracebacks in its log; what the hostile requ
 and the cores each side used (the server's event loop, its decoding threads, the
 attackers' process), which on a small machine shows how much of it the attack itself took.
 Targets: N/N complete, ratio >= 0.7, p99 gap < 250 ms, RSS < 1 GB, /health always 200,
-no traceback.
+the simple regex answered in under 1 s, no traceback.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from hostile_clients import attack  # noqa: E402
+from hostile_clients import Hostile, attack  # noqa: E402
 from load_client import (  # noqa: E402
     REQUESTS,
     client_address,
@@ -66,18 +72,43 @@ from load_client import (  # noqa: E402
 )
 
 CPU_KEYS = ("loop", "threads", "attackers")  # the server's event loop and other threads
+SIMPLE_REGEX_CLIENT = "127.0.0.90"  # the regex probe's own address
 
 
 class Probes:
-    """GET /health every 100 ms and GET /metrics every second, as an orchestrator would."""
+    """GET /health every 100 ms and GET /metrics every second, as an orchestrator would;
+    and every 0.5 s, from another client, a short request with a simple regex that no
+    request has sent before (so it compiles)."""
 
     def __init__(self, port: int):
         self.port = port
         self.stop = asyncio.Event()
         self.health: list[float] = []
         self.health_failures = 0
+        self.regex: list[float] = []  # seconds to each answer
+        self.regex_failures = 0
+        self.regex_sent = 0
 
     async def run(self) -> None:
+        await asyncio.gather(self.orchestrator(), self.simple_regex())
+
+    async def simple_regex(self) -> None:
+        transport = httpx.AsyncHTTPTransport(local_address=SIMPLE_REGEX_CLIENT)
+        base = f"http://127.0.0.1:{self.port}"
+        async with httpx.AsyncClient(base_url=base, timeout=30, transport=transport) as c:
+            while not self.stop.is_set():
+                self.regex_sent += 1
+                body = {"prime": "The ", "length": 10, "regex": f"[a-z ]{{1,{self.regex_sent}}}"}
+                started = time.perf_counter()
+                try:
+                    ok = (await c.post("/generate", json=body)).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                self.regex.append(time.perf_counter() - started)
+                self.regex_failures += not ok
+                await asyncio.sleep(0.5)
+
+    async def orchestrator(self) -> None:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}", timeout=10) as c:
             tick = 0
             while not self.stop.is_set():
@@ -160,7 +191,15 @@ def main() -> None:
         help="run the server on these CPUs (e.g. 0-3) and every client, the attackers "
         "included, on the others, as if on machines of their own (default: all share)",
     )
+    parser.add_argument(
+        "--attacks",
+        type=lambda text: set(text.split(",")),
+        help="only these attacks, comma-separated (default: all; names in the docstring)",
+    )
     args = parser.parse_args()
+    unknown = {name for name in args.attacks or () if not callable(getattr(Hostile, name, None))}
+    if unknown:
+        parser.error(f"no attack named {', '.join(sorted(unknown))}")
     placement = "server and clients share every CPU"
     if args.server_cpus is not None:
         others = os.sched_getaffinity(0) - args.server_cpus
@@ -200,7 +239,9 @@ def main() -> None:
                 asyncio.run(phase(port, args.streams, args.length, probes["quiet"], server.pid))
             )
             stop, tally = spawn.Event(), spawn.Queue()
-            attacker = spawn.Process(target=attack, args=(port, vocabulary, stop, tally))
+            attacker = spawn.Process(
+                target=attack, args=(port, vocabulary, stop, tally, args.attacks)
+            )
             attacker.start()
             time.sleep(3)  # let the attack build up first
             under_attack = phase(
@@ -241,6 +282,13 @@ def main() -> None:
         print(
             f"/health {name}: {probe.health_failures} failures of {len(probe.health)}, "
             f"p99 {percentile(probe.health, 99) * 1e3:.0f} ms"
+        )
+    for name, probe in probes.items():
+        slow = sum(seconds >= 1.0 for seconds in probe.regex)
+        print(
+            f"simple regex from another client, {name}: {len(probe.regex)} requests, "
+            f"{probe.regex_failures} failed, p99 {percentile(probe.regex, 99) * 1e3:.0f} ms, "
+            f"max {max(probe.regex, default=0) * 1e3:.0f} ms, {slow} at 1 s or more"
         )
     print(
         f"server peak RSS: {rss:.0f} MB, still running: {alive}, "

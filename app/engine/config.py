@@ -14,6 +14,9 @@ from model.decoding.sampler_rows import UNIFORM_BLOCK
 MAX_LOADED_MODELS = 4  # models kept in memory; the least recently used idle one goes
 STALL_SECONDS = 30.0  # an engine without progress this long while work waits is unhealthy
 MAX_SCORE_CHARS = 250_000  # the longest text one /score request reads
+# A /score request's result cells, characters × max(1, top_n): its memory (each cell a
+# float64 log-probability and an int64 id) is bounded before it is queued.
+MAX_SCORE_CELLS = 5 * MAX_SCORE_CHARS
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,10 @@ class EngineConfig:
     # Requests one client (an address) may have running or waiting at once; 0: no limit.
     # One client then cannot take every row from the others.
     max_requests_per_client: int = 128
+    # Texts scored at once (their results in memory), read together in one batched pass
+    # per iteration; the others wait holding only their ids. Started round-robin by
+    # client, and a client with none running may always start one beyond these.
+    score_rows: int = 8
     # Threads that share a step's rows (the CPU kernel releases the GIL). Two on a 2-core
     # machine: the event loop needs little CPU next to the kernel.
     decode_threads: int = 2
@@ -109,3 +116,4 @@ class Limits(BaseModel):
     max_prime_length: int = Field(ge=0)
     default_length: int = Field(ge=1)
     max_score_chars: int = Field(MAX_SCORE_CHARS, ge=2)
+    max_score_cells: int = Field(MAX_SCORE_CELLS, ge=2)

@@ -14,8 +14,15 @@ One iteration of the thread:
      streams decode, at least one character per iteration), so a burst of long primes or
      a long text to score cannot freeze the streams already running:
        prefill: primes run in batched slices, each client's within its prime credit;
-       scoring: the oldest text to score reads its next slice (model/scoring.py);
+       scoring: the texts being scored read their next slices together, one batched
+       pass per model (model/scoring_rows.py);
   4. finished, failed and cancelled requests leave at once (their row is reused).
+
+A text to score is admitted as a generation is: the queue bound and its client's quota
+are checked first, and it waits holding only its ids. Up to `score_rows` texts are scored
+at once (their Scorers and result arrays made when they start), started round-robin by
+client, not in arrival order; a client with no text running may start one beyond them, so
+one client's queue of long texts never holds another's short one behind it.
 
 Per-client rules (quota, fair shares, prime credit, rows held) are the gate's: the engine
 is handed them (app/engine/clients.py) and asks at each moment it spends on a client.
@@ -30,19 +37,25 @@ the detail.
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+
 from app.engine.clients import ClientRules
 from app.engine.config import EngineConfig
 from app.engine.jobs import EngineWork, Job, ScoreJob
-from app.engine.lane import EngineCounters, Lane
-from app.engine.steps import background_budget, prefill, score_slice, step_lanes
+from app.engine.lane import FAILED_MESSAGE, EngineCounters, Lane
+from app.engine.steps import background_budget, prefill, score_rows, step_lanes
 from model.decoding.decoder import BatchDecoder
 from model.decoding.params import GenerationParams
 from model.network import CharRNN
 from model.scoring import Scorer
+from model.state import RecurrentState
+
+logger = logging.getLogger("charrnn.engine")
 
 
 class EngineBusy(RuntimeError):
@@ -57,10 +70,10 @@ class DecodingEngine:
         self.clients = clients
         self.lanes: list[Lane] = []
         self._queue: collections.deque[tuple[Lane, Job]] = collections.deque()
-        self._scores: collections.deque[tuple[Lane, ScoreJob]] = collections.deque()
-        # Scoring reads a text's upper layers on this thread while the first layer of its
-        # next slice runs on the engine's (model/scoring.py).
-        self._scorer_thread = ThreadPoolExecutor(1, "scorer")
+        # Texts to score, waiting, by client (in the order the clients came: the round-robin
+        # of _start_scores), and those being scored.
+        self._score_queue: dict[object, collections.deque[tuple[Lane, ScoreJob]]] = {}
+        self._scoring: list[tuple[Lane, ScoreJob]] = []
         # Runs other lanes' steps beside the engine thread's (_step_lanes).
         threads = config.decode_threads
         self._pool = ThreadPoolExecutor(threads - 1, "lanes") if threads > 1 else None
@@ -114,8 +127,12 @@ class DecodingEngine:
         return (
             lane.decoder.size == 0
             and all(queued is not lane for queued, _ in self._queue)
-            and all(scored is not lane for scored, _ in self._scores)
+            and all(scored is not lane for scored, _ in self._scores())
         )
+
+    def _scores(self) -> list[tuple[Lane, ScoreJob]]:  # with the lock held
+        waiting = [item for queue in self._score_queue.values() for item in queue]
+        return self._scoring + waiting
 
     def _drop_retired(self) -> None:  # with the lock held
         if any(lane.retiring for lane in self.lanes):
@@ -129,7 +146,10 @@ class DecodingEngine:
 
     @property
     def queued(self) -> int:
-        return len(self._queue) + len(self._scores)
+        return len(self._queue) + self._scores_waiting()
+
+    def _scores_waiting(self) -> int:
+        return sum(len(queue) for queue in self._score_queue.values())
 
     @property
     def alive(self) -> bool:
@@ -150,10 +170,18 @@ class DecodingEngine:
             self._thread.join(timeout)
             self._thread = None
 
-    def submit(self, lane: Lane, params: GenerationParams, client: str | None = None) -> Job:
-        """Queue a request of `client` (an address; None: not counted). Raises ClientBusy
-        past its quota, EngineBusy when the waiting queue is full."""
-        job = Job(params, lane.chars, lane.name, client)
+    def submit(
+        self,
+        lane: Lane,
+        params: GenerationParams,
+        client: str | None = None,
+        state: RecurrentState | None = None,
+        return_state: bool = False,
+    ) -> Job:
+        """Queue a request of `client` (an address; None: not counted), continuing `state`
+        if given (Job says how), keeping its final state if `return_state`. Raises
+        ClientBusy past its quota, EngineBusy when the waiting queue is full."""
+        job = Job(params, lane.chars, lane.name, client, state, return_state)
         with self._wakeup:
             free_rows = sum(lane.decoder.free for lane in self.lanes)
             if len(self._queue) >= self.config.max_queue + free_rows:
@@ -164,17 +192,26 @@ class DecodingEngine:
         return job
 
     def submit_score(
-        self, lane: Lane, ids: list[int], top_n: int, client: str | None = None
+        self,
+        lane: Lane,
+        ids: list[int],
+        top_n: int,
+        client: str | None = None,
+        state: RecurrentState | None = None,
     ) -> ScoreJob:
-        """Queue a text to score; raises as `submit`."""
-        job = ScoreJob(Scorer(lane.model, ids, top_n, self._scorer_thread), lane.name)
+        """Queue a text to score (after `state`'s text, if given: ids then start with its
+        last character); raises as `submit`. Nothing is made for it but the job (its ids,
+        int32) until the engine starts it."""
         with self._wakeup:
+            if self.queued >= self.config.max_queue:
+                raise EngineBusy(f"{self.queued} requests already waiting")
+            job = ScoreJob(np.asarray(ids, np.int32), top_n, lane.name, client, state)
+            self._claim(job, client)
             if lane not in self.lanes:  # retired and dropped while this job was on its way
                 self.lanes = [*self.lanes, lane]
-            if len(self._queue) + len(self._scores) >= self.config.max_queue:
-                raise EngineBusy(f"{self.queued} requests already waiting")
-            self._claim(job, client)
-            self._scores.append((lane, job))
+            self._score_queue.setdefault(_score_holder(job), collections.deque()).append(
+                (lane, job)
+            )
             self._wakeup.notify()
         return job
 
@@ -212,7 +249,9 @@ class DecodingEngine:
         self._fail_everything("the service is shutting down")
 
     def _busy(self) -> bool:
-        return bool(self._scores) or any(lane.decoder.size for lane in self.lanes)
+        return bool(self._scoring or self._score_queue) or any(
+            lane.decoder.size for lane in self.lanes
+        )
 
     def _pop_admissible(self) -> list[tuple[Lane, Job]]:
         if not self._queue:
@@ -245,12 +284,66 @@ class DecodingEngine:
             self.streaming,
             config.prefill_share,
             config.idle_prefill_seconds,
-            shared=prefilling and bool(self._scores),
+            shared=prefilling and bool(self._scoring or self._score_queue),
         )
         if prefilling:  # the clients' credit counts only while streams decode
             prefill(self.lanes, budget, self.clients.credit if self.streaming else None)
-        if self._scores and score_slice(*self._scores[0], budget):
-            self._scores.popleft()
+        self._start_scores()
+        if self._scoring:
+            self._score(budget)
+
+    def _start_scores(self) -> None:
+        """Start waiting texts, one per client in turn, while fewer than score_rows run (and
+        each client with none running, even beyond). Cancelled waiting texts leave first."""
+        with self._wakeup:
+            for holder, queue in list(self._score_queue.items()):
+                for item in [item for item in queue if item[1].cancelled]:
+                    queue.remove(item)
+                    item[1].finish()
+                if not queue:
+                    del self._score_queue[holder]
+        while True:
+            with self._wakeup:
+                running = {_score_holder(job) for _, job in self._scoring}
+                limit = self.config.score_rows
+                holder = next(
+                    (
+                        holder
+                        for holder in self._score_queue
+                        # beyond the limit: a client's first (work of no client waits)
+                        if len(self._scoring) < limit
+                        or (isinstance(holder, str) and holder not in running)
+                    ),
+                    None,
+                )
+                if holder is None:
+                    return
+                queue = self._score_queue.pop(holder)
+                lane, job = queue.popleft()
+                if queue:  # the client goes to the back of the round
+                    self._score_queue[holder] = queue
+            if job.cancelled:
+                job.finish()
+                continue
+            try:
+                job.scorer = Scorer(
+                    lane.model, job.ids, job.top_n, state=job.state, weights=lane.score_weights()
+                )
+            except Exception:
+                logger.exception("starting a text to score failed")
+                self.counters.fail(job, FAILED_MESSAGE)
+                continue
+            self._scoring.append((lane, job))
+
+    def _score(self, budget: float) -> None:
+        """One batched pass per lane over its texts being scored, sharing `budget`."""
+        lanes = {id(lane): lane for lane, _ in self._scoring}
+        ended: set[int] = set()
+        for lane in lanes.values():
+            jobs = [job for owner, job in self._scoring if owner is lane]
+            ended.update(map(id, score_rows(lane, jobs, budget / len(lanes), self._pool)))
+        with self._wakeup:
+            self._scoring = [(lane, job) for lane, job in self._scoring if id(job) not in ended]
 
     def _fail_everything(self, message: str) -> None:
         with self._wakeup:
@@ -261,9 +354,17 @@ class DecodingEngine:
         for job in waiting:
             if not job.done:
                 self.counters.fail(job, message)
-        while self._scores:
-            _, score_job = self._scores.popleft()
+        with self._wakeup:
+            scores = self._scores()
+            self._score_queue.clear()
+            self._scoring = []
+        for _, score_job in scores:
             self.counters.fail(score_job, message)
+
+
+def _score_holder(job: ScoreJob) -> object:
+    """Whose turn a text to score waits for: its client, or the job alone."""
+    return job.client if job.client is not None else ("request", id(job))
 
 
 def _holder(job: Job) -> object:

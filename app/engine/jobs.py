@@ -22,6 +22,7 @@ import numpy as np
 from model.decoding.output import Logprobs, RowOutput
 from model.decoding.params import GenerationParams
 from model.scoring import Scorer
+from model.state import RecurrentState
 
 
 class JobFailed(RuntimeError):
@@ -148,15 +149,23 @@ class Job(EngineWork):
         chars: tuple[str, ...],
         model: str,
         client: str | None = None,
+        state: RecurrentState | None = None,
+        return_state: bool = False,
     ):
         self.params = params
         self.chars = chars
         self.model = model
         self.client = client  # who asked (an address): for per-client limits and shares
         self.admitted = False  # given a row by the engine (under its lock)
+        # The text it continues (params.prime then starts with that text's last character,
+        # which the state has read), and whether to keep the state after its own text.
+        self.state = state
+        self.return_state = return_state
+        self.final_state: RecurrentState | None = None  # set before finish, if asked
         super().__init__()
         self.output = RowOutput()
-        self.stats = JobStats(prime_chars=len(params.prime), seed=params.seed)
+        read = len(params.prime) - (state is not None)  # a state's last character is read
+        self.stats = JobStats(prime_chars=read, seed=params.seed)
         self._taken = 0
 
     @cached_property
@@ -229,13 +238,26 @@ class Job(EngineWork):
 
 
 class ScoreJob(EngineWork):
-    """One text to score (model/scoring.py's Scorer), run by the engine in slices between
-    decoding steps. `await job.result()` once it is queued."""
+    """One text to score, run by the engine in slices between decoding steps, beside the
+    other texts being scored (model/scoring_rows.py). Until the engine starts it, it
+    holds only its ids (int32): the Scorer and its result arrays are made then.
+    `await job.result()` once it is queued."""
 
-    def __init__(self, scorer: Scorer, model: str):
+    def __init__(
+        self,
+        ids: np.ndarray,
+        top_n: int,
+        model: str,
+        client: str | None = None,
+        state: RecurrentState | None = None,
+    ):
         super().__init__()
-        self.scorer = scorer
+        self.ids = ids  # after a state: its last character, then the text (Scorer)
+        self.top_n = top_n
         self.model = model
+        self.client = client  # who asked: the engine shares the scoring rows by client
+        self.state = state
+        self.scorer: Scorer | None = None  # made when the engine starts the job
         self.submitted_at = time.perf_counter()
         self.finished_at: float | None = None
 
@@ -245,6 +267,8 @@ class ScoreJob(EngineWork):
     async def result(self) -> Scorer:
         """Wait for the scores (finished()), then the scorer that holds them."""
         await self.finished()
+        if self.scorer is None:  # ended before it started (cancelled)
+            raise JobFailed("the text was not scored")
         return self.scorer
 
 

@@ -16,7 +16,9 @@ import numpy as np
 from app.engine.clients import PrefillCredit, RowShares
 from app.engine.jobs import EngineWork, Job
 from model.decoding.decoder import BatchDecoder
+from model.decoding.network_rows import kernel_supported
 from model.decoding.sampler import FAILURES, RUNNING
+from model.decoding.step import StepWeights, step_weights
 from model.network import CharRNN
 
 logger = logging.getLogger("charrnn.engine")
@@ -59,7 +61,15 @@ class Lane:
         self.fair = shares  # which decoding rows each step advances
         self._every_row_fair: np.ndarray | None = None  # see plan()
         self.row_seconds = 1e-4  # running estimate of a prefill row-character's cost
-        self.score_seconds = 3e-5  # and of a scored character's
+        self.score_seconds = 3e-5  # and of a scored character's (per text, batched)
+        self._score_weights: StepWeights | None = None  # see score_weights()
+
+    def score_weights(self) -> StepWeights | None:
+        """The weights every text this lane scores shares (made once, on first use);
+        None where the compiled kernel does not run (each text then reads the network)."""
+        if self._score_weights is None and kernel_supported(self.model):
+            self._score_weights = step_weights(self.model)
+        return self._score_weights
 
     def admit(self, job: Job) -> None:
         """Give a job a row (its prime runs in later prefill slices)."""
@@ -67,7 +77,7 @@ class Lane:
             job.finish()
             return
         try:
-            self.decoder.add(job.params, job)
+            self.decoder.add(job.params, job, job.state)
         except Exception:
             logger.exception("admitting a request failed")
             self.counters.fail(job, FAILED_MESSAGE)
@@ -188,8 +198,16 @@ class Lane:
         return len(rows)
 
     def remove(self, row: int, error: str | None = None) -> None:
-        """Free a row and end its job (with `error`, as failed)."""
+        """Free a row and end its job (with `error`, as failed). A job that ended (not
+        failed, not cancelled) and asked for its final state gets it first: one step of
+        its row when its last character is still to read (BatchDecoder.final_state)."""
         job: Job = self.decoder.owners[row]
+        if error is None and job.return_state and job.output.finish_reason is not None:
+            try:
+                job.final_state = self.decoder.final_state(row, job.output)
+            except Exception:
+                logger.exception("reading a request's final state failed")
+                error = FAILED_MESSAGE
         self.decoder.remove(row)
         if error is None:
             job.finish()

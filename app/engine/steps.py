@@ -4,7 +4,8 @@ are admitted: the lanes' decoding steps, then background work within a time budg
     step_lanes          one decoding step of every lane with decoding rows
     background_budget   the seconds prefill and scoring may take this iteration
     prefill             primes read their next characters, in batched slices
-    score_slice         a text to score reads its next slice (model/scoring.py)
+    score_rows          the texts being scored read their next slices, together
+                        (model/scoring_rows.py)
 
 A failure that belongs to one request fails it alone (app/engine/lane.py says how).
 """
@@ -20,6 +21,7 @@ import numpy as np
 from app.engine.clients import PrefillCredit
 from app.engine.jobs import ScoreJob
 from app.engine.lane import FAILED_MESSAGE, Lane
+from model.scoring_rows import read_rows
 
 logger = logging.getLogger("charrnn.engine")
 
@@ -93,23 +95,45 @@ def prefill(lanes: list[Lane], budget: float, credit: PrefillCredit | None = Non
             return  # (nothing advanced: every waiting prime's client is out of credit)
 
 
-def score_slice(lane: Lane, job: ScoreJob, budget: float) -> bool:
-    """The text reads its next slice, sized to take about `budget` seconds; → whether the
-    job has ended (scored, cancelled, or failed: alone)."""
-    if job.cancelled:
+def score_rows(
+    lane: Lane, jobs: list[ScoreJob], budget: float, pool: ThreadPoolExecutor | None = None
+) -> list[ScoreJob]:
+    """The lane's texts being scored read their next slices, in one batched pass (each
+    slice sized so the pass takes about `budget` seconds; with a `pool`, half the texts in
+    a pass of their own on its thread, as a lane's step splits its rows); → the jobs that
+    have ended (scored, cancelled, or failed: a pass that fails fails the texts it read)."""
+    ended = [job for job in jobs if job.cancelled]
+    for job in ended:
         job.finish()
-        return True
+    running = [job for job in jobs if not job.cancelled]
+    if not running:
+        return ended
+    scorers = [job.scorer for job in running if job.scorer is not None]
+    per_text = budget / (lane.score_seconds * len(scorers))
     started = time.perf_counter()
     try:
-        chars = job.scorer.advance(max(16, min(4096, int(budget / lane.score_seconds))))
+        weights = lane.score_weights()
+        max_chars = max(16, min(4096, int(per_text)))
+        if weights is None:  # no compiled kernel for this model: one text at a time
+            chars = sum(scorer.advance(max_chars) for scorer in scorers)
+        elif pool is None or len(scorers) < 2:
+            chars = read_rows(scorers, weights, max_chars)
+        else:
+            # Each text's numbers are its own whatever its batch (model/scoring_rows.py):
+            # the halves run side by side (the kernel releases the GIL).
+            half = len(scorers) // 2
+            other = pool.submit(read_rows, scorers[half:], weights, max_chars)
+            chars = read_rows(scorers[:half], weights, max_chars) + other.result()
     except Exception:
-        logger.exception("scoring a text failed")
-        lane.counters.fail(job, FAILED_MESSAGE)
-        return True
+        logger.exception("scoring texts failed")
+        for job in running:
+            lane.counters.fail(job, FAILED_MESSAGE)
+        return ended + running
     if chars:
         seconds = (time.perf_counter() - started) / chars
         lane.score_seconds = 0.8 * lane.score_seconds + 0.2 * seconds
-    if job.scorer.done:
-        job.finish()
-        return True
-    return False
+    for job in running:
+        if job.scorer is not None and job.scorer.done:
+            job.finish()
+            ended.append(job)
+    return ended

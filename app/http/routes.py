@@ -4,17 +4,20 @@ into responses (a job's output as JSON and as events: app/http/native_responses.
 
 # No `from __future__ import annotations` here: FastAPI reads these annotations at runtime,
 # and the dependency made inside _running refers to a local name.
+import gc
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Annotated, Any, NamedTuple
 
 import anyio.to_thread
+import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from app.engine.jobs import Job, JobFailed
 from app.engine.registry import ModelUnavailable
@@ -27,7 +30,7 @@ from app.http.auth import PROTECTED, UNAUTHORIZED
 from app.http.errors import RETRY_AFTER_SECONDS
 from app.http.json_body import JSONRoute
 from app.http.native_responses import end_of, events, logprobs_model
-from app.http.requests import generation_params, score_ids
+from app.http.requests import continuing, decode_state, generation_params, score_ids
 from app.http.schemas import (
     GenerateRequest,
     GenerateResponse,
@@ -40,6 +43,7 @@ from app.http.schemas import (
     describe_model,
 )
 from model.decoding.params import GenerationParams, ParamError
+from model.state import RecurrentState
 
 logger = logging.getLogger("uvicorn.error")
 
@@ -98,17 +102,22 @@ async def to_params(
     body: GenerateRequest,
     source: str,
     client: str | None = None,
-) -> GenerationParams:
-    """The body as GenerationParams; a ParamError becomes a 422 like FastAPI's own, with
-    loc = (source, field). A regex not yet cached compiles in a worker process while the
-    request holds one of its client's places (app/engine/regex_compiler.py)."""
+) -> tuple[GenerationParams, RecurrentState | None]:
+    """The body as GenerationParams, and the state it continues (None: none); a ParamError
+    becomes a 422 like FastAPI's own, with loc = (source, field). A regex not yet cached
+    compiles in a worker process while the request holds one of its client's places
+    (app/engine/regex_compiler.py)."""
     try:
+        state = decode_state(served, body.state)
         regex = None
         if body.regex is not None:
             regex = await served.regexes.automaton(body.regex, client)
-        return generation_params(served, service.limits, body, regex)
+        params = generation_params(served, service.limits, body, regex)
+        return continuing(served, params, state, body.prime, body.skip_unknown), state
     except ParamError as error:
-        raise as_422(error, source, getattr(body, error.field, None)) from None
+        # A token is kilobytes of base64 that say nothing to its sender: not echoed.
+        value = None if error.field == "state" else getattr(body, error.field, None)
+        raise as_422(error, source, value) from None
 
 
 class Submitted(NamedTuple):
@@ -129,8 +138,9 @@ async def submit(
 ) -> Submitted:
     served = await served_model(service, body.model)
     client = client_of(request)
-    params = await to_params(service, served, body, source, client)
-    return Submitted(served, service.submit(served, params, client), body)
+    params, state = await to_params(service, served, body, source, client)
+    job = service.submit(served, params, client, state, body.return_state)
+    return Submitted(served, job, body)
 
 
 async def body_job(service: Service, body: GenerateRequest, request: Request) -> Submitted:
@@ -221,10 +231,12 @@ async def generate(service: Service, submitted: BodyJob) -> GenerateResponse:
     except JobFailed as error:
         raise HTTPException(status_code=500, detail=str(error)) from None
     joined = job.take().text
-    end = end_of(job, len(joined))
+    end = end_of(job, len(joined), served.state_codec)
+    # After a state the prime's first character is the state's (read already).
+    read = job.params.prime[1:] if job.state is not None else job.params.prime
     return GenerateResponse(
         text=joined,
-        prime=served.vocab.decode(job.params.prime) if body.prime else "",
+        prime=served.vocab.decode(read) if body.prime else "",
         logprobs=None
         if job.params.logprobs is None
         else logprobs_model(job, job.output.logprobs.slice(0, len(joined), job.params.logprobs)),
@@ -232,9 +244,11 @@ async def generate(service: Service, submitted: BodyJob) -> GenerateResponse:
     )
 
 
-def sse_stream(service: ModelService, job: Job) -> StreamingResponse:
+def sse_stream(service: ModelService, submitted: Submitted) -> StreamingResponse:
     """The job's output as server-sent events, paced for its client (chunk_interval)."""
-    return sse.response(events(job, partial(service.engine.clients.chunk_interval, job.client)))
+    job = submitted.job
+    interval = partial(service.engine.clients.chunk_interval, job.client)
+    return sse.response(events(job, interval, codec=submitted.served.state_codec))
 
 
 @router.post(
@@ -246,7 +260,7 @@ def sse_stream(service: ModelService, job: Job) -> StreamingResponse:
 )
 async def stream_post(service: Service, submitted: BodyJob) -> StreamingResponse:
     """Stream the text as server-sent events (`chars`…, then `done` with the stats)."""
-    return sse_stream(service, submitted.job)
+    return sse_stream(service, submitted)
 
 
 @router.get(
@@ -258,37 +272,54 @@ async def stream_post(service: Service, submitted: BodyJob) -> StreamingResponse
 )
 async def stream_get(service: Service, submitted: QueryJob) -> StreamingResponse:
     """As POST, with the fields as query parameters, for a browser's EventSource."""
-    return sse_stream(service, submitted.job)
+    return sse_stream(service, submitted)
 
 
-@router.post("/score", responses=GUARDED, dependencies=PROTECTED, tags=["generate"])
-async def score(service: Service, body: ScoreRequest, request: Request) -> ScoreResponse:
+@router.post(
+    "/score",
+    response_model=ScoreResponse,
+    responses=GUARDED,
+    dependencies=PROTECTED,
+    tags=["generate"],
+)
+async def score(service: Service, body: ScoreRequest, request: Request) -> Response:
     """How surprising each character of `text` is to the model (its log-probability given
     all before it), and the totals; read in slices between other requests' steps."""
     served = await served_model(service, body.model)
     try:
-        ids, oov = score_ids(served, service.limits, body)
+        state = decode_state(served, body.state)
+        ids, oov = score_ids(served, service.limits, body, state)
     except ParamError as error:
         raise as_422(error, "body", None) from None
-    job = service.score(served, ids, body.top_n, client_of(request))
+    job = service.score(served, ids, body.top_n, client_of(request), state)
+    del ids  # while it waits, the job holds them (4 bytes a character, not a list's 8+)
     try:
         scorer = await job.result()
     except JobFailed as error:
         raise HTTPException(status_code=500, detail=str(error)) from None
-    logprobs: list[float | None] = scorer.logprobs.tolist()
-    logprobs[0] = None
-    bits: list[float | None] = (-scorer.logprobs / math.log(2)).tolist()
-    bits[0] = None
-    top_chars = top_logprobs = None
-    if body.top_n:
-        chars = served.vocab.chars
-        top_chars = [[]] + [[chars[i] for i in row] for row in scorer.top_ids[1:].tolist()]
-        top_logprobs = [[], *scorer.top_logprobs[1:].tolist()]
+    with _no_collection():
+        logprobs: list[float | None] = scorer.logprobs.tolist()
+        logprobs[0] = None
+        bits: list[float | None] = (-scorer.logprobs / math.log(2)).tolist()
+        bits[0] = None
+        top_chars = top_logprobs = None
+        if body.top_n:
+            chars = np.array(served.vocab.chars, dtype=object)
+            top_chars = [[], *chars[scorer.top_ids[1:]].tolist()]
+            top_logprobs = [[], *scorer.top_logprobs[1:].tolist()]
+    text = job.ids.tolist()
+    if state is not None:  # ids[0] is the state's last character; the text is what follows
+        text, logprobs, bits = text[1:], logprobs[1:], bits[1:]
+        if top_chars is not None and top_logprobs is not None:
+            top_chars, top_logprobs = top_chars[1:], top_logprobs[1:]
     seconds = (job.finished_at or time.perf_counter()) - job.submitted_at
-    return ScoreResponse(
+    # Made from the scorer's own arrays (nothing to validate) and written by pydantic-core in
+    # one call: FastAPI's way (validate, dump to dicts, validate, serialize) makes the (N,
+    # top_n) lists three more times on the event loop.
+    response = ScoreResponse.model_construct(
         model=served.name,
-        text=served.vocab.decode(ids),
-        chars=len(ids) - 1,
+        text=served.vocab.decode(text),
+        chars=len(job.ids) - 1,
         oov_chars=oov,
         nats=scorer.nats,
         bits=scorer.nats / math.log(2),
@@ -300,4 +331,21 @@ async def score(service: Service, body: ScoreRequest, request: Request) -> Score
         top_chars=top_chars,
         top_logprobs=top_logprobs,
         seconds=seconds,
+        state=served.state_codec.encode(scorer.final_state()) if body.return_state else None,
     )
+    with _no_collection():
+        return Response(response.model_dump_json(), media_type="application/json")
+
+
+@contextmanager
+def _no_collection() -> Iterator[None]:
+    """No cyclic garbage collection while a score's lists are built: they hold no cycles,
+    and each of the collections their (N, top_n) small lists would set off walks the
+    whole heap (tens of times the build itself for a long text)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

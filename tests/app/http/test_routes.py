@@ -48,6 +48,7 @@ async def test_model(client: httpx.AsyncClient, vocab: Vocabulary) -> None:
         "max_prime_length": 50,
         "default_length": 40,
         "max_score_chars": 250_000,
+        "max_score_cells": 1_250_000,
     }
     assert (await client.get("/model/tiny")).json() == info
     missing = await client.get("/model/gpt-4")

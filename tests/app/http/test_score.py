@@ -133,3 +133,28 @@ async def test_its_own_size_limits(
         assert big.status_code == 413
         huge = await client.post("/score", content=b" " * 2_000_000)
         assert huge.status_code == 413
+
+
+@pytest.mark.parametrize(
+    ("top_n", "length", "field"), [(5, 3_000, "top_n"), (0, 11_000, "text"), (1, 11_000, "text")]
+)
+async def test_a_score_past_its_memory_budget_is_a_422_naming_the_field(
+    client: httpx.AsyncClient,
+    service: ModelService,
+    monkeypatch: pytest.MonkeyPatch,
+    top_n: int,
+    length: int,
+    field: str,
+) -> None:
+    monkeypatch.setattr(
+        service, "limits", service.limits.model_copy(update={"max_score_cells": 10_000})
+    )
+    queued = service.engine.queued
+    response = await client.post("/score", json={"text": "ab " * (length // 3), "top_n": top_n})
+    assert response.status_code == 422, response.text
+    error = response.json()["detail"][0]
+    assert error["loc"][:2] == ["body", field] and error["type"] == "score_too_big"
+    assert error["ctx"]["max_score_cells"] == 10_000 and "MAX_SCORE_CELLS" in error["msg"]
+    assert service.engine.queued == queued  # refused before the queue
+    within = await client.post("/score", json={"text": "ab " * 600, "top_n": 5})  # 9,000 cells
+    assert within.status_code == 200, within.text
