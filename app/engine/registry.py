@@ -9,13 +9,23 @@ A replaced file loads beside the old version: new requests go to the new one, st
 already running finish on the weights they started with (the old lane retires once
 empty). A file that fails to load is reported (`problems`) and the old version, if any,
 keeps serving.
+
+A failed file is not read again for every request that names it: only once it changes
+(its mtime, size or inode), or after a wait that doubles with each failure of the same
+version (RETRY_FIRST_SECONDS, up to RETRY_MAX_SECONDS); a failure is logged once, and
+logged again only if the error changes. What clients see of a failure (`problems`, the
+503 of a request) names the model and the file, never the folder it lies in; the log
+and the start-up error give the whole path, for the operator.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +37,11 @@ from model.decoding.regex import RegexLimits
 logger = logging.getLogger("uvicorn.error")
 
 Signature = tuple[int, int, int]  # (mtime_ns, size, inode): a rename-over changes it
+# An unchanged file that failed is tried again after this long, then twice as long after
+# each further failure, up to the most: a fix that leaves the file as it was (its
+# permissions, a device that was busy) is noticed without a restart.
+RETRY_FIRST_SECONDS = 10.0
+RETRY_MAX_SECONDS = 600.0
 
 
 class ModelUnavailable(RuntimeError):
@@ -48,7 +63,11 @@ class ModelFile:
     signature: Signature | None
     served: ServedModel | None = None
     loaded_signature: Signature | None = None
-    error: str | None = None
+    error: str | None = None  # why the last load failed, as clients see it
+    detail: str | None = None  # the same with the whole path, for the log
+    failed_signature: Signature | None = None  # the version that failed
+    failures: int = 0  # of that version, in a row
+    retry_at: float = 0.0  # before this (the registry's clock), that version is not read
     last_used: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)  # one load at a time
 
@@ -75,6 +94,7 @@ class ModelRegistry:
         self.models_dir = models_dir
         self.max_loaded = max_loaded
         self.regex_limits = regex_limits
+        self.clock: Callable[[], float] = time.monotonic  # for the retry waits
         self.files: dict[str, ModelFile] = {}
         self._lock = threading.Lock()  # guards `files`
         self.scan()
@@ -150,7 +170,7 @@ class ModelRegistry:
         entry = self.files[self.default]
         self._load(entry, log=False)
         if entry.served is None:
-            raise ModelUnavailable(f"model {self.default!r} cannot be loaded: {entry.error}")
+            raise ModelUnavailable(f"model {self.default!r} cannot be loaded: {entry.detail}")
         return entry.served
 
     def loaded(self) -> list[ServedModel]:
@@ -165,22 +185,37 @@ class ModelRegistry:
             signature = signature_of(entry.path)
             if entry.served is not None and entry.loaded_signature == signature:
                 return False  # loaded meanwhile by another caller
+            if signature == entry.failed_signature and self.clock() < entry.retry_at:
+                return False  # this version failed, and is not due to be tried again
             try:
                 served = ServedModel.load(
                     entry.path, self.device, self.engine, self.regex_limits, name=entry.name
                 )
             except (ValueError, OSError) as error:  # CheckpointError included
-                entry.error = " ".join(str(error).split())
-                if log:
-                    logger.error("cannot load model %s: %s", entry.name, entry.error)
+                self._failed(entry, signature, error, log)
                 return False
             old, entry.served = entry.served, served
-            entry.loaded_signature, entry.error = signature, None
+            entry.loaded_signature, entry.error, entry.detail = signature, None, None
+            entry.failed_signature, entry.failures = None, 0
             if old is not None:
                 logger.info("model %s reloaded from %s", entry.name, entry.path.name)
                 self.engine.retire_lane(old.lane)
         self._evict(keep=entry)
         return True
+
+    def _failed(
+        self, entry: ModelFile, signature: Signature | None, error: Exception, log: bool
+    ) -> None:
+        """Note a failed load: what clients are told, when to try this version again;
+        logged unless it is the same failure of the same version as last time."""
+        detail = " ".join(str(error).split())
+        repeated = signature == entry.failed_signature and detail == entry.detail
+        entry.failures = entry.failures + 1 if signature == entry.failed_signature else 1
+        wait = min(RETRY_FIRST_SECONDS * 2 ** (entry.failures - 1), RETRY_MAX_SECONDS)
+        entry.failed_signature, entry.retry_at = signature, self.clock() + wait
+        entry.error, entry.detail = public_error(detail, entry.path), detail
+        if log and not repeated:
+            logger.error("cannot load model %s: %s", entry.name, detail)
 
     def _evict(self, keep: ModelFile) -> None:
         """Drop the least recently used idle models above max_loaded."""
@@ -199,6 +234,21 @@ class ModelRegistry:
             self.engine.retire_lane(entry.served.lane)
             entry.served = None
             entry.loaded_signature = None
+
+
+def public_error(message: str, path: Path) -> str:
+    """`message` (a failure to load `path`) as a client may read it: every spelling of the
+    path becomes the file's name, so the folders the server keeps models in stay private;
+    prefixed with the name if the message does not give it."""
+    spellings = {str(path), str(path.absolute())}
+    with contextlib.suppress(OSError, RuntimeError):  # RuntimeError: a symlink loop
+        spellings.add(str(path.resolve()))
+    for spelling in sorted(spellings, key=len, reverse=True):
+        message = message.replace(spelling, path.name)
+    for folder in {path.parent, path.parent.absolute()}:
+        if folder.parts:  # not "." or ""
+            message = message.replace(str(folder) + os.sep, "")
+    return message if path.name in message else f"{path.name}: {message}"
 
 
 class Poller:

@@ -3,8 +3,8 @@
 A dependency rather than a middleware, so the OpenAPI page shows which routes need the key
 (and its "Authorize" button sends it), and the OpenAI routes can answer in OpenAI's error
 shape. Public, whatever the setting: the playground page and its files (the page asks for
-the key itself), /health (load balancers probe it) and /metrics (counts only: no prompt or
-text ever reaches it), and the API docs.
+the key itself), /health and /livez (load balancers and orchestrators probe them),
+/metrics (counts only: no prompt or text ever reaches it), and the API docs.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The 422 response: FastAPI's own body ({"detail": [{"loc", "msg", "type", ...}]}), made
 safe to encode whatever the client sent.
 
-FastAPI echoes the offending input, and two kinds of input cannot go out as UTF-8 JSON:
+FastAPI echoes the offending input (here cut at MAX_ECHO_DEPTH levels: a deeply nested one
+would exhaust the encoders' recursion), and two kinds of input cannot go out as UTF-8 JSON:
 a lone surrogate ("\\ud800" is valid JSON, but not encodable as UTF-8) and a number too
 large for a float (1e400 parses as infinity, which JSON cannot express). FastAPI's default
 handler fails on both with a 500; this one escapes non-ASCII and spells infinities as
@@ -21,6 +22,8 @@ from fastapi.exceptions import RequestValidationError
 from app.gate.clients import ClientBusy
 from app.gate.quota import RETRY_AFTER_SECONDS
 
+MAX_ECHO_DEPTH = 8  # levels of a refused input echoed back in a 422 (no field nests more)
+
 
 async def engine_busy(request: Request, error: Exception) -> Response:
     """503 with Retry-After: the engine's rows and waiting queue are all taken; 429 when
@@ -35,9 +38,22 @@ async def engine_busy(request: Request, error: Exception) -> Response:
 
 async def validation_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, RequestValidationError)
-    detail = _finite(jsonable_encoder(error.errors()))
+    items = [{**item, "input": _shallow(item.get("input"))} for item in error.errors()]
+    detail = _finite(jsonable_encoder(items))
     body = json.dumps({"detail": detail}, ensure_ascii=True, allow_nan=False)
     return Response(body, status_code=422, media_type="application/json")
+
+
+def _shallow(value: Any, depth: int = 0) -> Any:
+    """`value` with what lies deeper than MAX_ECHO_DEPTH levels replaced by "...": the
+    encoders below recurse, and an input nested ~1,000 deep would exhaust the stack."""
+    if isinstance(value, dict | list | tuple) and depth >= MAX_ECHO_DEPTH:
+        return "..."
+    if isinstance(value, dict):
+        return {key: _shallow(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_shallow(item, depth + 1) for item in value]
+    return value
 
 
 def _finite(value: Any) -> Any:

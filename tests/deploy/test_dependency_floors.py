@@ -61,3 +61,13 @@ def test_streaming_floors():
     assert floor(by_name["fastapi"]) >= Version("0.118")
     assert not by_name["fastapi"].specifier.contains("0.117.1")
     assert floor(by_name["uvicorn"]) >= Version("0.32.1")
+
+
+def test_security_floors():
+    """Starlette before 0.49.1 parses a Range header in quadratic time (CVE-2025-62727);
+    h11 before 0.16 lets a chunked body smuggle a request (CVE-2025-43859); FastAPI
+    before 0.120.1 caps Starlette below 0.49."""
+    by_name = {canonicalize_name(r.name): r for r in requirements()}
+    assert floor(by_name["starlette"]) >= Version("0.49.1")
+    assert floor(by_name["h11"]) >= Version("0.16")
+    assert floor(by_name["fastapi"]) >= Version("0.120.1")

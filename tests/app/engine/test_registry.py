@@ -3,9 +3,11 @@ eviction, hot reload (running streams keep their weights), broken files reported
 
 from __future__ import annotations
 
+import json
+import logging
 import string
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,14 @@ import pytest
 import torch
 from pydantic import SecretStr
 
-from app.engine.registry import Poller
+from app.engine.registry import (
+    RETRY_FIRST_SECONDS,
+    RETRY_MAX_SECONDS,
+    ModelUnavailable,
+    Poller,
+    public_error,
+)
+from app.engine.served_model import ServedModel
 from app.main import create_app, load_service
 from app.settings import Settings
 from model.checkpoint import Checkpoint, save_checkpoint
@@ -242,3 +251,153 @@ def test_bad_folders_and_defaults_are_one_line_errors(models_dir: Path, tmp_path
         load_service(settings_for(empty))
     with pytest.raises(ValueError, match="'zeta' is not among"):
         load_service(settings_for(models_dir, default_model="zeta"))
+
+
+@pytest.fixture
+def logged() -> Iterator[list[logging.LogRecord]]:
+    """The service's log records, taken from its logger itself (uvicorn's logging set-up,
+    once a test has run a server, stops them before the root logger and caplog)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("uvicorn.error")
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
+
+
+class LoadCounter:
+    """Counts ServedModel.load calls by model name (each reads the file)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        self.calls: list[str] = []
+        load = ServedModel.load.__func__  # type: ignore[attr-defined]
+
+        def counted(cls: type, path: Any, *args: Any, **kwargs: Any) -> Any:
+            self.calls.append(Path(path).stem)
+            return load(cls, path, *args, **kwargs)
+
+        monkeypatch.setattr(ServedModel, "load", classmethod(counted))
+
+    def of(self, name: str) -> int:
+        return self.calls.count(name)
+
+
+async def test_a_broken_file_is_read_once_until_it_changes(
+    models_dir: Path, monkeypatch: pytest.MonkeyPatch, logged: list[logging.LogRecord]
+) -> None:
+    broken = models_dir / "delta.safetensors"
+    broken.write_bytes(b"junk" * 10)
+    settings = settings_for(models_dir)
+    loads = LoadCounter(monkeypatch)
+    async with serve_asgi(create_app(settings, load_service(settings))) as client:
+        for _ in range(5):
+            response = await client.post("/generate", json={"model": "delta"})
+            assert response.status_code == 503, response.text
+        openai = await client.post("/v1/completions", json={"model": "delta", "prompt": "a"})
+        assert openai.status_code == 503
+        assert loads.of("delta") == 1  # not once per request
+        about_delta = [r for r in logged if "delta" in r.getMessage()]
+        assert len(about_delta) == 1 and about_delta[0].levelno == logging.ERROR
+        write_model(broken, seed=5)  # fixed: a new mtime, size and inode
+        assert await text_of(client, "delta")  # tried at once, not after the wait
+        assert loads.of("delta") == 2
+        assert "delta" not in (await client.get("/health")).json()["problems"]
+
+
+async def test_an_unchanged_failed_file_is_tried_again_after_a_growing_wait(
+    models_dir: Path, monkeypatch: pytest.MonkeyPatch, logged: list[logging.LogRecord]
+) -> None:
+    (models_dir / "delta.safetensors").write_bytes(b"junk" * 10)
+    service = load_service(settings_for(models_dir))
+    now = [1000.0]
+    service.registry.clock = lambda: now[0]
+    loads = LoadCounter(monkeypatch)
+
+    def ask() -> None:
+        with pytest.raises(ModelUnavailable):
+            service.model("delta")
+
+    ask()
+    now[0] += RETRY_FIRST_SECONDS - 1
+    ask()
+    assert loads.of("delta") == 1
+    now[0] += 1  # the first wait is over
+    ask()
+    assert loads.of("delta") == 2
+    now[0] += RETRY_FIRST_SECONDS  # the second wait is twice as long
+    ask()
+    assert loads.of("delta") == 2
+    now[0] += RETRY_FIRST_SECONDS
+    ask()
+    assert loads.of("delta") == 3
+    now[0] += RETRY_MAX_SECONDS * 10  # the wait stops growing
+    ask()
+    ask()
+    assert loads.of("delta") == 4
+    # The same failure of the same file is logged once.
+    assert len([r for r in logged if "delta" in r.getMessage()]) == 1
+    service.stop()
+
+
+def pickled(path: Path) -> None:
+    path.write_bytes(b"\x80\x04\x95" + b"\x00" * 64)  # a pickle's protocol-4 opening
+
+
+def truncated(path: Path) -> None:
+    write_model(path, seed=1)
+    path.write_bytes(path.read_bytes()[:200])
+
+
+def nan_weights(path: Path) -> None:
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=len(VOCAB), hidden_size=8))
+    with torch.no_grad():
+        model.head.weight[0, 0] = float("nan")
+    save_checkpoint(Checkpoint.from_model(model, VOCAB), path)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [lambda p: p.write_bytes(b"junk"), pickled, truncated, nan_weights, Path.unlink],
+    ids=["junk", "pickle", "truncated", "nan", "removed-after-scan"],
+)
+async def test_errors_name_the_model_and_file_never_the_folder(
+    models_dir: Path, damage: Callable[[Path], Any]
+) -> None:
+    settings = settings_for(models_dir)
+    service = load_service(settings)
+    path = models_dir / "delta.safetensors"
+    write_model(path, seed=4)
+    service.registry.scan()  # known by name, never loaded
+    damage(path)
+    folder = str(models_dir.resolve())
+    async with serve_asgi(create_app(settings, service)) as client:
+        answers = [
+            await client.post("/generate", json={"model": "delta"}),
+            await client.post("/score", json={"model": "delta", "text": "ab"}),
+            await client.post("/v1/completions", json={"model": "delta", "prompt": "a"}),
+            await client.get("/model/delta"),
+        ]
+        for answer in answers:
+            assert answer.status_code == 503, answer.text
+        problems = (await client.get("/health")).json()["problems"]
+        answers_text = [a.text for a in answers] + [json.dumps(problems)]
+    assert set(problems) == {"delta"}
+    assert "delta.safetensors" in problems["delta"]
+    for text in answers_text:
+        assert "delta" in text
+        assert folder not in text and str(models_dir) not in text, text
+        assert models_dir.parent.name not in text, text  # no part of the folder's path
+
+
+def test_public_error_keeps_the_file_name_only(tmp_path: Path) -> None:
+    path = tmp_path / "models" / "m.safetensors"
+    assert public_error(f"checkpoint not found: {path}", path) == (
+        "checkpoint not found: m.safetensors"
+    )
+    relative = Path("models/m.safetensors")
+    assert public_error("[Errno 13] Permission denied: 'models/m.safetensors'", relative) == (
+        "[Errno 13] Permission denied: 'm.safetensors'"
+    )
+    assert public_error("no CUDA device", path) == "m.safetensors: no CUDA device"
