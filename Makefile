@@ -50,7 +50,9 @@ test-lowest:
 	@VENV=$(LOWEST) EXTRAS= CONSTRAINTS=constraints/lowest.txt bash scripts/setup.sh
 	$(LOWEST)/bin/python -m pip install --disable-pip-version-check -q \
 	  -c constraints/lowest.txt pytest openai playwright langchain-openai llm
-	$(LOWEST)/bin/python -m pytest -q -p no:cacheprovider tests/model tests/app
+	@# numba's compiled kernels of another numba version go to a cache of their own, so
+	@# neither venv's cache overwrites the other's
+	NUMBA_CACHE_DIR=$(LOWEST)/numba-cache $(LOWEST)/bin/python -m pytest -q -p no:cacheprovider tests/model tests/app
 
 lint: install
 	$(PY) -m ruff check .

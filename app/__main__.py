@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         # Running streams get this long to finish after SIGTERM; the lifespan then waits
         # (as long again at most) for what is still queued, and stops the engine.
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
-        **uvicorn_options(settings, EarlyRefusal(lambda: engine_of(app))),
+        **uvicorn_options(settings.connection_limits(), EarlyRefusal(lambda: engine_of(app))),
     )
 
 

@@ -19,6 +19,7 @@ from app.engine.config import (
     EngineConfig,
     Limits,
 )
+from app.gate.connections import ConnectionLimits
 from app.gate.identity import DEFAULT_TRUSTED, TrustedProxies
 from model.decoding.params import DEFAULT_LENGTH
 from model.decoding.regex import RegexLimits
@@ -331,6 +332,20 @@ class Settings(BaseSettings):
 
     def trusted_proxies(self) -> TrustedProxies:
         return TrustedProxies.parse(self.forwarded_allow_ips)
+
+    def connection_limits(self) -> ConnectionLimits:
+        return ConnectionLimits(
+            http_parser=self.http_parser,
+            event_loop=self.event_loop,
+            header_timeout_seconds=self.header_timeout_seconds,
+            body_timeout_seconds=self.body_timeout_seconds,
+            quota_refusal_delay_seconds=self.quota_refusal_delay_seconds,
+            max_connections_per_client=self.max_connections_per_client,
+            send_timeout_seconds=self.send_timeout_seconds,
+            keep_alive_seconds=self.keep_alive_seconds,
+            max_connections=self.max_connections,
+            proxies=self.trusted_proxies(),
+        )
 
     def regex_limits(self) -> RegexLimits:
         return RegexLimits(

@@ -1,4 +1,4 @@
-"""Connection limits for uvicorn, from the settings: `uvicorn_options(settings)`.
+"""Connection limits for uvicorn: `uvicorn_options(settings.connection_limits())`.
 
     HEADER_TIMEOUT_SECONDS   the request line and headers must be complete this long after the
                              connection opens, or after the first byte of the next request on
@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import h11
@@ -46,7 +47,6 @@ from app.gate.identity import TrustedProxies
 from app.gate.liveness import LivenessSlots
 from app.gate.quota import Refusal
 from app.gate.send_deadline import SendDeadline
-from app.settings import Settings
 
 Wait = Literal["head", "unread body"]
 MAX_HEAD_BYTES = 16 * 1024  # h11's bound on an incomplete request head (uvicorn's default)
@@ -266,36 +266,53 @@ PROTOCOLS: dict[str, type[ConnectionDeadlines]] = {
 }
 
 
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """What the connections are held to; the defaults live in app/settings.py, which makes
+    this (Settings.connection_limits())."""
+
+    http_parser: Literal["httptools", "h11"]
+    event_loop: str
+    header_timeout_seconds: float
+    body_timeout_seconds: float
+    quota_refusal_delay_seconds: float
+    max_connections_per_client: int
+    send_timeout_seconds: float
+    keep_alive_seconds: float
+    max_connections: int | None
+    proxies: TrustedProxies
+
+
 def deadline_protocol(
-    settings: Settings, early_refusal: EarlyRefusalHook | None = None
+    limits: ConnectionLimits, early_refusal: EarlyRefusalHook | None = None
 ) -> type[ConnectionDeadlines]:
-    """The protocol of settings.http_parser with the timeouts of `settings` (uvicorn builds
+    """The protocol of limits.http_parser with the timeouts of `limits` (uvicorn builds
     the protocol itself, one per connection, so they travel as class attributes)."""
     attributes = {
-        "head_timeout": settings.header_timeout_seconds,
-        "body_timeout": settings.body_timeout_seconds,
+        "head_timeout": limits.header_timeout_seconds,
+        "body_timeout": limits.body_timeout_seconds,
         "early_refusal": early_refusal,
-        "refusal_delay": settings.quota_refusal_delay_seconds,
-        "max_per_peer": settings.max_connections_per_client,
-        "send_timeout": settings.send_timeout_seconds,
+        "refusal_delay": limits.quota_refusal_delay_seconds,
+        "max_per_peer": limits.max_connections_per_client,
+        "send_timeout": limits.send_timeout_seconds,
         "open_by_peer": Counter(),  # this server's own count
-        "proxies": settings.trusted_proxies(),
+        "proxies": limits.proxies,
     }
-    base = PROTOCOLS[settings.http_parser]
+    base = PROTOCOLS[limits.http_parser]
     return type(base.__name__, (SendDeadline, LivenessSlots, base), attributes)
 
 
 def uvicorn_options(
-    settings: Settings, early_refusal: EarlyRefusalHook | None = None
+    limits: ConnectionLimits, early_refusal: EarlyRefusalHook | None = None
 ) -> dict[str, Any]:
     """Keyword arguments of uvicorn.run / uvicorn.Config for the connection limits (and,
     given app/gate/quota.py's EarlyRefusal for the app, the 429 of a peer at its quota).
     uvicorn's own X-Forwarded-For handling is off: the app resolves each request's client
     by the same rule as the connections (app/gate/identity.py's middleware)."""
     return {
-        "http": deadline_protocol(settings, early_refusal),
+        "http": deadline_protocol(limits, early_refusal),
         "proxy_headers": False,
-        "loop": settings.event_loop,
-        "timeout_keep_alive": settings.keep_alive_seconds,
-        "limit_concurrency": settings.max_connections,
+        "loop": limits.event_loop,
+        "timeout_keep_alive": limits.keep_alive_seconds,
+        "limit_concurrency": limits.max_connections,
     }

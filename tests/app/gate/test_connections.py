@@ -40,7 +40,7 @@ def serving(settings: Settings, **changes: Any) -> Iterator[tuple[str, int]]:
     """(host, port) of the app under uvicorn with `changes` to the settings (the model
     loaded by the app, so that its engine and limits follow them too)."""
     changed = Settings(**{**settings.model_dump(), "access_log": False, **changes})
-    with running_server(create_app(changed), **uvicorn_options(changed)) as url:
+    with running_server(create_app(changed), **uvicorn_options(changed.connection_limits())) as url:
         parts = urlsplit(url)
         assert parts.hostname is not None and parts.port is not None
         yield parts.hostname, parts.port
@@ -219,7 +219,7 @@ def test_one_address_cannot_take_every_connection(
         "header_timeout_seconds": 30.0,
     }
     changed = Settings(**{**settings.model_dump(), "access_log": False, **stack, **limits})
-    options = uvicorn_options(changed)
+    options = uvicorn_options(changed.connection_limits())
     counts = options["http"].open_by_peer
     with running_server(create_app(changed), **options) as url:
         parts = urlsplit(url)
@@ -327,7 +327,7 @@ def test_max_connections_per_client_is_a_count(monkeypatch: pytest.MonkeyPatch, 
 def test_max_connections_per_client_defaults_and_zero(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings().max_connections_per_client == 512  # a quarter of MAX_CONNECTIONS
     monkeypatch.setenv("MAX_CONNECTIONS_PER_CLIENT", "0")  # no limit
-    assert uvicorn_options(Settings())["http"].max_per_peer == 0
+    assert uvicorn_options(Settings().connection_limits())["http"].max_per_peer == 0
 
 
 @pytest.mark.parametrize("field", ["http_parser", "event_loop"])
@@ -341,9 +341,11 @@ def test_http_parser_and_event_loop_must_be_known_ones(
 
 
 def test_the_event_loop_reaches_uvicorn(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert uvicorn_options(Settings())["loop"] == "auto"  # uvloop where installed
+    assert (
+        uvicorn_options(Settings().connection_limits())["loop"] == "auto"
+    )  # uvloop where installed
     monkeypatch.setenv("EVENT_LOOP", "asyncio")
-    assert uvicorn_options(Settings())["loop"] == "asyncio"
+    assert uvicorn_options(Settings().connection_limits())["loop"] == "asyncio"
 
 
 @pytest.mark.parametrize(
@@ -353,7 +355,7 @@ def test_http_parser_picks_the_protocol(
     monkeypatch: pytest.MonkeyPatch, value: str, protocol: type
 ) -> None:
     monkeypatch.setenv("HTTP_PARSER", value)
-    assert issubclass(uvicorn_options(Settings())["http"], protocol)
+    assert issubclass(uvicorn_options(Settings().connection_limits())["http"], protocol)
 
 
 def test_the_options_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -362,11 +364,14 @@ def test_the_options_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("KEEP_ALIVE_SECONDS", "65")
     monkeypatch.setenv("MAX_CONNECTIONS", "100")
     monkeypatch.setenv("MAX_CONNECTIONS_PER_CLIENT", "20")
-    options = uvicorn_options(Settings())
+    options = uvicorn_options(Settings().connection_limits())
     assert (options["http"].head_timeout, options["http"].body_timeout) == (2.5, 7.0)
     assert (options["timeout_keep_alive"], options["limit_concurrency"]) == (65.0, 100)
     assert options["http"].max_per_peer == 20
-    assert options["http"].open_by_peer is not uvicorn_options(Settings())["http"].open_by_peer
+    assert (
+        options["http"].open_by_peer
+        is not uvicorn_options(Settings().connection_limits())["http"].open_by_peer
+    )
 
 
 def test_the_default_connection_limit_leaves_room_for_the_engine_queue() -> None:
@@ -404,7 +409,7 @@ def test_a_peer_at_its_quota_gets_its_429_from_the_connection(
 
     body = json.dumps({"length": 10**6}).encode()
     json_head = ("Content-Type: application/json", f"Content-Length: {len(body)}")
-    with running_server(app, **uvicorn_options(changed, spy)) as url:
+    with running_server(app, **uvicorn_options(changed.connection_limits(), spy)) as url:
         parts = urlsplit(url)
         address = (parts.hostname, parts.port)
         held = []
@@ -452,7 +457,7 @@ def test_a_held_refusal_holds_up_no_one_else(settings: Settings, stack: dict[str
     early = EarlyRefusal(lambda: engine_of(app))
     stream = json.dumps({"length": 10**6}).encode()
     json_head = ("Content-Type: application/json", f"Content-Length: {len(stream)}")
-    with running_server(app, **uvicorn_options(changed, early)) as url:
+    with running_server(app, **uvicorn_options(changed.connection_limits(), early)) as url:
         parts = urlsplit(url)
         address = (parts.hostname, parts.port)
 
@@ -514,7 +519,7 @@ def test_a_peer_outside_a_trusted_network_keeps_its_limits(
     }
     changed = Settings(**{**settings.model_dump(), "access_log": False, **limits})
     app = create_app(changed)
-    options = uvicorn_options(changed, EarlyRefusal(lambda: engine_of(app)))
+    options = uvicorn_options(changed.connection_limits(), EarlyRefusal(lambda: engine_of(app)))
     body = json.dumps({"length": 10**6}).encode()
     json_head = ("Content-Type: application/json", f"Content-Length: {len(body)}")
     with running_server(app, **options) as url:

@@ -36,7 +36,7 @@ def server(settings: Settings, request: pytest.FixtureRequest) -> Iterator[tuple
         **{**settings.model_dump(), **STACKS[request.param], "access_log": False}
     ).model_copy(update={"max_length": 10**5})
     application = create_app(changed)
-    with running_server(application, **uvicorn_options(changed)) as url:
+    with running_server(application, **uvicorn_options(changed.connection_limits())) as url:
         parts = urlsplit(url)
         yield (parts.hostname, parts.port), application
 

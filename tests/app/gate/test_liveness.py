@@ -40,7 +40,7 @@ def address(settings: Settings, request: pytest.FixtureRequest) -> Iterator[tupl
             "header_timeout_seconds": 30.0,  # the idle connections stay for the test
         }
     )
-    with running_server(create_app(changed), **uvicorn_options(changed)) as url:
+    with running_server(create_app(changed), **uvicorn_options(changed.connection_limits())) as url:
         parts = urlsplit(url)
         assert parts.hostname is not None and parts.port is not None
         yield parts.hostname, parts.port

@@ -99,7 +99,7 @@ def test_a_scan_of_malformed_requests_writes_a_few_lines(settings: Settings) -> 
             lines.append(line.getMessage())
 
     keep = Keep()
-    with running_server(create_app(changed), **uvicorn_options(changed)) as url:
+    with running_server(create_app(changed), **uvicorn_options(changed.connection_limits())) as url:
         parts = urlsplit(url)
         logging.getLogger("uvicorn.error").addHandler(keep)  # after uvicorn's own set-up
         try:

@@ -49,7 +49,7 @@ def server(settings: Settings, request: pytest.FixtureRequest) -> Iterator[tuple
         }
     )
     application = create_app(changed)
-    with running_server(application, **uvicorn_options(changed)) as url:
+    with running_server(application, **uvicorn_options(changed.connection_limits())) as url:
         parts = urlsplit(url)
         yield (parts.hostname, parts.port), application
 
@@ -165,8 +165,8 @@ def test_send_timeout_must_be_positive_and_finite(
 
 def test_the_send_timeout_reaches_the_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SEND_TIMEOUT_SECONDS", "12.5")
-    protocol = uvicorn_options(Settings())["http"]
+    protocol = uvicorn_options(Settings().connection_limits())["http"]
     assert issubclass(protocol, SendDeadline) and protocol.send_timeout == 12.5
     with contextlib.suppress(KeyError):
         monkeypatch.delenv("SEND_TIMEOUT_SECONDS")
-    assert uvicorn_options(Settings())["http"].send_timeout == 30.0
+    assert uvicorn_options(Settings().connection_limits())["http"].send_timeout == 30.0
