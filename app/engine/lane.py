@@ -199,8 +199,8 @@ class Lane:
 
     def remove(self, row: int, error: str | None = None) -> None:
         """Free a row and end its job (with `error`, as failed). A job that ended (not
-        failed, not cancelled) and asked for its final state gets it first: one step of
-        its row when its last character is still to read (BatchDecoder.final_state)."""
+        failed) and asked for its final state gets it first: one step of its row when its
+        last character is still to read (BatchDecoder.final_state)."""
         job: Job = self.decoder.owners[row]
         if error is None and job.return_state and job.output.finish_reason is not None:
             try:

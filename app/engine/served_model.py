@@ -1,17 +1,20 @@
 """One loaded checkpoint, as the service serves it: its network, vocabulary, what training
-recorded, its lane in the decoding engine and its compiled regexes."""
+recorded, its lane in the decoding engine, its compiled regexes and its state tokens' codec."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from app.engine.clients import ClientRules
 from app.engine.engine import DecodingEngine
 from app.engine.lane import Lane
+from app.engine.regex_compiler import RegexCompiler
 from model.checkpoint import CheckpointError, load_checkpoint
-from model.decoding.regex import RegexCache, RegexLimits
+from model.decoding.regex import RegexLimits
 from model.device import resolve_device
 from model.network import CharRNN
+from model.state import StateCodec
 from model.text import newline_mode
 from model.vocab import Vocabulary
 
@@ -38,6 +41,7 @@ class ServedModel:
         checkpoint_path: Path | str = "",
         info: dict[str, Any] | None = None,
         regex_limits: RegexLimits | None = None,
+        clients: ClientRules | None = None,
     ):
         self.name = name
         self.model = model.eval()
@@ -46,8 +50,12 @@ class ServedModel:
         self.device = model.head.weight.device
         self.checkpoint_path = Path(checkpoint_path)
         self.info = dict(info or {})
-        self.regexes = RegexCache(vocab, regex_limits or RegexLimits())
+        # Compiled in worker processes, each compile charged to the client waiting for it.
+        self.regexes = RegexCompiler(vocab, regex_limits or RegexLimits(), clients)
         self.newlines = newline_mode(self.info, vocab)
+        # Reads and writes the state tokens of this model's texts (its fingerprint hashes
+        # the weights once, here).
+        self.state_codec = StateCodec.for_model(model, vocab)
 
     @classmethod
     def load(
@@ -80,4 +88,5 @@ class ServedModel:
             checkpoint_path=path,
             info=checkpoint.info,
             regex_limits=regex_limits,
+            clients=engine.clients,
         )

@@ -21,6 +21,7 @@ from model.checkpoint import CheckpointError
 from model.decoding.params import GenerationParams
 from model.decoding.regex import RegexLimits
 from model.device import resolve_device
+from model.state import RecurrentState
 
 
 class ModelService:
@@ -82,19 +83,30 @@ class ModelService:
         return self.registry.get(name)
 
     def submit(
-        self, served: ServedModel, params: GenerationParams, client: str | None = None
+        self,
+        served: ServedModel,
+        params: GenerationParams,
+        client: str | None = None,
+        state: RecurrentState | None = None,
+        return_state: bool = False,
     ) -> Job:
-        """Queue a request of `client` (its address); raises ClientBusy past the client's
-        quota, EngineBusy when the waiting queue is full."""
+        """Queue a request of `client` (its address), continuing `state` (a decoded token
+        of this model) if given; with `return_state` the job keeps its final state. Raises
+        ClientBusy past the client's quota, EngineBusy when the waiting queue is full."""
         self.engine.start()
-        return self.engine.submit(served.lane, params, client)
+        return self.engine.submit(served.lane, params, client, state, return_state)
 
     def score(
-        self, served: ServedModel, ids: list[int], top_n: int, client: str | None = None
+        self,
+        served: ServedModel,
+        ids: list[int],
+        top_n: int,
+        client: str | None = None,
+        state: RecurrentState | None = None,
     ) -> ScoreJob:
-        """Queue a text to score; raises as `submit`."""
+        """Queue a text to score (after `state`'s text, if given); raises as `submit`."""
         self.engine.start()
-        return self.engine.submit_score(served.lane, ids, top_n, client)
+        return self.engine.submit_score(served.lane, ids, top_n, client, state)
 
     def engine_problem(self) -> str | None:
         """Why the engine cannot serve (its thread has died, or it has made no progress

@@ -9,8 +9,8 @@ and the server-sent events of a stream (app/http/sse.py), with `Cache-Control: n
     data: {"chars": ["T", ...], "logprobs": [-0.4, ...],     one entry per char)
            "top_chars": [["T", "A"], ...], "top_logprobs": [[-0.4, -1.9], ...]}
 
-    event: done             (last: how it ended, and the stats)
-    data: {"finish_reason": "length", "stats": {"chars": 200, ...}}
+    event: done             (last: how it ended, and the stats; with return_state, the
+    data: {"finish_reason": "length", "stats": {"chars": 200, ...}}     state too)
 
 or, when generation fails after the stream began, a final `event: error`.
 """
@@ -25,6 +25,7 @@ from app.engine.jobs import Job, JobFailed
 from app.http import sse
 from app.http.schemas import GenerationEnd, GenerationStats, Logprobs, StreamError
 from model.decoding.output import Logprobs as RawLogprobs
+from model.state import StateCodec
 
 
 def logprob_columns(job: Job, logprobs: RawLogprobs) -> dict[str, Any]:
@@ -67,7 +68,9 @@ def stats_of(job: Job, chars: int) -> GenerationStats:
     )
 
 
-def end_of(job: Job, chars: int) -> GenerationEnd:
+def end_of(job: Job, chars: int, codec: StateCodec | None = None) -> GenerationEnd:
+    """How the job ended; with the token of its final state when it kept one (return_state)
+    and `codec` (its model's) is given."""
     output = job.output
     count = job.params.logprobs
     asked = job.params.prompt_logprobs and count is not None
@@ -77,13 +80,18 @@ def end_of(job: Job, chars: int) -> GenerationEnd:
         regex_complete=output.regex_complete,
         prompt_logprobs=prompt,
         stats=stats_of(job, chars),
+        state=None if job.final_state is None or codec is None else codec.encode(job.final_state),
     )
 
 
 async def events(
-    job: Job, interval: Callable[[], float], keepalive: float = sse.KEEPALIVE_SECONDS
+    job: Job,
+    interval: Callable[[], float],
+    keepalive: float = sse.KEEPALIVE_SECONDS,
+    codec: StateCodec | None = None,
 ) -> AsyncIterator[str]:
-    """chars (and logprobs) events as the text is released, then done (or error)."""
+    """chars (and logprobs) events as the text is released, then done (or error); `codec`
+    writes the final state's token into done (end_of)."""
     chars = 0
     try:
         async for chunk in job.chunks(interval, keepalive=keepalive):
@@ -98,4 +106,4 @@ async def events(
     except JobFailed as error:
         yield sse.event("error", StreamError(message=str(error)).model_dump_json())
         return
-    yield sse.event("done", end_of(job, chars).model_dump_json(exclude_none=True))
+    yield sse.event("done", end_of(job, chars, codec).model_dump_json(exclude_none=True))

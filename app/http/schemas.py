@@ -45,15 +45,6 @@ RETURN_STATE_DESCRIPTION = (
 STATE_OUT_DESCRIPTION = "with return_state: the state after the whole text, to pass as `state`"
 
 
-class StateFields(BaseModel):
-    """Continue a text from its state, and ask for the state after this request's."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    state: str | None = Field(None, description=STATE_DESCRIPTION)
-    return_state: bool = Field(False, description=RETURN_STATE_DESCRIPTION)
-
-
 def _json_object(value: Any) -> Any:
     """A query string carries logit_bias as JSON text: {"e": -100}. Nesting too deep for
     the parser (a RecursionError) is refused like any other malformed text."""
@@ -128,7 +119,7 @@ class SamplingFields(BaseModel):
     )
 
 
-class GenerateRequest(SamplingFields, StateFields):
+class GenerateRequest(SamplingFields):
     """What to generate: the same fields as a JSON body (POST) or query parameters (GET)."""
 
     model_config = ConfigDict(
@@ -194,6 +185,8 @@ class GenerateRequest(SamplingFields, StateFields):
     prompt_logprobs: bool = Field(
         False, description="with logprobs: also each prime char's (after the first)"
     )
+    state: str | None = Field(None, description=STATE_DESCRIPTION)
+    return_state: bool = Field(False, description=RETURN_STATE_DESCRIPTION)
 
 
 class Logprobs(BaseModel):
@@ -246,7 +239,7 @@ class GenerateResponse(GenerationEnd):
     logprobs: Logprobs | None = Field(None, description="with logprobs: one per char of text")
 
 
-class ScoreRequest(StateFields):
+class ScoreRequest(BaseModel):
     """A text to score: how surprising each of its characters is to the model."""
 
     model_config = ConfigDict(
@@ -265,6 +258,8 @@ class ScoreRequest(StateFields):
         description="drop characters the model does not know (counted in oov_chars) "
         "instead of an error, as `python -m training eval` does",
     )
+    state: str | None = Field(None, description=STATE_DESCRIPTION)
+    return_state: bool = Field(False, description=RETURN_STATE_DESCRIPTION)
 
 
 class ScoreResponse(BaseModel):

@@ -1,5 +1,9 @@
 // The Generate view: the form becomes a POST /generate/stream body, and the streamed
 // characters go into the page (one span each when probabilities are asked for).
+//
+// Continue carries the story on from the state its last generation returned (a few KB
+// whatever the story's length, sent back as `state`), so a story can grow past the
+// server's MAX_PRIME_LENGTH and is never sent again; the server keeps nothing of it.
 
 import { NeedsKey, readEvents, request } from "./api.js";
 import { bitsOf, charSpans, percent, shade, shown } from "./chars.js";
@@ -58,6 +62,9 @@ export class GenerateView {
     this.running = null; // the AbortController of the generation in flight
     this.lastSeed = null; // a string: seeds go up to 2^63, past what a JS number holds exactly
     this.entries = []; // logprobs of the generated characters, by index
+    // The story shown, for Continue: its state after the last generation (null: none to
+    // continue), the model that made it, and its generated characters so far.
+    this.story = { state: null, model: null, chars: 0 };
     tooltip.attach($("output-text"), (i) => this.describe(i));
     this.bind();
   }
@@ -69,6 +76,7 @@ export class GenerateView {
       this.generate();
     });
     $("stop").addEventListener("click", () => this.stop());
+    $("continue").addEventListener("click", () => this.generate(true));
     $("prime").addEventListener("keydown", (event) => {
       if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
         event.preventDefault();
@@ -118,6 +126,7 @@ export class GenerateView {
     const regex = $("regex").value;
     if (regex !== "") body.regex = regex;
     if ($("logprobs").checked) body.logprobs = TOP_ALTERNATIVES;
+    body.return_state = true; // what Continue sends back
     return body;
   }
 
@@ -135,26 +144,39 @@ export class GenerateView {
     this.running = controller;
     $("generate").disabled = controller !== null;
     $("stop").disabled = controller === null;
+    $("continue").hidden = controller !== null || this.story.state === null;
     $("output").setAttribute("aria-busy", String(controller !== null));
     if (controller === null && document.activeElement === $("stop")) $("generate").focus();
   }
 
-  async generate() {
-    if (this.running) return;
+  // A new story from the prime, or (continuing) the shown story carried on from its state.
+  async generate(continuing = false) {
+    if (this.running || (continuing && this.story.state === null)) return;
     const body = this.requestBody();
+    if (continuing) {
+      body.state = this.story.state;
+      body.prime = "";
+      body.model = this.story.model; // a state is its model's own
+    }
     const controller = new AbortController();
+    this.story.state = null; // until this generation's own comes
     this.setRunning(controller);
     const output = $("output-text");
     const perChar = body.logprobs !== undefined;
     output.classList.toggle("shaded", perChar);
     $("legend-generate").hidden = !perChar;
-    $("output-prime").textContent = body.prime;
-    output.replaceChildren();
+    if (!continuing) {
+      $("output-prime").textContent = body.prime;
+      output.replaceChildren();
+      this.entries = [];
+      this.story = { state: null, model: body.model ?? null, chars: 0 };
+    }
     $("output-model").textContent = "";
     $("reuse-seed").hidden = true;
-    this.entries = [];
-    let count = 0;
-    let shaded = 0; // spans that have their logprob
+    const start = this.story.chars; // the story's characters before this generation's
+    const firstSpan = output.children.length; // an earlier part may be plain text
+    let count = start;
+    let shaded = start; // characters that have their logprob
     let done = null;
     let raw = "";
     this.setStatus("Generating…");
@@ -180,7 +202,8 @@ export class GenerateView {
           chars.forEach((char, i) => {
             const top = topChars[i].map((c, j) => ({ char: c, logprob: topLogprobs[i][j] }));
             this.entries[shaded] = { char, logprob: logprobs[i], top };
-            if (spans[shaded]) shade(spans[shaded], bitsOf(logprobs[i]));
+            const span = spans[firstSpan + shaded - start];
+            if (span) shade(span, bitsOf(logprobs[i]));
             shaded += 1;
           });
         } else if (event.event === "done") {
@@ -190,10 +213,12 @@ export class GenerateView {
           throw new Error(event.data.message);
         }
       }
+      this.story.chars = count;
       if (done) this.finish(done, raw);
     } catch (error) {
+      this.story.chars = count; // shown, but with no state to continue from
       if (error.name === "AbortError") {
-        this.setStatus(`Stopped after ${count} characters.`);
+        this.setStatus(`Stopped after ${count - start} characters.`);
       } else {
         this.setStatus(`Error: ${error.message}${error instanceof NeedsKey ? "." : ""}`);
         if (error instanceof NeedsKey) this.onNeedKey();
@@ -208,9 +233,13 @@ export class GenerateView {
     this.lastSeed = /"seed":\s*(\d+)/.exec(raw)?.[1] ?? String(stats.seed);
     const rate = Math.round(stats.chars_per_second);
     $("output-model").textContent = `by ${stats.model}`;
+    this.story.state = done.state ?? null;
+    this.story.model = stats.model;
+    const told = this.story.chars + [...$("output-prime").textContent].length;
+    const story = this.story.chars > stats.chars ? ` Story: ${told} characters.` : "";
     this.setStatus(
       `Done by ${stats.model}: ${stats.chars} characters in ${stats.seconds.toFixed(2)} s ` +
-        `(${rate} chars/s), seed ${this.lastSeed}; ${ending(done)}.`,
+        `(${rate} chars/s), seed ${this.lastSeed}; ${ending(done)}.${story}`,
     );
     $("reuse-seed").hidden = false;
   }

@@ -267,10 +267,10 @@ def test_a_failure_admitting_one_request_fails_it_alone(running, monkeypatch):
     decoder = lane.decoder
     real_add = decoder.add
 
-    def add(request, owner=None):
+    def add(request, owner=None, state=None):
         if request.seed == 666:
             raise RuntimeError("cannot admit this one")
-        return real_add(request, owner)
+        return real_add(request, owner, state)
 
     monkeypatch.setattr(decoder, "add", add)
     texts, bad = run_ten_beside(engine, lane, params(seed=666))
@@ -284,8 +284,8 @@ def test_a_row_whose_sampling_fails_fails_alone(running, monkeypatch):
     decoder = lane.decoder
     real_add = decoder.add
 
-    def add(request, owner=None):
-        row = real_add(request, owner)
+    def add(request, owner=None, state=None):
+        row = real_add(request, owner, state)
         if request.seed == 666:  # poison its state: every logit it gets is NaN
             decoder.network.h[:, row] = np.nan
         return row

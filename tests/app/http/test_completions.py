@@ -21,7 +21,7 @@ def request(**fields: object) -> CompletionRequest:
 
 def test_seeds_count_up_and_wrap(service: ModelService, monkeypatch: pytest.MonkeyPatch) -> None:
     seeds: list[int] = []
-    monkeypatch.setattr(service, "submit", lambda served, params, client: seeds.append(params.seed))
+    monkeypatch.setattr(service, "submit", lambda _, params, *__: seeds.append(params.seed))
     CompletionRun.start(service, service.model(), request(n=3, seed=MAX_SEED - 1))
     assert seeds == [MAX_SEED - 1, MAX_SEED, 0]
 

@@ -373,6 +373,43 @@ def test_a_regex_generation_says_it_matched(page: Any, open_url: str) -> None:
     assert re.fullmatch("[a-z]{3} [a-z]{2}", page.locator("#output-text").text_content() or "")
 
 
+def test_continue_carries_the_story_on_from_its_state(page: Any, open_url: str) -> None:
+    """Continue sends back the state the last generation returned: each part is what the
+    API gives for that state, and the story grows past MAX_PRIME_LENGTH (50 here)."""
+    expect(page.locator("#continue")).to_be_hidden()
+    page.fill("#prime", "ab")
+    page.fill("#length", "40")
+    page.fill("#seed", "5")
+    page.click("#generate")
+    expect(page.locator("#status")).to_contain_text("Done by alpha: 40 characters")
+    expect(page.locator("#continue")).to_be_visible()
+    first = generated(open_url, prime="ab", length=40, seed=5, return_state=True)
+    story, state = first["text"], first["state"]
+    assert page.locator("#output-text").text_content() == story
+    page.fill("#prime", "not sent: Continue carries on the story shown")
+    page.check("#logprobs")  # the continued characters are shaded, the first ones not
+    for seed in (6, 7):
+        page.fill("#length", "30")
+        page.fill("#seed", str(seed))
+        page.click("#continue")
+        expect(page.locator("#status")).to_contain_text(f"Story: {2 + len(story) + 30} characters")
+        body = {"state": state, "length": 30, "seed": seed, "logprobs": 5, "return_state": True}
+        part = generated(open_url, **body)
+        story, state = story + part["text"], part["state"]
+        assert page.locator("#output-text").text_content() == story
+    assert page.locator("#output-prime").text_content() == "ab"
+    assert len("ab" + story) > 50
+    expect(page.locator("#output-text span[data-i='40']")).to_have_class(re.compile("heat"))
+    page.hover("#output-text span[data-i='99']")
+    expect(page.locator(".tip-title")).to_contain_text("bits")
+    # Generate starts a new story from the prime.
+    page.fill("#prime", "ab")
+    page.fill("#length", "10")
+    page.click("#generate")
+    expect(page.locator("#status")).to_contain_text("Done by alpha: 10 characters")
+    assert len(page.locator("#output-text").text_content() or "") == 10
+
+
 def test_on_a_phone_nothing_scrolls_sideways(page: Any) -> None:
     page.set_viewport_size({"width": 375, "height": 740})
     assert page.evaluate("document.documentElement.scrollWidth") <= 375
