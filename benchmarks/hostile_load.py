@@ -78,7 +78,8 @@ SIMPLE_REGEX_CLIENT = "127.0.0.90"  # the regex probe's own address
 class Probes:
     """GET /health every 100 ms and GET /metrics every second, as an orchestrator would;
     and every 0.5 s, from another client, a short request with a simple regex that no
-    request has sent before (so it compiles)."""
+    request has sent before (so it compiles), every other time the same without a regex:
+    what the answer takes besides the compile."""
 
     def __init__(self, port: int):
         self.port = port
@@ -86,6 +87,7 @@ class Probes:
         self.health: list[float] = []
         self.health_failures = 0
         self.regex: list[float] = []  # seconds to each answer
+        self.plain: list[float] = []  # the same request without its regex
         self.regex_failures = 0
         self.regex_sent = 0
 
@@ -99,12 +101,15 @@ class Probes:
             while not self.stop.is_set():
                 self.regex_sent += 1
                 body = {"prime": "The ", "length": 10, "regex": f"[a-z ]{{1,{self.regex_sent}}}"}
+                plain = self.regex_sent % 2 == 0
+                if plain:
+                    del body["regex"]
                 started = time.perf_counter()
                 try:
                     ok = (await c.post("/generate", json=body)).status_code == 200
                 except httpx.HTTPError:
                     ok = False
-                self.regex.append(time.perf_counter() - started)
+                (self.plain if plain else self.regex).append(time.perf_counter() - started)
                 self.regex_failures += not ok
                 await asyncio.sleep(0.5)
 
@@ -146,6 +151,20 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def children_cpu(pid: int) -> float:
+    """CPU seconds so far of the running child processes of `pid` (the server's regex
+    workers), which cpu_seconds(pid) does not count."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 async def phase(
     port: int, streams: int, length: int, probes: Probes | None, server: int, attacker: int = 0
 ) -> dict:
@@ -155,6 +174,7 @@ async def phase(
         probes.stop.clear()
         running = [asyncio.create_task(probes.run())]
     before = cpu_seconds(server), process_cpu(attacker) if attacker else 0.0
+    workers = children_cpu(server)
     started = time.perf_counter()
     plain = REQUESTS["plain"]
     results = await asyncio.gather(
@@ -164,6 +184,7 @@ async def phase(
     after = cpu_seconds(server), process_cpu(attacker) if attacker else 0.0
     cpu = {name: (after[0][name] - before[0][name]) / seconds for name in after[0]}
     cpu["attackers"] = (after[1] - before[1]) / seconds
+    cpu["regex workers"] = (children_cpu(server) - workers) / seconds
     if probes is not None:
         probes.stop.set()
         await asyncio.gather(*running, return_exceptions=True)
@@ -230,6 +251,8 @@ def main() -> None:
         wait_healthy(port, server)
         vocabulary = httpx.get(f"http://127.0.0.1:{port}/model").json()["vocabulary"]
         asyncio.run(phase(port, 8, 50, None, server.pid))  # warm-up
+        warm = {"prime": "a", "length": 1, "regex": "[a-z]"}  # starts the regex workers
+        httpx.post(f"http://127.0.0.1:{port}/generate", json=warm, timeout=60)
         quiet, hostile_runs = [], []
         probes = {"quiet": Probes(port), "hostile": Probes(port)}
         statuses: collections.Counter[str] = collections.Counter()
@@ -287,9 +310,19 @@ def main() -> None:
         slow = sum(seconds >= 1.0 for seconds in probe.regex)
         print(
             f"simple regex from another client, {name}: {len(probe.regex)} requests, "
-            f"{probe.regex_failures} failed, p99 {percentile(probe.regex, 99) * 1e3:.0f} ms, "
-            f"max {max(probe.regex, default=0) * 1e3:.0f} ms, {slow} at 1 s or more"
+            f"{probe.regex_failures} failed (with those without), p99 "
+            f"{percentile(probe.regex, 99) * 1e3:.0f} ms, max "
+            f"{max(probe.regex, default=0) * 1e3:.0f} ms, {slow} at 1 s or more; without "
+            f"the regex: p99 {percentile(probe.plain, 99) * 1e3:.0f} ms"
         )
+    runs = {"quiet": quiet, "hostile": hostile_runs}
+    print(
+        "regex workers' CPU (cores): "
+        + ", ".join(
+            f"{name} {statistics.median(run['cpu']['regex workers'] for run in phase_runs):.2f}"
+            for name, phase_runs in runs.items()
+        )
+    )
     print(
         f"server peak RSS: {rss:.0f} MB, still running: {alive}, "
         f"tracebacks in its log: {tracebacks}"

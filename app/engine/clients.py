@@ -40,7 +40,9 @@ class ClientRules(Protocol):
     limit: int  # requests one client may have in (0: no quota)
 
     def claim(self, client: str | None) -> None:
-        """Count a request of `client`; raises ClientBusy (an EngineBusy) past its quota."""
+        """Count a request of `client`; raises ClientBusy (an EngineBusy) past its quota.
+        Also called, with release, by app/engine/regex_compiler.py without the engine's
+        lock: the count must be safe across threads on its own."""
         ...
 
     def release(self, client: str | None) -> None: ...

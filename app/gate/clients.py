@@ -12,6 +12,7 @@ never counted against a quota.
 from __future__ import annotations
 
 import collections
+import threading
 import time
 from collections.abc import Callable
 
@@ -31,6 +32,9 @@ class ClientLedger:
         self.config = config
         self.limit = config.max_requests_per_client  # 0: no quota
         self._requests: collections.Counter[str] = collections.Counter()
+        # The engine claims with its own lock held, a regex compile (app/engine/
+        # regex_compiler.py) without it: the count is updated under this one.
+        self._requests_lock = threading.Lock()
         # Rows held by each client's requests (each request of no client counts as a
         # client of its own): how chunk_interval shares the event loop's writes.
         self._rows: collections.Counter[object] = collections.Counter()
@@ -46,13 +50,17 @@ class ClientLedger:
     def claim(self, client: str | None) -> None:
         if client is None or self.limit == 0:
             return
-        if self._requests[client] >= self.limit:
-            raise ClientBusy(f"this client already has {self.limit} requests running or waiting")
-        self._requests[client] += 1
+        with self._requests_lock:
+            if self._requests[client] >= self.limit:
+                raise ClientBusy(
+                    f"this client already has {self.limit} requests running or waiting"
+                )
+            self._requests[client] += 1
 
     def release(self, client: str | None) -> None:
         if client is not None and self.limit > 0:
-            _uncount(self._requests, client)
+            with self._requests_lock:
+                _uncount(self._requests, client)
 
     def row_taken(self, holder: object) -> None:
         self._rows[holder] += 1

@@ -1,12 +1,14 @@
 import time
 
+import interegular
 import numpy as np
 import pytest
 
+from model.decoding import regex
 from model.decoding.decoder import BatchDecoder
 from model.decoding.output import RowOutput
 from model.decoding.params import GenerationParams, ParamError
-from model.decoding.regex import RegexCache, RegexLimits, compile_regex
+from model.decoding.regex import RegexCache, RegexLimits, check_length, compile_regex
 from model.decoding.sampler import RUNNING
 
 LIMITS = RegexLimits()
@@ -131,16 +133,69 @@ def test_limits_are_positive(limits):
 
 def test_regex_cache_compiles_a_pattern_once_and_evicts_by_bytes(vocab):
     cache = RegexCache(vocab, LIMITS)
+    assert cache.lookup("ab+") is None
     first = cache.get("ab+")
-    assert cache.get("ab+") is first and cache.get("ab*") is not first
+    assert cache.lookup("ab+") is first and cache.get("ab+") is first
+    assert cache.get("ab*") is not first
     size = compile_regex("[ab]{3}", vocab, LIMITS).nbytes
     assert compile_regex("[cd]{3}", vocab, LIMITS).nbytes == size
     small = RegexCache(vocab, LIMITS, max_bytes=2 * size)
     one, two = small.get("[ab]{3}"), small.get("[cd]{3}")
     assert small.get("[ab]{3}") is one  # now the most recently used
     small.get("[ef]{3}")  # past the budget: the least recently used ([cd]) goes
-    assert small.get("[ab]{3}") is one and small.get("[cd]{3}") is not two
-    with pytest.raises(ParamError):
-        small.get("(")
-    with pytest.raises(ParamError):  # errors are not cached
-        small.get("(")
+    assert small.get("[ab]{3}") is one and small.lookup("[cd]{3}") is None
+    assert small.get("[cd]{3}") is not two
+
+
+def test_regex_cache_remembers_refusals(vocab, monkeypatch):
+    cache = RegexCache(vocab, LIMITS)
+    with pytest.raises(ParamError) as first:
+        cache.get("(")
+    compiles = []
+    monkeypatch.setattr(regex, "compile_regex", lambda *args: compiles.append(args))
+    with pytest.raises(ParamError) as again:
+        cache.lookup("(")
+    assert again.value is first.value and compiles == []  # refused without compiling
+    for refused in range(cache.REFUSED_KEPT):
+        cache.refuse(f"x{refused}", first.value)
+    assert cache.lookup("(") is None  # the oldest refusal made room
+
+
+def test_the_deadline_covers_the_table(vocab, monkeypatch):
+    """A pattern that parses at once but whose table takes longer than the deadline is
+    refused as too complex: the deadline counts the table's time too."""
+    fsm = interegular.parse_pattern("[ab]{3000}").to_fsm()  # parsed before the clock starts
+
+    class Parsed:
+        def to_fsm(self):
+            return fsm
+
+    monkeypatch.setattr(regex.interegular, "parse_pattern", lambda pattern: Parsed())
+    monkeypatch.setattr(regex, "CHECK_EVERY", 1)  # the table looks at the clock each step
+    roomy = RegexLimits(max_states=10_000, compile_seconds=30)
+    assert compile_regex("p", vocab, roomy).states == 3001
+    with pytest.raises(ParamError) as raised:
+        compile_regex("p", vocab, RegexLimits(max_states=10_000, compile_seconds=1e-4))
+    assert raised.value.field == "regex" and raised.value.kind == "regex_too_complex"
+
+
+def test_a_long_chain_compiles_within_its_deadline(vocab):
+    """a{N}: N + 1 states; the table's cost grows with its transitions, not N² (the
+    parse takes most of the time)."""
+    automaton = compile_regex("a{2000}", vocab, RegexLimits(compile_seconds=5))
+    assert automaton.states == 2001 and (automaton.next >= 0).sum() == 2000
+    assert walk(automaton, vocab, "a" * 2000) > 0 and walk(automaton, vocab, "a" * 2001) == -1
+
+
+@pytest.mark.parametrize("workers", [0, -1, 65])
+def test_compile_workers_are_bounded(workers):
+    with pytest.raises(ValueError, match="compile_workers"):
+        RegexLimits(compile_workers=workers)
+
+
+@pytest.mark.parametrize("pattern", ["", "a" * 257])
+def test_check_length(pattern):
+    with pytest.raises(ParamError) as raised:
+        check_length(pattern, LIMITS)
+    assert raised.value.field == "regex" and raised.value.kind == "string_length"
+    check_length("a" * 256, LIMITS)
