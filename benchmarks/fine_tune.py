@@ -2,6 +2,8 @@
 
     python benchmarks/fine_tune.py [--minutes 2,5,10] [--chars N --name fine_tune_N]
     python benchmarks/fine_tune.py --sweep [--sweep-steps 550,1650]
+    python benchmarks/fine_tune.py --stopping [--minutes 2,5 | --steps 960,2400]
+                                   [--sizes 300000,1500000]
 
 The corpus: the docstrings of the installed numpy package (numpy is BSD-3-Clause licensed
 and a dependency, so the corpus is there offline wherever the tests run): modern technical
@@ -24,6 +26,20 @@ learning rate, warm-up and dropout and per length in steps, on the Python standa
 docstrings (a corpus of the same kind but not the benchmark's, so the preset is not tuned
 on it). Every fine-tune run takes the same time per step, so lengths in steps rank the
 settings as minutes would, and unlike minutes they do not depend on the machine's load.
+
+--stopping measures when a fine-tuning run stops: the README's command (`train DATA --out
+RUN --init-from checkpoints/shakespeare.safetensors --max-minutes M`, the fine-tune preset
+and its early stopping, one thread) on the first N characters of numpy's docstrings, a
+small text and a larger one, both at once for each budget. Both are scored on the same
+held-out text, the corpus's last HELD_OUT_CHARS characters (after every text's end, so no
+run trained or validated on it; scored in HELD_OUT_STREAMS streams for speed): the last
+weights, the best ones, the minute the run stopped and its one-line summary. Writes
+benchmarks/results/<name>_<date>.md. `--steps` limits the runs in steps instead (the
+README's command with `--max-steps N` for `--max-minutes M`): on a machine shared with other
+work a time limit buys far fewer steps than the same minutes of a free core, and a limit
+in steps runs the schedule a free core would (about 480 steps a minute on one thread of
+the machine below, `benchmarks/results/fine_tune.md`). The minute a run stopped is then
+its CPU time, which is what its wall-clock time would be on a free core.
 """
 
 from __future__ import annotations
@@ -41,15 +57,23 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from time_to_loss import RESULTS, ROOT  # benchmarks/ is the script's own directory
 
-from model.checkpoint import load_checkpoint
+from model.checkpoint import Checkpoint, load_checkpoint
+from training.batches import ColumnBatches
 from training.dataset import load_prepared
-from training.evaluate import evaluate_text
+from training.evaluate import EVAL_SEQ_LEN, bits_per_char, evaluate_text, total_loss
 
 CHECKPOINT = ROOT / "checkpoints" / "shakespeare.safetensors"
 # Evaluations during a run: a cheap partial one for the curve (8 batches of 64 × 32).
 EVAL_EVERY, EVAL_BATCHES = 200, 8
+# --stopping: the held-out text, the end of the corpus, and the texts' default sizes. It
+# is scored on one thread as 8 streams of ~19,000 characters, each from a zero state: 2.5×
+# as fast as one stream (30,000 characters: 2.4 s against 6.1 s on a loaded core), within
+# 0.002 bits/char of it.
+HELD_OUT_CHARS, HELD_OUT_STREAMS = 150_000, 8
+STOPPING_SIZES = "300000,1500000"
 # (lr, warm-up steps, dropout); (1e-2, 100) is the default recipe's, dropout None the
 # checkpoint's own (0.5).
 SWEEP = [
@@ -260,8 +284,132 @@ def sweep(lengths: list[int]) -> None:
                 )
 
 
+def stopping(budgets: list[float], sizes: list[int], name: str, steps: bool) -> None:
+    rows = []
+    torch.set_num_threads(1)  # scoring beside the runs: more threads only contend
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        corpus = docstring_corpus(Path(np.__file__).parent)
+        held_out = corpus[-HELD_OUT_CHARS:]
+        if max(sizes) > len(corpus) - HELD_OUT_CHARS:
+            raise SystemExit(f"--sizes: at most {len(corpus) - HELD_OUT_CHARS:,} characters")
+        data = {size: prepared(corpus[:size], workdir, f"numpy-{size}") for size in sizes}
+        for minutes in budgets:
+            runs = {size: workdir / f"run-{size}-{minutes:g}" for size in sizes}
+            limit = ["--max-steps", f"{minutes:g}"] if steps else ["--max-minutes", f"{minutes:g}"]
+            readme = ["--init-from", str(CHECKPOINT), *limit]
+            train = [sys.executable, "-m", "training", "train"]
+            commands = [
+                [*train, str(data[size]), "--out", str(run), *readme, "--threads", "1"]
+                for size, run in runs.items()
+            ]
+            cpu_seconds = run_timed(commands, workdir)
+            for n, (size, run) in enumerate(runs.items()):
+                log = (workdir / f"run-{n}.log").read_text().splitlines()
+                summary = next(line for line in reversed(log) if line.startswith("done ("))
+                row = stopped_run(run, held_out) | {"summary": summary.replace(tmp, "…")}
+                row["reason"] = summary.removeprefix("done (").split(")")[0]
+                row["cpu_minutes"] = cpu_seconds[n] / 60
+                rows.append((minutes, size, row))
+                print(
+                    f"{size:,} chars, {minutes:g} {'steps' if steps else 'min'}: {row['reason']} "
+                    f"at {row['minutes']:.2f} min ({row['cpu_minutes']:.2f} CPU min), step "
+                    f"{row['steps']} ({row['epochs']:.1f} passes); held-out bits/char last "
+                    f"{row['last']:.4f}, best {row['best']:.4f} (step {row['best_step']})",
+                    flush=True,
+                )
+    write_stopping(rows, budgets, sizes, name, steps)
+
+
+def run_timed(commands: list[list[str]], logs: Path) -> list[float]:
+    """run_together's, returning each run's CPU seconds (user and system)."""
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    processes = {}
+    for n, command in enumerate(commands):
+        log = (logs / f"run-{n}.log").open("w")
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
+        processes[process.pid] = n
+    seconds = [0.0] * len(commands)
+    while processes:
+        pid, status, usage = os.wait4(-1, 0)
+        if pid not in processes:
+            continue
+        n = processes.pop(pid)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"a run failed: {commands[n]}\n{(logs / f'run-{n}.log').read_text()}")
+        seconds[n] = usage.ru_utime + usage.ru_stime
+    return seconds
+
+
+def stopped_run(run: Path, held_out: str) -> dict:
+    """A finished run's last and best weights on the held-out text, and where it stopped."""
+    last = load_checkpoint(run / "last.safetensors")
+    best = load_checkpoint(run / "best.safetensors")
+    return {
+        "last": held_out_bits(last, held_out),
+        "best": held_out_bits(best, held_out),
+        "steps": last.info["step"],
+        "epochs": last.info["epoch"],
+        "minutes": last.info["elapsed_seconds"] / 60,
+        "best_step": best.info["step"],
+        "best_minutes": best.info["elapsed_seconds"] / 60,
+    }
+
+
+def held_out_bits(checkpoint: Checkpoint, text: str) -> float:
+    """Bits/char of `text` in HELD_OUT_STREAMS streams; characters the model lacks are left
+    out, as `eval` does."""
+    vocab = checkpoint.vocab
+    ids = np.asarray(vocab.encode("".join(c for c in text if c in vocab)), dtype=np.int64)
+    batches = ColumnBatches(ids, HELD_OUT_STREAMS, EVAL_SEQ_LEN, drop_last=False)
+    nats, count = total_loss(checkpoint.build_model(), batches)
+    return bits_per_char(nats / count)
+
+
+def write_stopping(
+    rows: list, budgets: list[float], sizes: list[int], name: str, steps: bool
+) -> None:
+    date = time.strftime("%Y-%m-%d")
+    limit, unit = ("--max-steps N", "steps") if steps else ("--max-minutes M", "min")
+    budget = f"--{'steps' if steps else 'minutes'} {','.join(f'{b:g}' for b in budgets)}"
+    lines = [
+        "# When a fine-tuning run stops",
+        "",
+        f"`python benchmarks/fine_tune.py --stopping {budget}"
+        f" --sizes {','.join(map(str, sizes))}`, {date}, {machine()} (shared with other work); "
+        f"numpy {np.__version__}'s docstrings. Each run is the README's command, `train DATA "
+        f"--out RUN --init-from checkpoints/shakespeare.safetensors {limit}` (the "
+        "fine-tune preset: evaluations twice a pass, patience 4) with `--threads 1`, on the "
+        "first N characters (validation during the run: their last 10 %); the runs of a "
+        "budget start together. Held out: the corpus's last "
+        f"{HELD_OUT_CHARS:,} characters, scored as {HELD_OUT_STREAMS} streams on each run's "
+        "last weights "
+        "(`last.safetensors`) and best ones (`best.safetensors`, what the run says to serve).",
+        "",
+        f"| text (chars) | budget ({unit}) | stopped by | at minute (CPU minutes) | steps "
+        "(passes) | best at step (minute) | held-out bits/char: last | best |",
+        "|--:|--:|---|--:|--:|--:|--:|--:|",
+    ]
+    for budget_value, size, r in rows:
+        lines.append(
+            f"| {size:,} | {budget_value:g} | {r['reason']} | {r['minutes']:.2f} "
+            f"({r['cpu_minutes']:.2f}) | {r['steps']:,} ({r['epochs']:.1f}) | "
+            f"{r['best_step']:,} ({r['best_minutes']:.2f}) | {r['last']:.4f} | {r['best']:.4f} |"
+        )
+    lines += ["", "Each run's last line:", "", "```"]
+    lines += [r["summary"] for _, _, r in rows]
+    lines += ["```"]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}_{date}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+
+
 def flags(lr: float, warmup: int, dropout: float) -> list[str]:
-    return ["--lr", str(lr), "--warmup-steps", str(warmup), "--dropout", str(dropout)]
+    # Every run to its length: the preset's early stopping would end some sooner.
+    return [
+        *("--lr", str(lr), "--warmup-steps", str(warmup), "--dropout", str(dropout)),
+        *("--patience", "none"),
+    ]
 
 
 def main() -> None:
@@ -271,9 +419,17 @@ def main() -> None:
     parser.add_argument("--name", default="fine_tune", help="result file name")
     parser.add_argument("--sweep", action="store_true", help="measure the fine-tune preset")
     parser.add_argument("--sweep-steps", default="550,1650", help="run lengths, comma-separated")
+    parser.add_argument("--stopping", action="store_true", help="when a fine-tune run stops")
+    parser.add_argument("--sizes", default=STOPPING_SIZES, help="--stopping's texts, in chars")
+    parser.add_argument("--steps", default=None, help="--stopping: budgets in steps instead")
     args = parser.parse_args()
     if args.sweep:
         sweep([int(n) for n in args.sweep_steps.split(",")])
+    elif args.stopping:
+        name = "fine_tune_stopping" if args.name == "fine_tune" else args.name
+        budgets = [float(m) for m in (args.steps or args.minutes).split(",")]
+        sizes = [int(n) for n in args.sizes.split(",")]
+        stopping(budgets, sizes, name, steps=args.steps is not None)
     else:
         benchmark([float(m) for m in args.minutes.split(",")], args.chars, args.name)
 

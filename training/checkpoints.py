@@ -46,6 +46,7 @@ class RunCounters:
     tokens: int = 0  # training predictions seen
     elapsed_seconds: float = 0.0  # wall-clock of all sessions before the current one
     best_val_loss: float | None = None
+    best_step: int | None = None  # the step of best_val_loss (None in runs saved without it)
     last_val_loss: float | None = None  # of the latest evaluation
     evals_since_best: int = 0  # evaluations in a row without a new best (for patience)
     last_eval_step: int | None = None
@@ -60,7 +61,7 @@ class RunCounters:
         self.train_loss_steps = 0
         improved = self.best_val_loss is None or val_loss < self.best_val_loss
         if improved:
-            self.best_val_loss, self.evals_since_best = val_loss, 0
+            self.best_val_loss, self.best_step, self.evals_since_best = val_loss, self.step, 0
         else:
             self.evals_since_best += 1
         return improved
@@ -72,6 +73,7 @@ class RunCounters:
             "tokens": self.tokens,
             "elapsed_seconds": self.elapsed_seconds,
             "best_val_loss": self.best_val_loss,
+            "best_step": self.best_step,
             "last_val_loss": self.last_val_loss,
             "evals_since_best": self.evals_since_best,
             "last_eval_step": self.last_eval_step,

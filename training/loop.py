@@ -42,6 +42,7 @@ from training.recipe import (
     TrainConfig,
     build_optimizer,
     estimate_horizon,
+    evaluation_interval,
     learning_rate,
     planned_horizon,
     set_hyperparameters,
@@ -76,6 +77,8 @@ class TrainResult:
     last_val_loss: float | None  # None when the run was interrupted before evaluating
     elapsed_seconds: float
     run_dir: Path
+    best_step: int | None  # the step of best_val_loss, whose weights are best.safetensors
+    evals_since_best: int  # evaluations since then (patience's count)
 
 
 class Trainer:
@@ -154,6 +157,7 @@ class Trainer:
             if saved is not None:
                 self.average.load_weights(saved[0])
         self.horizon = self._horizon()
+        self.eval_interval = evaluation_interval(config, len(self.train_batches))
         # The rate of the last step done (reported at an evaluation without new steps).
         self.lr = learning_rate(max(self.counters.step - 1, 0), config, self.horizon)
 
@@ -193,7 +197,7 @@ class Trainer:
                 self._step()
                 if (seconds_per_step := probe.measure(counters.step)) is not None:
                     self._estimate_horizon(seconds_per_step)
-                if counters.step % config.eval_every == 0:
+                if counters.step % self.eval_interval == 0:
                     self._evaluate()
                 stop = self._stop_reason()
             if stop != "interrupted" and counters.last_eval_step != counters.step:
@@ -211,6 +215,8 @@ class Trainer:
             counters.last_val_loss,
             self._elapsed(),
             self.run_dir.path,
+            counters.best_step,
+            counters.evals_since_best,
         )
 
     def _step(self) -> None:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from model.checkpoint import load_checkpoint
+from training.checkpoints import RunCounters
 from training.cli import main
 from training.dataset import load_prepared
 from training.loop import Trainer, TrainHooks
@@ -199,3 +200,15 @@ def test_sigterm_saves_and_the_printed_command_resumes(tmp_path, data_dir):
     resumed = load_checkpoint(run / "last.safetensors")
     assert resumed.info["step"] == stopped + 3
     assert resumed.training_state["counters"]["position"]["batch"] == (stopped + 3) % 25
+
+
+def test_the_counters_keep_the_best_evaluation_s_step_for_patience():
+    counters = RunCounters()
+    for step, loss in ((10, 2.0), (20, 1.5), (30, 1.6), (40, 1.5)):  # a tie is no better
+        counters.step = step
+        counters.record_evaluation(loss)
+    assert (counters.best_val_loss, counters.best_step, counters.evals_since_best) == (1.5, 20, 2)
+    saved = json.loads(json.dumps(counters.to_json()))
+    assert RunCounters.from_json(saved) == counters
+    del saved["best_step"]  # a run saved before the field: resumes without it
+    assert RunCounters.from_json(saved).best_step is None

@@ -23,6 +23,7 @@ def test_train_writes_the_run_and_a_summary(trained, capsys):
     assert main(["train", "--resume", str(run), "--max-steps", "14", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("done (max steps): step 14, epoch ") and str(run) in out
+    assert out.count("\n") == 1 and out.endswith(f"; serve {run / 'best.safetensors'}\n")
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,7 @@
 import json
 import pickle
+import random
+import re
 
 import pytest
 import torch
@@ -20,7 +22,7 @@ from training.finetune import (
 )
 from training.loop import Trainer, TrainHooks
 from training.prepare import PrepareConfig, prepare
-from training.recipe import preset
+from training.recipe import TrainConfig, preset
 
 # The base model knows "." and a lower-case "t", which the new text lacks; the new text
 # brings "T", "Q", "2" and "!".
@@ -224,3 +226,120 @@ def test_data_without_new_characters_maps_onto_the_model_vocabulary():
     merged, id_map = merge_vocabularies(BASE_VOCAB, data)
     assert merged == BASE_VOCAB  # what a resumed fine-tuned run checks
     assert merged.decode(id_map[data.encode("za b")].tolist()) == "za b"
+
+
+# Early stopping under the fine-tune preset. Letters drawn uniformly at random: past their
+# frequencies there is nothing to learn, so whatever more the model takes from the training
+# split is the text by heart, and the validation loss climbs.
+NOISE_VOCAB = Vocabulary(tuple("\n abcdefgh"))
+MAX_STEPS = 140  # 10 passes: more than the ~6 after which the run below stops by itself
+
+
+@pytest.fixture(scope="module")
+def noise(tmp_path_factory):
+    root = tmp_path_factory.mktemp("noise")
+    rng = random.Random(0)
+    text = "".join(rng.choice(NOISE_VOCAB.chars[1:]) for _ in range(1_000)) + "\n"
+    (root / "noise.txt").write_text(text)
+    config = PrepareConfig(min_chars=1, min_val_chars=1)
+    prepare([str(root / "noise.txt")], root / "data", config, progress=False)
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(len(NOISE_VOCAB), 64, 1, 0.0, "lstm"))
+    save_checkpoint(Checkpoint.from_model(model, NOISE_VOCAB, {}), root / "base.safetensors")
+    return root
+
+
+def _fine_tune(root, run, *flags):
+    """`train --init-from` on the noise with the fine-tune preset and `flags`: 900 training
+    characters, 14 batches of 4 × 16 a pass."""
+    argv = ["train", str(root / "data"), "--out", str(root / run), "--no-progress"]
+    argv += ["--init-from", str(root / "base.safetensors"), "--max-steps", str(MAX_STEPS)]
+    return main([*argv, "--batch-size", "4", "--seq-len", "16", "--sample-length", "0", *flags])
+
+
+def test_a_fine_tune_that_learns_a_small_text_by_heart_stops_and_names_best(noise, capsys):
+    assert _fine_tune(noise, "early") == 0
+    out = capsys.readouterr().out
+    run = noise / "early"
+    line = out.strip()
+    assert out.count("\n") == 1 and line.startswith("done (early stopping): step ")
+    assert line.endswith(f"; serve {run / 'best.safetensors'}")
+    patience = preset("fine-tune")["patience"]
+    assert f", none better in the {patience} evaluations since;" in line
+    records = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    best = min(records, key=lambda r: r["val_loss"])
+    step = int(re.search(r"at step (\d+),", line).group(1))
+    assert step == best["step"] < records[-1]["step"] < MAX_STEPS
+    # Two evaluations a pass of 14 batches (every 7 steps); the run stopped at the 4th
+    # evaluation after the best, all of them worse.
+    assert [r["step"] for r in records] == list(range(7, records[-1]["step"] + 1, 7))
+    after = [r["val_loss"] for r in records if r["step"] > step]
+    assert len(after) == patience and min(after) > best["val_loss"]
+    # best.safetensors holds the best evaluation's weights; last.safetensors the last ones,
+    # worse, kept for --resume.
+    served = load_checkpoint(run / "best.safetensors")
+    last = load_checkpoint(run / "last.safetensors")
+    assert (served.info["step"], served.info["val_loss"]) == (step, best["val_loss"])
+    assert last.info["val_loss"] == records[-1]["val_loss"] > served.info["val_loss"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "stop", "evaluated_every", "patience"),
+    [
+        (["--patience", "none"], "max steps", 7, None),  # no early stopping: to the limit
+        (["--patience", "off", "--max-steps", "21"], "max steps", 7, None),
+        (["--evals-per-epoch", "none", "--eval-every", "10"], "early stopping", 10, 4),
+        (["--eval-every", "5"], "early stopping", 5, 4),  # sooner than twice a pass
+        (["--patience", "1", "--evals-per-epoch", "1"], "early stopping", 14, 1),
+    ],
+)
+def test_flags_given_override_the_preset_s_stopping(
+    noise, capsys, flags, stop, evaluated_every, patience
+):
+    run = noise / f"flags-{'_'.join(flags)}"
+    assert _fine_tune(noise, run.name, *flags) == 0
+    assert capsys.readouterr().out.startswith(f"done ({stop}): step ")
+    config = json.loads((run / "config.json").read_text())
+    assert config["patience"] == patience
+    records = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records]
+    assert steps[:3] == [evaluated_every, 2 * evaluated_every, 3 * evaluated_every]
+    if stop == "max steps":
+        assert steps[-1] == config["max_steps"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--patience", "0"], "patience must be an integer ≥ 1, got 0"),
+        (["--patience", "-2"], "patience must be an integer ≥ 1, got -2"),
+        (["--patience", "nan"], "invalid int value: 'nan'"),
+        (["--patience", "2.5"], "invalid int value: '2.5'"),
+        (["--evals-per-epoch", "0"], "evals_per_epoch must be an integer ≥ 1, got 0"),
+        (["--evals-per-epoch", "-1"], "evals_per_epoch must be an integer ≥ 1, got -1"),
+        (["--evals-per-epoch", "inf"], "invalid int value: 'inf'"),
+    ],
+)
+def test_a_bad_stopping_flag_is_one_line_and_exit_2(noise, tmp_path, capsys, flags, fragment):
+    argv = ["train", str(noise / "data"), "--out", str(tmp_path / "r"), "--max-steps", "1"]
+    assert main([*argv, "--init-from", str(noise / "base.safetensors"), *flags]) == 2
+    _one_error_line(capsys, fragment)
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_early_stopping_run_interrupted_and_resumed_equals_one_run(noise, capsys):
+    assert _fine_tune(noise, "whole") == 0
+    whole = capsys.readouterr().out
+    corpus = load_prepared(noise / "data")
+    config = json.loads((noise / "whole" / "config.json").read_text())
+    config["out_dir"] = str(noise / "split")
+    first = Trainer(TrainConfig.from_json(config), corpus, progress=False)
+    first.hooks = TrainHooks(should_stop=lambda: first.counters.step >= 30)  # mid-way
+    assert first.run().stop_reason == "interrupted"
+    assert main(["train", "--resume", str(noise / "split"), "--no-progress"]) == 0
+    resumed = capsys.readouterr().out
+    assert resumed.replace("split", "whole") == whole  # same stop, step, best and line
+    for name in ("best.safetensors", "last.safetensors"):
+        a, b = (load_checkpoint(noise / run / name) for run in ("whole", "split"))
+        assert a.info["step"] == b.info["step"]
+        assert all(torch.equal(a.weights[k], b.weights[k]) for k in a.weights)

@@ -14,6 +14,7 @@ from training.recipe import (
     TrainConfig,
     build_optimizer,
     estimate_horizon,
+    evaluation_interval,
     learning_rate,
     planned_horizon,
     preset,
@@ -46,6 +47,14 @@ def test_defaults_and_json_round_trip():
         ({"grad_clip": 0.0}, "grad_clip must be > 0"),
         ({"max_minutes": -1.0}, "max_minutes must be > 0"),
         ({"patience": 0}, "patience must be an integer ≥ 1"),
+        ({"patience": -3}, "patience must be an integer ≥ 1, got -3"),
+        ({"patience": float("nan")}, "patience must be an integer ≥ 1, got nan"),
+        ({"patience": 2.5}, "patience must be an integer ≥ 1"),
+        ({"patience": True}, "patience must be an integer ≥ 1"),
+        ({"evals_per_epoch": 0}, "evals_per_epoch must be an integer ≥ 1"),
+        ({"evals_per_epoch": -1}, "evals_per_epoch must be an integer ≥ 1"),
+        ({"evals_per_epoch": float("nan")}, "evals_per_epoch must be an integer ≥ 1"),
+        ({"evals_per_epoch": "2"}, "evals_per_epoch must be an integer ≥ 1"),
         ({"device": "tpu"}, "device must be one of"),
         ({"lstm_impl": "cudnn"}, "lstm_impl must be one of"),
         ({"cell": "gru", "lstm_impl": "fused"}, "lstm_impl 'fused' is the LSTM kernel"),
@@ -85,6 +94,29 @@ def test_presets():
     assert set(quality) <= {f.name for f in fields(TrainConfig)}
     with pytest.raises(ValueError, match="preset"):
         preset("huge")
+
+
+def test_the_fine_tune_preset_stops_after_passes_without_a_better_validation_loss():
+    tuned = _config(**preset("fine-tune"))
+    assert (tuned.evals_per_epoch, tuned.patience) == (2, 4)  # two passes of the text
+    assert (_config().evals_per_epoch, _config().patience) == (None, None)  # the default: none
+
+
+@pytest.mark.parametrize(
+    ("changes", "batches_per_epoch", "interval"),
+    [
+        ({}, 131, 500),  # eval_every alone
+        ({"evals_per_epoch": 2}, 131, 66),  # twice a pass of a 300,000-character text
+        ({"evals_per_epoch": 2}, 132, 66),
+        ({"evals_per_epoch": 1, "eval_every": 50}, 131, 50),  # eval_every when it is sooner
+        ({"evals_per_epoch": 2}, 5_000, 500),  # a large text: eval_every
+        ({"evals_per_epoch": 10**9}, 131, 1),  # more than one a step: every step
+    ],
+)
+def test_the_evaluation_interval_is_the_sooner_of_eval_every_and_a_share_of_a_pass(
+    changes, batches_per_epoch, interval
+):
+    assert evaluation_interval(_config(**changes), batches_per_epoch) == interval
 
 
 def test_weight_decay_on_matrices_only():
