@@ -27,7 +27,7 @@ import httpx
 REQUESTS = {
     "plain": {"top_k": 5},
     "options": {"top_k": 5, "stop": ["\n\n\n\n"], "repetition_penalty": 1.2, "logprobs": 5},
-    # Sentences of the pattern, repeated, so a stream runs its whole length as the
+    # Sentences of the README's pattern, repeated, so a stream runs its whole length as the
     # plain ones do (one sentence would end after ~40 characters: mostly set-up time).
     "regex": {"top_k": 5, "regex": "([A-Z][a-z]+( [a-z]+){3,8}\\. )+"},
 }

@@ -49,7 +49,7 @@ FIXED_ON_RESUME: tuple[str, ...] = (*ARCHITECTURE, "dropout", "batch_size", "seq
 # timing: it pays for one-off allocations (and cuDNN's algorithm search on a GPU).
 HORIZON_PROBE_STEPS = 20
 # Fields added after runs were saved without them, and the value that means what those runs
-# did, so that such a run resumes as it was (not with today's default).
+# did, so that such a run resumes as it was (not with the current default).
 _BEFORE_THE_FIELD: dict[str, Any] = {"ema_decay": 0.0}
 
 # Named starting points (`train --preset NAME`); flags given next to a preset override it.
