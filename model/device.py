@@ -26,11 +26,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def preferred_lstm_impl(device: torch.device) -> str:
-    """The recurrence to run on a device: the hand-written kernel on CPU, cuDNN elsewhere."""
-    return "fused" if device.type == "cpu" else "torch"
-
-
 def _mps_available() -> bool:
     backend = getattr(torch.backends, "mps", None)
     return bool(backend and backend.is_available())

@@ -8,6 +8,7 @@ compiler (which imports them for its errors).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -25,6 +26,14 @@ class Automaton:
     @property
     def nbytes(self) -> int:
         return self.next.nbytes + self.final.nbytes + self.open.nbytes
+
+
+class AutomatonTables(NamedTuple):
+    """A pool's tables as the compiled sampler reads them (S: the pool's states)."""
+
+    next: np.ndarray  # (S, V) int32: the state after each character, -1: no match follows
+    final: np.ndarray  # (S,) bool: a match ends here
+    open: np.ndarray  # (S,) bool: some character may follow
 
 
 class AutomatonPool:
@@ -56,8 +65,8 @@ class AutomatonPool:
         self._offsets = offsets
 
     @property
-    def tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return self.next, self.final, self.open
+    def tables(self) -> AutomatonTables:
+        return AutomatonTables(self.next, self.final, self.open)
 
     def acquire(self, automaton: Automaton) -> int:
         """A row starts with `automaton`: → its start state in the pool."""

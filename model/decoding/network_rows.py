@@ -24,7 +24,7 @@ from numba import njit
 
 from model.atomic import take
 from model.decoding.sampler import sample_rows
-from model.decoding.sampler_rows import SamplerRows, StepBlock
+from model.decoding.sampler_rows import Out, SamplerRows, StepBlock
 from model.decoding.step import _multiply_rows, lstm_rows_step, step_weights
 from model.fast_math import JIT
 from model.network import CharRNN
@@ -62,6 +62,7 @@ def kernel_supported(model: CharRNN) -> bool:
 @njit(**JIT)
 def keep_step(k, rows, out, block):
     """Copy step k's sampler outputs (out) for `rows` into the block; they took k + 1 steps."""
+    out = Out(*out)  # by name, whether passed as Out or as a plain tuple
     ids, status, held, records, counts = block
     for i in range(rows.shape[0]):
         r = rows[i]
@@ -76,6 +77,7 @@ def keep_step(k, rows, out, block):
 @njit(**JIT)
 def _sample_and_step(rows, settings, state, automata, out, block, weights, h, c, gates, logits):
     """Up to block-steps draws for each row, each fed back, until the row ends."""
+    out = Out(*out)  # by name, whether passed as Out or as a plain tuple
     for k in range(block[0].shape[0]):
         if rows.shape[0] == 0:
             break
@@ -189,9 +191,11 @@ class KernelRows:
         per thread (one call on the calling thread with split False: the caller runs
         several decoders side by side instead): a row's steps never wait for another's."""
 
+        settings, state, out = sampler.arrays  # plain tuples: see SamplerRows.arrays
+
         def work(counter: np.ndarray) -> None:
             _sample_and_step_pieces(
-                rows, counter, sampler.settings, sampler.state, automata, sampler.out,
+                rows, counter, settings, state, tuple(automata), out,
                 block.arrays, self._weights, self.h, self.c, self.gates, self.logits,
             )  # fmt: skip
 
@@ -279,13 +283,13 @@ class TorchRows:
         block: StepBlock,
         split: bool = True,
     ) -> None:
+        settings, state, out = sampler.arrays  # plain tuples: see SamplerRows.arrays
+        tables = tuple(automata)
         for k in range(block.steps):
             if len(rows) == 0:
                 break
-            running = sample_rows(
-                rows, self.logits, sampler.settings, sampler.state, automata, sampler.out
-            )
-            keep_step(k, rows, sampler.out, block.arrays)
+            running = sample_rows(rows, self.logits, settings, state, tables, out)
+            keep_step(k, rows, out, block.arrays)
             self.advance(running, sampler.out.ids[running])
             rows = running
 

@@ -4,20 +4,21 @@ unchanged to the decoder row that serves it.
     HTTP body / OpenAI body / CLI flags ──build_params(vocab, ...)──▶ GenerationParams
     GenerationParams ──engine queue──▶ BatchDecoder.add ──▶ the row's settings arrays
 
-Every default and every bound of a request lives here; the HTTP schemas read them from
-this module (`GenerationParams.temperature` is the default temperature). Text is turned
-into ids here, once: the prime, the stop strings and the logit biases.
+Every default and every bound of a request lives here and is checked here once; the HTTP
+schemas read them from this module (`GenerationParams.temperature` is the default
+temperature). Text is turned into ids here, once: the prime, the stop strings and the
+logit biases (`build_params`, through encode_prime, encode_stops and encode_logit_bias).
 """
 
 from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 
 from model.decoding.automaton import Automaton
-from model.text import NEWLINES_LF, normalize_newlines
+from model.text import NEWLINES_LF, as_read
 from model.vocab import OutOfVocabularyError, Vocabulary
 
 DEFAULT_LENGTH = 200  # characters, when a request names none (the service: DEFAULT_LENGTH)
@@ -30,8 +31,18 @@ MAX_LOGPROBS = 5
 MAX_REPEAT_LAST_N = 2048
 MAX_REPETITION_PENALTY = 10.0
 MAX_FREQUENCY_PENALTY = 2.0  # OpenAI's range for frequency and presence: [-2, 2]
-MAX_LOGIT_BIAS = 100.0  # ±100; -100 bans a character outright
+MAX_LOGIT_BIAS = 100.0  # ±100; -MAX_LOGIT_BIAS bans a character outright
 MAX_LOGIT_BIAS_ENTRIES = 1024
+
+
+FLOAT_FIELDS = (  # GenerationParams' settings that are numbers (ints are taken too)
+    "temperature",
+    "top_p",
+    "min_p",
+    "repetition_penalty",
+    "frequency_penalty",
+    "presence_penalty",
+)
 
 
 class ParamError(ValueError):
@@ -88,6 +99,10 @@ class GenerationParams:
             not isinstance(self.logprobs, int) or isinstance(self.logprobs, bool)
         ):
             raise ParamError("logprobs", f"must be an integer, got {self.logprobs!r}", "int_type")
+        for name in FLOAT_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ParamError(name, f"must be a number, got {value!r}", "float_type")
         checks = [
             (len(self.prime) >= 1, "prime", "needs at least one character"),
             (self.length >= 0, "length", f"must be ≥ 0, got {self.length}"),
@@ -124,39 +139,40 @@ class GenerationParams:
                 len(self.logit_bias) <= MAX_LOGIT_BIAS_ENTRIES
                 and all(abs(bias) <= MAX_LOGIT_BIAS for _, bias in self.logit_bias),
                 "logit_bias",
-                f"at most {MAX_LOGIT_BIAS_ENTRIES} entries, each in [-100, 100]",
-            ),
-            (
-                len(self.stop) <= MAX_STOPS
-                and all(1 <= len(stop) <= MAX_STOP_CHARS for stop in self.stop),
-                "stop",
-                f"at most {MAX_STOPS} strings of 1 to {MAX_STOP_CHARS} characters",
+                f"at most {MAX_LOGIT_BIAS_ENTRIES} entries, each in "
+                f"[{-MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}]",
             ),
             (
                 self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
                 "logprobs",
                 f"must be in [0, {MAX_LOGPROBS}], got {self.logprobs}",
             ),
-            (
-                not self.prompt_logprobs or self.logprobs is not None,
-                "logprobs",
-                "prompt log-probabilities need logprobs (0 to 5 alternatives)",
-            ),
         ]
         for ok, field, message in checks:
             if not ok:
                 raise ParamError(field, message, "value_error")
+        check_stops(self.stop)
+        if self.prompt_logprobs and self.logprobs is None:
+            raise ParamError(
+                "prompt_logprobs", f"needs logprobs (0 to {MAX_LOGPROBS})", "missing_logprobs"
+            )
         numbers = (
-            self.temperature,
-            self.top_p,
-            self.min_p,
-            self.repetition_penalty,
-            self.frequency_penalty,
-            self.presence_penalty,
+            *(getattr(self, name) for name in FLOAT_FIELDS),
             *(bias for _, bias in self.logit_bias),
         )
         if not all(math.isfinite(number) for number in numbers):
             raise ParamError("sampling", "settings must be finite numbers", "finite_number")
+
+
+def check_stops(stops: Sequence[Sized]) -> None:
+    """The bound on stop strings, as text or as ids: at most MAX_STOPS, each of 1 to
+    MAX_STOP_CHARS characters. Raises ParamError("stop")."""
+    if len(stops) > MAX_STOPS:
+        raise ParamError("stop", f"at most {MAX_STOPS} stop strings", "too_long")
+    if not all(1 <= len(stop) <= MAX_STOP_CHARS for stop in stops):
+        raise ParamError(
+            "stop", f"each stop string has 1 to {MAX_STOP_CHARS} characters", "string_length"
+        )
 
 
 def resolve_seed(seed: int | None) -> int:
@@ -170,7 +186,7 @@ def encode_prime(
     """The prime's ids, with the model's own newline handling (model/text.py). An empty
     prime starts from a newline (or the first character), as if at a paragraph's start.
     Raises ParamError("prime") naming the characters the vocabulary lacks."""
-    text = normalize_newlines(prime) if newlines == NEWLINES_LF else prime
+    text = as_read(prime, newlines)
     try:
         ids = vocab.encode(text, skip_unknown=skip_unknown)
     except OutOfVocabularyError as error:
@@ -190,14 +206,15 @@ def encode_stops(vocab: Vocabulary, stops: Sequence[str]) -> tuple[tuple[int, ..
     appear in its output, so it is dropped (the request is still valid). A model of
     documents (its vocabulary has a separator) also stops where a document ends, at the
     separator, unless the request's own stops leave no room for it."""
-    if len(stops) > MAX_STOPS:
-        raise ParamError("stop", f"at most {MAX_STOPS} stop strings", "too_long")
+    if (
+        isinstance(stops, str)
+        or not isinstance(stops, Sequence)
+        or not all(isinstance(stop, str) for stop in stops)
+    ):
+        raise ParamError("stop", "must be a list of strings", "list_type")
+    check_stops(stops)
     encoded = []
     for stop in stops:
-        if not 1 <= len(stop) <= MAX_STOP_CHARS:
-            raise ParamError(
-                "stop", f"each stop string has 1 to {MAX_STOP_CHARS} characters", "string_length"
-            )
         if not vocab.missing(stop):
             encoded.append(tuple(vocab.encode(stop)))
     if vocab.separator is not None and len(encoded) < MAX_STOPS:
@@ -213,8 +230,18 @@ def encode_logit_bias(
     """{character: bias} (keys="chars", the native API) or {id as a decimal string: bias}
     (keys="ids", OpenAI's token-id keys) → sorted (id, bias) pairs. Unknown characters or
     ids are a ParamError naming them; so is a bias that bans every character."""
+    if not isinstance(bias, Mapping):
+        raise ParamError("logit_bias", "must be an object of biases", "dict_type")
     pairs: dict[int, float] = {}
     for key, value in bias.items():
+        if (
+            not isinstance(key, str)
+            or isinstance(value, bool)
+            or not isinstance(value, (int, float))
+        ):
+            raise ParamError(
+                "logit_bias", f"{key!r}: {value!r} is not a bias (a number)", "float_type"
+            )
         if keys == "ids":
             # isdecimal, not isdigit: "²" is a digit int() refuses; and a short key only,
             # as int() refuses strings past 4,300 digits.
@@ -236,3 +263,75 @@ def encode_logit_bias(
     if sum(1 for value in pairs.values() if value <= -MAX_LOGIT_BIAS) >= len(vocab):
         raise ParamError("logit_bias", "bans every character of the vocabulary", "value_error")
     return tuple(sorted(pairs.items()))
+
+
+def build_params(
+    vocab: Vocabulary,
+    prime: str = "",
+    *,
+    length: int | None = None,
+    seed: int | None = None,
+    stop: str | Sequence[str] = (),
+    logit_bias: Mapping[str, float] | None = None,
+    regex: str | Automaton | None = None,
+    regexes: Callable[[str], Automaton] | None = None,
+    skip_unknown: bool = False,
+    newlines: str = NEWLINES_LF,
+    default_length: int = DEFAULT_LENGTH,
+    max_length: int | None = None,
+    max_prime_chars: int | None = None,
+    **settings: float | int | bool | None,
+) -> GenerationParams:
+    """A request as text (an HTTP body, an OpenAI body, CLI flags) → GenerationParams.
+
+    prime, stop (one string or several) and logit_bias ({character: bias}) are text, read
+    with the model's newline mode `newlines` (model/text.py); skip_unknown drops prime
+    characters the vocabulary lacks. length None is `default_length`; seed None is a fresh
+    one. regex, a pattern, is compiled by `regexes` (the service's RegexCache.get, which
+    compiles a pattern once), or comes compiled (an Automaton). max_length and
+    max_prime_chars are the caller's limits (None: none). `settings` are GenerationParams'
+    own fields by name (temperature, top_k, top_p, min_p, repetition_penalty,
+    repeat_last_n, frequency_penalty, presence_penalty, logprobs, prompt_logprobs); None
+    leaves a field at its default. Raises ParamError naming the field."""
+    length = default_length if length is None else length
+    if (
+        max_length is not None
+        and isinstance(length, int)  # other types: GenerationParams names them
+        and length > max_length
+    ):
+        raise ParamError(
+            "length",
+            f"Input should be less than or equal to {max_length}",
+            "less_than_equal",
+            {"le": max_length},
+        )
+    if not isinstance(prime, str):
+        raise ParamError("prime", f"must be a string, got {type(prime).__name__}", "string_type")
+    if max_prime_chars is not None and len(prime) > max_prime_chars:
+        raise ParamError(
+            "prime",
+            f"String should have at most {max_prime_chars} characters",
+            "string_too_long",
+            {"max_length": max_prime_chars, "length": len(prime)},
+        )
+    if regex is not None and not isinstance(regex, (str, Automaton)):
+        raise ParamError("regex", "must be a string", "string_type")
+    if isinstance(regex, str) and regexes is None:
+        raise TypeError("build_params: a regex needs `regexes`, its compiler")
+    ids = encode_prime(vocab, prime, skip_unknown=skip_unknown, newlines=newlines)
+    seed = resolve_seed(seed)
+    bias = encode_logit_bias(vocab, logit_bias or {})
+    stops = encode_stops(vocab, [stop] if isinstance(stop, str) else stop)
+    # The costliest check last: a pattern compiles (once, in a cache) only for a request
+    # that is otherwise valid.
+    automaton = regexes(regex) if isinstance(regex, str) and regexes is not None else regex
+    chosen = {name: value for name, value in settings.items() if value is not None}
+    return GenerationParams(
+        prime=ids,
+        length=length,
+        seed=seed,
+        logit_bias=bias,
+        stop=stops,
+        regex=automaton,
+        **chosen,  # type: ignore[arg-type]
+    )

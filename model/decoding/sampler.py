@@ -9,15 +9,21 @@ Each link is a pure function of the row's logits and state and is skipped at its
 setting. `accept` is the only place a row's state changes (llama.cpp's apply/accept
 split). Log-probabilities come from the network's own distribution, before the first link.
 
-A row's arrays (first axis: rows; see model/decoding/sampler_rows.py for their shapes):
+Where a regex ends. A character model has no end-of-text token, so at an accepting state
+of the automaton (a match could end here) the regex mask is left out and the row draws
+from the rest of the chain as if it had no pattern. A character the pattern allows is
+written as usual; one that would leave the pattern ends the text instead, before it
+(FINISHED_REGEX_STOP, nothing written). So the draw picks "stop" with the mass the chain
+gives, unconstrained, to the characters that would leave the pattern (a space or a full
+stop after a word), and each allowed character with its own mass, from the same one
+random number a draw always takes. Where nothing can follow the match, the character
+that completes it ends the text (FINISHED_REGEX), as it must.
 
-    settings  temperature, top_k, top_p, min_p, repetition_penalty, repeat_last_n,
-              frequency_penalty, presence_penalty, bias (R, V), has_bias, logprobs,
-              stops (R, S, L), stop_lengths (R, S), stop_fail (R, S, L), length
-    state     uniforms (R, U), positions, generated, ring (R, W), pushed,
-              window_counts (R, V), counts (R, V), kmp (R, S), regex_state
-    automata  next (states, V) int32 (-1: no path to a match), final (states,), open (states,)
-    out       ids, status, held, logprob records (R, ROW_WIDTH: model/decoding/output.py)
+A row's arrays, by name (first axis: rows; model/decoding/sampler_rows.py gives their
+shapes): `settings` (Settings: what the request asked for), `state` (State: its history,
+random numbers and regex state), `automata` (AutomatonTables: next, final, open) and `out`
+(Out: the drawn id, status, hold-back and logprob record). The entry points take them as
+these NamedTuples or as plain tuples in the same order (`named`).
 
 Status of a row after a draw: RUNNING, or why it ended (see the constants below).
 """
@@ -29,7 +35,10 @@ import math
 import numpy as np
 from numba import njit
 
+from model.decoding.automaton import AutomatonTables
 from model.decoding.output import CHOSEN, ID, TOP_IDS, TOP_LOGPROBS
+from model.decoding.params import MAX_LOGIT_BIAS
+from model.decoding.sampler_rows import Out, Settings, State
 from model.fast_math import JIT
 
 RUNNING = 0
@@ -38,12 +47,20 @@ FINISHED_STOP = 2  # a stop string written (and cut off)
 FINISHED_REGEX = 3  # the automaton accepts and cannot go on
 FAILED_NON_FINITE = 4  # the network gave NaN or infinite logits
 FAILED_NO_CANDIDATE = 5  # every character banned (logit_bias and the regex mask together)
-FINISH_REASONS = {FINISHED_LENGTH: "length", FINISHED_STOP: "stop", FINISHED_REGEX: "regex"}
+FINISHED_REGEX_STOP = 6  # at an accepting state the draw chose to end: no character
+FINISH_REASONS = {
+    FINISHED_LENGTH: "length",
+    FINISHED_STOP: "stop",
+    FINISHED_REGEX: "regex",
+    FINISHED_REGEX_STOP: "regex",
+}
 FAILURES = {
     FAILED_NON_FINITE: "the model produced non-finite scores for this request",
     FAILED_NO_CANDIDATE: "no character is allowed (logit_bias and regex ban them all)",
 }
+NO_CHARACTER = frozenset((FINISHED_REGEX_STOP, *FAILURES))  # draws that wrote nothing
 BANNED = -math.inf
+BAN = -MAX_LOGIT_BIAS  # a logit_bias this low bans the character outright
 
 
 @njit(**JIT)
@@ -86,16 +103,24 @@ def filtered_probs(scores, temperature, top_k, top_p, min_p):
 
 
 @njit(inline="always", **JIT)
+def named(settings, state, automata, out):
+    """The chain's arrays by name, from the NamedTuples or from plain tuples of the same
+    arrays in the same order (SamplerRows.arrays, quicker to pass: see there). Free once
+    compiled: both are the same struct of arrays."""
+    return Settings(*settings), State(*state), AutomatonTables(*automata), Out(*out)
+
+
+@njit(inline="always", **JIT)
 def _scores(r, logits, settings, state, automata):
     """The links before truncation: logits[r] → float64 scores."""
-    (_, _, _, _, penalty, _, frequency, presence, bias, has_bias) = settings[:10]
-    window_counts, counts, regex_state = state[5], state[6], state[8]
-    next_state = automata[0]
+    bias, penalty = settings.bias, settings.repetition_penalty
+    frequency, presence = settings.frequency_penalty, settings.presence_penalty
+    window_counts, counts = state.window_counts, state.counts
     scores = logits[r].astype(np.float64)
     vocab = scores.shape[0]
-    if has_bias[r]:
+    if settings.has_bias[r]:
         for j in range(vocab):
-            scores[j] = BANNED if bias[r, j] <= -100.0 else scores[j] + bias[r, j]
+            scores[j] = BANNED if bias[r, j] <= BAN else scores[j] + bias[r, j]
     if penalty[r] != 1.0:
         for j in range(vocab):
             if window_counts[r, j] > 0:
@@ -105,21 +130,21 @@ def _scores(r, logits, settings, state, automata):
         for j in range(vocab):
             if counts[r, j] > 0:
                 scores[j] -= frequency[r] * counts[r, j] + presence[r]
-    current = regex_state[r]
-    if current >= 0:
+    current = state.regex_state[r]
+    if current >= 0 and not automata.final[current]:  # accepting: see "Where a regex ends"
         for j in range(vocab):
-            if next_state[current, j] < 0:
+            if automata.next[current, j] < 0:
                 scores[j] = BANNED
     return scores
 
 
 @njit(inline="always", **JIT)
 def _logprobs(r, logits, chosen, count, out):
-    """Row r's logprob record (out[3][r], laid out as model/decoding/output.py's ROW_WIDTH):
-    the chosen character, its log-probability, and the `count` likeliest characters with
-    theirs, under the network's own distribution (log-softmax of the raw logits). No
+    """Row r's logprob record (out.logprob_records[r], laid out as model/decoding/output.py's
+    ROW_WIDTH): the chosen character, its log-probability, and the `count` likeliest
+    characters with theirs, under the network's own distribution (log-softmax of the raw logits). No
     allocation: it runs for every row of every step that asks."""
-    record = out[3]
+    record = out.logprob_records
     vocab = logits.shape[1]
     peak = -math.inf
     for j in range(vocab):
@@ -156,17 +181,12 @@ def _logprobs(r, logits, chosen, count, out):
 def _accept(r, chosen, settings, state, automata, out):
     """Record the drawn character in the row's state; set its status and how many of its
     last characters to hold back (they may begin a stop string)."""
-    repeat_last_n, stops, stop_lengths, stop_fail, length = (
-        settings[5],
-        settings[11],
-        settings[12],
-        settings[13],
-        settings[14],
-    )
-    penalty, frequency, presence = settings[4], settings[6], settings[7]
-    generated, ring, pushed, window_counts, counts, kmp, regex_state = state[2:9]
-    next_state, final, open_ = automata
-    status, held = out[1], out[2]
+    penalty, repeat_last_n = settings.repetition_penalty, settings.repeat_last_n
+    frequency, presence = settings.frequency_penalty, settings.presence_penalty
+    stops, stop_lengths, stop_fail = settings.stops, settings.stop_lengths, settings.stop_fail
+    generated, ring, pushed, kmp = state.generated, state.ring, state.pushed, state.kmp
+    window_counts, counts = state.window_counts, state.counts
+    status, held = out.status, out.held
     generated[r] += 1
     if penalty[r] != 1.0:  # the window of the last repeat_last_n characters
         size = repeat_last_n[r]
@@ -197,30 +217,32 @@ def _accept(r, chosen, settings, state, automata, out):
         kmp[r, s] = matched
         longest = max(longest, matched)
     held[r] = longest
-    current = regex_state[r]
+    current = state.regex_state[r]
     if current >= 0:
-        current = next_state[current, chosen]
-        regex_state[r] = current
-        if final[current] and not open_[current]:
+        current = automata.next[current, chosen]
+        state.regex_state[r] = current
+        if automata.final[current] and not automata.open[current]:
             status[r] = FINISHED_REGEX
             return
-    if generated[r] >= length[r]:
+    if generated[r] >= settings.length[r]:
         status[r] = FINISHED_LENGTH
 
 
 @njit(**JIT)
 def sample_row(r, logits, settings, state, automata, out):
-    """Draw row r's next character into out, run `accept`; → the status."""
-    temperature, top_k, top_p, min_p = settings[0], settings[1], settings[2], settings[3]
-    logprobs = settings[10]
-    uniforms, positions = state[0], state[1]
-    ids, status = out[0], out[1]
+    """Draw row r's next character into out, run `accept`; → the status (no character is
+    drawn for a status in NO_CHARACTER). The arrays come named (sample_rows names them
+    once a call: a rebuilt tuple takes a reference to each array)."""
+    uniforms, positions = state.uniforms, state.positions
+    ids, status = out.ids, out.status
     for j in range(logits.shape[1]):
         if not math.isfinite(logits[r, j]):
             status[r] = FAILED_NON_FINITE
             return status[r]
     scores = _scores(r, logits, settings, state, automata)
-    probs, order, kept = filtered_probs(scores, temperature[r], top_k[r], top_p[r], min_p[r])
+    probs, order, kept = filtered_probs(
+        scores, settings.temperature[r], settings.top_k[r], settings.top_p[r], settings.min_p[r]
+    )
     if kept == 0:
         status[r] = FAILED_NO_CANDIDATE
         return status[r]
@@ -234,9 +256,14 @@ def sample_row(r, logits, settings, state, automata, out):
         if cumulative > target:
             break
     chosen = order[picked]
+    current = state.regex_state[r]
+    if current >= 0 and automata.final[current] and automata.next[current, chosen] < 0:
+        status[r] = FINISHED_REGEX_STOP  # the chain would leave the pattern: it ends here
+        return status[r]
     ids[r] = chosen
-    if logprobs[r] >= 0:
-        _logprobs(r, logits, chosen, logprobs[r], out)
+    asked = settings.logprobs[r]
+    if asked >= 0:
+        _logprobs(r, logits, chosen, asked, out)
     _accept(r, chosen, settings, state, automata, out)
     return status[r]
 
@@ -244,6 +271,7 @@ def sample_row(r, logits, settings, state, automata, out):
 @njit(**JIT)
 def sample_rows(rows, logits, settings, state, automata, out):
     """sample_row for each of rows (m,) int64; → the rows still running (int64)."""
+    settings, state, automata, out = named(settings, state, automata, out)
     running = np.empty(rows.shape[0], dtype=np.int64)
     count = 0
     for p in range(rows.shape[0]):
@@ -258,4 +286,4 @@ def sample_rows(rows, logits, settings, state, automata, out):
 def prompt_logprob(r, logits, next_id, count, out):
     """While a prime runs: the logprob record of its next character `next_id` and the
     `count` likeliest alternatives, into out (as for a generated character)."""
-    _logprobs(r, logits, next_id, count, out)
+    _logprobs(r, logits, next_id, count, Out(*out))

@@ -43,8 +43,12 @@ def test_compaction_keeps_rows_on_their_states(model, vocab, alone):
     short = GenerationParams(
         prime=(2,), length=3, seed=1, regex=compile_regex("[a-u]{2,9}q", vocab, LIMITS)
     )
-    long = GenerationParams(
-        prime=(3, 4), length=40, seed=2, regex=compile_regex("([a-h]+ )+", vocab, LIMITS)
+    long = GenerationParams(  # "q" banned: it never completes a match, so runs to its length
+        prime=(3, 4),
+        length=40,
+        seed=2,
+        regex=compile_regex("([a-h]+ )+q", vocab, LIMITS),
+        logit_bias=((vocab.encode("q")[0], -100.0),),
     )
     decoder = BatchDecoder(model, 2)
     rows = [decoder.add(short), decoder.add(long)]
@@ -57,10 +61,10 @@ def test_compaction_keeps_rows_on_their_states(model, vocab, alone):
         for row in decoder.decoding.tolist():
             if decoder.record(row, outputs[row]) != RUNNING:
                 decoder.remove(row)
-        before = int(decoder.sampler.regex_state[rows[1]])
+        before = int(decoder.sampler.state.regex_state[rows[1]])
         size = len(decoder.automata.final)
         decoder.compact()
         if len(decoder.automata.final) < size and decoder.params[rows[1]] is not None:
-            moved = int(decoder.sampler.regex_state[rows[1]]) != before
+            moved = int(decoder.sampler.state.regex_state[rows[1]]) != before
     assert moved
     assert outputs[1].ids == alone(model, long).ids and outputs[1].regex_complete is not None

@@ -337,7 +337,7 @@ def test_ids_outside_the_vocabulary_are_refused_at_add(model, changes):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_non_finite_logits_fail_one_row_and_spare_the_others(model, alone, backend):
     decoder = BatchDecoder(model, 3, backend=backend)
-    params = [GenerationParams(prime=(n + 1,), length=25, seed=n) for n in range(3)]
+    params = [GenerationParams(prime=(n + 1,), length=100, seed=n) for n in range(3)]
     rows = [decoder.add(request) for request in params]
     while decoder.prefilling:
         decoder.prefill(64)

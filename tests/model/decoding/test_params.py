@@ -3,6 +3,7 @@ import math
 import pytest
 
 from model.decoding.params import (
+    DEFAULT_LENGTH,
     MAX_LOGIT_BIAS_ENTRIES,
     MAX_SEED,
     MAX_STOP_CHARS,
@@ -10,11 +11,14 @@ from model.decoding.params import (
     MAX_TOP_K,
     GenerationParams,
     ParamError,
+    build_params,
+    check_stops,
     encode_logit_bias,
     encode_prime,
     encode_stops,
     resolve_seed,
 )
+from model.decoding.regex import RegexLimits, compile_regex
 from model.text import NEWLINES_KEEP
 from model.vocab import Vocabulary
 
@@ -113,7 +117,7 @@ def test_hostile_values_name_their_field(field, value):
         params(**{field: value})
     assert raised.value.field == field
     assert str(raised.value).startswith(f"{field}: ")
-    assert raised.value.kind in ("value_error", "int_type")
+    assert raised.value.kind in ("value_error", "int_type", "too_long", "string_length")
 
 
 @pytest.mark.parametrize(
@@ -126,10 +130,21 @@ def test_integers_must_be_integers(field, value):
     assert (raised.value.field, raised.value.kind) == (field, "int_type")
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("temperature", "hot"), ("top_p", None), ("min_p", True), ("frequency_penalty", [1.0])],
+)
+def test_numbers_must_be_numbers(field, value):
+    with pytest.raises(ParamError) as raised:
+        params(**{field: value})
+    assert (raised.value.field, raised.value.kind) == (field, "float_type")
+    assert params(**{field: 1}).__getattribute__(field) == 1  # an int is a number
+
+
 def test_prompt_logprobs_need_logprobs():
     with pytest.raises(ParamError) as raised:
         params(prompt_logprobs=True)
-    assert raised.value.field == "logprobs"
+    assert (raised.value.field, raised.value.kind) == ("prompt_logprobs", "missing_logprobs")
 
 
 def test_params_are_frozen():
@@ -191,12 +206,32 @@ def test_encode_stops(small):
 
 
 @pytest.mark.parametrize(
-    "stops", [["a"] * (MAX_STOPS + 1), [""], ["a" * (MAX_STOP_CHARS + 1)], ["a", ""]]
+    "stops",
+    [
+        ["a"] * (MAX_STOPS + 1),
+        [""],
+        ["a" * (MAX_STOP_CHARS + 1)],
+        ["a", ""],
+        ["é"] * (MAX_STOPS + 1),  # too many, though none could ever be written
+        "ab",  # a string, not a list of them
+        [1],
+        None,
+    ],
 )
 def test_encode_stops_hostile(small, stops):
     with pytest.raises(ParamError) as raised:
         encode_stops(small, stops)
     assert raised.value.field == "stop"
+
+
+@pytest.mark.parametrize("unit", ["a", (1,)])
+def test_check_stops_takes_text_and_ids_alike(unit):
+    check_stops([unit * MAX_STOP_CHARS] * MAX_STOPS)
+    with pytest.raises(ParamError, match="at most"):
+        check_stops([unit] * (MAX_STOPS + 1))
+    for stop in (unit * (MAX_STOP_CHARS + 1), unit[:0]):
+        with pytest.raises(ParamError, match="1 to"):
+            check_stops([stop])
 
 
 def test_encode_logit_bias_by_character_and_by_id(small):
@@ -229,6 +264,13 @@ def test_encode_logit_bias_names_unknown_keys(small, keys, key, kind):
     assert repr(key[:40])[:-1] in str(raised.value)
 
 
+@pytest.mark.parametrize("bias", [{"a": "x"}, {"a": None}, {"a": True}, {1: 2.0}, [("a", 1.0)]])
+def test_encode_logit_bias_needs_numbers_by_character(small, bias):
+    with pytest.raises(ParamError) as raised:
+        encode_logit_bias(small, bias)
+    assert raised.value.field == "logit_bias"
+
+
 def test_encode_logit_bias_refuses_to_ban_everything(small):
     everything = {char: -100 for char in small.chars}
     with pytest.raises(ParamError) as raised:
@@ -236,3 +278,83 @@ def test_encode_logit_bias_refuses_to_ban_everything(small):
     assert raised.value.field == "logit_bias"
     del everything["a"]
     assert len(encode_logit_bias(small, everything)) == len(small) - 1
+
+
+def test_build_params_turns_text_into_the_request(small):
+    a, b = small.encode("ab")
+    compiled = []
+
+    def regexes(pattern):
+        compiled.append(pattern)
+        return compile_regex(pattern, small, RegexLimits())
+
+    request = build_params(
+        small,
+        "ab\r\nc",
+        length=7,
+        seed=3,
+        stop=["ba", "é"],
+        logit_bias={"a": -100, "b": 2},
+        regex="[ab]+",
+        regexes=regexes,
+        temperature=0.5,
+        top_k=None,  # None: the default
+        logprobs=2,
+        prompt_logprobs=True,
+    )
+    assert request.prime == tuple(small.encode("ab\nc")) and request.length == 7
+    assert request.seed == 3 and request.stop == ((b, a),)
+    assert request.logit_bias == ((a, -100.0), (b, 2.0)) and compiled == ["[ab]+"]
+    assert (request.temperature, request.top_k, request.logprobs) == (0.5, 0, 2)
+    assert request.prompt_logprobs and request.regex is not None
+    assert build_params(small, stop="ab").stop == (tuple(small.encode("ab")),)  # one string
+    default = build_params(small)
+    assert default.length == DEFAULT_LENGTH and default.prime == tuple(small.encode("\n"))
+    assert build_params(small, default_length=9).length == 9
+    assert build_params(small, length=5, max_length=5, max_prime_chars=0).length == 5
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "kind"),
+    [
+        ({"length": 11, "max_length": 10}, "length", "less_than_equal"),
+        ({"length": -1}, "length", "value_error"),
+        ({"length": "10", "max_length": 10}, "length", "int_type"),
+        ({"length": NAN}, "length", "int_type"),
+        ({"prime": "abc", "max_prime_chars": 2}, "prime", "string_too_long"),
+        ({"prime": None}, "prime", "string_type"),
+        ({"prime": "aXb"}, "prime", "prime_out_of_vocabulary"),
+        ({"seed": -1}, "seed", "value_error"),
+        ({"stop": ["a"] * (MAX_STOPS + 1)}, "stop", "too_long"),
+        ({"stop": 5}, "stop", "list_type"),
+        ({"logit_bias": {"X": 1.0}}, "logit_bias", "unknown_character"),
+        ({"logit_bias": {"a": NAN}}, "logit_bias", "value_error"),
+        ({"regex": 5}, "regex", "string_type"),
+        ({"regex": "(a"}, "regex", "regex_invalid"),
+        ({"temperature": INF}, "temperature", "value_error"),
+        ({"top_p": "x"}, "top_p", "float_type"),
+        ({"prompt_logprobs": True}, "prompt_logprobs", "missing_logprobs"),
+    ],
+)
+def test_build_params_names_the_field_of_bad_input(small, changes, field, kind):
+    regexes = {"regexes": lambda pattern: compile_regex(pattern, small, RegexLimits())}
+    with pytest.raises(ParamError) as raised:
+        build_params(small, **{**regexes, **changes})
+    assert (raised.value.field, raised.value.kind) == (field, kind)
+    assert "\n" not in str(raised.value)
+
+
+def test_build_params_limits_carry_their_bound(small):
+    with pytest.raises(ParamError) as raised:
+        build_params(small, "abc", max_prime_chars=2)
+    assert raised.value.ctx == {"max_length": 2, "length": 3}
+    with pytest.raises(ParamError) as raised:
+        build_params(small, length=4, max_length=3)
+    assert raised.value.ctx == {"le": 3}
+
+
+def test_build_params_needs_a_compiler_for_a_regex_or_takes_it_compiled(small):
+    with pytest.raises(TypeError, match="regexes"):
+        build_params(small, regex="a+")
+    automaton = compile_regex("a+", small, RegexLimits())
+    assert build_params(small, regex=automaton).regex is automaton

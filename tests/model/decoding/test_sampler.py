@@ -17,6 +17,7 @@ from model.decoding.sampler import (
     FAILED_NO_CANDIDATE,
     FAILED_NON_FINITE,
     FAILURES,
+    FINISHED_REGEX_STOP,
     RUNNING,
     filtered_probs,
     prompt_logprob,
@@ -98,7 +99,7 @@ def prepared(params, generated=(), copies=2 * V + 2, automaton=None):
         forcing = np.full((copies, V), -30, np.float32)
         forcing[:, char] = 30
         assert len(sample_rows(rows, forcing, *chain(sampler, pool.tables))) == copies
-        assert (sampler.ids == char).all()
+        assert (sampler.out.ids == char).all()
         sampler.refill(rows)
     return sampler, pool.tables
 
@@ -110,10 +111,10 @@ def chain(sampler, tables):
 def draw(sampler, tables, logits, uniforms):
     """Row r draws once from `logits` (V,) with uniforms[r] → (ids, statuses)."""
     rows = np.arange(len(uniforms))
-    sampler.uniforms[rows, sampler.positions[rows]] = uniforms
+    sampler.state.uniforms[rows, sampler.state.positions[rows]] = uniforms
     tiled = np.tile(np.asarray(logits, np.float32), (len(rows), 1))
     sample_rows(rows, tiled, *chain(sampler, tables))
-    return sampler.ids[rows].copy(), sampler.status[rows].copy()
+    return sampler.out.ids[rows].copy(), sampler.out.status[rows].copy()
 
 
 def assert_chain_draws(expected, sampler, tables, logits):
@@ -127,7 +128,7 @@ def assert_chain_draws(expected, sampler, tables, logits):
         wanted += [kept[k], kept[k + 1]]
     uniforms.append(1 - 1e-12)
     wanted.append(kept[-1])
-    assert len(uniforms) <= len(sampler.temperature)
+    assert len(uniforms) <= len(sampler.settings.temperature)
     ids, statuses = draw(sampler, tables, logits, uniforms)
     assert not set(statuses[: len(uniforms)].tolist()) & set(FAILURES)
     assert ids[: len(uniforms)].tolist() == [int(char) for char in wanted]
@@ -242,31 +243,108 @@ def test_regex_mask_allows_only_the_automatons_characters(vocab, logits):
     automaton = compile_regex("[aeiou]+t", vocab, RegexLimits())
     for generated in [(), tuple(vocab.encode("e")), tuple(vocab.encode("eia"))]:
         sampler, tables = prepared(make_params(), generated, automaton=automaton)
-        state = int(sampler.regex_state[0])
-        allowed = tables[0][state] >= 0
+        state = int(sampler.state.regex_state[0])
+        allowed = tables.next[state] >= 0
         chars = "aeiou" if not generated else "aeiout"
         assert allowed.tolist() == [char in chars for char in vocab.chars]
         assert_chain_draws(reference(logits, allowed=allowed), sampler, tables, logits)
 
 
+EVERY_LINK = {
+    "temperature": 0.8,
+    "top_k": 9,
+    "top_p": 0.9,
+    "min_p": 0.05,
+    "repetition_penalty": 1.3,
+    "repeat_last_n": 6,
+    "frequency_penalty": 0.4,
+    "presence_penalty": 0.3,
+    "logit_bias": ((14, -100.0), (5, 1.5), (20, 50.0)),  # m banned, s masked
+}
+
+
 def test_every_link_at_once(vocab, logits):
+    automaton = compile_regex("[a-m ]+u", vocab, RegexLimits())  # "abc a": not a match yet
+    prime, generated = (2, 3, 4, 4, 1), tuple(vocab.encode("abc a"))
+    params = make_params(prime, **EVERY_LINK)
+    sampler, tables = prepared(params, generated, automaton=automaton)
+    allowed = tables.next[sampler.state.regex_state[0]] >= 0
+    expected = reference(logits, prime, generated, allowed=allowed, **EVERY_LINK)
+    assert_chain_draws(expected, sampler, tables, logits)
+
+
+def assert_chain_ends(expected, allowed, sampler, tables, logits):
+    """At an accepting state: a draw in a character's share of the unconstrained chain's
+    distribution writes it if the pattern allows it, and otherwise ends the row with
+    nothing written and nothing else changed."""
+    probs, order = expected
+    kept = [char for char in order if probs[char] > 0]
+    assert any(allowed[kept]) and not all(allowed[kept]), "a test needs both kinds"
+    assert min(probs[kept]) > 100 * EDGE, "a test distribution needs no near-zero chars"
+    cumulative = np.concatenate([[0.0], np.cumsum(probs[kept])])
+    uniforms, wanted = [], []
+    for k, char in enumerate(kept):
+        for target in (cumulative[k] + EDGE, cumulative[k + 1] - EDGE):
+            uniforms.append(target)
+            wanted.append(int(char) if allowed[char] else None)
+    rows = np.arange(len(uniforms))
+    before = int(sampler.state.regex_state[0]), int(sampler.state.generated[0])
+    ids, statuses = draw(sampler, tables, logits, uniforms)
+    for row, want in zip(rows.tolist(), wanted, strict=True):
+        if want is None:
+            assert statuses[row] == FINISHED_REGEX_STOP
+            state = int(sampler.state.regex_state[row]), int(sampler.state.generated[row])
+            assert state == before
+        else:
+            assert (ids[row], statuses[row]) == (want, RUNNING)
+    # The share of "stop" is the mass the unconstrained chain gives the leaving characters.
+    leaving = sum(probs[char] for char in kept if not allowed[char])
+    assert 0 < leaving < 1
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"temperature": 0.5, "top_k": 12},
+        {**EVERY_LINK, "logit_bias": ((14, -100.0), (5, 1.5), (20, 2.0))},  # s: +2, not +50
+    ],
+)
+def test_at_an_accepting_state_leaving_characters_end_the_text(vocab, logits, settings):
+    """ "[a-m ]+" has matched "abc a" and may go on: the row draws from the chain without
+    the mask; a character outside [a-m ] ends it (FINISHED_REGEX_STOP)."""
     automaton = compile_regex("[a-m ]+", vocab, RegexLimits())
     prime, generated = (2, 3, 4, 4, 1), tuple(vocab.encode("abc a"))
-    settings = {
-        "temperature": 0.8,
-        "top_k": 9,
-        "top_p": 0.9,
-        "min_p": 0.05,
-        "repetition_penalty": 1.3,
-        "repeat_last_n": 6,
-        "frequency_penalty": 0.4,
-        "presence_penalty": 0.3,
-        "logit_bias": ((14, -100.0), (5, 1.5), (20, 50.0)),  # m banned, s masked
-    }
-    sampler, tables = prepared(make_params(prime, **settings), generated, automaton=automaton)
-    allowed = tables[0][sampler.regex_state[0]] >= 0
-    expected = reference(logits, prime, generated, allowed=allowed, **settings)
-    assert_chain_draws(expected, sampler, tables, logits)
+    params = make_params(prime, **settings)
+    sampler, tables = prepared(params, generated, automaton=automaton)
+    state = int(sampler.state.regex_state[0])
+    assert tables.final[state] and tables.open[state]
+    allowed = tables.next[state] >= 0
+    expected = reference(logits, prime, generated, **settings)  # no mask
+    assert_chain_ends(expected, allowed, sampler, tables, logits)
+
+
+def test_greedy_at_an_accepting_state_ends_if_the_likeliest_would_leave(vocab, logits):
+    automaton = compile_regex("[a-m ]*", vocab, RegexLimits())  # the start accepts
+    peak = logits.copy()
+    for char, ends in (("c", False), ("t", True)):
+        peak[vocab.encode(char)[0]] = logits.max() + 1
+        sampler, tables = prepared(make_params(temperature=0.0), automaton=automaton)
+        ids, statuses = draw(sampler, tables, peak, np.linspace(0, 0.999, 9))
+        if ends:
+            assert (statuses[:9] == FINISHED_REGEX_STOP).all()
+        else:
+            assert (statuses[:9] == RUNNING).all() and (ids[:9] == vocab.encode(char)[0]).all()
+        peak = logits.copy()
+
+
+def test_a_pattern_that_only_matches_nothing_ends_at_once(vocab, logits):
+    """ "é?" over a vocabulary without "é": the start accepts and nothing may follow."""
+    automaton = compile_regex("é?", vocab, RegexLimits())
+    assert automaton.final[0] and not automaton.open[0]
+    sampler, tables = prepared(make_params(), automaton=automaton)
+    _, statuses = draw(sampler, tables, logits, np.linspace(0, 0.999, 9))
+    assert (statuses[:9] == FINISHED_REGEX_STOP).all()
 
 
 def test_every_char_banned_fails_the_row_alone(vocab, logits):
@@ -282,7 +360,8 @@ def test_every_char_banned_fails_the_row_alone(vocab, logits):
     sampler.assign(2, make_params(logit_bias=ban_ab), np.array([1]), start)
     ids, statuses = draw(sampler, pool.tables, logits, [0.5, 0.5, 0.5])
     assert statuses.tolist() == [FAILED_NO_CANDIDATE, RUNNING, FAILED_NO_CANDIDATE]
-    assert sampler.generated.tolist() == [0, 1, 0] and sampler.positions.tolist() == [0, 1, 0]
+    assert sampler.state.generated.tolist() == [0, 1, 0]
+    assert sampler.state.positions.tolist() == [0, 1, 0]
     alone, tables = prepared(make_params(), copies=1)
     assert ids[1] == draw(alone, tables, logits, [0.5])[0][0]
 
@@ -299,7 +378,9 @@ def test_non_finite_logits_fail_the_row_alone(logits, bad):
         batch = np.tile(logits, (3, 1))
         batch[1, 5] = bad if poisoned else batch[1, 5]
         running = sample_rows(rows, batch, *chain(sampler, AutomatonPool(V).tables))
-        results.append((running, sampler.ids.copy(), sampler.status.copy(), sampler.counts))
+        results.append(
+            (running, sampler.out.ids.copy(), sampler.out.status.copy(), sampler.state.counts)
+        )
     (running, ids, status, _), (bad_running, bad_ids, bad_status, _) = results
     assert status.tolist() == [RUNNING] * 3 and running.tolist() == [0, 1, 2]
     assert bad_status.tolist() == [RUNNING, FAILED_NON_FINITE, RUNNING]
@@ -310,7 +391,7 @@ def test_one_uniform_per_draw_even_when_greedy(logits):
     for settings in ({}, {"temperature": 0.0}, {"top_k": 1}):
         sampler, tables = prepared(make_params(**settings), copies=1)
         for step in range(70):  # past a block of 64
-            assert sampler.positions[0] == step % 64
+            assert sampler.state.positions[0] == step % 64
             draw(sampler, tables, logits, [0.5])
             sampler.refill(np.array([0]))
 
@@ -339,7 +420,7 @@ def test_logprob_record_ranks_the_likeliest_with_ties_by_id(count):
         row = rng.integers(-3, 3, V).astype(np.float32) * (0.5 if trial % 2 else 1.0)
         chosen = int(rng.integers(V))
         prompt_logprob(0, row[None, :], chosen, count, sampler.out)
-        record = sampler.logprob_records[0]
+        record = sampler.out.logprob_records[0]
         wide = row.astype(np.float64)
         log_softmax = wide - wide.max() - np.log(np.exp(wide - wide.max()).sum())
         top = np.argsort(-row, kind="stable")[:count]

@@ -32,9 +32,9 @@ def write(params, text_ids, automaton=None):
         logits = np.full((1, V), -30, np.float32)
         logits[0, char] = 30
         sample_rows(rows, logits, sampler.settings, sampler.state, pool.tables, sampler.out)
-        assert sampler.ids[0] == char
-        results.append((int(sampler.status[0]), int(sampler.held[0])))
-        if sampler.status[0] != RUNNING:
+        assert sampler.out.ids[0] == char
+        results.append((int(sampler.out.status[0]), int(sampler.out.held[0])))
+        if sampler.out.status[0] != RUNNING:
             break
         sampler.refill(rows)
     return results

@@ -54,23 +54,21 @@ def test_assign_writes_the_row_alone():
     for row, arrays in zip((0, 2), before, strict=True):
         for array, old in zip(snapshot(sampler, row), arrays, strict=True):
             assert np.array_equal(array, old)
-    assert (sampler.temperature[1], sampler.top_k[1], sampler.top_p[1]) == (0.5, 4, 0.9)
-    assert (sampler.min_p[1], sampler.repetition_penalty[1], sampler.repeat_last_n[1]) == (
-        0.1,
-        1.2,
-        2,
-    )
-    assert (sampler.frequency_penalty[1], sampler.presence_penalty[1]) == (0.5, -0.5)
-    assert sampler.bias[1, [4, 6]].tolist() == [-100, 2] and sampler.bias[1].sum() == -98
-    assert sampler.has_bias[1] and sampler.logprobs[1] == 3 and sampler.length[1] == 40
-    assert sampler.stop_lengths[1].tolist() == [3, 1, 0, 0]
-    assert sampler.stops[1, 0, :3].tolist() == [1, 1, 2] and sampler.stops[1, 1, 0] == 5
-    assert sampler.stop_fail[1, 0, :3].tolist() == [0, 1, 0]
-    assert sampler.window_counts[1].tolist() == np.bincount([3, 3], minlength=V).tolist()
-    assert sampler.ring[1, :4].tolist() == [1, 2, 3, 3] and sampler.pushed[1] == 4
-    assert sampler.regex_state[1] == 9 and sampler.positions[1] == 0
+    settings, state = sampler.settings, sampler.state
+    for name in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty"):
+        assert getattr(settings, name)[1] == getattr(params, name), name
+    for name in ("repeat_last_n", "frequency_penalty", "presence_penalty", "length"):
+        assert getattr(settings, name)[1] == getattr(params, name), name
+    assert settings.bias[1, [4, 6]].tolist() == [-100, 2] and settings.bias[1].sum() == -98
+    assert settings.has_bias[1] and settings.logprobs[1] == 3
+    assert settings.stop_lengths[1].tolist() == [3, 1, 0, 0]
+    assert settings.stops[1, 0, :3].tolist() == [1, 1, 2] and settings.stops[1, 1, 0] == 5
+    assert settings.stop_fail[1, 0, :3].tolist() == [0, 1, 0]
+    assert state.window_counts[1].tolist() == np.bincount([3, 3], minlength=V).tolist()
+    assert state.ring[1, :4].tolist() == [1, 2, 3, 3] and state.pushed[1] == 4
+    assert state.regex_state[1] == 9 and state.positions[1] == 0
     expected = np.random.Generator(np.random.PCG64(7)).random(UNIFORM_BLOCK)
-    assert np.array_equal(sampler.uniforms[1], expected)
+    assert np.array_equal(sampler.state.uniforms[1], expected)
 
 
 def test_a_reassigned_row_starts_afresh():
@@ -91,14 +89,17 @@ def test_a_reassigned_row_starts_afresh():
         logits[0, char] = 30
         sample_rows(rows, logits, sampler.settings, sampler.state, pool.tables, sampler.out)
     sampler.release(0)
-    assert sampler.generators[0] is None and sampler.regex_state[0] == -1
+    assert sampler.generators[0] is None and sampler.state.regex_state[0] == -1
     sampler.assign(0, request(), np.array([1, 2, 3]))
     fresh = SamplerRows(1, V)
     fresh.assign(0, request(), np.array([1, 2, 3]))
-    for name in ("generated", "counts", "window_counts", "kmp", "stop_lengths", "has_bias"):
-        assert np.array_equal(getattr(sampler, name), getattr(fresh, name)), name
-    assert not sampler.bias.any() and sampler.logprobs[0] == -1
-    assert np.array_equal(sampler.uniforms, fresh.uniforms)
+    # Every array is as new but those read only up to a length (the ring up to `pushed`,
+    # stop strings and their tables up to `stop_lengths`).
+    for group, new in ((sampler.settings, fresh.settings), (sampler.state, fresh.state)):
+        for name in group._fields:
+            if name not in ("ring", "stops", "stop_fail"):
+                assert np.array_equal(getattr(group, name), getattr(new, name)), name
+    assert not sampler.settings.bias.any() and sampler.settings.logprobs[0] == -1
 
 
 @pytest.mark.parametrize(("prime_length", "last_n"), [(3000, MAX_REPEAT_LAST_N), (5, 64), (9, 0)])
@@ -108,31 +109,33 @@ def test_window_of_a_long_prime(prime_length, last_n):
     sampler = SamplerRows(1, V)
     sampler.assign(0, request(repeat_last_n=last_n), prime)
     window = prime[len(prime) - last_n :] if last_n else prime[:0]
-    assert np.array_equal(sampler.window_counts[0], np.bincount(window, minlength=V))
+    assert np.array_equal(sampler.state.window_counts[0], np.bincount(window, minlength=V))
     kept = np.arange(max(0, prime_length - MAX_REPEAT_LAST_N), prime_length)
-    assert np.array_equal(sampler.ring[0, kept % MAX_REPEAT_LAST_N], prime[kept])
-    assert sampler.pushed[0] == prime_length
+    assert np.array_equal(sampler.state.ring[0, kept % MAX_REPEAT_LAST_N], prime[kept])
+    assert sampler.state.pushed[0] == prime_length
 
 
 def test_refill_continues_the_requests_own_random_stream():
     sampler = SamplerRows(3, V)
     for row, seed in enumerate((11, 12, 13)):
         sampler.assign(row, request(seed=seed), np.array([1]))
-    sampler.positions[:] = [UNIFORM_BLOCK, 5, UNIFORM_BLOCK]
-    unchanged = sampler.uniforms[1].copy()
+    sampler.state.positions[:] = [UNIFORM_BLOCK, 5, UNIFORM_BLOCK]
+    unchanged = sampler.state.uniforms[1].copy()
     sampler.refill(np.array([0, 1]))  # row 2 is not among the rows refilled
     stream = np.random.Generator(np.random.PCG64(11)).random(2 * UNIFORM_BLOCK)
-    assert np.array_equal(sampler.uniforms[0], stream[UNIFORM_BLOCK:])
-    assert sampler.positions.tolist() == [0, 5, UNIFORM_BLOCK]
-    assert np.array_equal(sampler.uniforms[1], unchanged)
+    assert np.array_equal(sampler.state.uniforms[0], stream[UNIFORM_BLOCK:])
+    assert sampler.state.positions.tolist() == [0, 5, UNIFORM_BLOCK]
+    assert np.array_equal(sampler.state.uniforms[1], unchanged)
 
 
-def test_arrays_the_chain_takes_are_in_its_order():
+def test_every_array_has_a_row_per_slot_and_the_chain_reads_them_by_name():
     sampler = SamplerRows(2, V)
-    assert sampler.settings[0] is sampler.temperature and sampler.settings[14] is sampler.length
-    assert sampler.state[0] is sampler.uniforms and sampler.state[8] is sampler.regex_state
-    assert sampler.out[0] is sampler.ids and sampler.out[3] is sampler.logprob_records
-    assert sampler.bias.shape == (2, V) and sampler.ring.shape == (2, MAX_REPEAT_LAST_N)
+    for group in (sampler.settings, sampler.state, sampler.out):
+        for name, array in zip(group._fields, group, strict=True):
+            assert getattr(group, name) is array and array.shape[0] == 2, name
+    assert sampler.settings.bias.shape == (2, V)
+    assert sampler.state.ring.shape == (2, MAX_REPEAT_LAST_N)
+    assert sampler.state.counts.shape == sampler.state.window_counts.shape == (2, V)
 
 
 def test_topping_up_keeps_a_rows_stream_of_random_numbers():
@@ -142,13 +145,15 @@ def test_topping_up_keeps_a_rows_stream_of_random_numbers():
     for row, seed in enumerate((7, 8)):
         sampler.assign(row, request(seed=seed), np.array([1]))
     stream = np.random.Generator(np.random.PCG64(7)).random(3 * UNIFORM_BLOCK)
-    sampler.positions[:] = [UNIFORM_BLOCK - 3, UNIFORM_BLOCK - 8]
-    untouched = sampler.uniforms[1].copy()
+    sampler.state.positions[:] = [UNIFORM_BLOCK - 3, UNIFORM_BLOCK - 8]
+    untouched = sampler.state.uniforms[1].copy()
     sampler.refill(np.array([0, 1]), needed=5)  # row 1 still has 8
-    assert sampler.positions.tolist() == [0, UNIFORM_BLOCK - 8]
-    assert np.array_equal(sampler.uniforms[0], stream[UNIFORM_BLOCK - 3 : 2 * UNIFORM_BLOCK - 3])
-    assert np.array_equal(sampler.uniforms[1], untouched)
-    sampler.positions[0] = 10
+    assert sampler.state.positions.tolist() == [0, UNIFORM_BLOCK - 8]
+    assert np.array_equal(
+        sampler.state.uniforms[0], stream[UNIFORM_BLOCK - 3 : 2 * UNIFORM_BLOCK - 3]
+    )
+    assert np.array_equal(sampler.state.uniforms[1], untouched)
+    sampler.state.positions[0] = 10
     sampler.refill(np.array([0]), needed=UNIFORM_BLOCK)  # every number wanted: top up now
     start = UNIFORM_BLOCK - 3 + 10
-    assert np.array_equal(sampler.uniforms[0], stream[start : start + UNIFORM_BLOCK])
+    assert np.array_equal(sampler.state.uniforms[0], stream[start : start + UNIFORM_BLOCK])
