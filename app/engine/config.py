@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from model.decoding.sampler_rows import UNIFORM_BLOCK
+from model.decoding.decoder import BLOCK_STEPS
 
 # Defaults of the service's models and health, read by app/settings.py and the classes here.
 MAX_LOADED_MODELS = 4  # models kept in memory; the least recently used idle one goes
@@ -47,7 +47,7 @@ class EngineConfig:
     # A call of many rows takes fewer steps, about chars_per_call characters in all: a new
     # request waits for the call in progress, and this keeps that wait about the same at
     # any number of rows (32 steps up to 32 rows, 16 at 64, 8 at 128, 4 at 256).
-    block_steps: int = 32
+    block_steps: int = BLOCK_STEPS  # at most UNIFORM_BLOCK: BatchDecoder checks it
     chars_per_call: int = 1024
     # The most of the engine's time primes may take while other streams decode.
     prefill_share: float = 0.25
@@ -96,8 +96,6 @@ class EngineConfig:
         ):
             if not 0 <= getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be ≥ 0 and finite, got {getattr(self, name)}")
-        if self.block_steps > UNIFORM_BLOCK:
-            raise ValueError(f"block_steps must be at most {UNIFORM_BLOCK}, got {self.block_steps}")
         if self.max_chunk_interval < self.min_chunk_interval:
             raise ValueError(
                 f"max_chunk_interval ({self.max_chunk_interval}) must be at least "

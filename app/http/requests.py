@@ -20,57 +20,43 @@ from app.engine.config import Limits
 from app.engine.served_model import ServedModel
 from app.http.schemas import GenerateRequest, ScoreRequest
 from model.decoding.automaton import Automaton
-from model.decoding.params import (
-    GenerationParams,
-    ParamError,
-    encode_logit_bias,
-    encode_prime,
-    encode_stops,
-    resolve_seed,
-)
+from model.decoding.params import GenerationParams, ParamError, build_params, too_long
 from model.state import RecurrentState, continuation_prime
-from model.text import NEWLINES_LF, normalize_newlines
+from model.text import as_read
 from model.vocab import OutOfVocabularyError
 
 
 def generation_params(
     served: ServedModel, limits: Limits, body: GenerateRequest, regex: Automaton | None = None
 ) -> GenerationParams:
-    """The request as the engine takes it. Raises ParamError naming the field. `regex`: the
-    body's pattern, compiled already (served.regexes.automaton, charged to its client);
-    without it the pattern is compiled here, blocking this thread."""
-    length = limits.default_length if body.length is None else body.length
-    if length > limits.max_length:
-        raise ParamError(
-            "length",
-            f"Input should be less than or equal to {limits.max_length}",
-            "less_than_equal",
-            {"le": limits.max_length},
-        )
-    if len(body.prime) > limits.max_prime_length:
-        raise _too_long("prime", limits.max_prime_length, len(body.prime))
-    if body.prompt_logprobs and body.logprobs is None:
-        raise ParamError("prompt_logprobs", "needs logprobs (0 to 5)", "missing_logprobs")
-    vocab = served.vocab
-    return GenerationParams(
-        prime=encode_prime(
-            vocab, body.prime, skip_unknown=body.skip_unknown, newlines=served.newlines
-        ),
-        length=length,
-        seed=resolve_seed(body.seed),
+    """The request as the engine takes it (model/decoding/params.py's build_params, as for
+    every caller). Raises ParamError naming the field. `regex`: the body's pattern,
+    compiled already (served.regexes.automaton, charged to its client); without it the
+    pattern is compiled here, blocking this thread."""
+    return build_params(
+        served.vocab,
+        body.prime,
+        length=body.length,
+        default_length=limits.default_length,
+        max_length=limits.max_length,
+        max_prime_chars=limits.max_prime_length,
+        seed=body.seed,
+        stop=body.stop,
+        logit_bias=body.logit_bias,
+        regex=regex if regex is not None else body.regex,
+        regexes=served.regexes.get,
+        skip_unknown=body.skip_unknown,
+        newlines=served.newlines,
         temperature=body.temperature,
-        top_k=body.top_k or 0,
+        top_k=body.top_k,
         top_p=body.top_p,
         min_p=body.min_p,
         repetition_penalty=body.repetition_penalty,
         repeat_last_n=body.repeat_last_n,
         frequency_penalty=body.frequency_penalty,
         presence_penalty=body.presence_penalty,
-        logit_bias=encode_logit_bias(vocab, body.logit_bias),
-        stop=encode_stops(vocab, body.stop),
         logprobs=body.logprobs,
         prompt_logprobs=body.prompt_logprobs,
-        regex=served.regexes.get(body.regex) if regex is None and body.regex is not None else regex,
     )
 
 
@@ -104,9 +90,9 @@ def score_ids(
     first), and how many characters were left out (skip_unknown). Raises
     ParamError("text")."""
     if len(body.text) > limits.max_score_chars:
-        raise _too_long("text", limits.max_score_chars, len(body.text))
+        raise too_long("text", limits.max_score_chars, len(body.text))
     vocab = served.vocab
-    text = normalize_newlines(body.text) if served.newlines == NEWLINES_LF else body.text
+    text = as_read(body.text, served.newlines)
     missing = vocab.missing(text)
     if missing and not body.skip_unknown:
         error = OutOfVocabularyError(missing)
@@ -135,13 +121,3 @@ def score_ids(
         least = "one character" if state is not None else "two characters"
         raise ParamError("text", f"needs at least {least} the model knows", "string_too_short")
     return ids, oov
-
-
-def _too_long(field: str, limit: int, length: int) -> ParamError:
-    """The 422 of a string past its limit, in pydantic's own shape."""
-    return ParamError(
-        field,
-        f"String should have at most {limit} characters",
-        "string_too_long",
-        {"max_length": limit, "length": length},
-    )

@@ -140,11 +140,6 @@ class BatchDecoder:
     def prefilling(self) -> int:
         return len(self._primes)
 
-    def prime_chars_left(self) -> int:
-        return sum(len(p) for p in self._primes.values()) - int(
-            sum(self._prime_pos[row] for row in self._primes)
-        )
-
     def add(
         self, params: GenerationParams, owner: Any = None, state: RecurrentState | None = None
     ) -> int:

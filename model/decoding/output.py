@@ -69,15 +69,6 @@ class Logprobs:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __eq__(self, other: object) -> bool:
-        """Same characters and numbers, compared exactly."""
-        if not isinstance(other, Logprobs):
-            return NotImplemented
-        columns = ("ids", "chosen", "top_ids", "top_logprobs")
-        return all(np.array_equal(getattr(self, c), getattr(other, c)) for c in columns)
-
-    __hash__ = None  # type: ignore[assignment]  # mutable arrays inside
-
     def entries(self) -> list[CharLogprob]:
         """The same, an object per character (for readers that want one)."""
         return [

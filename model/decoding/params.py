@@ -265,6 +265,16 @@ def encode_logit_bias(
     return tuple(sorted(pairs.items()))
 
 
+def too_long(field: str, limit: int, length: int) -> ParamError:
+    """The error of a string past its limit, in pydantic's own shape."""
+    return ParamError(
+        field,
+        f"String should have at most {limit} characters",
+        "string_too_long",
+        {"max_length": limit, "length": length},
+    )
+
+
 def build_params(
     vocab: Vocabulary,
     prime: str = "",
@@ -308,12 +318,7 @@ def build_params(
     if not isinstance(prime, str):
         raise ParamError("prime", f"must be a string, got {type(prime).__name__}", "string_type")
     if max_prime_chars is not None and len(prime) > max_prime_chars:
-        raise ParamError(
-            "prime",
-            f"String should have at most {max_prime_chars} characters",
-            "string_too_long",
-            {"max_length": max_prime_chars, "length": len(prime)},
-        )
+        raise too_long("prime", max_prime_chars, len(prime))
     if regex is not None and not isinstance(regex, (str, Automaton)):
         raise ParamError("regex", "must be a string", "string_type")
     if isinstance(regex, str) and regexes is None:

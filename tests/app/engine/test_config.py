@@ -5,13 +5,14 @@ import math
 import pytest
 
 from app.engine.config import EngineConfig
+from model.decoding.decoder import BLOCK_STEPS
 
 
-def test_block_steps_is_bounded_by_a_rows_block_of_random_numbers():
-    with pytest.raises(ValueError, match="block_steps must be at most 64"):
-        EngineConfig(block_steps=65)
+def test_block_steps_is_at_least_one_and_its_upper_bound_is_the_decoders():
     with pytest.raises(ValueError, match="block_steps must be at least 1"):
         EngineConfig(block_steps=0)
+    # The upper bound (a row's block of random numbers) is BatchDecoder's own check.
+    assert EngineConfig().block_steps == BLOCK_STEPS
 
 
 @pytest.mark.parametrize("value", [-1.0, math.nan, math.inf])

@@ -7,6 +7,7 @@ from model.decoding.output import RowOutput
 from model.decoding.params import GenerationParams
 from model.decoding.regex import RegexLimits, compile_regex
 from model.decoding.sampler import FAILED_NON_FINITE, RUNNING
+from tests.logprobs import same_logprobs
 
 BACKENDS = ["kernel", "torch"]
 LATE = 250  # steps after which every crowd prime has been prefilled (and cached)
@@ -17,8 +18,10 @@ def same_output(ours: RowOutput, expected: RowOutput, count: int | None) -> None
     assert ours.released == expected.released
     assert ours.finish_reason == expected.finish_reason
     # read out with the request's alternatives; floats compared exactly
-    assert ours.logprobs.read(count or 0) == expected.logprobs.read(count or 0)
-    assert ours.prompt_logprobs.read(count or 0) == expected.prompt_logprobs.read(count or 0)
+    assert same_logprobs(ours.logprobs.read(count or 0), expected.logprobs.read(count or 0))
+    assert same_logprobs(
+        ours.prompt_logprobs.read(count or 0), expected.prompt_logprobs.read(count or 0)
+    )
     assert ours.regex_complete == expected.regex_complete
 
 
@@ -261,21 +264,28 @@ def test_length_zero_ends_after_the_prime_cached_or_not(model, serve, cache_byte
     assert len(served.outputs["first"].ids) == 3
 
 
+def prime_chars_left(decoder: BatchDecoder) -> int:
+    """Prime characters the decoder's rows have still to read."""
+    return sum(len(p) for p in decoder._primes.values()) - int(
+        sum(decoder._prime_pos[row] for row in decoder._primes)
+    )
+
+
 def test_prefill_runs_the_shortest_primes_first(model):
     decoder = BatchDecoder(model, 4)
     rows = [decoder.add(GenerationParams(prime=(1,) * n, length=1, seed=0)) for n in (5, 1, 3)]
-    assert decoder.prefilling == 3 and decoder.prime_chars_left() == 9
+    assert decoder.prefilling == 3 and prime_chars_left(decoder) == 9
     assert [len(part) for part in decoder.prefill(0)] == [0, 0, 0]
     advanced, positions, done = decoder.prefill(2)
     assert advanced.tolist() == [rows[1], rows[2]] and positions.tolist() == [0, 0]
     assert done == [rows[1]] and decoder.decoding.tolist() == [rows[1]]
     advanced, positions, done = decoder.prefill(2)
     assert advanced.tolist() == [rows[2], rows[0]] and positions.tolist() == [1, 0]
-    assert decoder.prime_chars_left() == 5 and done == []
+    assert prime_chars_left(decoder) == 5 and done == []
     decoder.remove(rows[2])  # a row leaves mid-prefill
     advanced, positions, done = decoder.prefill(64)
     assert advanced.tolist() == [rows[0]] and positions.tolist() == [1]
-    assert decoder.prime_chars_left() == 3
+    assert prime_chars_left(decoder) == 3
 
 
 def test_rows_are_added_and_removed_in_any_order(model):
@@ -368,3 +378,9 @@ def test_backend_choice(model, make_model):
         BatchDecoder(gru, 1, backend="kernel")
     with pytest.raises(ValueError, match="capacity"):
         BatchDecoder(model, 0)
+
+
+@pytest.mark.parametrize("block_steps", [0, -1, 65])
+def test_block_steps_is_bounded_by_a_rows_block_of_random_numbers(model, block_steps):
+    with pytest.raises(ValueError, match=r"block_steps must be in \[1, 64\]"):
+        BatchDecoder(model, capacity=2, block_steps=block_steps)
