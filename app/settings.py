@@ -166,6 +166,13 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         description="longest a regex may take to compile",
     )
+    regex_compile_workers: int = Field(
+        RegexLimits.compile_workers,
+        ge=1,
+        le=64,
+        description="regexes compiling at once per model, each in a worker process "
+        "(one per client at a time)",
+    )
     # Operations (app/http/auth.py, app/gate/body_limit.py, app/gate/access_log.py, app/main.py).
     api_key: SecretStr | None = Field(
         None,
@@ -352,6 +359,7 @@ class Settings(BaseSettings):
             max_pattern_chars=self.max_regex_chars,
             max_states=self.max_regex_states,
             compile_seconds=self.regex_compile_seconds,
+            compile_workers=self.regex_compile_workers,
         )
 
     def limits(self) -> Limits:

@@ -7,13 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import fcntl
 import json
 import random
+import socket
+import struct
+import termios
+import time
+from pathlib import Path
 from typing import Any
 
 ATTACKERS = [f"127.0.0.{n}" for n in range(66, 72)]  # one address per kind of attack
 SCORE_BURST = "127.0.0.80"  # the score burst's own address
 REGEX_FLOOD = "127.0.0.81"  # the regex-compile flood's own address
+NEVER_READ = "127.0.0.82"  # the clients that never read, at their own address
+TCP_ESTABLISHED, TCP_CLOSE = 1, 7  # struct tcp_info's first byte, tcpi_state (Linux)
 
 
 async def request(
@@ -47,14 +55,17 @@ def post(path: str, body: bytes, method: bytes = b"POST") -> bytes:
 class Hostile:
     """The hostile clients, each a loop until `stop` is set; statuses are tallied."""
 
-    def __init__(self, port: int, vocabulary: list[str]):
+    def __init__(self, port: int, vocabulary: list[str], server: int = 0):
         self.port = port
+        self.server = server  # the server's process id, for its RSS (0: not known)
         self.vocabulary = [c for c in vocabulary if c not in '"\\'] or ["a"]
         self.stop = asyncio.Event()
         self.statuses: collections.Counter[str] = collections.Counter()
+        # Figures of the attacks that measure the server: name → values (never_read).
+        self.figures: dict[str, list[float]] = collections.defaultdict(list)
         self.rng = random.Random(0)
 
-    def tally(self, kind: str, status: int | None) -> None:
+    def tally(self, kind: str, status: int | str | None) -> None:
         self.statuses[f"{kind} {status if status is not None else 'closed'}"] += 1
 
     async def fields(self) -> None:
@@ -146,15 +157,20 @@ class Hostile:
                 self.tally("score_burst", int(head.split(b" ", 2)[1]))
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
                 self.tally("score_burst", None)
+            except asyncio.CancelledError:
+                self.tally("score_burst", "unanswered at the phase's end")
+                raise
             finally:
                 writer.close()
 
         while not self.stop.is_set():
             burst = [asyncio.create_task(one()) for _ in range(count)]
             stopped = asyncio.create_task(self.stop.wait())
-            await asyncio.wait([stopped, asyncio.gather(*burst)], return_when="FIRST_COMPLETED")
+            everyone = asyncio.gather(*burst, return_exceptions=True)
+            await asyncio.wait([stopped, everyone], return_when="FIRST_COMPLETED")
             for task in [*burst, stopped]:
                 task.cancel()
+            await everyone
 
     async def regex_flood(self, in_flight: int = 24) -> None:
         """`in_flight` requests at a time (inside the client's quota), each with a pattern
@@ -172,6 +188,70 @@ class Hostile:
                 self.tally("regex_flood", await request(self.port, raw, REGEX_FLOOD, timeout=120))
 
         await asyncio.gather(*(one() for _ in range(in_flight)))
+
+    async def never_read(
+        self, count: int = 16, chars: int = 100_000, give_up: float = 240.0
+    ) -> None:
+        """`count` connections (inside the client's quota) that each send a /score of
+        `chars` characters with top_n 5 (a reply of ~15 MB, far more than the kernel's
+        buffers) with a 4 KB receive buffer, and never read a byte of it. Each is watched
+        (its TCP state and the bytes the kernel holds for it, neither read) until the
+        server drops it: the seconds from its reply's first byte to the drop, and the
+        server's RSS while they are held and once all are gone, go to `figures`. Again
+        once all are gone; when told to stop, the last round is still watched to its end
+        (at most `give_up` seconds after it was sent)."""
+        text = "".join(self.rng.choices(self.vocabulary, k=chars))
+        raw = post("/score", json.dumps({"text": text, "top_n": 5}).encode())
+        loop = asyncio.get_running_loop()
+
+        async def connect() -> socket.socket | None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect
+            sock.setblocking(False)
+            try:
+                sock.bind((NEVER_READ, 0))
+                await loop.sock_connect(sock, ("127.0.0.1", self.port))
+                await loop.sock_sendall(sock, raw)
+            except OSError:
+                sock.close()
+                self.tally("never_read", None)
+                return None
+            return sock
+
+        while True:
+            sent = time.monotonic()
+            socks = [
+                sock for sock in await asyncio.gather(*(connect() for _ in range(count))) if sock
+            ]
+            first_byte: dict[socket.socket, float] = {}
+            status: dict[socket.socket, str] = {}  # its reply's status line, peeked
+            held_rss = 0.0
+            while socks and time.monotonic() - sent < give_up:
+                await asyncio.sleep(0.05)
+                now = time.monotonic()
+                for sock in list(socks):
+                    if sock not in first_byte and _waiting_bytes(sock) > 0:
+                        first_byte[sock] = now
+                        status[sock] = _peek_status(sock)
+                    state = _tcp_state(sock)
+                    if state != TCP_ESTABLISHED:  # reset (or closed) by the server
+                        socks.remove(sock)
+                        self.figures["never_read_dropped_s"].append(now - first_byte.get(sock, now))
+                        self.figures["never_read_sent_to_drop_s"].append(now - sent)
+                        how = "reset" if state == TCP_CLOSE else "closed"
+                        self.tally("never_read", f"{how} after {status.get(sock, 'nothing')}")
+                        sock.close()
+                if not held_rss and socks and all(sock in first_byte for sock in socks):
+                    held_rss = _rss_mb(self.server)  # every reply started, none read
+            for sock in socks:  # never dropped
+                self.tally("never_read", "still connected")
+                sock.close()
+            if held_rss:
+                self.figures["never_read_held_rss_mb"].append(held_rss)
+            await asyncio.sleep(1.0)  # the server's bookkeeping of the drops
+            self.figures["never_read_after_rss_mb"].append(_rss_mb(self.server))
+            if self.stop.is_set():
+                return
 
     async def hangups(self) -> None:
         body = json.dumps({"prime": "a", "length": 2000}).encode()
@@ -226,17 +306,62 @@ class Hostile:
             self.hangups(),
             self.score_burst(),
             self.regex_flood(),
+            self.never_read(),
             self.flood(),
         ]
 
 
+def _tcp_state(sock: socket.socket) -> int:
+    """The socket's TCP state (1: established), read without reading its data."""
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+    except OSError:
+        return 0
+
+
+def _peek_status(sock: socket.socket) -> str:
+    """The status code of the reply waiting in the socket, left there (MSG_PEEK)."""
+    try:
+        head = sock.recv(12, socket.MSG_PEEK)
+    except OSError:
+        return "?"
+    parts = head.split(b" ")
+    return parts[1].decode(errors="replace") if len(parts) > 1 else "?"
+
+
+def _waiting_bytes(sock: socket.socket) -> int:
+    """Bytes the kernel holds for the socket, unread (FIONREAD)."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock, termios.FIONREAD, b"\0" * 4))[0]
+    except OSError:
+        return 0
+
+
+def _rss_mb(pid: int) -> float:
+    """VmRSS of a process now, in MB (0 when unknown)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def attack(
-    port: int, vocabulary: list[str], stop: Any, statuses: Any, only: set[str] | None = None
+    port: int,
+    vocabulary: list[str],
+    stop: Any,
+    statuses: Any,
+    only: set[str] | None = None,
+    server: int = 0,
 ) -> None:
     """The hostile clients until `stop` (a multiprocessing Event) is set, in a process of
-    their own as they would be on machines of their own; their tally goes to `statuses`.
-    `only`: the names of the attacks to run (Hostile's methods; None: all)."""
-    hostile = Hostile(port, vocabulary)
+    their own as they would be on machines of their own; their tally, and the figures of
+    the attacks that measure the server (`server`: its process id), go to `statuses` as
+    (tally, figures). `only`: the names of the attacks to run (Hostile's methods; None:
+    all)."""
+    hostile = Hostile(port, vocabulary, server)
 
     async def run() -> None:
         chosen = []
@@ -252,4 +377,4 @@ def attack(
         await asyncio.gather(*tasks, return_exceptions=True)
 
     asyncio.run(run())
-    statuses.put(dict(hostile.statuses))
+    statuses.put((dict(hostile.statuses), dict(hostile.figures)))

@@ -1,7 +1,8 @@
 """Hostile load: 64 well-behaved streams beside clients that try to break the service.
 
     python benchmarks/hostile_load.py [--streams 64] [--length 500] [--repeats 7]
-                                      [--server-cpus 0-3]
+                                      [--server-cpus 0-3] [--attacks NAME,...]
+                                      [--send-timeout 5]
 
 The server is `python -m app` (the shipped checkpoint, default settings) in its own process.
 Each well-behaved stream comes from its own loopback address (127.0.1.N, as 64 users
@@ -21,11 +22,17 @@ send at the same time:
               more every 0.1 s from 300 connections (429s, as fast as they come back)
   regex_flood 24 requests at a time (from 127.0.0.81), each a pattern never sent before
               that is slow to compile (a{3000}, a{3001}, ...; (a|b)*a(a|b){20}, {21}, ...)
+  never_read  16 connections (from 127.0.0.82) with a 4 KB receive buffer, each sending a
+              /score of 100,000 characters with top_n 5 (a ~15 MB reply) and reading none
+              of it; watched until the server drops them, then again
 
 and probes (GET /health every 100 ms, /metrics every second, and every 0.5 s a request
 with a simple regex never sent before, from a client of its own: 127.0.0.90) run beside
 the 64 streams, in both phases, so that the hostile clients are the only difference
 between them. `--attacks regex_flood,scan` runs only those (default: all).
+The server runs with SEND_TIMEOUT_SECONDS = --send-timeout (default 5 s, shorter than the
+service's 30 s, so that the clients that never read are dropped within a hostile phase);
+well-behaved clients, which read, never meet it.
 The attackers' own CPU time is taken from the same cores as the server's, unless
 --server-cpus puts the server on CPUs of its own (every client, attackers included, then
 runs on the others, as if on machines of their own).
@@ -35,8 +42,12 @@ and p99 gap between chunks, and the ratio hostile/quiet; per phase, /health fail
 latency; the server's peak RSS; the tracebacks in its log; what the hostile requests got;
 and the cores each side used (the server's event loop, its decoding threads, the
 attackers' process), which on a small machine shows how much of it the attack itself took.
+and, for the clients that never read, how long after their reply's first byte the server
+dropped them and its RSS while they were held and once they were gone (the server's RSS
+is also given idle, before the first phase, and after the last).
 Targets: N/N complete, ratio >= 0.7, p99 gap < 250 ms, RSS < 1 GB, /health always 200,
-the simple regex answered in under 1 s, no traceback.
+the simple regex answered in under 1 s, no traceback, clients that never read dropped
+within SEND_TIMEOUT_SECONDS + 5 s.
 """
 
 from __future__ import annotations
@@ -131,6 +142,14 @@ class Probes:
                 await asyncio.sleep(0.1)
 
 
+def current_rss_mb(pid: int) -> float:
+    """VmRSS: the process's resident set now (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def cpu_list(text: str) -> set[int]:
     """'0-3,6' → {0, 1, 2, 3, 6}."""
     cpus: set[int] = set()
@@ -213,6 +232,12 @@ def main() -> None:
         "included, on the others, as if on machines of their own (default: all share)",
     )
     parser.add_argument(
+        "--send-timeout",
+        type=float,
+        default=5.0,
+        help="the server's SEND_TIMEOUT_SECONDS (default 5)",
+    )
+    parser.add_argument(
         "--attacks",
         type=lambda text: set(text.split(",")),
         help="only these attacks, comma-separated (default: all; names in the docstring)",
@@ -233,7 +258,13 @@ def main() -> None:
 
     port = free_port()
     log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)  # noqa: SIM115 (kept)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "ACCESS_LOG": "false", "LOG_LEVEL": "info"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "ACCESS_LOG": "false",
+        "LOG_LEVEL": "info",
+        "SEND_TIMEOUT_SECONDS": str(args.send_timeout),
+    }
     command = [
         sys.executable,
         "-m",
@@ -253,9 +284,11 @@ def main() -> None:
         asyncio.run(phase(port, 8, 50, None, server.pid))  # warm-up
         warm = {"prime": "a", "length": 1, "regex": "[a-z]"}  # starts the regex workers
         httpx.post(f"http://127.0.0.1:{port}/generate", json=warm, timeout=60)
+        idle_rss = current_rss_mb(server.pid)
         quiet, hostile_runs = [], []
         probes = {"quiet": Probes(port), "hostile": Probes(port)}
         statuses: collections.Counter[str] = collections.Counter()
+        figures: dict[str, list[float]] = collections.defaultdict(list)
         spawn = multiprocessing.get_context("spawn")
         for _ in range(args.repeats):
             quiet.append(
@@ -263,7 +296,7 @@ def main() -> None:
             )
             stop, tally = spawn.Event(), spawn.Queue()
             attacker = spawn.Process(
-                target=attack, args=(port, vocabulary, stop, tally, args.attacks)
+                target=attack, args=(port, vocabulary, stop, tally, args.attacks, server.pid)
             )
             attacker.start()
             time.sleep(3)  # let the attack build up first
@@ -272,9 +305,13 @@ def main() -> None:
             )
             hostile_runs.append(asyncio.run(under_attack))
             stop.set()
-            statuses.update(tally.get(timeout=120))
+            counts, measured = tally.get(timeout=300)
+            statuses.update(counts)
+            for name, values in measured.items():
+                figures[name] += values
             attacker.join(60)
-        rss = peak_rss_mb(server.pid)
+        time.sleep(2)
+        rss, end_rss = peak_rss_mb(server.pid), current_rss_mb(server.pid)
         alive = server.poll() is None
     finally:
         server.terminate()
@@ -324,9 +361,23 @@ def main() -> None:
         )
     )
     print(
-        f"server peak RSS: {rss:.0f} MB, still running: {alive}, "
-        f"tracebacks in its log: {tracebacks}"
+        f"server peak RSS: {rss:.0f} MB (idle before {idle_rss:.0f} MB, after the last phase "
+        f"{end_rss:.0f} MB), still running: {alive}, tracebacks in its log: {tracebacks}"
     )
+    dropped = figures.get("never_read_dropped_s", [])
+    if dropped or "never_read" in (args.attacks or {"never_read"}):
+        late = sum(seconds > args.send_timeout + 5 for seconds in dropped)
+        held = figures.get("never_read_held_rss_mb", [])
+        after = figures.get("never_read_after_rss_mb", [])
+        print(
+            f"clients that never read: {len(dropped)} dropped, seconds from their reply's "
+            f"first byte to the drop: median {statistics.median(dropped or [0]):.1f}, max "
+            f"{max(dropped, default=0):.1f}, {late} later than SEND_TIMEOUT_SECONDS "
+            f"{args.send_timeout:g} + 5 s (from the request's send: max "
+            f"{max(figures.get('never_read_sent_to_drop_s', []), default=0):.1f}); server "
+            f"RSS with all held {'/'.join(f'{mb:.0f}' for mb in held) or '-'} MB, "
+            f"1 s after all dropped {'/'.join(f'{mb:.0f}' for mb in after) or '-'} MB"
+        )
     errors = sum((run["errors"] for run in quiet + hostile_runs), collections.Counter())
     if errors:
         print(f"well-behaved stream errors: {dict(errors)}")

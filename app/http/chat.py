@@ -35,6 +35,7 @@ from app.http.chat_schemas import (
 from app.http.completions import CompletionRun
 from app.http.openai_schemas import CompletionUsage, Logprobs
 from model.chat_template import ChatTemplateError, template_of
+from model.decoding.automaton import Automaton
 from model.decoding.params import ParamError
 from model.template_sandbox import OutputTooLong
 
@@ -78,13 +79,15 @@ class ChatRun:
         served: ServedModel,
         request: ChatCompletionRequest,
         client: str | None = None,
+        regex: Automaton | None = None,
     ) -> ChatRun:
-        """Render the conversation and queue its choices. Raises ParamError naming
+        """Render the conversation and queue its choices (`regex`: the request's pattern,
+        compiled already, as CompletionRun.start takes it). Raises ParamError naming
         `messages` for what the template or the vocabulary cannot take, or EngineBusy."""
         prompt, default_stop = render(served, request, service.limits.max_prime_length)
         try:
             run = CompletionRun.start(
-                service, served, request.completion(prompt, default_stop), client
+                service, served, request.completion(prompt, default_stop), client, regex
             )
         except ParamError as error:
             if error.field == "prompt":  # the rendered conversation: the messages' words

@@ -35,6 +35,7 @@ from app.http.openai_schemas import (
 )
 from app.http.requests import continuing, decode_state, generation_params
 from app.http.schemas import GenerateRequest, SamplingFields
+from model.decoding.automaton import Automaton
 from model.decoding.output import Logprobs as CharLogprobs
 from model.decoding.params import (
     MAX_SEED,
@@ -67,9 +68,11 @@ def choice_params(
     prompt: str,
     seed: int,
     state: RecurrentState | None = None,
+    regex: Automaton | None = None,
 ) -> GenerationParams:
     """One choice's GenerationParams (its prompt read after `state`'s text, if given); a
-    ParamError names the field as OpenAI does."""
+    ParamError names the field as OpenAI does. `regex`: the request's pattern, compiled
+    already and charged to its client (served.regexes.automaton)."""
     chars = served.vocab.chars
     try:
         ids = encode_logit_bias(served.vocab, request.logit_bias or {}, keys="ids")
@@ -86,7 +89,7 @@ def choice_params(
             prompt_logprobs=request.echo and request.logprobs is not None,
             **request.model_dump(include=set(SamplingFields.model_fields)),
         )
-        params = generation_params(served, service.limits, body)
+        params = generation_params(served, service.limits, body, regex)
         return continuing(served, params, state, prompt, request.skip_unknown)
     except ParamError as error:
         error.field = OPENAI_PARAM.get(error.field, error.field)
@@ -119,9 +122,12 @@ class CompletionRun:
         served: ServedModel,
         request: CompletionRequest,
         client: str | None = None,
+        regex: Automaton | None = None,
     ) -> CompletionRun:
         """Make every choice's params (so a bad one fails before anything runs), then
-        queue them. Raises ParamError or EngineBusy, with nothing left running."""
+        queue them. `regex`: the request's pattern, compiled already and charged to
+        `client` (served.regexes.automaton); None for a request without one. Raises
+        ParamError or EngineBusy, with nothing left running."""
         base = resolve_seed(request.seed)
         planned = []
         run = cls(request, served.name)
@@ -131,7 +137,9 @@ class CompletionRun:
         state = run.state = decode_state(served, request.state)  # one object for n forks
         for prompt in request.prompts:
             params = [
-                choice_params(service, served, request, prompt, (base + n) % (MAX_SEED + 1), state)
+                choice_params(
+                    service, served, request, prompt, (base + n) % (MAX_SEED + 1), state, regex
+                )
                 for n in range(request.n)
             ]
             read = params[0].prime[1:] if state is not None else params[0].prime

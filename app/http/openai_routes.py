@@ -44,6 +44,7 @@ from app.http.openai_schemas import (
     ModelList,
 )
 from app.http.routes import Service
+from model.decoding.automaton import Automaton
 from model.decoding.params import ParamError
 
 logger = logging.getLogger("uvicorn.error")
@@ -152,16 +153,23 @@ async def served_model(service: ModelService, name: str) -> ServedModel:
         raise
 
 
+async def compiled_regex(
+    served: ServedModel, pattern: str | None, client: str | None
+) -> Automaton | None:
+    """The request's regex as an automaton (None without one): cached, or compiled in a
+    worker process while the request holds one of `client`'s places (429 past its quota;
+    app/engine/regex_compiler.py), as the native routes do."""
+    return None if pattern is None else await served.regexes.automaton(pattern, client)
+
+
 async def completion_run(
     service: Service, body: CompletionRequest, request: Request
 ) -> AsyncIterator[CompletionRun]:
     """The request's jobs, queued; cancelled when the response ends, however it ends."""
     served = await served_model(service, body.model)
     client = routes.client_of(request)
-    if body.regex is not None:  # compiling may take a while: not on the event loop
-        run = await anyio.to_thread.run_sync(CompletionRun.start, service, served, body, client)
-    else:
-        run = CompletionRun.start(service, served, body, client)
+    regex = await compiled_regex(served, body.regex, client)
+    run = CompletionRun.start(service, served, body, client, regex)
     try:
         yield run
     finally:
@@ -171,12 +179,13 @@ async def completion_run(
 async def chat_run(
     service: Service, body: ChatCompletionRequest, request: Request
 ) -> AsyncIterator[ChatRun]:
-    """The chat's jobs, queued; cancelled when the response ends. Rendering runs the
-    model's template (bounded, but the checkpoint's code) and maybe compiles a regex:
-    not on the event loop."""
+    """The chat's jobs, queued; cancelled when the response ends. Its regex compiles as a
+    completion's does; rendering runs the model's template (bounded, but the checkpoint's
+    code): not on the event loop."""
     served = await served_model(service, body.model)
     client = routes.client_of(request)
-    run = await anyio.to_thread.run_sync(ChatRun.start, service, served, body, client)
+    regex = await compiled_regex(served, body.regex, client)
+    run = await anyio.to_thread.run_sync(ChatRun.start, service, served, body, client, regex)
     try:
         yield run
     finally:

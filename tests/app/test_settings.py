@@ -187,3 +187,16 @@ def test_cuda_index_is_a_valid_name() -> None:
 def test_settings_are_frozen() -> None:
     with pytest.raises(ValidationError):
         Settings().port = 1  # type: ignore[misc]
+
+
+def test_regex_compile_workers_reach_the_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().regex_limits().compile_workers == 2
+    monkeypatch.setenv("REGEX_COMPILE_WORKERS", "5")
+    assert Settings().regex_limits().compile_workers == 5
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "65", "2.5", "NaN", "many"])
+def test_regex_compile_workers_are_checked(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("REGEX_COMPILE_WORKERS", value)
+    with pytest.raises(ValidationError, match="regex_compile_workers"):
+        Settings()
