@@ -60,7 +60,7 @@ class Scorer:
         self.top_n = top_n
         count = len(self.ids)
         self.logprobs = np.full(count, np.nan)
-        self.top_ids = np.zeros((count, top_n), np.int64)
+        self.top_ids = np.zeros((count, top_n), np.int32)  # vocabulary ids: 4 bytes suffice
         self.top_logprobs = np.zeros((count, top_n))
         self._executor = executor
         self._pending: Future | None = None

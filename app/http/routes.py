@@ -4,17 +4,14 @@ into responses (a job's output as JSON and as events: app/http/native_responses.
 
 # No `from __future__ import annotations` here: FastAPI reads these annotations at runtime,
 # and the dependency made inside _running refers to a local name.
-import gc
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Annotated, Any, NamedTuple
 
 import anyio.to_thread
-import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.responses import Response, StreamingResponse
@@ -42,6 +39,7 @@ from app.http.schemas import (
     ScoreResponse,
     describe_model,
 )
+from app.http.score_body import score_body
 from model.decoding.params import GenerationParams, ParamError
 from model.state import RecurrentState
 
@@ -297,55 +295,23 @@ async def score(service: Service, body: ScoreRequest, request: Request) -> Respo
         scorer = await job.result()
     except JobFailed as error:
         raise HTTPException(status_code=500, detail=str(error)) from None
-    with _no_collection():
-        logprobs: list[float | None] = scorer.logprobs.tolist()
-        logprobs[0] = None
-        bits: list[float | None] = (-scorer.logprobs / math.log(2)).tolist()
-        bits[0] = None
-        top_chars = top_logprobs = None
-        if body.top_n:
-            chars = np.array(served.vocab.chars, dtype=object)
-            top_chars = [[], *chars[scorer.top_ids[1:]].tolist()]
-            top_logprobs = [[], *scorer.top_logprobs[1:].tolist()]
-    text = job.ids.tolist()
-    if state is not None:  # ids[0] is the state's last character; the text is what follows
-        text, logprobs, bits = text[1:], logprobs[1:], bits[1:]
-        if top_chars is not None and top_logprobs is not None:
-            top_chars, top_logprobs = top_chars[1:], top_logprobs[1:]
+    text = job.ids[1:] if state is not None else job.ids  # after a state: what follows it
     seconds = (job.finished_at or time.perf_counter()) - job.submitted_at
-    # Made from the scorer's own arrays (nothing to validate) and written by pydantic-core in
-    # one call: FastAPI's way (validate, dump to dicts, validate, serialize) makes the (N,
-    # top_n) lists three more times on the event loop.
-    response = ScoreResponse.model_construct(
-        model=served.name,
-        text=served.vocab.decode(text),
-        chars=len(job.ids) - 1,
-        oov_chars=oov,
-        nats=scorer.nats,
-        bits=scorer.nats / math.log(2),
-        nats_per_char=scorer.nats_per_char,
-        bits_per_char=scorer.bits_per_char,
-        perplexity=math.exp(scorer.nats_per_char),
-        logprobs=logprobs,
-        surprisal_bits=bits,
-        top_chars=top_chars,
-        top_logprobs=top_logprobs,
-        seconds=seconds,
-        state=served.state_codec.encode(scorer.final_state()) if body.return_state else None,
-    )
-    with _no_collection():
-        return Response(response.model_dump_json(), media_type="application/json")
-
-
-@contextmanager
-def _no_collection() -> Iterator[None]:
-    """No cyclic garbage collection while a score's lists are built: they hold no cycles,
-    and each of the collections their (N, top_n) small lists would set off walks the
-    whole heap (tens of times the build itself for a long text)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
+    head = {
+        "model": served.name,
+        "text": served.vocab.decode(text.tolist()),
+        "chars": len(job.ids) - 1,
+        "oov_chars": oov,
+        "nats": scorer.nats,
+        "bits": scorer.nats / math.log(2),
+        "nats_per_char": scorer.nats_per_char,
+        "bits_per_char": scorer.bits_per_char,
+        "perplexity": math.exp(scorer.nats_per_char),
+    }
+    tail = {
+        "seconds": seconds,
+        "state": served.state_codec.encode(scorer.final_state()) if body.return_state else None,
+    }
+    # ScoreResponse's fields, written in pieces as the client reads them (score_body.py).
+    pieces = score_body(head, scorer, served.vocab.chars, state is not None, tail)
+    return StreamingResponse(pieces, media_type="application/json")

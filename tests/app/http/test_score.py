@@ -158,3 +158,29 @@ async def test_a_score_past_its_memory_budget_is_a_422_naming_the_field(
     assert service.engine.queued == queued  # refused before the queue
     within = await client.post("/score", json={"text": "ab " * 600, "top_n": 5})  # 9,000 cells
     assert within.status_code == 200, within.text
+
+
+@pytest.mark.parametrize("top_n", [0, 3])
+async def test_the_body_written_in_pieces_is_the_score_response(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, top_n: int
+) -> None:
+    from app.http import score_body
+    from app.http.schemas import ScoreResponse
+
+    text = TEXT * 3
+    whole = (await client.post("/score", json={"text": text, "top_n": top_n})).json()
+    monkeypatch.setattr(score_body, "PIECE_CHARS", 7)  # many pieces, the last a short one
+    response = await client.post("/score", json={"text": text, "top_n": top_n})
+    assert response.headers["content-type"] == "application/json"
+    pieces = ScoreResponse.model_validate_json(response.content)  # the documented shape
+    assert pieces.logprobs[0] is None and len(pieces.logprobs) == len(text)
+    assert len(pieces.surprisal_bits) == len(text)
+    if top_n:
+        assert pieces.top_chars is not None and pieces.top_chars[0] == []
+        assert all(len(row) == top_n for row in pieces.top_chars[1:])
+        assert pieces.top_logprobs is not None and len(pieces.top_logprobs) == len(text)
+    else:
+        assert pieces.top_chars is None and pieces.top_logprobs is None
+    in_pieces = response.json()
+    for field in ("logprobs", "surprisal_bits", "top_chars", "top_logprobs", "text", "nats"):
+        assert in_pieces[field] == whole[field]
