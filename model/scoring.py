@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from model.decoding.network_rows import kernel_supported
-from model.decoding.step import StepWeights, _multiply_rows, lstm_layer_sequence, pack_panels
+from model.decoding.step import StepWeights, lstm_layer_sequence, multiply_rows, pack_panels
 from model.network import CharRNN
 from model.scoring_rows import read_rows
 from model.state import RecurrentState, text_state
@@ -185,7 +185,7 @@ class Scorer:
             bias = self._upper_bias[layer - 1]
             pre = np.empty((len(below), len(bias)), np.float32)  # (T, 4H)
             pre[:] = bias
-            _multiply_rows(below, rows, self._upper_input[layer - 1], pre)  # += below · W_ihᵀ
+            multiply_rows(below, rows, self._upper_input[layer - 1], pre)  # += below · W_ihᵀ
             out = np.empty_like(below)
             lstm_layer_sequence(pre, self._recurrent[layer], self._h[layer], self._c[layer], out)
             below = out

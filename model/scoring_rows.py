@@ -21,17 +21,27 @@ text's numbers are the same scored alone or beside others, bit for bit.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
 from numba import njit
 
-from model.decoding.step import StepWeights, _cell_rows, _multiply_rows
+from model.decoding.step import StepWeights, cell_rows, multiply_rows
 from model.fast_math import JIT
+from model.network import CharRNN
 
-if TYPE_CHECKING:  # scoring.py reads a lone text through read_rows
-    from model.scoring import Scorer
+
+class ScoredText(Protocol):
+    """What read_rows needs of a text being scored (model/scoring.py's Scorer)."""
+
+    ids: np.ndarray  # (N,) the text's ids
+    model: CharRNN
+    hidden_state: tuple[np.ndarray, np.ndarray]  # h and c (L, 1, H), read and written
+
+    def claim_slice(self, max_chars: int) -> tuple[int, int]: ...
+
+    def record_logits(self, start: int, logits: torch.Tensor) -> None: ...
 
 
 @njit(**JIT)
@@ -45,8 +55,8 @@ def lstm_rows_sequence(pre, counts, panels, h, c, out):
     for t in range(pre.shape[0]):
         rows = np.arange(counts[t])
         gates[: counts[t]] = pre[t, : counts[t]]
-        _multiply_rows(h, rows, panels, gates)
-        _cell_rows(rows, gates, h, c)
+        multiply_rows(h, rows, panels, gates)
+        cell_rows(rows, gates, h, c)
         out[t, : counts[t]] = h[: counts[t]]
 
 
@@ -57,11 +67,11 @@ def _input_products(below, counts, panels, bias, pre):
     for t in range(below.shape[0]):
         rows = np.arange(counts[t])
         pre[t, : counts[t]] = bias
-        _multiply_rows(below[t], rows, panels, pre[t])
+        multiply_rows(below[t], rows, panels, pre[t])
 
 
 @torch.no_grad()
-def read_rows(scorers: Sequence[Scorer], weights: StepWeights, max_chars: int) -> int:
+def read_rows(scorers: Sequence[ScoredText], weights: StepWeights, max_chars: int) -> int:
     """Each scorer (made with these shared `weights`) reads up to `max_chars` more
     characters, all in one batched pass; → the characters read, all texts together."""
     slices = [(scorer, *scorer.claim_slice(max_chars)) for scorer in scorers]

@@ -25,7 +25,7 @@ from numba import njit
 from model.atomic import take
 from model.decoding.sampler import sample_rows
 from model.decoding.sampler_rows import Out, SamplerRows, StepBlock
-from model.decoding.step import _multiply_rows, lstm_rows_step, step_weights
+from model.decoding.step import lstm_rows_step, multiply_rows, step_weights
 from model.fast_math import JIT
 from model.network import CharRNN
 
@@ -94,7 +94,7 @@ def _head_rows(rows, weights, h, logits):
     head_weight, head_bias = weights[5], weights[6]
     for p in range(rows.shape[0]):
         logits[rows[p], :] = head_bias
-    _multiply_rows(h[h.shape[0] - 1], rows, head_weight, logits)
+    multiply_rows(h[h.shape[0] - 1], rows, head_weight, logits)
 
 
 @njit(**JIT)

@@ -58,7 +58,7 @@ from numba.extending import intrinsic
 from model.fast_math import JIT, lstm_cell
 from model.network import CharRNN
 
-ROWS = 4  # rows per block: each weight vector loaded feeds this many (_multiply_rows
+ROWS = 4  # rows per block: each weight vector loaded feeds this many (multiply_rows
 # writes out the remainder's blocks, of 1-3 rows)
 PANEL = 64  # outputs per block: ROWS × PANEL accumulators = 16 AVX-512 registers
 CHUNK = 32  # products summed apart before they join an output's running total
@@ -175,7 +175,7 @@ def _multiply_block(x, rows, first, count, panels, out):
 
 
 @njit(**JIT)
-def _multiply_rows(x, rows, panels, out):
+def multiply_rows(x, rows, panels, out):
     """out[row] += x[row] · W for each row in rows (m,); W in panels (pack_panels)."""
     count = rows.shape[0]
     full = count - count % ROWS
@@ -191,7 +191,7 @@ def _multiply_rows(x, rows, panels, out):
 
 
 @njit(inline="always", **JIT)
-def _cell_rows(rows, gates, h, c):
+def cell_rows(rows, gates, h, c):
     """h, c (R, H) of each row in rows ← the LSTM cell of its gate pre-activations."""
     hidden = h.shape[1]
     for p in range(rows.shape[0]):
@@ -222,17 +222,17 @@ def lstm_rows_step(rows, ids, weights, h, c, gates, logits):
     count = rows.shape[0]
     for p in range(count):
         gates[rows[p], :] = input_table[ids[p]]
-    _multiply_rows(h[0], rows, recurrent0, gates)
-    _cell_rows(rows, gates, h[0], c[0])
+    multiply_rows(h[0], rows, recurrent0, gates)
+    cell_rows(rows, gates, h[0], c[0])
     for layer in range(1, layers):
         for p in range(count):
             gates[rows[p], :] = upper_bias[layer - 1]
-        _multiply_rows(h[layer - 1], rows, upper_input[layer - 1], gates)
-        _multiply_rows(h[layer], rows, upper_recurrent[layer - 1], gates)
-        _cell_rows(rows, gates, h[layer], c[layer])
+        multiply_rows(h[layer - 1], rows, upper_input[layer - 1], gates)
+        multiply_rows(h[layer], rows, upper_recurrent[layer - 1], gates)
+        cell_rows(rows, gates, h[layer], c[layer])
     for p in range(count):
         logits[rows[p], :] = head_bias
-    _multiply_rows(h[layers - 1], rows, head_weight, logits)
+    multiply_rows(h[layers - 1], rows, head_weight, logits)
 
 
 @njit(**JIT)
@@ -246,6 +246,6 @@ def lstm_layer_sequence(pre, recurrent, h, c, out):
     gates = np.empty((1, pre.shape[1]), np.float32)
     for t in range(pre.shape[0]):
         gates[0, :] = pre[t]
-        _multiply_rows(h, row, panels, gates)
-        _cell_rows(row, gates, h, c)
+        multiply_rows(h, row, panels, gates)
+        cell_rows(row, gates, h, c)
         out[t, :] = h[0]
