@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openai  # a dev dependency: missing is a failure
 import pytest
 import torch
 from pydantic import SecretStr
@@ -27,8 +28,6 @@ from model.config import ModelConfig
 from model.network import CharRNN
 from model.vocab import Vocabulary
 from tests.app.support import running_server
-
-openai = pytest.importorskip("openai", reason="the openai client is a dev dependency")
 
 KEY = "chat-key"
 MODEL = "play"
@@ -147,7 +146,8 @@ def test_openai_sdk_extensions_and_errors(client: openai.OpenAI) -> None:
 
 
 def test_langchain_chat_openai(client: openai.OpenAI, base_url: str) -> None:
-    chat_models = pytest.importorskip("langchain_openai", reason="a dev dependency")
+    import langchain_openai as chat_models  # a dev dependency: missing is a failure
+
     llm = chat_models.ChatOpenAI(
         model=MODEL, base_url=base_url, api_key=KEY, max_retries=0, timeout=20, **SAMPLING
     )
@@ -178,7 +178,8 @@ def run_llm(user_dir: Path, *args: str) -> str:
 
 
 def test_llm_command_line(client: openai.OpenAI, base_url: str, tmp_path: Path) -> None:
-    pytest.importorskip("llm", reason="a dev dependency")
+    import llm  # noqa: F401  # a dev dependency: missing is a failure
+
     (tmp_path / "extra-openai-models.yaml").write_text(
         f"- model_id: verona\n  model_name: {MODEL}\n  api_base: {base_url}\n"
         "  api_key_name: verona\n"
