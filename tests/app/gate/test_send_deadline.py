@@ -27,6 +27,10 @@ from tests.app.support import running_server
 
 TIMEOUT = 0.5  # SEND_TIMEOUT_SECONDS of the server under test
 MARGIN = 2.0  # the reset comes within TIMEOUT + MARGIN of the client's last read
+# The server sees a read only when the freed window lets it write again, so its clock may
+# have started a little before the client's last read of bytes already delivered: the
+# reset never comes much sooner than TIMEOUT after that read (under load, 0.39 s of 0.5).
+EARLIEST = TIMEOUT * 0.5
 TCP_CLOSE = 7  # tcpi_state of a socket the peer has reset (linux/tcp_states.h)
 STACKS = {
     "httptools-uvloop": {"http_parser": "httptools", "event_loop": "uvloop"},
@@ -110,7 +114,7 @@ def test_a_stream_nobody_reads_is_reset_and_its_job_cancelled(
         assert wait_for(lambda: service.active == 1)
         after_last_read, last = until_reset(sock, limit=TIMEOUT + MARGIN + 10)
         assert after_last_read is not None, "still connected"
-        assert TIMEOUT * 0.8 < after_last_read < TIMEOUT + MARGIN
+        assert EARLIEST < after_last_read < TIMEOUT + MARGIN
     # The reset reached the app as a hang-up: the generation is cancelled.
     assert wait_for(lambda: service.active == 0, limit=2.0)
     assert time.monotonic() - last < TIMEOUT + MARGIN + 2.0
@@ -128,7 +132,7 @@ def test_one_large_answer_nobody_reads_is_reset(server: tuple[Any, FastAPI]) -> 
         sock.sendall(head + body)
         after_last_read, _ = until_reset(sock, limit=TIMEOUT + MARGIN + 15)
     assert after_last_read is not None, "still connected"
-    assert TIMEOUT * 0.8 < after_last_read < TIMEOUT + MARGIN
+    assert EARLIEST < after_last_read < TIMEOUT + MARGIN
 
 
 def test_a_slow_reader_that_keeps_reading_is_not_cut(server: tuple[Any, FastAPI]) -> None:
