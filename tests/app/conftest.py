@@ -5,6 +5,7 @@ make the engine fail. Helpers that tests import are in support.py."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import string
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -36,6 +37,14 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def uvicorn_logs_reach_caplog(monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvicorn's own log config, applied by any test that runs a server in this process,
+    stops its loggers' records at "uvicorn"; caplog listens at the root."""
+    for name in ("uvicorn", "uvicorn.error"):
+        monkeypatch.setattr(logging.getLogger(name), "propagate", True)
 
 
 @pytest.fixture
