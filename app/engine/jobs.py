@@ -76,7 +76,7 @@ class EngineWork:
     # --- engine side -----------------------------------------------------------------
     def on_finish(self, callback: Callable[[], None]) -> None:
         """Call `callback` once, when the work ends (the engine releases its client's
-        counts there)."""
+        counts there; a ScoreJob later, once its answer is written)."""
         self._on_finish = callback
 
     def finish(self, error: str | None = None) -> None:
@@ -87,8 +87,7 @@ class EngineWork:
         self.error = error
         self._finished_at(time.perf_counter())
         self._done.set()
-        if self._on_finish is not None:
-            self._on_finish()
+        self._ended()
         self.wake(last=True)
         with self._lock:
             waiter, self._end_waiter = self._end_waiter, None
@@ -96,6 +95,17 @@ class EngineWork:
 
     def _finished_at(self, now: float) -> None:
         """Record when the work ended (each kind keeps it in its own place)."""
+
+    def _ended(self) -> None:
+        """The engine is done with the work: its client's counts go (see on_finish)."""
+        self._give_back()
+
+    def _give_back(self) -> None:
+        """Call the on_finish callback, once, from whichever thread comes first."""
+        with self._lock:
+            callback, self._on_finish = self._on_finish, None
+        if callback is not None:
+            callback()
 
     def wake(self, last: bool = False) -> None:
         """Wake the waiting coroutine, if one waits. The engine calls it for every row at
@@ -241,7 +251,14 @@ class ScoreJob(EngineWork):
     """One text to score, run by the engine in slices between decoding steps, beside the
     other texts being scored (model/scoring_rows.py). Until the engine starts it, it
     holds only its ids (int32): the Scorer and its result arrays are made then.
-    `await job.result()` once it is queued."""
+    `await job.result()` once it is queued, and call answered() once its answer is
+    written or never will be.
+
+    The scores outlive the engine's work: the answer is written as its client reads it
+    (app/http/score_body.py), and a client reading slowly keeps the scorer's arrays (up to
+    MAX_SCORE_CELLS × 16 bytes) alive meanwhile. So the client's place in its quota is
+    given back when both are done, the engine's work and the answer: a client holds at
+    most its quota of scorers, finished or not."""
 
     def __init__(
         self,
@@ -260,9 +277,21 @@ class ScoreJob(EngineWork):
         self.scorer: Scorer | None = None  # made when the engine starts the job
         self.submitted_at = time.perf_counter()
         self.finished_at: float | None = None
+        self._answered = False  # see answered()
 
     def _finished_at(self, now: float) -> None:
         self.finished_at = now
+
+    def _ended(self) -> None:
+        if self.scorer is None or self._answered:  # nothing scored, or nothing to write
+            self._give_back()
+
+    def answered(self) -> None:
+        """The answer is written, or never will be (the client left, it failed): the
+        client's place goes back now, or when the engine ends the work if it has not."""
+        self._answered = True
+        if self.done:
+            self._give_back()
 
     async def result(self) -> Scorer:
         """Wait for the scores (finished()), then the scorer that holds them."""

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.responses import Response, StreamingResponse
 
-from app.engine.jobs import Job, JobFailed
+from app.engine.jobs import Job, JobFailed, ScoreJob
 from app.engine.registry import ModelUnavailable
 from app.engine.served_model import ServedModel, UnknownModel
 from app.engine.service import ModelService
@@ -39,7 +39,7 @@ from app.http.schemas import (
     ScoreResponse,
     describe_model,
 )
-from app.http.score_body import score_body
+from app.http.score_body import ScoreAnswer, score_body
 from model.decoding.params import GenerationParams, ParamError
 from model.state import RecurrentState
 
@@ -292,10 +292,23 @@ async def score(service: Service, body: ScoreRequest, request: Request) -> Respo
     job = service.score(served, ids, body.top_n, client_of(request), state)
     del ids  # while it waits, the job holds them (4 bytes a character, not a list's 8+)
     try:
-        scorer = await job.result()
-    except JobFailed as error:
-        raise HTTPException(status_code=500, detail=str(error)) from None
-    text = job.ids[1:] if state is not None else job.ids  # after a state: what follows it
+        pieces = await _score_pieces(served, job, oov, body.return_state)
+    except BaseException as error:  # failed, or the client left (hang_up.py cancels this)
+        job.answered()
+        if isinstance(error, JobFailed):
+            raise HTTPException(status_code=500, detail=str(error)) from None
+        raise
+    return ScoreAnswer(pieces, job)  # gives the client's place back once written
+
+
+async def _score_pieces(
+    served: ServedModel, job: ScoreJob, oov: int, return_state: bool
+) -> AsyncIterator[bytes]:
+    """ScoreResponse's fields for a finished `job`, written in pieces as the client reads
+    them (score_body.py)."""
+    scorer = await job.result()
+    continued = job.state is not None
+    text = job.ids[1:] if continued else job.ids  # after a state: what follows it
     seconds = (job.finished_at or time.perf_counter()) - job.submitted_at
     head = {
         "model": served.name,
@@ -310,8 +323,6 @@ async def score(service: Service, body: ScoreRequest, request: Request) -> Respo
     }
     tail = {
         "seconds": seconds,
-        "state": served.state_codec.encode(scorer.final_state()) if body.return_state else None,
+        "state": served.state_codec.encode(scorer.final_state()) if return_state else None,
     }
-    # ScoreResponse's fields, written in pieces as the client reads them (score_body.py).
-    pieces = score_body(head, scorer, served.vocab.chars, state is not None, tail)
-    return StreamingResponse(pieces, media_type="application/json")
+    return score_body(head, scorer, served.vocab.chars, continued, tail)

@@ -22,15 +22,37 @@ last character is position 0 and is left out.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import AsyncIterator, Iterator
 
 import numpy as np
 import orjson
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
+from app.engine.jobs import ScoreJob
 from model.scoring import Scorer
 
 PIECE_CHARS = 4096  # positions a piece of the body holds (~600 kB with top_n 5)
 LN2 = math.log(2)
+
+
+class ScoreAnswer(StreamingResponse):
+    """The answer to `job`, from score_body(): the job's client keeps its quota place
+    until the last piece is written or the connection ends (ScoreJob.answered), so a
+    client that reads slowly holds at most its quota of scorers' arrays."""
+
+    def __init__(self, pieces: AsyncIterator[bytes], job: ScoreJob):
+        super().__init__(pieces, media_type="application/json")
+        self.job = job
+        # If the response is dropped without being sent, its place still goes back.
+        weakref.finalize(self, job.answered)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.job.answered()
 
 
 def score_head(fields: dict[str, object]) -> bytes:

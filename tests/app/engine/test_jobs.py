@@ -1,12 +1,14 @@
 """app/engine/jobs.py: how a handler waits for a request's end, woken once rather than at every
-step of the engine, and how a paced stream's end goes out at once."""
+step of the engine, how a paced stream's end goes out at once, and when a score's client
+gets its place back."""
 
 import asyncio
 import threading
 
+import numpy as np
 import pytest
 
-from app.engine.jobs import Job, JobFailed
+from app.engine.jobs import Job, JobFailed, ScoreJob
 from model.decoding.params import GenerationParams
 
 pytestmark = pytest.mark.anyio
@@ -91,3 +93,39 @@ async def test_a_pause_that_runs_out_leaves_no_waiter_behind() -> None:
     assert job._end_waiter is None and not job.done
     await chunks.aclose()  # the client leaves: the job is cancelled
     assert job.cancelled
+
+
+def a_score_job(released: list[str]) -> ScoreJob:
+    job = ScoreJob(np.arange(3, dtype=np.int32), 0, "tiny", "a")
+    job.on_finish(lambda: released.append("a"))
+    return job
+
+
+def test_a_scores_place_waits_for_its_answer_to_be_written() -> None:
+    released: list[str] = []
+    job = a_score_job(released)
+    job.scorer = object()  # type: ignore[assignment]  # started: it has scores to answer
+    from_another_thread(job.finish)
+    assert job.done and released == []  # the answer is not written yet
+    job.answered()
+    job.answered()
+    assert released == ["a"]  # once
+
+
+def test_a_score_answered_before_the_engine_ends_it_goes_back_at_the_end() -> None:
+    released: list[str] = []
+    job = a_score_job(released)
+    job.scorer = object()  # type: ignore[assignment]
+    job.cancel()
+    job.answered()  # the client left while it was being scored
+    assert released == []  # the engine still holds its arrays
+    from_another_thread(job.finish)
+    assert released == ["a"]
+
+
+def test_a_score_that_never_started_goes_back_at_the_end() -> None:
+    released: list[str] = []
+    job = a_score_job(released)
+    job.cancel()
+    from_another_thread(job.finish)  # dropped before the engine made a scorer
+    assert released == ["a"]
