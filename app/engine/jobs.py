@@ -291,6 +291,7 @@ class ScoreJob(EngineWork):
         client's place goes back now, or when the engine ends the work if it has not."""
         self._answered = True
         if self.done:
+            self.scorer = None  # its arrays go with the answer's last reference
             self._give_back()
 
     async def result(self) -> Scorer:

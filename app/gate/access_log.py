@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.gate.hang_up import unanswered_status
 from app.gate.identity import client_of
 
 LOGGER_NAME = "charrnn.access"
@@ -47,7 +48,8 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500  # what the server sends when the app fails before responding
+        status: int | None = None
+        failed = True
         sent = 0
 
         async def counted_send(message: Message) -> None:
@@ -60,12 +62,13 @@ class AccessLogMiddleware:
 
         try:
             await self.app(scope, receive, counted_send)
+            failed = False
         finally:
             line = {
                 "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
                 "method": scope["method"],
                 "path": scope["path"],
-                "status": status,
+                "status": status if status is not None else unanswered_status(failed),
                 "duration_ms": round((time.perf_counter() - started) * 1000, 1),
                 "bytes": sent,
                 "client": client_of(scope),

@@ -20,6 +20,14 @@ import asyncio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 DISCONNECT: Message = {"type": "http.disconnect"}
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client left before its answer
+
+
+def unanswered_status(failed: bool) -> int:
+    """The status the access log and the metrics record for a request that sent no
+    response: 500 if the app failed; 499 if it returned without one, which only a request
+    cancelled by its client's hang-up does (HangUpMiddleware ends it quietly)."""
+    return 500 if failed else CLIENT_CLOSED_REQUEST
 
 
 class _Watch:

@@ -32,6 +32,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.engine.engine import DecodingEngine
+from app.gate.hang_up import unanswered_status
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -125,7 +126,8 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500  # unless a response starts: an exception before it is a server error
+        status: int | None = None  # none sent: app/gate/hang_up.py's unanswered_status
+        failed = True
         streaming = False
         first_seen = False
 
@@ -147,8 +149,11 @@ class MetricsMiddleware:
 
         try:
             await self.app(scope, receive, timed_send)
+            failed = False
         finally:
             elapsed = time.perf_counter() - started
+            if status is None:
+                status = unanswered_status(failed)
             self.metrics.observe(scope["method"], route_of(scope), status, elapsed)
 
 

@@ -44,15 +44,15 @@ class ScoreAnswer(StreamingResponse):
 
     def __init__(self, pieces: AsyncIterator[bytes], job: ScoreJob):
         super().__init__(pieces, media_type="application/json")
-        self.job = job
-        # If the response is dropped without being sent, its place still goes back.
-        weakref.finalize(self, job.answered)
+        # Called once: when the response ends, however it ends, or, if it is dropped
+        # without being sent, when it is collected.
+        self._answered = weakref.finalize(self, job.answered)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self.job.answered()
+            self._answered()
 
 
 def score_head(fields: dict[str, object]) -> bytes:

@@ -35,7 +35,11 @@ from model.decoding.params import ParamError
 from model.decoding.regex import RegexLimits, compile_regex
 from model.vocab import Vocabulary
 
-NICE = 10  # added to the worker's niceness: ~1/10 of a core beside a busy service thread
+# Added to the worker's niceness: the lowest priority, a CPU weight of 15 against a service
+# thread's 1024. At nice 10 (weight 110) a flood of compiles still took the decoding
+# threads' CPU: woken after each step's hand-offs, they waited behind the workers
+# (hostile_load's regex flood: 0.56x of quiet chars/s at nice 10, 0.92x at nice 19).
+NICE = 19
 START_SECONDS = 30.0  # a new worker's imports (numpy, interegular), on a busy machine
 SIZE = struct.Struct("<I")  # each message: its length, then its bytes
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import string
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -132,14 +133,17 @@ async def test_a_replaced_file_serves_new_requests_while_running_streams_finish_
     service = load_service(settings)
     old = service.model("beta")
     step = old.lane.decoder.step
+    reloaded = threading.Event()
+    reloaded.set()  # open while `before` is read
 
-    def slow_step(*args: Any) -> Any:
-        time.sleep(0.002)  # 300 chars: ~0.6 s, so the reload lands mid-stream
+    def held_step(*args: Any) -> Any:
+        reloaded.wait(10)  # the stream below stays mid-way until the reload is done
         return step(*args)
 
-    monkeypatch.setattr(old.lane.decoder, "step", slow_step)
+    monkeypatch.setattr(old.lane.decoder, "step", held_step)
     async with serve_asgi(create_app(settings, service)) as client:
         before = await text_of(client, "beta", length=300)
+        reloaded.clear()
         results: dict[str, Any] = {}
 
         async def long_stream() -> None:
@@ -157,8 +161,12 @@ async def test_a_replaced_file_serves_new_requests_while_running_streams_finish_
             assert report["reloaded"] == ["beta"] and report["problems"] == {}
             assert old.lane.decoder.size == 1  # still running on the old weights
             assert service.model("beta") is not old
+            reloaded.set()
         assert results["stream"] == before  # finished on the weights it started with
-        assert old.lane not in service.engine.lanes  # the old version left once empty
+        # The old version leaves once empty, after the step that ended its last stream.
+        with anyio.fail_after(10):
+            while old.lane in service.engine.lanes:
+                await anyio.sleep(0.01)
         assert (await client.get("/model/beta")).json()["training"]["corpus"] == "beta-2"
         assert await text_of(client, "beta", length=300) != before
 

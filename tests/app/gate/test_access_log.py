@@ -115,3 +115,22 @@ async def test_control_characters_in_a_path_are_escaped() -> None:
     (line,) = handler.raw
     assert line.isascii() and line.isprintable()  # nothing a terminal or log viewer acts on
     assert json.loads(line)["path"] == path  # and nothing lost
+
+
+async def test_a_request_that_sent_nothing_is_499_if_its_client_left_500_if_it_failed() -> None:
+    handler = RawLines()
+    logger = logging.getLogger("test.access.unanswered")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+    async def left(scope: dict, receive: object, send: Any) -> None:
+        pass  # as HangUpMiddleware ends a request whose client hung up: quietly, no answer
+
+    async def failed(scope: dict, receive: object, send: Any) -> None:
+        raise RuntimeError("the app failed")
+
+    scope = {"type": "http", "method": "POST", "path": "/score", "client": ("10.0.0.9", 1)}
+    await AccessLogMiddleware(left, logger)(scope, None, None)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError):
+        await AccessLogMiddleware(failed, logger)(scope, None, None)  # type: ignore[arg-type]
+    assert [json.loads(line)["status"] for line in handler.raw] == [499, 500]

@@ -24,6 +24,7 @@ from app.main import create_app
 from app.settings import Settings
 from tests.app.support import running_server
 
+REQUESTS = "charrnn_http_requests_total"
 STACKS = {
     "httptools-uvloop": {"http_parser": "httptools", "event_loop": "uvloop"},
     "h11-asyncio": {"http_parser": "h11", "event_loop": "asyncio"},
@@ -102,6 +103,12 @@ def test_a_request_answered_at_its_end_is_cancelled_when_its_client_leaves(
 ) -> None:
     address, application = server
     held = HeldEngine(application.state.service, monkeypatch)
+    before = (
+        application.state.metrics.registry.get_sample_value(
+            REQUESTS, {"method": "POST", "route": path, "status": "499"}
+        )
+        or 0.0
+    )
     blocker = post(address, "/generate/stream", {"length": 10**5})  # holds the engine
     try:
         assert held.stepping.wait(5)
@@ -113,6 +120,10 @@ def test_a_request_answered_at_its_end_is_cancelled_when_its_client_leaves(
         client.close()
         assert wait_for(lambda: all(job.cancelled for job in mine), limit=2.0)
         assert not held.jobs[0].cancelled  # the stream whose client stays goes on
+        # Counted as a request whose client closed it (nginx's 499), not a server error.
+        left = {"method": "POST", "route": path, "status": "499"}
+        registry = application.state.metrics.registry
+        assert wait_for(lambda: registry.get_sample_value(REQUESTS, left) == before + 1)
     finally:
         held.release.set()
         blocker.close()

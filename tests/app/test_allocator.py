@@ -1,0 +1,68 @@
+"""app/allocator.py: with glibc's mmap threshold kept, large blocks freed after a larger
+one go back to the system; with glibc's moving threshold (the control) they stay."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.allocator import keep_mmap_threshold
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.skipif(
+    platform.libc_ver()[0] != "glibc", reason="mallopt's threshold is glibc's"
+)
+
+# A larger block freed first (glibc then raises its threshold to its size), then 200 blocks
+# of 600 kB, each beside a small block that stays: what freeing the 200 gives back.
+SCENARIO = """
+import sys
+import numpy as np
+from app.allocator import keep_mmap_threshold
+
+def rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+
+if sys.argv[1] == "kept":
+    assert keep_mmap_threshold()
+big = np.ones(1 << 20)  # 8 MB
+del big
+blocks, kept = [], []
+for _ in range(200):
+    blocks.append(np.ones(600_000 // 8))
+    kept.append(bytearray(2000))
+held = rss_mb()
+del blocks
+print(held - rss_mb())
+"""
+
+
+def given_back_mb(mode: str) -> float:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env["PYTHONPATH"] = str(ROOT)
+    result = subprocess.run(
+        [sys.executable, "-c", SCENARIO, mode],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return float(result.stdout)
+
+
+def test_freed_large_blocks_go_back_with_the_threshold_kept() -> None:
+    assert given_back_mb("kept") > 100  # of 120 MB
+    assert given_back_mb("moving") < 40  # glibc's own behaviour: they stay in its heap
+
+
+def test_a_threshold_set_in_the_environment_is_left_alone(monkeypatch) -> None:
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert keep_mmap_threshold() is False
