@@ -294,5 +294,34 @@ def continuation_prime(
     return state.prime(ids)
 
 
+def text_after(
+    state: RecurrentState,
+    vocab: Vocabulary,
+    text: str,
+    *,
+    skip_unknown: bool = False,
+    newlines: str = NEWLINES_LF,
+) -> str | None:
+    """What follows `state`'s text in `text`, read as a prime is read (newlines, unknown
+    characters), if `text` begins with the state's text: its first `state.chars`
+    characters end with those the state keeps (the last TAIL_CHARS: a text that differs
+    only before those passes). None if it does not."""
+    normalized = normalize_newlines(text) if newlines == NEWLINES_LF else text
+    missing = set(vocab.missing(normalized)) if skip_unknown and vocab.unknown is None else ()
+    # Where each character read sits in `normalized` (all of them, unless some are skipped).
+    read = [n for n, char in enumerate(normalized) if char not in missing] if missing else None
+    count = len(read) if read is not None else len(normalized)
+    kept = len(state.tail)
+    if count < state.chars:
+        return None
+    end = read[state.chars - 1] + 1 if read is not None else state.chars
+    start = read[state.chars - kept] if read is not None else state.chars - kept
+    try:
+        ids = vocab.encode(normalized[start:end], skip_unknown=skip_unknown)
+    except OutOfVocabularyError:  # a character the state's text cannot hold
+        return None
+    return normalized[end:] if np.array_equal(np.asarray(ids), state.tail) else None
+
+
 def _error(message: str, kind: str = "state_size") -> ParamError:
     return ParamError("state", message, kind)

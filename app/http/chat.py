@@ -34,27 +34,37 @@ from app.http.chat_schemas import (
 )
 from app.http.completions import CompletionRun
 from app.http.openai_schemas import CompletionUsage, Logprobs
-from model.chat_template import ChatTemplateError, template_of
+from app.http.requests import decode_state
+from model.chat_template import ChatTemplate, ChatTemplateError, template_of
 from model.decoding.automaton import Automaton
 from model.decoding.params import ParamError
+from model.state import RecurrentState, text_after
 from model.template_sandbox import OutputTooLong
 
 
 def render(
-    served: ServedModel, request: ChatCompletionRequest, max_chars: int
+    served: ServedModel,
+    request: ChatCompletionRequest,
+    max_chars: int,
+    state: RecurrentState | None = None,
 ) -> tuple[str, tuple[str, ...]]:
-    """The conversation as the model's template writes it, and the template's stop
-    strings. Raises ParamError("messages") for a template that fails (or refuses the
-    messages) and for a text past `max_chars` (MAX_PRIME_LENGTH)."""
+    """The conversation as the model's template writes it (after `state`, if given: the
+    text that follows the state's, see after_state), and the template's stop strings.
+    Raises ParamError("messages") for a template that fails (or refuses the messages) and
+    for a text past `max_chars` (MAX_PRIME_LENGTH), ParamError("state") as after_state."""
     messages = [message.for_template() for message in request.messages]
     try:
         template = template_of(served.info)
-        return template.render(messages, max_chars), template.stop
+        if state is None:
+            return template.render(messages, max_chars), template.stop
+        after = after_state(served, template, messages, state, max_chars, request.skip_unknown)
+        return after, template.stop
     except OutputTooLong:
+        after = " after the state" if state is not None else ""
         raise ParamError(
             "messages",
-            f"the conversation, as the model's chat template writes it, is longer than "
-            f"{max_chars:,} characters (MAX_PRIME_LENGTH); send fewer or shorter messages",
+            f"the conversation{after}, as the model's chat template writes it, is longer "
+            f"than {max_chars:,} characters (MAX_PRIME_LENGTH); send fewer or shorter messages",
             "string_too_long",
             {"max_length": max_chars},
         ) from None
@@ -62,6 +72,39 @@ def render(
         raise ParamError(
             "messages", f"model {served.name!r}: {error}", "chat_template_error"
         ) from None
+
+
+def after_state(
+    served: ServedModel,
+    template: ChatTemplate,
+    messages: list[dict[str, str]],
+    state: RecurrentState,
+    max_chars: int,
+    skip_unknown: bool = False,
+) -> str:
+    """The text that follows `state`'s in the conversation as the template writes it. A
+    reply's state is that of its rendered conversation, the reply and the stop string
+    that ended it, so the next turn's conversation, with that reply as its last assistant
+    message, begins with the state's text when the template writes the stop string after
+    a reply (its own stop, or a shorter one: `\n` before `\n\n`) and the reply as it
+    came. Raises ParamError("state") when it does not begin so, OutputTooLong past
+    `max_chars` characters after the state."""
+    whole = template.render(messages, state.chars + max_chars)
+    after = text_after(
+        state, served.vocab, whole, skip_unknown=skip_unknown, newlines=served.newlines
+    )
+    if after is None:
+        raise ParamError(
+            "state",
+            "the conversation, as the model's chat template writes it, does not begin with "
+            "the state's text: send the messages as they were, each reply as it came, and "
+            "the state the last reply returned (a reply that ended at a stop string the "
+            "template does not write after it cannot be continued from its state)",
+            "state_mismatch",
+        )
+    if len(after) > max_chars:
+        raise OutputTooLong(max_chars)
+    return after
 
 
 class ChatRun:
@@ -84,7 +127,8 @@ class ChatRun:
         """Render the conversation and queue its choices (`regex`: the request's pattern,
         compiled already, as CompletionRun.start takes it). Raises ParamError naming
         `messages` for what the template or the vocabulary cannot take, or EngineBusy."""
-        prompt, default_stop = render(served, request, service.limits.max_prime_length)
+        state = decode_state(served, request.state)  # ParamError("state")
+        prompt, default_stop = render(served, request, service.limits.max_prime_length, state)
         try:
             run = CompletionRun.start(
                 service, served, request.completion(prompt, default_stop), client, regex

@@ -147,6 +147,13 @@ class ChatCompletionRequest(OpenAIFields):
         None, ge=0, description="characters per reply; default: the server's DEFAULT_LENGTH"
     )
     max_tokens: int | None = Field(None, ge=0, description="the older name of the same")
+    state: str | None = Field(
+        None,
+        description="the `state` the last reply returned (with return_state), sent with the "
+        "whole conversation, that reply as it came: only what the template writes after "
+        "the state's text is read (at most MAX_PRIME_LENGTH characters), so a conversation "
+        "may grow past MAX_PRIME_LENGTH",
+    )
     logprobs: bool | None = Field(None, description="each reply character's log-probability")
     top_logprobs: int | None = Field(
         None, ge=0, le=MAX_LOGPROBS, description="with logprobs: this many likeliest alternatives"
@@ -196,6 +203,7 @@ class ChatCompletionRequest(OpenAIFields):
         return CompletionRequest(
             **{**shared, "stop": stop or None},
             prompt=prompt,
+            state=self.state,
             max_tokens=self.length,
             logprobs=logprobs,
         )

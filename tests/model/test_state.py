@@ -21,6 +21,7 @@ from model.state import (
     StateCodec,
     continuation_prime,
     model_fingerprint,
+    text_after,
 )
 from model.vocab import Vocabulary
 
@@ -121,6 +122,30 @@ def test_continuation_prime_starts_with_the_last_character(vocab):
     with pytest.raises(ParamError) as error:
         continuation_prime(state, vocab, "aZ")
     assert error.value.field == "prime" and "'Z'" in error.value.message
+
+
+def state_of(vocab: Vocabulary, text: str) -> RecurrentState:
+    """A state whose text is `text` (its arrays do not matter here)."""
+    ids = vocab.encode(text)
+    return RecurrentState(some_state().arrays, ids[-TAIL_CHARS:], len(ids))
+
+
+def test_text_after_is_what_follows_the_states_text(vocab):
+    state = state_of(vocab, "abc\nde")
+    assert text_after(state, vocab, "abc\nde fg") == " fg"
+    assert text_after(state, vocab, "abc\r\nde\r\nf") == "\nf"  # read as a prime is read
+    assert text_after(state, vocab, "abc\nde") == ""
+    assert text_after(state, vocab, "aZbc\nde f", skip_unknown=True) == " f"
+    assert text_after(state, vocab, "abc\ndeZ f") == "Z f"  # the prime's own error, later
+    for other in ("abc\nd", "abc de f", "xbc\nde f", "aZbc\nde f", ""):
+        assert text_after(state, vocab, other) is None, other
+
+
+def test_text_after_compares_the_kept_tail_only(vocab):
+    long = "abcdefghij " * 300  # 3,300 characters: the state keeps the last TAIL_CHARS
+    state = state_of(vocab, long)
+    assert text_after(state, vocab, "j" + long[1:] + "ab") == "ab"
+    assert text_after(state, vocab, long[:-1] + "a" + "ab") is None
 
 
 def test_history_is_the_tail_then_the_prime():

@@ -200,3 +200,29 @@ def test_llm_command_line(client: openai.OpenAI, base_url: str, tmp_path: Path) 
         {"role": "user", "content": "Whither away?"},
     ]
     assert second == completion_text(client, talk, **SAMPLING) + "\n"
+
+
+def test_openai_sdk_chat_continued_from_states(client: openai.OpenAI) -> None:
+    """Each turn sends the whole conversation and, in extra_body, the state the last reply
+    returned: the replies are those of the whole conversation, turn after turn."""
+    talk = list(TALK)
+    state = None
+    lines = ["And what of Tybalt?", "Then let us go.", "Farewell."]
+    for turn, line in enumerate(lines):
+        fields: dict[str, Any] = {**SAMPLING, "seed": turn, "extra_body": {"return_state": True}}
+        whole = client.chat.completions.create(model=MODEL, messages=talk, **fields)
+        reply = whole.choices[0]
+        if state is not None:
+            fields["extra_body"] |= {"state": state}
+            continued = client.chat.completions.create(model=MODEL, messages=talk, **fields)
+            assert continued.choices[0].message.content == reply.message.content
+            assert continued.choices[0].model_extra["state"] == reply.model_extra["state"]
+            stream = client.chat.completions.create(
+                model=MODEL, messages=talk, stream=True, **fields
+            )
+            chunks = [chunk.choices[0] for chunk in stream if chunk.choices]
+            assert "".join(c.delta.content or "" for c in chunks) == reply.message.content
+            assert chunks[-1].model_extra["state"] == reply.model_extra["state"]
+        state = reply.model_extra["state"]
+        content = reply.message.content or ""
+        talk += [{"role": "assistant", "content": content}, {"role": "user", "content": line}]

@@ -326,9 +326,107 @@ async def test_a_chat_reply_returns_the_state_of_its_conversation(
     )
     assert choice["message"]["content"] == whole.json()["text"]
     assert choice["state"] == whole.json()["state"]
-    # A chat is rendered whole by its template: it takes no state to continue.
+    # The conversation without the reply is shorter than the state's text.
     refused = await client.post("/v1/chat/completions", json={**body, "state": choice["state"]})
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "state"
+
+
+async def chat(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
+    response = await client.post("/v1/chat/completions", json={"model": "tiny", **body})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+# The template's own stop (a blank line) and a shorter one it also writes after a reply.
+@pytest.mark.parametrize("stop", [None, ["\n"]], ids=["template-stop", "shorter-stop"])
+async def test_a_chat_continued_from_its_last_replys_state_equals_it_sent_whole(
+    client: httpx.AsyncClient, widen: Widen, service: ModelService, stop: list[str] | None
+) -> None:
+    widen()
+    newline = service.model().vocab.encode("\n")[0]
+    bias = {str(newline): 3} if stop else None  # replies that end at the stop now and then
+    messages: list[dict[str, str]] = [{"role": "user", "content": "hello there"}]
+    state = None
+    reasons = set()
+    for turn, words in enumerate(["good day", "and so on", "fare well", "at last"]):
+        body = {"messages": messages, "seed": turn, "stop": stop, "logit_bias": bias}
+        body |= {"return_state": True}
+        body |= {"max_completion_tokens": 15}
+        whole = await chat(client, **body)
+        reply = whole["choices"][0]
+        if state is not None:
+            continued = await chat(client, **body, state=state)
+            after = continued["choices"][0]
+            assert after["message"]["content"] == reply["message"]["content"]
+            assert after["state"] == reply["state"]  # bit for bit, as if read whole
+            read, read_whole = (r["usage"]["prompt_tokens"] for r in (continued, whole))
+            assert read < read_whole  # only the new messages were read
+            reply = after
+        state = reply["state"]
+        reasons.add(reply["finish_reason"])
+        messages = [
+            *messages,
+            {"role": "assistant", "content": reply["message"]["content"]},
+            {"role": "user", "content": words},
+        ]
+    assert ("stop" in reasons) if stop else reasons == {"length"}  # what each case tests
+
+
+async def test_a_chat_with_states_grows_past_max_prime_length(
+    client: httpx.AsyncClient, service: ModelService
+) -> None:
+    limit = service.limits.max_prime_length  # 50 in these tests
+    messages = [{"role": "user", "content": "hi"}]
+    body = {"max_completion_tokens": 10, "seed": 1, "return_state": True}
+    state: dict[str, str] = {}
+    for _ in range(6):  # the whole conversation soon passes `limit`
+        answer = await chat(client, messages=messages, **body, **state)
+        state = {"state": answer["choices"][0]["state"]}
+        messages = [
+            *messages,
+            {"role": "assistant", "content": answer["choices"][0]["message"]["content"]},
+            {"role": "user", "content": "and then"},
+        ]
+    assert len(render_messages(service, messages)) > limit
+    whole = await client.post(
+        "/v1/chat/completions", json={"model": "tiny", "messages": messages, **body}
+    )
+    assert whole.status_code == 400 and whole.json()["error"]["param"] == "messages"
+
+
+def render_messages(service: ModelService, messages: list[dict[str, str]]) -> str:
+    request = ChatCompletionRequest(model="tiny", messages=messages)
+    return render(service.model(), request, 100_000)[0]
+
+
+async def test_a_state_from_another_conversation_is_refused(
+    client: httpx.AsyncClient, widen: Widen
+) -> None:
+    widen()
+    first = [{"role": "user", "content": "hello there"}]
+    body = {"max_completion_tokens": 12, "seed": 2, "return_state": True}
+    answer = await chat(client, messages=first, **body)
+    reply = {"role": "assistant", "content": answer["choices"][0]["message"]["content"]}
+    state = answer["choices"][0]["state"]
+    then = {"role": "user", "content": "and then"}
+    assert (await chat(client, messages=[*first, reply, then], **body, state=state))["choices"]
+    for changed in (
+        [{"role": "user", "content": "hello where"}, reply, then],  # an earlier message
+        [*first, {**reply, "content": "x" + reply["content"][1:]}, then],  # the reply
+        [*first, {**reply, "content": reply["content"][:-1]}, then],  # shorter
+    ):
+        refused = await client.post(
+            "/v1/chat/completions",
+            json={"model": "tiny", "messages": changed, **body, "state": state},
+        )
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert error["param"] == "state" and "does not begin with" in error["message"]
+    garbage = await client.post(
+        "/v1/chat/completions",
+        json={"model": "tiny", "messages": [*first, reply, then], "state": "AAAA"},
+    )
+    assert garbage.status_code == 400 and garbage.json()["error"]["param"] == "state"
 
 
 async def test_score_continues_a_state_and_returns_one(
