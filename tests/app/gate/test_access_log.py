@@ -93,12 +93,17 @@ class RawLines(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         self.raw.append(record.getMessage())
 
+    @classmethod
+    def on(cls, name: str) -> tuple[RawLines, logging.Logger]:
+        """A logger of its own with this handler, at INFO."""
+        handler, logger = cls(), logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        return handler, logger
+
 
 async def test_control_characters_in_a_path_are_escaped() -> None:
-    handler = RawLines()
-    logger = logging.getLogger("test.access.escape")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    handler, logger = RawLines.on("test.access.escape")
 
     async def not_found(scope: dict, receive: object, send: Any) -> None:
         await send({"type": "http.response.start", "status": 404, "headers": []})
@@ -118,10 +123,7 @@ async def test_control_characters_in_a_path_are_escaped() -> None:
 
 
 async def test_a_request_that_sent_nothing_is_499_if_its_client_left_500_if_it_failed() -> None:
-    handler = RawLines()
-    logger = logging.getLogger("test.access.unanswered")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    handler, logger = RawLines.on("test.access.unanswered")
 
     async def left(scope: dict, receive: object, send: Any) -> None:
         pass  # as HangUpMiddleware ends a request whose client hung up: quietly, no answer
