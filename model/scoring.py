@@ -35,7 +35,7 @@ import torch
 from model.decoding.network_rows import kernel_supported
 from model.decoding.step import StepWeights, lstm_layer_sequence, multiply_rows, pack_panels
 from model.network import CharRNN
-from model.scoring_rows import read_rows
+from model.scoring_rows import head_logits, read_rows
 from model.state import RecurrentState, text_state
 
 
@@ -189,7 +189,7 @@ class Scorer:
             out = np.empty_like(below)
             lstm_layer_sequence(pre, self._recurrent[layer], self._h[layer], self._c[layer], out)
             below = out
-        self._record(start, model.head(torch.from_numpy(below)))  # (T, V)
+        self._record(start, head_logits(model, torch.from_numpy(below)))  # (T, V)
 
     @torch.no_grad()
     def _forward(self, start: int, end: int) -> None:

@@ -75,7 +75,14 @@ def test_a_story_told_through_the_balancer_equals_the_whole_story(replicas: Clus
             makers.append(maker(replicas, before))
             whole_body = {**body, "prime": story + new}
             whole_body.pop("state", None)
+            logged = generations(replicas.replicas[0])
             whole = post(direct, "/generate", whole_body)
+            # Its access-log line comes once its response has ended, maybe after the
+            # client has read it: wait for it, so the next turn's count starts after it.
+            deadline = time.monotonic() + 5
+            while generations(replicas.replicas[0]) == logged:
+                assert time.monotonic() < deadline, "the direct request was not logged"
+                time.sleep(0.02)
             assert ours["text"] == whole["text"]
             assert ours["state"] == whole["state"]
             story += new + ours["text"]

@@ -47,9 +47,9 @@ def test_texts_read_together_score_as_each_alone(layers: int) -> None:
     assert rounds == 6  # ⌈300 / 50⌉: the texts advanced side by side
     for ids, scorer in zip(texts, scorers, strict=True):
         expected = alone(model, ids, 3)
-        np.testing.assert_allclose(scorer.logprobs, expected.logprobs, rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(scorer.logprobs, expected.logprobs)
         np.testing.assert_array_equal(scorer.top_ids, expected.top_ids)
-        np.testing.assert_allclose(scorer.top_logprobs, expected.top_logprobs, atol=1e-12)
+        np.testing.assert_array_equal(scorer.top_logprobs, expected.top_logprobs)
         for ours, theirs in zip(scorer.hidden_state, expected.hidden_state, strict=True):
             np.testing.assert_array_equal(ours, theirs)  # the recurrence: bit for bit
 
@@ -98,3 +98,26 @@ def test_nothing_to_read_reads_nothing() -> None:
     while not scorer.done:
         scorer.advance(100)
     assert read_rows([scorer], weights, 10) == 0
+
+
+def test_a_texts_scores_do_not_depend_on_its_slices() -> None:
+    """The output layer gives a row the same bits however many rows come with it (torch's
+    Linear takes another kernel below HEAD_MIN_ROWS): slices of 1 to 3 characters, alone
+    or beside other texts, score as slices of 64, bit for bit."""
+    model = network()
+    weights = step_weights(model)
+    ids = text(40, 5)
+    expected = alone(model, ids, 3)
+    for size in (1, 2, 3):
+        scorer = Scorer(model, ids, 3)
+        while not scorer.done:
+            scorer.advance(size)
+        together = [
+            Scorer(model, ids, 3, weights=weights),
+            Scorer(model, text(9), 0, weights=weights),
+        ]
+        while not together[0].done:
+            read_rows([scorer for scorer in together if not scorer.done], weights, size)
+        for ours in (scorer, together[0]):
+            np.testing.assert_array_equal(ours.logprobs, expected.logprobs)
+            np.testing.assert_array_equal(ours.top_logprobs, expected.top_logprobs)
