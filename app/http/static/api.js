@@ -23,10 +23,12 @@ export class NeedsKey extends Error {}
 
 // A request the server answered with an error: `message` is its own words.
 export class ApiError extends Error {
-  constructor(message, status, detail) {
+  // param: the field an OpenAI-shaped error names (under /v1), or null.
+  constructor(message, status, detail, param = null) {
     super(message);
     this.status = status;
     this.detail = detail;
+    this.param = param;
   }
 }
 
@@ -48,7 +50,7 @@ async function errorOf(response) {
   } else if (body?.error?.message) {
     message = body.error.message;
   }
-  return new ApiError(message, response.status, detail);
+  return new ApiError(message, response.status, detail, body?.error?.param ?? null);
 }
 
 // fetch, with the key; throws NeedsKey on 401 and ApiError on any other failure.

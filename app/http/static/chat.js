@@ -1,8 +1,12 @@
 // The Chat view: a conversation with the chosen model through POST /v1/chat/completions,
 // streamed. The model's chat template (GET /model) writes the messages out as the text it
 // continues; its reply ends where the template says (a blank line, for the built-in ones).
+// Each turn sends the last reply's state with the conversation, so only the new messages
+// are read and a conversation may grow past the server's MAX_PRIME_LENGTH; a state the
+// server cannot continue (the system text changed, a reply was stopped) is dropped and the
+// turn sent whole.
 
-import { NeedsKey, readEvents, request } from "./api.js";
+import { ApiError, NeedsKey, readEvents, request } from "./api.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -14,6 +18,7 @@ export class ChatView {
     this.models = models;
     this.onNeedKey = onNeedKey;
     this.messages = []; // the conversation so far: {role, content}
+    this.state = null; // the last reply's state, when it ended by itself
     this.running = null; // the AbortController of the reply in flight
     this.bind();
   }
@@ -70,12 +75,13 @@ export class ChatView {
     return text;
   }
 
-  requestBody() {
+  requestBody(withState) {
     const messages = [];
     const system = $("chat-system").value.trim();
     if (system) messages.push({ role: "system", content: system });
     messages.push(...this.messages);
-    const body = { model: this.models.name, messages, stream: true };
+    const body = { model: this.models.name, messages, stream: true, return_state: true };
+    if (withState && this.state) body.state = this.state;
     const numbers = [["max_tokens", "chat-length"], ["temperature", "chat-temperature"]];
     for (const [field, id] of numbers) {
       const text = $(id).value.trim();
@@ -99,24 +105,19 @@ export class ChatView {
     this.messages.push({ role: "user", content });
     this.append("user", content);
     $("chat-input").value = "";
-    const body = this.requestBody();
     const controller = new AbortController();
     this.setRunning(controller);
     const reply = this.append("assistant", "");
     let ending = null;
+    let state = null;
     this.setStatus("Replying…");
     try {
-      const response = await request("v1/chat/completions", {
-        method: "POST",
-        body,
-        signal: controller.signal,
-        accept: "text/event-stream",
-      });
+      const response = await this.post(controller);
       for await (const { data } of readEvents(response.body)) {
         if (data.error) throw new Error(data.error.message);
         for (const choice of data.choices ?? []) {
           if (choice.delta?.content) reply.textContent += choice.delta.content;
-          if (choice.finish_reason) ending = choice.finish_reason;
+          if (choice.finish_reason) [ending, state] = [choice.finish_reason, choice.state];
         }
       }
       const chars = [...reply.textContent].length;
@@ -133,6 +134,7 @@ export class ChatView {
       // (nothing written) leaves it, to be edited and sent again.
       if (reply.textContent || ending) {
         this.messages.push({ role: "assistant", content: reply.textContent });
+        this.state = state ?? null; // a stopped reply has none: the next turn goes whole
       } else {
         this.messages.pop();
         reply.parentElement.remove();
@@ -143,6 +145,25 @@ export class ChatView {
     }
   }
 
+  // The turn, with the last reply's state if there is one; sent again whole if the server
+  // cannot continue that state.
+  async post(controller) {
+    const send = (withState) =>
+      request("v1/chat/completions", {
+        method: "POST",
+        body: this.requestBody(withState),
+        signal: controller.signal,
+        accept: "text/event-stream",
+      });
+    if (!this.state) return send(false);
+    try {
+      return await send(true);
+    } catch (error) {
+      if (!(error instanceof ApiError && error.param === "state")) throw error;
+      return send(false);
+    }
+  }
+
   stop() {
     if (this.running) this.running.abort();
   }
@@ -150,6 +171,7 @@ export class ChatView {
   clear() {
     this.stop();
     this.messages = [];
+    this.state = null;
     $("chat-log").replaceChildren();
     this.setStatus("");
   }

@@ -84,6 +84,11 @@ def test_a_conversation_in_the_browser(browser: Any, chat_url: str) -> None:
     problems: list[str] = []
     page.on("pageerror", lambda error: problems.append(str(error)))
     page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    sent: list[dict[str, Any]] = []  # the page's chat requests' bodies
+    page.on(
+        "request",
+        lambda r: sent.append(r.post_data_json) if r.url.endswith("/chat/completions") else None,
+    )
     page.goto(f"{chat_url}/#chat")
     expect(page.locator("#view-chat")).to_be_visible()
     expect(page.locator("#chat-template")).to_contain_text("own chat template")
@@ -107,14 +112,28 @@ def test_a_conversation_in_the_browser(browser: Any, chat_url: str) -> None:
     expect(texts).to_have_count(4)
     expect(page.locator("#chat-send")).to_be_enabled(timeout=10_000)
     talk += [{"role": "assistant", "content": first}, {"role": "user", "content": "Whither"}]
-    assert texts.nth(3).text_content() == reply(chat_url, talk, 3)
+    second = reply(chat_url, talk, 3)
+    assert texts.nth(3).text_content() == second  # read after the state: the same reply
+    assert "state" not in sent[0] and sent[1]["state"] and sent[1]["messages"] == talk
+
+    # The system text changed: the state no longer begins the conversation, so the turn
+    # is refused with it (400 naming state) and sent again whole.
+    page.fill("#chat-system", "A square.")
+    page.fill("#chat-input", "Hence")
+    page.click("#chat-send")
+    expect(texts).to_have_count(6)
+    expect(page.locator("#chat-send")).to_be_enabled(timeout=10_000)
+    talk = [{"role": "system", "content": "A square."}, *talk[1:]]
+    talk += [{"role": "assistant", "content": second}, {"role": "user", "content": "Hence"}]
+    assert texts.nth(5).text_content() == reply(chat_url, talk, 3)
+    assert sent[2]["state"] and "state" not in sent[3] and sent[3]["messages"] == talk
 
     # A message the model cannot read: the error, and the message back in the box.
     page.fill("#chat-input", "héllo")
     page.click("#chat-send")
     expect(page.locator("#chat-status")).to_contain_text("Error: ")
     expect(page.locator("#chat-status")).to_contain_text("é")
-    expect(texts).to_have_count(4)
+    expect(texts).to_have_count(6)
     expect(page.locator("#chat-input")).to_have_value("héllo")
 
     page.click("#chat-clear")
