@@ -30,7 +30,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from pydantic import ValidationError
 
-from app.allocator import keep_mmap_threshold
 from app.engine.engine import DecodingEngine, EngineBusy
 from app.engine.registry import Poller
 from app.engine.service import ModelService
@@ -48,6 +47,7 @@ from app.http.metrics import Metrics, MetricsMiddleware
 from app.http.metrics import router as metrics_router
 from app.http.routes import router
 from app.settings import Settings
+from model.allocator import return_freed_memory
 
 # uvicorn configures this logger, so our lines come out in its stream and format.
 logger = logging.getLogger("uvicorn.error")
@@ -65,7 +65,7 @@ the seed it used: pass it back to get the same text again. `/v1/completions` and
 def load_service(settings: Settings) -> ModelService:
     """The model(s) the settings name, on their device. Raises CheckpointError / ValueError."""
     torch.set_num_threads(settings.torch_threads)  # process-wide: the service owns the process
-    keep_mmap_threshold()  # so are its freed arrays: back to the system (app/allocator.py)
+    return_freed_memory()  # so are its freed arrays: back to the system (model/allocator.py)
     engine = settings.engine_config()
     return ModelService.load(
         settings.checkpoint,

@@ -38,7 +38,7 @@ from train_speed import (
     time_steps,
 )
 
-from training.step import tune_allocator
+from model.allocator import keep_freed_memory
 
 
 class GemmOnlyStep:
@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=2, help="steps per measurement")
     args = parser.parse_args()
-    tune_allocator()
+    keep_freed_memory()
     rng = np.random.default_rng(0)
     data = rng.integers(0, VOCAB, size=(BATCH, SEQ + 1))
     batches = [(data[:, :-1], data[:, 1:])] * args.steps  # the same batch each step

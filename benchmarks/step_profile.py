@@ -36,7 +36,7 @@ from train_speed import (
     matmul_flops_per_second,
 )
 
-from training.step import tune_allocator
+from model.allocator import keep_freed_memory
 
 ONEDNN_LSTM = ("aten::mkldnn_rnn_layer", "aten::mkldnn_rnn_layer_backward")
 CHARS = BATCH * SEQ
@@ -97,7 +97,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--top", type=int, default=8, help="ops listed per step")
     args = parser.parse_args()
-    tune_allocator()
+    keep_freed_memory()
     rng = np.random.default_rng(0)
     data = rng.integers(0, VOCAB, size=(BATCH, SEQ + 1))
     x_numpy, y_numpy = data[:, :-1], data[:, 1:]

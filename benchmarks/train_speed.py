@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from naive_seed import SeedTrainer  # benchmarks/ is the script's own directory
 
+from model.allocator import keep_freed_memory
 from model.config import ModelConfig
 from model.network import CharRNN, detach_hidden
-from training.step import tune_allocator
 
 VOCAB, HIDDEN, LAYERS, BATCH, SEQ = 65, 256, 2, 128, 100
 
@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=3, help="steps per measurement")
     args = parser.parse_args()
-    tune_allocator()
+    keep_freed_memory()
     rng = np.random.default_rng(0)
     data = rng.integers(0, VOCAB, size=(args.steps, BATCH, SEQ + 1))
     numpy_batches = [(d[:, :-1], d[:, 1:]) for d in data]

@@ -41,9 +41,13 @@ ROLES = ("system", "user", "assistant")
 PLAY_NAMES = {"system": "CHORUS", "user": "ROMEO", "assistant": "JULIET"}
 TURN_END = "\n\n"  # both built-in layouts end each message with a blank line
 
+# A message is trimmed, except the assistant's: a reply is written back as it came, so the
+# conversation reads what the model wrote (a reply's state is that text's: a state then
+# continues the next turn's conversation, app/http/chat.py).
 _PLAIN_SOURCE = """\
 {% for message in messages %}
-{{ message.role }}: {{ message.content | trim }}{{ '\\n\\n' }}
+{{ message.role }}: \
+{{ message.content if message.role == 'assistant' else message.content | trim }}{{ '\\n\\n' }}
 {%- endfor %}
 {% if add_generation_prompt %}assistant: {% endif %}"""
 
@@ -51,7 +55,8 @@ _PLAIN_SOURCE = """\
 _PLAY_SOURCE = """\
 {% set names = NAMES %}
 {% for message in messages %}
-{{ message.name or names[message.role] }}:{{ '\\n' }}{{ message.content | trim }}{{ '\\n\\n' }}
+{{ message.name or names[message.role] }}:{{ '\\n' }}\
+{{ message.content if message.role == 'assistant' else message.content | trim }}{{ '\\n\\n' }}
 {%- endfor %}
 {% if add_generation_prompt %}{{ names.assistant }}:{{ '\\n' }}{% endif %}"""
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from model.allocator import keep_freed_memory
 from model.checkpoint import Checkpoint, save_checkpoint
 from model.device import resolve_device
 from model.network import CharRNN, LstmImpl, preferred_impl
@@ -57,7 +58,7 @@ from training.run import (
     start_line,
     stop_reason,
 )
-from training.step import MixedPrecision, TrainStep, WeightAverage, torch_threads, tune_allocator
+from training.step import MixedPrecision, TrainStep, WeightAverage, torch_threads
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ class Trainer:
     def run(self) -> TrainResult:
         """Train until a limit, early stopping or `hooks.should_stop`; always leaves
         last.safetensors behind. Global RNG and thread count are restored afterwards."""
-        tune_allocator()
+        keep_freed_memory()
         devices = [self.device] if self.device.type == "cuda" else []
         with torch_threads(self.config.threads), torch.random.fork_rng(devices=devices):
             seed_generators(self._rng, self.config.seed, self.dist.rank, self.counters.step)

@@ -39,8 +39,6 @@ untrained weights.
 
 from __future__ import annotations
 
-import ctypes
-import platform
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
@@ -53,10 +51,6 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from model.network import CharRNN, Hidden, LstmImpl
 from training.distributed import Distributed
 from training.recipe import PRECISIONS
-
-# glibc mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_MAX = -4
 
 
 class TrainStep:
@@ -190,22 +184,6 @@ class WeightAverage:
 
     def load_weights(self, weights: dict[str, Tensor]) -> None:
         self.model.load_state_dict(weights)
-
-
-def tune_allocator() -> bool:
-    """Keep freed memory in the process instead of returning it to the OS (glibc only).
-
-    The hand-written LSTM allocates ~50 MB of buffers per step; glibc serves blocks that
-    large with mmap and unmaps them on free, so every step page-faults them in again, which
-    costs 20-30 % of the step time. No mmap for malloc (M_MMAP_MAX = 0) and a 1 GiB trim
-    threshold make the heap reuse them. Process-wide and not undone. True when applied."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
-    except (OSError, AttributeError):
-        return False
 
 
 @contextmanager

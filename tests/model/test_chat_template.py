@@ -36,6 +36,20 @@ def test_plain_writes_role_lines_and_ends_with_the_assistants():
     assert PLAIN.stop == ("\n\n",)
 
 
+def test_a_reply_is_written_back_as_it_came_the_other_messages_trimmed():
+    talk = [
+        {"role": "user", "content": " Good morrow. \n"},
+        {"role": "assistant", "content": " And to "},
+        {"role": "user", "content": "Who?"},
+    ]
+    assert PLAIN.render(talk, 1000) == (
+        "user: Good morrow.\n\nassistant:  And to \n\nuser: Who?\n\nassistant: "
+    )
+    assert play_template().render(talk, 1000) == (
+        "ROMEO:\nGood morrow.\n\nJULIET:\n And to \n\nROMEO:\nWho?\n\nJULIET:\n"
+    )
+
+
 def test_play_writes_speeches_with_the_names_chosen():
     template = play_template({"user": "FIRST CITIZEN"})
     text = template.render(TALK, 1000)

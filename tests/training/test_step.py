@@ -1,5 +1,3 @@
-import platform
-
 import pytest
 import torch
 
@@ -11,7 +9,6 @@ from training.step import (
     WeightAverage,
     check_precision,
     torch_threads,
-    tune_allocator,
 )
 
 CPU = torch.device("cpu")
@@ -89,10 +86,6 @@ def test_the_decay_settles_at_its_value_and_the_raw_model_is_left_alone():
 def test_a_decay_outside_the_open_interval_is_refused(decay):
     with pytest.raises(ValueError, match="decay must be in"):
         WeightAverage(_model(0), decay)
-
-
-def test_tune_allocator_applies_on_glibc_only():
-    assert tune_allocator() == (platform.libc_ver()[0] == "glibc")
 
 
 def test_threads_are_set_inside_and_restored_after():

@@ -1,5 +1,6 @@
-"""app/allocator.py: with glibc's mmap threshold kept, large blocks freed after a larger
-one go back to the system; with glibc's moving threshold (the control) they stay."""
+"""model/allocator.py: the service's setting gives large blocks back to the system when
+freed after a larger one, where glibc's moving mmap threshold (the control) keeps them;
+training's keeps them."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from app.allocator import keep_mmap_threshold
+from model.allocator import return_freed_memory
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(
@@ -23,15 +24,17 @@ pytestmark = pytest.mark.skipif(
 SCENARIO = """
 import sys
 import numpy as np
-from app.allocator import keep_mmap_threshold
+from model.allocator import keep_freed_memory, return_freed_memory
 
 def rss_mb():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
 
-if sys.argv[1] == "kept":
-    assert keep_mmap_threshold()
+if sys.argv[1] == "returned":
+    assert return_freed_memory()
+elif sys.argv[1] == "kept":
+    assert keep_freed_memory()
 big = np.ones(1 << 20)  # 8 MB
 del big
 blocks, kept = [], []
@@ -58,11 +61,15 @@ def given_back_mb(mode: str) -> float:
     return float(result.stdout)
 
 
-def test_freed_large_blocks_go_back_with_the_threshold_kept() -> None:
-    assert given_back_mb("kept") > 100  # of 120 MB
+def test_the_services_freed_large_blocks_go_back_to_the_system() -> None:
+    assert given_back_mb("returned") > 100  # of 120 MB
     assert given_back_mb("moving") < 40  # glibc's own behaviour: they stay in its heap
 
 
 def test_a_threshold_set_in_the_environment_is_left_alone(monkeypatch) -> None:
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
-    assert keep_mmap_threshold() is False
+    assert return_freed_memory() is False
+
+
+def test_training_keeps_its_freed_memory() -> None:
+    assert given_back_mb("kept") < 40  # in the heap, for the next step's buffers
