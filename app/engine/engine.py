@@ -19,10 +19,8 @@ One iteration of the thread:
   4. finished, failed and cancelled requests leave at once (their row is reused).
 
 A text to score is admitted as a generation is: the queue bound and its client's quota
-are checked first, and it waits holding only its ids. Up to `score_rows` texts are scored
-at once (their Scorers and result arrays made when they start), started round-robin by
-client, not in arrival order; a client with no text running may start one beyond them, so
-one client's queue of long texts never holds another's short one behind it.
+are checked first; then it waits in the scoring queue (app/engine/scoring_queue.py), which
+starts texts round-robin by client and reads them together.
 
 Per-client rules (quota, fair shares, prime credit, rows held) are the gate's: the engine
 is handed them (app/engine/clients.py) and asks at each moment it spends on a client.
@@ -47,12 +45,12 @@ import numpy as np
 from app.engine.clients import ClientRules
 from app.engine.config import EngineConfig
 from app.engine.jobs import EngineWork, Job, ScoreJob
-from app.engine.lane import FAILED_MESSAGE, EngineCounters, Lane
-from app.engine.steps import background_budget, prefill, score_rows, step_lanes
+from app.engine.lane import EngineCounters, Lane
+from app.engine.scoring_queue import ScoringQueue
+from app.engine.steps import background_budget, prefill, step_lanes
 from model.decoding.decoder import BatchDecoder
 from model.decoding.params import GenerationParams
 from model.network import CharRNN
-from model.scoring import Scorer
 from model.state import RecurrentState
 
 logger = logging.getLogger("charrnn.engine")
@@ -70,10 +68,6 @@ class DecodingEngine:
         self.clients = clients
         self.lanes: list[Lane] = []
         self._queue: collections.deque[tuple[Lane, Job]] = collections.deque()
-        # Texts to score, waiting, by client (in the order the clients came: the round-robin
-        # of _start_scores), and those being scored.
-        self._score_queue: dict[object, collections.deque[tuple[Lane, ScoreJob]]] = {}
-        self._scoring: list[tuple[Lane, ScoreJob]] = []
         # Runs other lanes' steps beside the engine thread's (_step_lanes).
         threads = config.decode_threads
         self._pool = ThreadPoolExecutor(threads - 1, "lanes") if threads > 1 else None
@@ -81,6 +75,7 @@ class DecodingEngine:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.counters = EngineCounters()
+        self.scores = ScoringQueue(config, self.counters, self._wakeup)
         self.last_progress = time.monotonic()  # when an iteration last completed
         self.streaming = 0  # rows the last iteration's steps advanced, all models
 
@@ -127,12 +122,8 @@ class DecodingEngine:
         return (
             lane.decoder.size == 0
             and all(queued is not lane for queued, _ in self._queue)
-            and all(scored is not lane for scored, _ in self._scores())
+            and all(scored is not lane for scored, _ in self.scores.items())
         )
-
-    def _scores(self) -> list[tuple[Lane, ScoreJob]]:  # with the lock held
-        waiting = [item for queue in self._score_queue.values() for item in queue]
-        return self._scoring + waiting
 
     def _drop_retired(self) -> None:  # with the lock held
         if any(lane.retiring for lane in self.lanes):
@@ -146,10 +137,7 @@ class DecodingEngine:
 
     @property
     def queued(self) -> int:
-        return len(self._queue) + self._scores_waiting()
-
-    def _scores_waiting(self) -> int:
-        return sum(len(queue) for queue in self._score_queue.values())
+        return len(self._queue) + self.scores.waiting
 
     @property
     def alive(self) -> bool:
@@ -209,9 +197,7 @@ class DecodingEngine:
             self._claim(job, client)
             if lane not in self.lanes:  # retired and dropped while this job was on its way
                 self.lanes = [*self.lanes, lane]
-            self._score_queue.setdefault(_score_holder(job), collections.deque()).append(
-                (lane, job)
-            )
+            self.scores.add(lane, job)
             self._wakeup.notify()
         return job
 
@@ -249,9 +235,7 @@ class DecodingEngine:
         self._fail_everything("the service is shutting down")
 
     def _busy(self) -> bool:
-        return bool(self._scoring or self._score_queue) or any(
-            lane.decoder.size for lane in self.lanes
-        )
+        return bool(self.scores) or any(lane.decoder.size for lane in self.lanes)
 
     def _pop_admissible(self) -> list[tuple[Lane, Job]]:
         if not self._queue:
@@ -284,66 +268,13 @@ class DecodingEngine:
             self.streaming,
             config.prefill_share,
             config.idle_prefill_seconds,
-            shared=prefilling and bool(self._scoring or self._score_queue),
+            shared=prefilling and bool(self.scores),
         )
         if prefilling:  # the clients' credit counts only while streams decode
             prefill(self.lanes, budget, self.clients.credit if self.streaming else None)
-        self._start_scores()
-        if self._scoring:
-            self._score(budget)
-
-    def _start_scores(self) -> None:
-        """Start waiting texts, one per client in turn, while fewer than score_rows run (and
-        each client with none running, even beyond). Cancelled waiting texts leave first."""
-        with self._wakeup:
-            for holder, queue in list(self._score_queue.items()):
-                for item in [item for item in queue if item[1].cancelled]:
-                    queue.remove(item)
-                    item[1].finish()
-                if not queue:
-                    del self._score_queue[holder]
-        while True:
-            with self._wakeup:
-                running = {_score_holder(job) for _, job in self._scoring}
-                limit = self.config.score_rows
-                holder = next(
-                    (
-                        holder
-                        for holder in self._score_queue
-                        # beyond the limit: a client's first (work of no client waits)
-                        if len(self._scoring) < limit
-                        or (isinstance(holder, str) and holder not in running)
-                    ),
-                    None,
-                )
-                if holder is None:
-                    return
-                queue = self._score_queue.pop(holder)
-                lane, job = queue.popleft()
-                if queue:  # the client goes to the back of the round
-                    self._score_queue[holder] = queue
-            if job.cancelled:
-                job.finish()
-                continue
-            try:
-                job.scorer = Scorer(
-                    lane.model, job.ids, job.top_n, state=job.state, weights=lane.score_weights()
-                )
-            except Exception:
-                logger.exception("starting a text to score failed")
-                self.counters.fail(job, FAILED_MESSAGE)
-                continue
-            self._scoring.append((lane, job))
-
-    def _score(self, budget: float) -> None:
-        """One batched pass per lane over its texts being scored, sharing `budget`."""
-        lanes = {id(lane): lane for lane, _ in self._scoring}
-        ended: set[int] = set()
-        for lane in lanes.values():
-            jobs = [job for owner, job in self._scoring if owner is lane]
-            ended.update(map(id, score_rows(lane, jobs, budget / len(lanes), self._pool)))
-        with self._wakeup:
-            self._scoring = [(lane, job) for lane, job in self._scoring if id(job) not in ended]
+        self.scores.start()
+        if self.scores.running:
+            self.scores.step(budget, self._pool)
 
     def _fail_everything(self, message: str) -> None:
         with self._wakeup:
@@ -354,17 +285,7 @@ class DecodingEngine:
         for job in waiting:
             if not job.done:
                 self.counters.fail(job, message)
-        with self._wakeup:
-            scores = self._scores()
-            self._score_queue.clear()
-            self._scoring = []
-        for _, score_job in scores:
-            self.counters.fail(score_job, message)
-
-
-def _score_holder(job: ScoreJob) -> object:
-    """Whose turn a text to score waits for: its client, or the job alone."""
-    return job.client if job.client is not None else ("request", id(job))
+        self.scores.fail_all(message)
 
 
 def _holder(job: Job) -> object:

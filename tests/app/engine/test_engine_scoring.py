@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import app.engine.engine as engine_module
+import app.engine.scoring_queue as scoring_queue
 from app.engine.config import EngineConfig
 from app.engine.engine import DecodingEngine, EngineBusy
 from app.gate.clients import ClientBusy, ClientLedger
@@ -52,7 +52,7 @@ class CountedScorer(Scorer):
 
 
 def test_quota_and_queue_come_before_any_scorer(model, monkeypatch) -> None:
-    monkeypatch.setattr(engine_module, "Scorer", CountedScorer)
+    monkeypatch.setattr(scoring_queue, "Scorer", CountedScorer)
     CountedScorer.made = 0
     engine, lane = make_engine(model, max_requests_per_client=2, max_queue=3)
     engine.submit_score(lane, ids(50), 5, "a")
