@@ -4,6 +4,7 @@ make the engine fail. Helpers that tests import are in support.py."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import string
@@ -23,7 +24,7 @@ from model.checkpoint import Checkpoint, save_checkpoint
 from model.config import ModelConfig
 from model.network import CharRNN
 from model.vocab import Vocabulary
-from tests.app.support import ClientWith, Event, parse_sse, serve_asgi
+from tests.app.support import ClientWith, Event, parse_sse, serve_asgi, until
 
 CORPUS = string.ascii_letters + " .,;:!?'\n"
 INFO = {"val_loss": 1.25, "val_bits_per_char": 1.8, "corpus": "tiny", "corpus_chars": 12345}
@@ -127,3 +128,19 @@ def failing_step(service: ModelService, monkeypatch: pytest.MonkeyPatch) -> Call
         monkeypatch.setattr(decoder, "step", step)
 
     return arm
+
+
+@pytest.fixture
+async def regex_service(
+    settings: Settings,
+) -> AsyncIterator[tuple[httpx.AsyncClient, ModelService]]:
+    """The app with a 0.3 s compile deadline; its compile workers already started."""
+    quick = settings.model_copy(update={"regex_compile_seconds": 0.3})
+    service = load_service(quick)
+    served = service.model()
+    await asyncio.to_thread(served.regexes.get, "[ab]")
+    await until(lambda: served.regexes.idle_workers == 2, 30)
+    async with serve_asgi(create_app(quick, service)) as http:
+        yield http, service
+    served.regexes.close()
+    service.stop()

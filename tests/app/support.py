@@ -5,6 +5,7 @@ beside the other test folders' conftest files."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
@@ -20,6 +21,12 @@ from fastapi import FastAPI
 from app.engine.jobs import Job
 
 Event = tuple[str, Any]  # (event name, JSON-decoded data)
+
+# uvicorn's two stacks, as settings: the tests of the connection guards run under both.
+STACKS = {
+    "httptools-uvloop": {"http_parser": "httptools", "event_loop": "uvloop"},
+    "h11-asyncio": {"http_parser": "h11", "event_loop": "asyncio"},
+}
 
 ClientWith = Callable[..., contextlib.AbstractAsyncContextManager[httpx.AsyncClient]]
 
@@ -100,3 +107,21 @@ def record_pacing(engine: Any, monkeypatch: Any) -> list[str | None]:
 
     monkeypatch.setattr(engine.clients, "chunk_interval", interval)
     return asked
+
+
+def wait_for(condition: Callable[[], Any], limit: float = 5.0) -> bool:
+    """Whether `condition()` came true within `limit` seconds (looked at every 10 ms)."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+async def until(condition: Callable[[], Any], seconds: float = 5.0) -> None:
+    """Wait on the event loop until `condition()` is true; fails after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.002)

@@ -19,15 +19,12 @@ import pytest
 from app.engine import regex_compiler
 from app.engine.config import EngineConfig
 from app.engine.regex_compiler import RegexBusy, RegexCompiler
-from app.engine.service import ModelService
 from app.gate.clients import ClientBusy, ClientLedger
-from app.main import create_app, load_service
-from app.settings import Settings
 from model.decoding.params import ParamError
 from model.decoding.regex import RegexLimits, compile_regex
 from model.decoding.regex_workers import WorkerTimeout
 from model.vocab import Vocabulary
-from tests.app.support import serve_asgi
+from tests.app.support import until
 
 pytestmark = pytest.mark.anyio
 
@@ -85,13 +82,6 @@ async def compiler(vocab: Vocabulary, ledger: ClientLedger) -> AsyncIterator[Reg
     compiler = RegexCompiler(vocab, RegexLimits(compile_workers=2), ledger)
     yield compiler
     compiler.close()
-
-
-async def until(condition: Any, seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.002)
 
 
 async def test_a_cached_pattern_never_waits_for_a_compile(compiler, worker):
@@ -254,20 +244,6 @@ async def test_real_workers_compile_and_close(vocab):
 
 # --- through the service's HTTP API, with worker processes ----------------------------------
 SLOW = "(a|b)*a(a|b){%d}"  # 2^N states: refused at the compile deadline
-
-
-@pytest.fixture
-async def regex_service(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
-    """The app with a 0.3 s compile deadline; its compile workers already started."""
-    quick = settings.model_copy(update={"regex_compile_seconds": 0.3})
-    service: ModelService = load_service(quick)
-    served = service.model()
-    await asyncio.to_thread(served.regexes.get, "[ab]")
-    await until(lambda: served.regexes.idle_workers == 2, 30)
-    async with serve_asgi(create_app(quick, service)) as http:
-        yield http, service
-    served.regexes.close()
-    service.stop()
 
 
 def generate(http: httpx.AsyncClient, client: str, regex: str) -> Any:

@@ -23,7 +23,7 @@ from app.gate.connections import H11Deadlines, HttpToolsDeadlines, uvicorn_optio
 from app.gate.quota import EarlyRefusal, Refusal
 from app.main import create_app, engine_of
 from app.settings import Settings
-from tests.app.support import running_server
+from tests.app.support import STACKS, running_server
 
 TIMEOUT = 0.5  # every timeout of the server under test
 LIMIT = 3.0  # how long a test waits for the server to close a connection
@@ -44,12 +44,6 @@ def serving(settings: Settings, **changes: Any) -> Iterator[tuple[str, int]]:
         parts = urlsplit(url)
         assert parts.hostname is not None and parts.port is not None
         yield parts.hostname, parts.port
-
-
-STACKS = {
-    "httptools-uvloop": {"http_parser": "httptools", "event_loop": "uvloop"},
-    "h11-asyncio": {"http_parser": "h11", "event_loop": "asyncio"},
-}
 
 
 @pytest.fixture(scope="module", params=list(STACKS))

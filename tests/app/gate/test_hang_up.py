@@ -22,13 +22,9 @@ from app.gate.connections import uvicorn_options
 from app.gate.hang_up import HangUpMiddleware
 from app.main import create_app
 from app.settings import Settings
-from tests.app.support import running_server
+from tests.app.support import STACKS, running_server, wait_for
 
 REQUESTS = "charrnn_http_requests_total"
-STACKS = {
-    "httptools-uvloop": {"http_parser": "httptools", "event_loop": "uvloop"},
-    "h11-asyncio": {"http_parser": "h11", "event_loop": "asyncio"},
-}
 
 
 @pytest.fixture(scope="module", params=list(STACKS))
@@ -79,15 +75,6 @@ def post(address: tuple[str, int], path: str, body: dict[str, Any]) -> socket.so
     sock = socket.create_connection(address)
     sock.sendall(head + data)
     return sock
-
-
-def wait_for(condition: Any, limit: float = 5.0) -> bool:
-    deadline = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 @pytest.mark.parametrize(

@@ -20,13 +20,9 @@ from app.gate.connections import uvicorn_options
 from app.gate.liveness import LIVENESS_PATH, LIVENESS_SLOTS, LivenessSlots
 from app.main import create_app
 from app.settings import Settings
-from tests.app.support import running_server, serve_asgi
+from tests.app.support import STACKS, running_server, serve_asgi
 
 LIMIT = 4  # MAX_CONNECTIONS of the server under test
-STACKS = {
-    "httptools-uvloop": {"http_parser": "httptools", "event_loop": "uvloop"},
-    "h11-asyncio": {"http_parser": "h11", "event_loop": "asyncio"},
-}
 
 
 @pytest.fixture(scope="module", params=list(STACKS))

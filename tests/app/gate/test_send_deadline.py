@@ -23,7 +23,7 @@ from app.gate.connections import uvicorn_options
 from app.gate.send_deadline import WRITE_BUFFER_BYTES, SendDeadline
 from app.main import create_app
 from app.settings import Settings
-from tests.app.support import running_server
+from tests.app.support import STACKS, running_server, wait_for
 
 TIMEOUT = 0.5  # SEND_TIMEOUT_SECONDS of the server under test
 MARGIN = 2.0  # the reset comes within TIMEOUT + MARGIN of the client's last read
@@ -32,10 +32,6 @@ MARGIN = 2.0  # the reset comes within TIMEOUT + MARGIN of the client's last rea
 # reset never comes much sooner than TIMEOUT after that read (under load, 0.39 s of 0.5).
 EARLIEST = TIMEOUT * 0.5
 TCP_CLOSE = 7  # tcpi_state of a socket the peer has reset (linux/tcp_states.h)
-STACKS = {
-    "httptools-uvloop": {"http_parser": "httptools", "event_loop": "uvloop"},
-    "h11-asyncio": {"http_parser": "h11", "event_loop": "asyncio"},
-}
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "TCP_INFO"), reason="needs Linux TCP_INFO")
 
@@ -88,15 +84,6 @@ def until_reset(sock: socket.socket, limit: float) -> tuple[float | None, float]
             seen, last_growth = now_queued, time.monotonic()
         time.sleep(0.02)
     return None, last_growth
-
-
-def wait_for(condition: Any, limit: float = 5.0) -> bool:
-    deadline = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def request_head(method: str, path: str, *headers: str) -> bytes:

@@ -6,43 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
-from app.engine.service import ModelService
-from app.main import create_app, load_service
-from app.settings import Settings
-from tests.app.support import serve_asgi
+from tests.app.support import until
 
 pytestmark = pytest.mark.anyio
 
 SLOW = "(a|b)*a(a|b){%d}"  # 2^N states: refused at the compile deadline
-
-
-async def until(condition: Any, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.002)
-
-
-@pytest.fixture
-async def regex_service(
-    settings: Settings,
-) -> AsyncIterator[tuple[httpx.AsyncClient, ModelService]]:
-    """The app with a 0.3 s compile deadline; its compile workers already started."""
-    quick = settings.model_copy(update={"regex_compile_seconds": 0.3})
-    service = load_service(quick)
-    served = service.model()
-    await asyncio.to_thread(served.regexes.get, "[ab]")
-    await until(lambda: served.regexes.idle_workers == 2, 30)
-    async with serve_asgi(create_app(quick, service)) as http:
-        yield http, service
-    served.regexes.close()
-    service.stop()
 
 
 def complete(http: httpx.AsyncClient, client: str, regex: str) -> Any:
@@ -68,7 +41,7 @@ async def test_a_v1_compile_counts_against_its_clients_quota(
     monkeypatch.setattr(service.engine.clients, "limit", 2)
     waiting = [asyncio.create_task(send(http, "10.0.0.1", SLOW % n)) for n in (20, 21)]
     # The two compiles hold both places before any job is submitted.
-    await until(lambda: service.engine.clients.full("10.0.0.1"))
+    await until(lambda: service.engine.clients.full("10.0.0.1"), 10)
     assert service.engine.active + service.engine.queued == 0
     refused = await send(http, "10.0.0.1", "[ab]+c")
     assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
@@ -91,7 +64,7 @@ async def test_a_cached_pattern_is_served_at_once_while_its_client_compiles(
     regexes = service.model().regexes
     assert (await send(http, "10.0.0.1", "[ab]+")).status_code == 200
     slow = asyncio.create_task(send(http, "10.0.0.1", SLOW % 22))
-    await until(lambda: regexes.compiling == 1)
+    await until(lambda: regexes.compiling == 1, 10)
     started = time.monotonic()
     answer = await send(http, "10.0.0.1", "[ab]+")
     assert answer.status_code == 200, answer.text

@@ -8,8 +8,7 @@ from __future__ import annotations
 import gc
 import json
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -22,7 +21,7 @@ from app.gate.connections import uvicorn_options
 from app.http.score_body import ScoreAnswer
 from app.main import create_app
 from app.settings import Settings
-from tests.app.support import running_server
+from tests.app.support import running_server, wait_for
 
 SLOW = "10.0.0.1"  # the clients, as the trusted local proxy (the test) names them
 OTHER = "10.0.0.2"
@@ -39,13 +38,6 @@ def server(settings: Settings) -> Iterator[tuple[str, FastAPI]]:
     application = create_app(changed)
     with running_server(application, **uvicorn_options(changed.connection_limits())) as url:
         yield url, application
-
-
-def wait_for(condition: Callable[[], Any], limit: float = 10.0) -> None:
-    deadline = time.monotonic() + limit
-    while not condition():
-        assert time.monotonic() < deadline, "not reached in time"
-        time.sleep(0.01)
 
 
 def unread_score(url: str, client: str) -> socket.socket:
@@ -90,7 +82,7 @@ def test_an_answer_being_read_holds_its_clients_place(server: tuple[str, FastAPI
             assert other.status_code == 200, other.text  # another client is served
         finally:
             sock.close()  # the client leaves: the answer will never be written
-        wait_for(lambda: not ledger.full(SLOW))
+        assert wait_for(lambda: not ledger.full(SLOW), 10.0)
         assert score(http, SLOW).status_code == 200
 
 
@@ -100,7 +92,7 @@ def test_an_answer_read_to_its_end_gives_the_place_back(server: tuple[str, FastA
     with httpx.Client(base_url=url, timeout=60) as http:
         whole = http.post("/score", json=LONG, headers={"X-Forwarded-For": SLOW})
         assert whole.status_code == 200 and len(whole.json()["logprobs"]) == 40_000
-        wait_for(lambda: not ledger.full(SLOW))
+        assert wait_for(lambda: not ledger.full(SLOW), 10.0)
         assert score(http, SLOW).status_code == 200
 
 
