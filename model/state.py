@@ -53,7 +53,7 @@ import torch
 from model.config import ModelConfig
 from model.decoding.params import MAX_REPEAT_LAST_N, ParamError, encode_prime
 from model.network import CharRNN
-from model.text import NEWLINES_LF, normalize_newlines
+from model.text import NEWLINES_LF, as_read
 from model.vocab import OutOfVocabularyError, Vocabulary
 
 STATE_VERSION = 1
@@ -285,7 +285,7 @@ def continuation_prime(
     """The prime of a request that continues `state` with `text` (may be empty: then the
     request continues right after the state's text). Newlines and unknown characters are
     handled as encode_prime does, with its ParamError("prime")."""
-    normalized = normalize_newlines(text) if newlines == NEWLINES_LF else text
+    normalized = as_read(text, newlines)
     try:
         ids = vocab.encode(normalized, skip_unknown=skip_unknown)
     except OutOfVocabularyError:
@@ -306,7 +306,7 @@ def text_after(
     characters), if `text` begins with the state's text: its first `state.chars`
     characters end with those the state keeps (the last TAIL_CHARS: a text that differs
     only before those passes). None if it does not."""
-    normalized = normalize_newlines(text) if newlines == NEWLINES_LF else text
+    normalized = as_read(text, newlines)
     missing = set(vocab.missing(normalized)) if skip_unknown and vocab.unknown is None else ()
     # Where each character read sits in `normalized` (all of them, unless some are skipped).
     read = [n for n, char in enumerate(normalized) if char not in missing] if missing else None

@@ -126,12 +126,21 @@ class ChatRun:
     ) -> ChatRun:
         """Render the conversation and queue its choices (`regex`: the request's pattern,
         compiled already, as CompletionRun.start takes it). Raises ParamError naming
-        `messages` for what the template or the vocabulary cannot take, or EngineBusy."""
+        `messages` for what the template or the vocabulary cannot take, ClientBusy past the
+        client's quota, or EngineBusy."""
         state = decode_state(served, request.state)  # ParamError("state")
-        prompt, default_stop = render(served, request, service.limits.max_prime_length, state)
+        # Rendering is the client's work too (after a state, the whole conversation, up to
+        # the body's size): it holds one of its places meanwhile (ClientBusy past its
+        # quota), given back before its choices claim theirs.
+        clients = service.engine.clients
+        clients.claim(client)
+        try:
+            prompt, default_stop = render(served, request, service.limits.max_prime_length, state)
+        finally:
+            clients.release(client)
         try:
             run = CompletionRun.start(
-                service, served, request.completion(prompt, default_stop), client, regex
+                service, served, request.completion(prompt, default_stop), client, regex, state
             )
         except ParamError as error:
             if error.field == "prompt":  # the rendered conversation: the messages' words

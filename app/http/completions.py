@@ -123,18 +123,22 @@ class CompletionRun:
         request: CompletionRequest,
         client: str | None = None,
         regex: Automaton | None = None,
+        state: RecurrentState | None = None,
     ) -> CompletionRun:
         """Make every choice's params (so a bad one fails before anything runs), then
         queue them. `regex`: the request's pattern, compiled already and charged to
-        `client` (served.regexes.automaton); None for a request without one. Raises
-        ParamError or EngineBusy, with nothing left running."""
+        `client` (served.regexes.automaton); None for a request without one. `state`: the
+        request's state, decoded already (a chat decodes it to render); None: decoded
+        here. Raises ParamError or EngineBusy, with nothing left running."""
         base = resolve_seed(request.seed)
         planned = []
         run = cls(request, served.name)
         run.fingerprint = fingerprint(served)
         run.pacing = partial(service.engine.clients.chunk_interval, client)
         run.codec = served.state_codec
-        state = run.state = decode_state(served, request.state)  # one object for n forks
+        if state is None:
+            state = decode_state(served, request.state)
+        run.state = state  # one object for n forks
         for prompt in request.prompts:
             params = [
                 choice_params(

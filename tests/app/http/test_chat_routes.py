@@ -17,6 +17,7 @@ import torch
 
 from app.engine.service import ModelService
 from app.gate.quota import ENGINE_PATHS
+from app.http import chat as chat_module
 from app.http import sse
 from app.http.chat_schemas import MAX_MESSAGES
 from app.main import create_app, load_service
@@ -96,6 +97,32 @@ def data_lines(text: str) -> list[Any]:
 def newline_bias(service: ModelService) -> dict[str, float]:
     """logit_bias that makes every character a newline (the model writes "\\n\\n" at once)."""
     return {str(service.model("play").vocab.chars.index("\n")): 100}
+
+
+async def test_rendering_holds_one_of_the_clients_places(
+    client: httpx.AsyncClient, service: ModelService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The template's render is the client's work: with a quota of one, the render holds
+    the place (a second request of that client meanwhile would be refused), gives it back
+    before the reply claims it, and another client is served alike."""
+    ledger = service.engine.clients
+    monkeypatch.setattr(ledger, "limit", 1)
+    during: list[bool] = []
+    real = chat_module.render
+
+    def render(*args: Any) -> Any:
+        during.append(ledger.full("10.0.0.7"))
+        return real(*args)
+
+    monkeypatch.setattr(chat_module, "render", render)
+    for who in ("10.0.0.7", "10.0.0.8"):
+        body = {"model": "play", "messages": HELLO, "max_completion_tokens": 5}
+        reply = await client.post(
+            "/v1/chat/completions", json=body, headers={"X-Forwarded-For": who}
+        )
+        assert reply.status_code == 200, reply.text
+    assert during == [True, False]  # the first client's own render held its place
+    assert not ledger.full("10.0.0.7") and not ledger.full("10.0.0.8")
 
 
 async def test_reply_shape_and_usage(client: httpx.AsyncClient) -> None:
